@@ -1,0 +1,3 @@
+"""imrelay common package: events, NATS names, config, errors, WeCom crypto, telemetry."""
+
+__version__ = "0.1.0"

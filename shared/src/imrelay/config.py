@@ -1,0 +1,359 @@
+"""Configuration: one YAML file shared by every service, validated at start.
+
+``load_settings(path, environ)`` is pure apart from reading the file: ``environ`` is injected (tests pass a
+dict). ``${VAR}`` and ``${VAR:-default}`` are interpolated from ``environ`` in every string value; a missing
+variable, a bad value or an unknown key raises :class:`~imrelay.errors.ConfigError` naming the dotted path of
+the bad key. Secrets are :class:`pydantic.SecretStr`: they never show up in reprs, logs or exceptions.
+
+Environment overrides: ``IMRELAY_CONFIG`` (file path, default ``./imrelay.yaml``), ``IMRELAY_NATS_URL``,
+``IMRELAY_PORT`` (ingress public port), ``IMRELAY_ADMIN_PORT`` (admin port of whichever service reads it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "BackendConfig",
+    "BotConfig",
+    "Platform",
+    "Settings",
+    "load_settings",
+    "parse_settings",
+]
+
+DEFAULT_CONFIG_PATH = "./imrelay.yaml"
+BOT_ID_RE = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class Platform(StrEnum):
+    WECOM_APP = "wecom_app"
+    WECOM_GROUP_ROBOT = "wecom_group_robot"
+    WECOM_AIBOT = "wecom_aibot"
+    FEISHU = "feishu"
+    LARK = "lark"
+    DINGTALK = "dingtalk"
+    QQ = "qq"
+    DISCORD = "discord"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NatsConfig(_Model):
+    url: str = "nats://127.0.0.1:4222"
+    connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    publish_timeout_seconds: float = Field(default=2.0, gt=0)
+    dedupe_window_seconds: int = Field(default=86400, ge=60)
+    # Set to the number of nats-server cluster nodes in production (1 for the embedded server).
+    replicas: int = Field(default=1, ge=1, le=5)
+
+
+class IngressConfig(_Model):
+    host: str = "0.0.0.0"  # noqa: S104 - the public callback port listens on all interfaces
+    port: int = Field(default=8080, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+
+class AdminConfig(_Model):
+    host: str = "0.0.0.0"  # noqa: S104 - probes and Prometheus scrape from outside the pod
+    port: int = Field(default=9464, ge=1, le=65535)
+
+
+class WorkerConfig(_Model):
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    ack_wait_seconds: float = Field(default=30.0, gt=1)
+    max_deliver: int = Field(default=5, ge=1)
+    answer_timeout_seconds: float = Field(default=120.0, gt=0)
+    # Deltas are coalesced for this long before one reply chunk is published.
+    delta_interval_seconds: float = Field(default=0.2, ge=0)
+
+
+class SenderConfig(_Model):
+    concurrency: int = Field(default=16, ge=1, le=1024)
+    ack_wait_seconds: float = Field(default=60.0, gt=1)
+    max_deliver: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=4, ge=1, le=20)
+    backoff_base_seconds: float = Field(default=0.5, gt=0)
+    backoff_max_seconds: float = Field(default=30.0, gt=0)
+    http_timeout_seconds: float = Field(default=10.0, gt=0)
+    token_refresh_skew_seconds: float = Field(default=300.0, ge=0)
+
+
+class BackendKind(StrEnum):
+    ECHO = "echo"
+    OPENAI = "openai"
+    DIFY = "dify"
+    FASTGPT = "fastgpt"
+
+
+class BackendConfig(_Model):
+    kind: BackendKind = BackendKind.ECHO
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None
+    system_prompt: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    idle_timeout_seconds: float = Field(default=30.0, gt=0)
+    error_message: str = "Sorry, I could not answer that just now. Please try again in a moment."
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> BackendConfig:
+        if self.kind is not BackendKind.ECHO:
+            if not self.base_url:
+                raise ValueError(f"base_url is required for a {self.kind.value} backend")
+            if self.kind is BackendKind.OPENAI and not self.model:
+                raise ValueError("model is required for an openai backend")
+        return self
+
+
+# ---- per-platform credentials (keys as in DESIGN.md) -------------------------------------------------
+
+
+def _check_aes_key(v: SecretStr) -> SecretStr:
+    if len(v.get_secret_value()) != 43:
+        raise ValueError("EncodingAESKey must be exactly 43 characters")
+    return v
+
+
+AesKey = Annotated[SecretStr, AfterValidator(_check_aes_key)]
+
+
+class WeComAppCredentials(_Model):
+    corp_id: str = Field(min_length=1)
+    agent_id: str = Field(min_length=1)
+    secret: SecretStr
+    token: SecretStr
+    encoding_aes_key: AesKey
+
+    @field_validator("agent_id", mode="before")
+    @classmethod
+    def _agent_id_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v
+
+
+
+class WeComBotCredentials(_Model):
+    token: SecretStr
+    encoding_aes_key: AesKey
+    bot_id: str | None = None
+    secret: SecretStr | None = None
+
+
+class FeishuCredentials(_Model):
+    app_id: str
+    app_secret: SecretStr
+    encrypt_key: SecretStr = SecretStr("")
+    verification_token: SecretStr
+
+
+class DingTalkCredentials(_Model):
+    app_key: str
+    app_secret: SecretStr
+
+
+class QQCredentials(_Model):
+    app_id: str
+    app_secret: SecretStr
+
+
+class DiscordCredentials(_Model):
+    application_id: str
+    public_key: str
+    bot_token: SecretStr
+
+
+class _BotBase(_Model):
+    id: Annotated[str, Field(pattern=BOT_ID_RE)]
+    backend: str = "default"
+    api_base: str | None = None
+    mode: Literal["callback", "long_connection"] = "callback"
+    system_prompt: str | None = None
+
+
+class WeComAppBot(_BotBase):
+    platform: Literal[Platform.WECOM_APP]
+    credentials: WeComAppCredentials
+
+
+class WeComGroupRobotBot(_BotBase):
+    platform: Literal[Platform.WECOM_GROUP_ROBOT]
+    credentials: WeComBotCredentials
+
+
+class WeComAIBot(_BotBase):
+    platform: Literal[Platform.WECOM_AIBOT]
+    credentials: WeComBotCredentials
+
+
+class FeishuBot(_BotBase):
+    platform: Literal[Platform.FEISHU, Platform.LARK]
+    credentials: FeishuCredentials
+
+
+class DingTalkBot(_BotBase):
+    platform: Literal[Platform.DINGTALK]
+    credentials: DingTalkCredentials
+
+
+class QQBot(_BotBase):
+    platform: Literal[Platform.QQ]
+    credentials: QQCredentials
+
+
+class DiscordBot(_BotBase):
+    platform: Literal[Platform.DISCORD]
+    credentials: DiscordCredentials
+
+
+BotConfig = Annotated[
+    WeComAppBot | WeComGroupRobotBot | WeComAIBot | FeishuBot | DingTalkBot | QQBot | DiscordBot,
+    Field(discriminator="platform"),
+]
+
+DEFAULT_API_BASE: dict[Platform, str] = {
+    Platform.WECOM_APP: "https://qyapi.weixin.qq.com",
+    Platform.WECOM_GROUP_ROBOT: "https://qyapi.weixin.qq.com",
+    Platform.WECOM_AIBOT: "https://qyapi.weixin.qq.com",
+    Platform.FEISHU: "https://open.feishu.cn",
+    Platform.LARK: "https://open.larksuite.com",
+    Platform.DINGTALK: "https://api.dingtalk.com",
+    Platform.QQ: "https://api.sgroup.qq.com",
+    Platform.DISCORD: "https://discord.com",
+}
+
+
+class Settings(_Model):
+    nats: NatsConfig = NatsConfig()
+    ingress: IngressConfig = IngressConfig()
+    admin: AdminConfig = AdminConfig()
+    worker: WorkerConfig = WorkerConfig()
+    sender: SenderConfig = SenderConfig()
+    backends: dict[str, BackendConfig] = Field(default_factory=lambda: {"default": BackendConfig()})
+    bots: list[BotConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> Settings:
+        seen: set[str] = set()
+        for i, bot in enumerate(self.bots):
+            if bot.id in seen:
+                raise _PathValueError(f"bots.{i}.id", f"duplicate bot id {bot.id!r}")
+            seen.add(bot.id)
+            if bot.backend not in self.backends:
+                raise _PathValueError(
+                    f"bots.{i}.backend",
+                    f"unknown backend {bot.backend!r} (defined: {', '.join(sorted(self.backends))})",
+                )
+        return self
+
+    def bot(self, bot_id: str) -> BotConfig | None:
+        for bot in self.bots:
+            if bot.id == bot_id:
+                return bot
+        return None
+
+    def api_base(self, bot: BotConfig) -> str:
+        return (bot.api_base or DEFAULT_API_BASE[bot.platform]).rstrip("/")
+
+
+class _PathValueError(ValueError):
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(path, f"environment variable {name} is not set")
+
+        return _ENV_RE.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, environ, f"{path}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+_TAGS = {p.value for p in Platform}
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    # Drop discriminator tags pydantic inserts for tagged unions ("bots.0.wecom_app.credentials").
+    parts = [str(p) for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] != "platform"
+                                                        and isinstance(p, str) and p in _TAGS)]
+    return ".".join(parts)
+
+
+def parse_settings(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -> Settings:
+    """Validate an already-loaded YAML mapping, applying ``${ENV}`` and the IMRELAY_* overrides."""
+    raw: dict[str, Any] = dict(_interpolate(dict(data or {}), environ, ""))
+    overrides = {
+        "IMRELAY_NATS_URL": ("nats", "url"),
+        "IMRELAY_PORT": ("ingress", "port"),
+        "IMRELAY_ADMIN_PORT": ("admin", "port"),
+    }
+    for env, (section, key) in overrides.items():
+        if environ.get(env):
+            sect = raw.get(section)
+            sect = dict(sect) if isinstance(sect, dict) else {}
+            sect[key] = environ[env]
+            raw[section] = sect
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, _PathValueError):
+            raise ConfigError(ctx_err.path, str(ctx_err)) from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(_loc_to_path(tuple(err["loc"])), msg) from None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the config file named by ``path`` or ``IMRELAY_CONFIG``."""
+    env = os.environ if environ is None else environ
+    file = Path(path or env.get("IMRELAY_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {file} not found (set IMRELAY_CONFIG)") from None
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {file}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("", f"{file} is not valid YAML{where}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError("", f"{file} must contain a mapping at the top level")
+    return parse_settings(data, env)

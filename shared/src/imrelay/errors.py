@@ -1,0 +1,145 @@
+"""The imrelay error tree, drawn once.
+
+    ImrelayError
+    ├── ConfigError                 bad configuration file (carries the dotted path of the bad key)
+    ├── CallbackError               a platform callback we refuse (mapped to a 4xx by the ingress)
+    │   ├── VerifyError             signature / token / receive-id mismatch           -> 401
+    │   │   └── UnknownBotError     no bot with that id                               -> 404
+    │   ├── DecryptError            ciphertext that does not decrypt cleanly          -> 400
+    │   └── ParseError              well-signed but malformed payload                 -> 400
+    ├── BackendError                an LLM backend failed (status / message from the provider)
+    └── UpstreamError               a platform API answered with an error code
+        ├── TokenExpiredError       the access token is invalid or expired: refresh and retry once
+        ├── RateLimitedError        the platform's frequency limit: back off and retry
+        ├── TransientUpstreamError  timeouts, 5xx, "system busy": retry with backoff
+        └── PermanentUpstreamError  bad recipient, bad credentials, rejected message: dead-letter
+
+Error messages never contain secrets or decrypted payloads; the ingress never echoes them to callers.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "CallbackError",
+    "ConfigError",
+    "DecryptError",
+    "ImrelayError",
+    "ParseError",
+    "PermanentUpstreamError",
+    "RateLimitedError",
+    "TokenExpiredError",
+    "TransientUpstreamError",
+    "UnknownBotError",
+    "UpstreamError",
+    "VerifyError",
+    "WeComCode",
+]
+
+from enum import IntEnum
+
+
+class WeComCode(IntEnum):
+    """WXBizMsgCrypt error codes (callback crypto) and the WeCom API errcodes the sender handles."""
+
+    OK = 0
+    VALIDATE_SIGNATURE = -40001
+    PARSE_XML = -40002
+    COMPUTE_SIGNATURE = -40003
+    ILLEGAL_AES_KEY = -40004
+    VALIDATE_RECEIVE_ID = -40005
+    ENCRYPT_AES = -40006
+    DECRYPT_AES = -40007
+    ILLEGAL_BUFFER = -40008
+    ENCODE_BASE64 = -40009
+    DECODE_BASE64 = -40010
+    GEN_RETURN = -40011
+    # API errcodes
+    SYSTEM_BUSY = -1
+    INVALID_CREDENTIAL = 40001
+    INVALID_ACCESS_TOKEN = 40014
+    ACCESS_TOKEN_EXPIRED = 42001
+    API_FREQ_OUT_OF_LIMIT = 45009
+    IP_NOT_ALLOWED = 60020
+    ALL_RECEIVERS_INVALID = 81013
+
+
+class ImrelayError(Exception):
+    """Base of every error imrelay raises on purpose."""
+
+
+class ConfigError(ImrelayError):
+    """The configuration file is invalid; ``path`` is the dotted path of the bad key."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class CallbackError(ImrelayError):
+    """A platform callback that must be refused. ``code`` is the platform's own error code if any."""
+
+    status_code = 400
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(reason if code is None else f"{reason} ({code})")
+
+
+class VerifyError(CallbackError):
+    """Signature, token or receive-id mismatch: the request is not from the platform we expect."""
+
+    status_code = 401
+
+
+class UnknownBotError(VerifyError):
+    status_code = 404
+
+
+class DecryptError(CallbackError):
+    """The ciphertext is signed correctly but does not decrypt into a valid message."""
+
+
+class ParseError(CallbackError):
+    """The payload is authentic but malformed or not a message we understand."""
+
+
+class BackendError(ImrelayError):
+    """An LLM backend call failed. ``retryable`` says whether trying again may help."""
+
+    def __init__(self, backend: str, message: str, *, status: int | None = None,
+                 retryable: bool = False) -> None:
+        self.backend = backend
+        self.status = status
+        self.retryable = retryable
+        super().__init__(f"{backend}: {message}" + (f" (HTTP {status})" if status else ""))
+
+
+class UpstreamError(ImrelayError):
+    """A platform API answered with an error. ``retry_after`` is seconds, if the platform said."""
+
+    def __init__(self, platform: str, code: int | str, message: str = "",
+                 retry_after: float | None = None) -> None:
+        self.platform = platform
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        super().__init__(f"{platform} error {code}: {message}")
+
+
+class TokenExpiredError(UpstreamError):
+    pass
+
+
+class RateLimitedError(UpstreamError):
+    pass
+
+
+class TransientUpstreamError(UpstreamError):
+    pass
+
+
+class PermanentUpstreamError(UpstreamError):
+    pass

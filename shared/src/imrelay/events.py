@@ -1,0 +1,112 @@
+"""The versioned event schema carried on NATS. Defined once; every service imports it from here.
+
+* :class:`InboundMessage` on ``IMRELAY_IN``: one normalized user message (or platform event).
+* :class:`ReplyChunk` on ``IMRELAY_OUT``: one piece of the answer to an inbound message. Deltas carry
+  ``seq`` 0, 1, 2, ...; the last chunk has ``final=True`` and also carries ``full_text`` (the whole answer)
+  so platforms that cannot edit a message deliver one coherent answer without keeping state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import Platform
+
+SCHEMA_VERSION = 1
+_ID_NAMESPACE = uuid.UUID("5b0a7c52-8c1e-4f53-9d0a-6e1f4d2c9a11")
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Attachment",
+    "Chat",
+    "ChatType",
+    "InboundMessage",
+    "ReplyChunk",
+    "ReplyFormat",
+    "Sender",
+    "inbound_id",
+]
+
+
+class ChatType(StrEnum):
+    DIRECT = "direct"
+    GROUP = "group"
+
+
+class ReplyFormat(StrEnum):
+    TEXT = "text"
+    MARKDOWN = "markdown"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Chat(_Event):
+    id: str
+    type: ChatType
+
+
+class Sender(_Event):
+    id: str
+    name: str = ""
+
+
+class Attachment(_Event):
+    kind: str  # image | voice | video | file | location | link
+    ref: str  # the platform's media id / url
+    url: str | None = None
+
+
+def inbound_id(bot_id: str, dedupe_key: str) -> str:
+    """A stable id for an inbound message: the same platform message always gets the same id."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{bot_id}\x00{dedupe_key}"))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class InboundMessage(_Event):
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    platform: Platform
+    bot_id: str
+    platform_message_id: str = Field(description="dedupe key, stable across platform retries")
+    kind: Literal["message", "event"] = "message"
+    event: str | None = None
+    chat: Chat
+    sender: Sender
+    text: str = ""
+    mentioned: bool = False
+    attachments: list[Attachment] = Field(default_factory=list)
+    reply_handle: dict[str, str] = Field(default_factory=dict)
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class ReplyChunk(_Event):
+    schema_version: int = SCHEMA_VERSION
+    reply_id: str
+    inbound_id: str
+    platform: Platform
+    bot_id: str
+    chat: Chat
+    recipient: Sender
+    reply_handle: dict[str, str] = Field(default_factory=dict)
+    seq: int = Field(ge=0)
+    delta: str = ""
+    final: bool = False
+    full_text: str | None = None
+    format: ReplyFormat = ReplyFormat.TEXT
+    error: str | None = None
+    received_at: datetime | None = None
+
+    @property
+    def msg_id(self) -> str:
+        """The JetStream dedupe id: one final per reply, one of each delta sequence number."""
+        return f"{self.reply_id}:final" if self.final else f"{self.reply_id}:{self.seq}"

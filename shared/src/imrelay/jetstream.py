@@ -1,0 +1,135 @@
+"""Connecting to NATS and declaring imrelay's streams and KV buckets (idempotent, run by every service)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from . import subjects as s
+from .config import NatsConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Buckets", "connect", "ensure_buckets", "ensure_streams", "stream_configs"]
+
+DAY = 86400.0
+
+
+def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
+    common = {"storage": StorageType.FILE, "num_replicas": cfg.replicas,
+              "retention": RetentionPolicy.LIMITS, "discard": DiscardPolicy.OLD}
+    return [
+        StreamConfig(
+            name=s.STREAM_IN, subjects=[s.IN_ALL], max_age=7 * DAY,
+            # Platform retries of one message within this window are dropped by the server (Nats-Msg-Id).
+            duplicate_window=float(cfg.dedupe_window_seconds), **common,
+        ),
+        StreamConfig(
+            name=s.STREAM_OUT, subjects=[s.OUT_ALL], max_age=7 * DAY,
+            duplicate_window=float(cfg.dedupe_window_seconds), **common,
+        ),
+        StreamConfig(name=s.STREAM_DLQ, subjects=[s.DLQ_ALL], max_age=30 * DAY,
+                     duplicate_window=120.0, **common),
+    ]
+
+
+async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1) -> NATS:
+    """Connect with endless reconnects (a service keeps running through a NATS restart)."""
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats: %s", type(e).__name__)
+
+    async def on_disconnect() -> None:
+        log.info("nats: disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected")
+
+    return await nats.connect(
+        cfg.url, name=name, connect_timeout=cfg.connect_timeout_seconds,
+        max_reconnect_attempts=max_reconnect_attempts, reconnect_time_wait=0.5,
+        allow_reconnect=True, error_cb=on_error, disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+    )
+
+
+async def connect_until_ready(cfg: NatsConfig, name: str) -> tuple[NATS, JetStreamContext]:
+    """Connect and declare the streams, retrying with backoff until NATS answers."""
+    import asyncio
+
+    delay = 0.2
+    while True:
+        try:
+            nc = await connect(cfg, name)
+            js = nc.jetstream(timeout=cfg.publish_timeout_seconds)
+            await ensure_streams(js, cfg)
+            return nc, js
+        except Exception as exc:  # noqa: BLE001 - keep trying; the service stays up
+            log.warning("NATS not reachable yet (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
+    for conf in stream_configs(cfg):
+        try:
+            await js.stream_info(conf.name or "")
+        except NotFoundError:
+            try:
+                await js.add_stream(conf)
+                log.info("created stream %s", conf.name)
+            except BadRequestError:
+                # another replica created it at the same moment
+                await js.stream_info(conf.name or "")
+            continue
+        await js.update_stream(conf)
+
+
+@dataclass(frozen=True, slots=True)
+class Buckets:
+    tokens: KeyValue
+    deliveries: KeyValue
+
+
+async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    try:
+        return await js.key_value(config.bucket)
+    except (NotFoundError, Exception) as exc:  # nats-py raises BucketNotFoundError (a NotFoundError)
+        if not isinstance(exc, NotFoundError):
+            raise
+    return await js.create_key_value(config)
+
+
+async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
+    tokens = await _bucket(js, KeyValueConfig(
+        bucket=s.KV_TOKENS, history=1, storage=StorageType.FILE, replicas=cfg.replicas,
+        description="platform access tokens and refresh locks",
+    ))
+    deliveries = await _bucket(js, KeyValueConfig(
+        bucket=s.KV_DELIVERIES, history=1, ttl=float(cfg.dedupe_window_seconds),
+        storage=StorageType.FILE, replicas=cfg.replicas,
+        description="delivered reply parts (reply id + part index)",
+    ))
+    return Buckets(tokens=tokens, deliveries=deliveries)
+
+
+async def streams_present(js: JetStreamContext) -> bool:
+    for name in (s.STREAM_IN, s.STREAM_OUT, s.STREAM_DLQ):
+        try:
+            await js.stream_info(name)
+        except Exception:  # noqa: BLE001 - any failure means "not ready"
+            return False
+    return True

@@ -1,0 +1,76 @@
+"""Every NATS name imrelay uses: streams, subjects, consumers, KV buckets and headers.
+
+=================  ===============================  =====================================================
+name               value                            what
+=================  ===============================  =====================================================
+STREAM_IN          IMRELAY_IN                       normalized inbound events, ``imrelay.in.<platform>.<bot>``
+STREAM_OUT         IMRELAY_OUT                      reply chunks, ``imrelay.out.<platform>.<bot>``
+STREAM_DLQ         IMRELAY_DLQ                      dead letters, ``imrelay.dlq.<stage>``, reason in headers
+CONSUMER_WORKER    llm-worker                       durable pull consumer of IMRELAY_IN
+CONSUMER_SENDER    sender                           durable pull consumer of IMRELAY_OUT
+KV_TOKENS          imrelay_tokens                   platform access tokens shared by replicas
+KV_MEMORY          imrelay_memory                   conversation memory
+KV_LEASES          imrelay_leases                   connector socket leases
+KV_DELIVERIES      imrelay_deliveries               delivery records (reply id + part) for idempotency
+=================  ===============================  =====================================================
+"""
+
+from __future__ import annotations
+
+import re
+
+STREAM_IN = "IMRELAY_IN"
+STREAM_OUT = "IMRELAY_OUT"
+STREAM_DLQ = "IMRELAY_DLQ"
+
+IN_PREFIX = "imrelay.in"
+OUT_PREFIX = "imrelay.out"
+DLQ_PREFIX = "imrelay.dlq"
+
+IN_ALL = f"{IN_PREFIX}.>"
+OUT_ALL = f"{OUT_PREFIX}.>"
+DLQ_ALL = f"{DLQ_PREFIX}.>"
+
+CONSUMER_WORKER = "llm-worker"
+CONSUMER_SENDER = "sender"
+
+KV_TOKENS = "imrelay_tokens"
+KV_MEMORY = "imrelay_memory"
+KV_LEASES = "imrelay_leases"
+KV_DELIVERIES = "imrelay_deliveries"
+
+# Headers
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_DLQ_REASON = "Imrelay-Dlq-Reason"
+HDR_DLQ_STAGE = "Imrelay-Dlq-Stage"
+HDR_DLQ_CODE = "Imrelay-Dlq-Code"
+HDR_DLQ_SUBJECT = "Imrelay-Dlq-Original-Subject"
+HDR_DLQ_DELIVERIES = "Imrelay-Dlq-Deliveries"
+
+_TOKEN_RE = re.compile(r"^[a-z0-9_-]+$")
+
+
+def _token(value: str) -> str:
+    if not _TOKEN_RE.match(value):
+        raise ValueError(f"not a valid subject token: {value!r}")
+    return value
+
+
+def inbound_subject(platform: str, bot_id: str) -> str:
+    return f"{IN_PREFIX}.{_token(platform)}.{_token(bot_id)}"
+
+
+def outbound_subject(platform: str, bot_id: str) -> str:
+    return f"{OUT_PREFIX}.{_token(platform)}.{_token(bot_id)}"
+
+
+def dlq_subject(stage: str) -> str:
+    return f"{DLQ_PREFIX}.{_token(stage)}"
+
+
+_KV_KEY_RE = re.compile(r"[^-/_=.a-zA-Z0-9]")
+
+
+def kv_key(*parts: str) -> str:
+    """A KV key from parts: characters KV keys do not allow become '_'; parts joined with '.'."""
+    return ".".join(_KV_KEY_RE.sub("_", p) or "_" for p in parts)

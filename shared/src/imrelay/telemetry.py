@@ -1,0 +1,137 @@
+"""Telemetry names and setup, defined once. Dashboards and alerts use only these names.
+
+==========================================  =========  ==============================  =========================
+metric                                      type       labels                          meaning
+==========================================  =========  ==============================  =========================
+imrelay_callbacks_total                     counter    platform, bot, outcome          callbacks by outcome
+imrelay_callback_ack_seconds                histogram  platform, bot                   callback received -> ack
+imrelay_llm_time_to_first_token_seconds     histogram  platform, bot                   backend request -> 1st delta
+imrelay_llm_duration_seconds                histogram  platform, bot, outcome          whole backend call
+imrelay_deliveries_total                    counter    platform, bot, outcome          platform send calls
+imrelay_delivery_seconds                    histogram  platform, bot                   one platform send call
+imrelay_rate_limit_wait_seconds             histogram  platform, bot                   time waited for a limit
+imrelay_token_refreshes_total               counter    platform, bot, outcome          token endpoint calls
+imrelay_dlq_total                           counter    platform, bot, stage            dead letters written
+imrelay_first_reply_seconds                 histogram  platform, bot                   callback -> 1st delivery
+==========================================  =========  ==============================  =========================
+
+Outcomes: callbacks ``accepted | duplicate | rejected_signature | rejected_malformed | rejected_oversize |
+unknown_bot | unavailable``; LLM ``ok | error | timeout``; deliveries ``ok | retry | duplicate_skipped |
+failed``; tokens ``ok | error``.
+
+Tracing: W3C trace context travels in NATS headers (``traceparent``/``tracestate``). OTLP export is
+configured by the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, MutableMapping
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+__all__ = [
+    "CALLBACKS",
+    "CALLBACK_ACK",
+    "DELIVERIES",
+    "DELIVERY_SECONDS",
+    "DLQ",
+    "FIRST_REPLY",
+    "LLM_DURATION",
+    "LLM_TTFT",
+    "RATE_LIMIT_WAIT",
+    "TOKEN_REFRESHES",
+    "extract_context",
+    "inject_headers",
+    "setup_tracing",
+]
+
+PREFIX = "imrelay_"
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+CALLBACKS = Counter(
+    "imrelay_callbacks", "Platform callbacks received, by outcome", ["platform", "bot", "outcome"]
+)
+CALLBACK_ACK = Histogram(
+    "imrelay_callback_ack_seconds", "Time from callback received to the platform's ack",
+    ["platform", "bot"], buckets=_LATENCY_BUCKETS,
+)
+LLM_TTFT = Histogram(
+    "imrelay_llm_time_to_first_token_seconds", "Backend request to first answer token",
+    ["platform", "bot"], buckets=_LLM_BUCKETS,
+)
+LLM_DURATION = Histogram(
+    "imrelay_llm_duration_seconds", "Whole backend answer duration, by outcome",
+    ["platform", "bot", "outcome"], buckets=_LLM_BUCKETS,
+)
+DELIVERIES = Counter(
+    "imrelay_deliveries", "Platform send calls, by outcome", ["platform", "bot", "outcome"]
+)
+DELIVERY_SECONDS = Histogram(
+    "imrelay_delivery_seconds", "Duration of one platform send call", ["platform", "bot"],
+    buckets=_LATENCY_BUCKETS,
+)
+RATE_LIMIT_WAIT = Histogram(
+    "imrelay_rate_limit_wait_seconds", "Time a message waited for a platform rate limit",
+    ["platform", "bot"], buckets=_LLM_BUCKETS,
+)
+TOKEN_REFRESHES = Counter(
+    "imrelay_token_refreshes", "Access-token endpoint calls, by outcome", ["platform", "bot", "outcome"]
+)
+DLQ = Counter("imrelay_dlq", "Messages written to a dead-letter subject", ["platform", "bot", "stage"])
+FIRST_REPLY = Histogram(
+    "imrelay_first_reply_seconds", "End to end: callback received to first reply delivered",
+    ["platform", "bot"], buckets=_LLM_BUCKETS,
+)
+
+
+def registry() -> CollectorRegistry:
+    return REGISTRY
+
+
+_tracing_ready = False
+
+
+def setup_tracing(service_name: str) -> None:
+    """Install a tracer provider once per process; export over OTLP when OTEL_* asks for it."""
+    global _tracing_ready
+    if _tracing_ready:
+        return
+    _tracing_ready = True
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    wants_otlp = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    if wants_otlp and os.environ.get("OTEL_TRACES_EXPORTER", "otlp") != "none":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+
+
+def inject_headers(headers: MutableMapping[str, str], context: Context | None = None) -> None:
+    """Write the current (or given) trace context into NATS headers."""
+    propagate.inject(headers, context=context)
+
+
+def extract_context(headers: Mapping[str, str] | None) -> Context:
+    return propagate.extract(dict(headers or {}))
+
+
+def setup_logging(service: str) -> None:
+    level = os.environ.get("IMRELAY_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
+    )
+    # httpx logs full request URLs at INFO, and WeCom puts the access token in the query string.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
