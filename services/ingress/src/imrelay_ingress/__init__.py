@@ -1,0 +1,1 @@
+"""imrelay ingress: verifies, decrypts and normalizes platform callbacks and stores them in JetStream."""

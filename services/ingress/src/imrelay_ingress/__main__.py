@@ -1,0 +1,60 @@
+"""``imrelay-ingress`` / ``python -m imrelay_ingress``: the public callback server plus the admin port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import uvicorn
+
+from imrelay.admin import serve_admin
+from imrelay.config import load_settings
+from imrelay.errors import ConfigError
+from imrelay.runtime import EmbeddedServer, stop_event
+from imrelay.telemetry import setup_logging, setup_tracing
+
+from .app import create_app
+from .publisher import JetStreamPublisher
+
+log = logging.getLogger("imrelay.ingress")
+
+
+async def run() -> None:
+    settings = load_settings()
+    publisher = JetStreamPublisher(settings.nats)
+    await publisher.start()
+    app = create_app(settings, publisher)
+    public = EmbeddedServer(uvicorn.Config(
+        app, host=settings.ingress.host, port=settings.ingress.port, log_level="warning",
+        access_log=False, proxy_headers=True, server_header=False, timeout_graceful_shutdown=10,
+    ))
+    admin = serve_admin(settings.admin.host, settings.admin.port, publisher.ready)
+    stop = stop_event()
+    tasks = [asyncio.create_task(public.serve()), asyncio.create_task(admin.serve())]
+    log.info("ingress listening on :%d (admin :%d), %d bot(s)", settings.ingress.port,
+             settings.admin.port, len(settings.bots))
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    public.should_exit = True
+    admin.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    waiter.cancel()
+    await publisher.close()
+    for t in tasks:
+        if t in done and t.exception():
+            raise SystemExit(f"server failed: {t.exception()}")
+
+
+def main() -> None:
+    setup_logging("ingress")
+    setup_tracing("imrelay-ingress")
+    try:
+        asyncio.run(run())
+    except ConfigError as exc:
+        print(f"imrelay-ingress: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

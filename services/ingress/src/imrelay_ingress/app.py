@@ -1,0 +1,118 @@
+"""The public ingress app: ``/callback/{bot_id}`` only. Metrics and probes live on the admin port."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from opentelemetry import trace
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from imrelay.config import Settings
+from imrelay.errors import CallbackError, UnknownBotError, VerifyError
+from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
+
+from .platforms import Adapter, CallbackRequest, adapter_for
+from .publisher import PublishUnavailable, Publisher
+
+log = logging.getLogger("imrelay.ingress")
+tracer = trace.get_tracer("imrelay.ingress")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _outcome_for(exc: CallbackError) -> str:
+    if isinstance(exc, UnknownBotError):
+        return "unknown_bot"
+    return "rejected_signature" if isinstance(exc, VerifyError) else "rejected_malformed"
+
+
+def create_app(settings: Settings, publisher: Publisher, *,
+               clock: Callable[[], float] = time.time,
+               adapters: Mapping[str, Adapter] | None = None) -> Starlette:
+    """Build the ingress app. ``publisher`` stores messages (JetStream in production, a fake in unit
+    tests); ``clock`` is injectable for timestamp windows."""
+    table: dict[str, Adapter] = dict(adapters) if adapters is not None else {
+        bot.id: adapter_for(bot) for bot in settings.bots
+    }
+    platform_of = {bot.id: bot.platform.value for bot in settings.bots}
+    limit = settings.ingress.max_body_bytes
+
+    async def callback(request: Request) -> Response:
+        started = time.perf_counter()
+        bot_id = request.path_params["bot_id"]
+        platform = platform_of.get(bot_id, "unknown")
+        labels = {"platform": platform, "bot": bot_id if bot_id in table else "unknown"}
+
+        def done(status: int, outcome: str, body: bytes = b"", media: str = "text/plain",
+                 headers: dict[str, str] | None = None) -> Response:
+            CALLBACKS.labels(outcome=outcome, **labels).inc()
+            CALLBACK_ACK.labels(**labels).observe(time.perf_counter() - started)
+            return Response(body, status_code=status, media_type=media, headers=headers)
+
+        adapter = table.get(bot_id)
+        if adapter is None:
+            log.warning("callback for unknown bot id (path %s)", request.url.path[:80])
+            return done(404, "unknown_bot")
+        with tracer.start_as_current_span(
+            "imrelay.callback", kind=trace.SpanKind.SERVER,
+            attributes={"imrelay.platform": platform, "imrelay.bot": bot_id,
+                        "http.request.method": request.method},
+        ) as span:
+            try:
+                body = await read_body(request, limit)
+            except BodyTooLarge:
+                log.warning("callback rejected bot=%s reason=body over %d bytes", bot_id, limit)
+                return done(413, "rejected_oversize")
+            cb = CallbackRequest(method=request.method, query=request.query_params,
+                                 headers=request.headers, body=body, now=clock())
+            try:
+                result = adapter.handle(cb)
+            except CallbackError as exc:
+                log.warning("callback rejected bot=%s reason=%s code=%s", bot_id, exc.reason, exc.code)
+                span.set_attribute("imrelay.outcome", _outcome_for(exc))
+                return done(exc.status_code, _outcome_for(exc))
+            except (ValueError, KeyError, UnicodeError) as exc:
+                # Input the adapter did not foresee is still bad input: 400, never a 500.
+                log.warning("callback rejected bot=%s reason=unparseable (%s)", bot_id,
+                            type(exc).__name__)
+                return done(400, "rejected_malformed")
+            outcome = "accepted"
+            if result.message is not None:
+                span.set_attribute("imrelay.message_id", result.message.id)
+                try:
+                    duplicate = await publisher.publish(result.message)
+                except PublishUnavailable as exc:
+                    log.error("callback not stored bot=%s: JetStream unavailable (%s); answering 503",
+                              bot_id, exc)
+                    return done(503, "unavailable", b"", headers={"Retry-After": "1"})
+                if duplicate:
+                    outcome = "duplicate"
+                    log.info("duplicate callback bot=%s key=%s", bot_id, result.dedupe_key)
+                else:
+                    log.debug("stored message bot=%s id=%s", bot_id, result.message.id)
+            span.set_attribute("imrelay.outcome", outcome)
+            return done(result.status, outcome, result.body, result.content_type,
+                        result.extra_headers or None)
+
+    return Starlette(routes=[Route("/callback/{bot_id}", callback, methods=["GET", "POST"])])

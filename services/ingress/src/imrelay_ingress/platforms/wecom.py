@@ -1,0 +1,71 @@
+"""WeCom XML callbacks (self-built app and group robot): envelope, URL verification, safe XML parsing.
+
+Pure functions over bytes/str; the crypto itself lives in :mod:`imrelay.wecom_crypto`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from xml.etree.ElementTree import Element, ParseError as XmlParseError
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring
+
+from imrelay.errors import DecryptError, ParseError, VerifyError, WeComCode
+from imrelay.wecom_crypto import WeComCrypto
+
+__all__ = ["decrypt_post", "parse_xml", "query_params", "verify_url"]
+
+
+def parse_xml(data: bytes | str) -> dict[str, str]:
+    """Parse a flat-ish WeCom XML document into ``{"A": "..", "From.UserId": ".."}`` (dotted paths).
+
+    DTDs and entities are refused (defusedxml): no external entities, no entity expansion bombs.
+    """
+    try:
+        root: Element = fromstring(data, forbid_dtd=True, forbid_entities=True,
+                                   forbid_external=True)
+    except (XmlParseError, DefusedXmlException, ValueError) as exc:
+        raise ParseError("malformed XML", WeComCode.PARSE_XML) from exc
+    out: dict[str, str] = {}
+
+    def walk(el: Element, prefix: str) -> None:
+        for child in el:
+            key = f"{prefix}{child.tag}"
+            if len(child):
+                walk(child, key + ".")
+            elif key not in out:
+                out[key] = child.text or ""
+    walk(root, "")
+    return out
+
+
+def query_params(query: Mapping[str, str], *names: str) -> list[str]:
+    values = []
+    for name in names:
+        v = query.get(name)
+        if not v:
+            raise VerifyError(f"missing query parameter {name}")
+        values.append(v)
+    return values
+
+
+def verify_url(crypto: WeComCrypto, query: Mapping[str, str]) -> bytes:
+    """GET URL verification: check the signature over ``echostr`` and return its plaintext."""
+    sig, ts, nonce, echostr = query_params(query, "msg_signature", "timestamp", "nonce", "echostr")
+    return crypto.verify_and_decrypt(sig, ts, nonce, echostr)
+
+
+def decrypt_post(crypto: WeComCrypto, query: Mapping[str, str], body: bytes) -> dict[str, str]:
+    """POST callback: read ``<Encrypt>`` from the envelope, verify, decrypt, parse the inner XML."""
+    sig, ts, nonce = query_params(query, "msg_signature", "timestamp", "nonce")
+    envelope = parse_xml(body)
+    encrypted = envelope.get("Encrypt")
+    if not encrypted:
+        raise ParseError("envelope has no Encrypt element", WeComCode.PARSE_XML)
+    plaintext = crypto.verify_and_decrypt(sig, ts, nonce, encrypted)
+    try:
+        plaintext.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecryptError("plaintext is not UTF-8", WeComCode.ILLEGAL_BUFFER) from exc
+    return parse_xml(plaintext)
