@@ -1,0 +1,89 @@
+"""Turning one backend stream into reply chunks: coalesce deltas, number them, finish with the full text.
+
+Pure orchestration over injected callables (backend stream, publish, clock), so it is unit-tested without a
+broker. Backend failures never leave the user in silence: the final chunk then carries a polite message (and
+whatever was already streamed) with ``error`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from imrelay.errors import BackendError
+from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
+
+Publish = Callable[[ReplyChunk], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class AnswerOutcome:
+    text: str
+    outcome: str  # ok | error | timeout
+    first_token_seconds: float | None
+    duration_seconds: float
+    chunks: int
+    error: str | None = None
+
+
+def _chunk(msg: InboundMessage, seq: int, delta: str, *, final: bool = False,
+           full_text: str | None = None, error: str | None = None) -> ReplyChunk:
+    return ReplyChunk(
+        reply_id=msg.id, inbound_id=msg.id, platform=msg.platform, bot_id=msg.bot_id,
+        chat=msg.chat, recipient=msg.sender, reply_handle=msg.reply_handle, seq=seq,
+        delta=delta, final=final, full_text=full_text, format=ReplyFormat.TEXT, error=error,
+        received_at=msg.received_at,
+    )
+
+
+async def produce_answer(msg: InboundMessage, stream: AsyncIterator[str], publish: Publish, *,
+                         deadline_seconds: float, coalesce_seconds: float = 0.2,
+                         error_message: str, timeout_notice: str = "(answer cut short: timed out)",
+                         clock: Callable[[], float] = time.monotonic) -> AnswerOutcome:
+    started = clock()
+    parts: list[str] = []
+    pending: list[str] = []
+    seq = 0
+    first: float | None = None
+    last_flush = started
+
+    async def flush() -> None:
+        nonlocal seq, last_flush, pending
+        if pending:
+            await publish(_chunk(msg, seq, "".join(pending)))
+            seq += 1
+            pending = []
+        last_flush = clock()
+
+    outcome, error = "ok", None
+    try:
+        async with asyncio.timeout(deadline_seconds):
+            async for piece in stream:
+                if not piece:
+                    continue
+                if first is None:
+                    first = clock() - started
+                parts.append(piece)
+                pending.append(piece)
+                if clock() - last_flush >= coalesce_seconds:
+                    await flush()
+    except TimeoutError:
+        outcome, error = "timeout", "answer deadline exceeded"
+    except BackendError as exc:
+        outcome, error = "error", str(exc)
+    await flush()
+    text = "".join(parts)
+    if outcome == "ok":
+        final_text = text
+    elif outcome == "timeout" and text:
+        final_text = f"{text}\n\n{timeout_notice}"
+    elif text:
+        final_text = f"{text}\n\n{error_message}"
+    else:
+        final_text = error_message
+    await publish(_chunk(msg, seq, final_text[len(text):] if final_text.startswith(text) else "",
+                         final=True, full_text=final_text, error=error))
+    return AnswerOutcome(text=text, outcome=outcome, first_token_seconds=first,
+                         duration_seconds=clock() - started, chunks=seq + 1, error=error)

@@ -1,0 +1,183 @@
+"""The llm-worker's broker wiring: a durable pull consumer on IMRELAY_IN, reply chunks to IMRELAY_OUT.
+
+Delivery semantics: explicit ack after the final chunk is stored; in-progress acks while the backend is
+slow; a failed attempt is nak'ed with a delay and retried up to ``worker.max_deliver`` times, then the message
+goes to ``imrelay.dlq.worker`` with the reason in headers. Reply chunks carry deterministic ``Nats-Msg-Id``s
+(``<reply>:<seq>``, ``<reply>:final``) so a re-run after a crash never shows the user a second answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from imrelay import subjects
+from imrelay.config import Settings
+from imrelay.dlq import dlq_headers
+from imrelay.events import InboundMessage, ReplyChunk
+from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TTFT, registry
+
+from .answer import produce_answer
+from .backends import Backend, ChatMessage, ChatRequest, build_backend
+
+log = logging.getLogger("imrelay.worker")
+
+NON_TEXT_REPLY = "I can only read text messages for now."
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    broker: NatsBroker
+    backends: dict[str, Backend]
+    client: httpx.AsyncClient
+
+    async def publish_chunk(self, chunk: ReplyChunk) -> None:
+        await self.broker.publish(
+            chunk.model_dump_json().encode(),
+            subjects.outbound_subject(chunk.platform.value, chunk.bot_id),
+            headers={subjects.HDR_MSG_ID: chunk.msg_id},
+            stream=subjects.STREAM_OUT,
+            timeout=self.settings.nats.publish_timeout_seconds,
+        )
+
+    async def dead_letter(self, msg: NatsMessage, reason: str, msg_id: str) -> None:
+        raw = msg.raw_message
+        platform, bot = _labels_of(raw.subject)
+        await self.broker.publish(
+            raw.data, subjects.dlq_subject("worker"),
+            headers=dlq_headers("worker", reason, original_subject=raw.subject,
+                                deliveries=raw.metadata.num_delivered, msg_id=msg_id),
+            stream=subjects.STREAM_DLQ,
+        )
+        DLQ.labels(platform=platform, bot=bot, stage="worker").inc()
+        log.error("dead-lettered inbound %s: %s", msg_id, reason)
+
+    async def handle(self, msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        try:
+            inbound = InboundMessage.model_validate_json(raw.data)
+        except ValidationError:
+            await self.dead_letter(msg, "invalid inbound event", str(raw.metadata.sequence.stream))
+            await msg.ack()
+            return
+        try:
+            await self.answer(inbound, msg)
+        except Exception as exc:
+            delivered = raw.metadata.num_delivered
+            if delivered >= self.settings.worker.max_deliver:
+                await self.dead_letter(msg, f"gave up after {delivered} attempts: "
+                                            f"{type(exc).__name__}", inbound.id)
+                await msg.ack()
+            else:
+                log.warning("inbound %s attempt %d failed (%s); retrying", inbound.id, delivered,
+                            type(exc).__name__)
+                await msg.nack(delay=min(2.0 ** delivered, 30.0))
+            return
+        await msg.ack()
+
+    async def answer(self, inbound: InboundMessage, msg: NatsMessage) -> None:
+        if inbound.kind == "event":
+            log.debug("event %s from %s: nothing to answer", inbound.event, inbound.bot_id)
+            return
+        bot = self.settings.bot(inbound.bot_id)
+        if bot is None:
+            raise LookupError(f"no bot {inbound.bot_id!r} in this worker's config")
+        labels = {"platform": inbound.platform.value, "bot": inbound.bot_id}
+        text = inbound.text.strip()
+        if not text:
+            if not inbound.attachments:
+                return
+            text_stream = _once(NON_TEXT_REPLY)
+            backend_name = "builtin"
+        else:
+            backend_name = bot.backend
+            backend = self.backends[bot.backend]
+            cfg = self.settings.backends[bot.backend]
+            system = bot.system_prompt or cfg.system_prompt
+            messages = ([ChatMessage("system", system)] if system else []) + [
+                ChatMessage("user", text)]
+            request = ChatRequest(
+                messages=messages,
+                user=f"{inbound.platform.value}:{inbound.bot_id}:{inbound.sender.id}",
+                conversation=f"{inbound.platform.value}:{inbound.bot_id}:{inbound.chat.id}",
+            )
+            text_stream = backend.stream(request)
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            backend_cfg = self.settings.backends.get(bot.backend)
+            result = await produce_answer(
+                inbound, text_stream, self.publish_chunk,
+                deadline_seconds=self.settings.worker.answer_timeout_seconds,
+                coalesce_seconds=self.settings.worker.delta_interval_seconds,
+                error_message=backend_cfg.error_message if backend_cfg else NON_TEXT_REPLY,
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        if result.first_token_seconds is not None:
+            LLM_TTFT.labels(**labels).observe(result.first_token_seconds)
+        LLM_DURATION.labels(outcome=result.outcome, **labels).observe(result.duration_seconds)
+        if result.outcome != "ok":
+            log.warning("backend %s failed for inbound %s: %s", backend_name, inbound.id,
+                        result.error)
+
+    async def _keep_alive(self, msg: NatsMessage) -> None:
+        interval = max(self.settings.worker.ack_wait_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+
+async def _once(text: str) -> AsyncIterator[str]:
+    yield text
+
+
+def _labels_of(subject: str) -> tuple[str, str]:
+    parts = subject.split(".")
+    return (parts[2], parts[3]) if len(parts) >= 4 else ("unknown", "unknown")
+
+
+def build_worker(settings: Settings, client: httpx.AsyncClient | None = None) -> Worker:
+    http = client or httpx.AsyncClient(timeout=httpx.Timeout(60.0), follow_redirects=False)
+    broker = NatsBroker(
+        settings.nats.url,
+        graceful_timeout=settings.worker.answer_timeout_seconds,
+        max_reconnect_attempts=-1,
+        log_level=logging.DEBUG,  # per-message lines only when debugging
+        middlewares=[
+            NatsTelemetryMiddleware(),
+            NatsPrometheusMiddleware(registry=registry(), app_name="imrelay-worker",
+                                     metrics_prefix="imrelay_faststream"),
+        ],
+    )
+    backends = {name: build_backend(name, cfg, http) for name, cfg in settings.backends.items()}
+    worker = Worker(settings=settings, broker=broker, backends=backends, client=http)
+    wcfg = settings.worker
+    broker.subscriber(
+        subjects.IN_ALL,
+        stream=JStream(subjects.STREAM_IN, declare=False),
+        durable=subjects.CONSUMER_WORKER,
+        pull_sub=PullSub(batch_size=1, timeout=1.0),
+        config=ConsumerConfig(
+            ack_policy=JsAckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_seconds,
+            max_deliver=wcfg.max_deliver + 1, deliver_policy=DeliverPolicy.ALL,
+        ),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=wcfg.concurrency,
+    )(worker.handle)
+    return worker
