@@ -1,0 +1,1 @@
+"""imrelay sender: owns platform tokens, limits, splitting, retries, dead letters and delivery."""

@@ -1,0 +1,198 @@
+"""The sender's broker wiring: a durable pull consumer on IMRELAY_OUT delivering final answers.
+
+For each final chunk the platform delivery renders the parts; each part is posted at most once (a record in
+the ``imrelay_deliveries`` bucket keyed by reply id + part index is written after the platform accepts it, so
+a redelivered chunk skips what was already shown). Transient failures are retried in-process with backoff
+and jitter, then by JetStream (nak with delay) up to ``sender.max_deliver``; permanent ones go to
+``imrelay.dlq.sender`` with the platform's code in headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import ValidationError
+
+from imrelay import subjects
+from imrelay.config import Settings
+from imrelay.dlq import dlq_headers
+from imrelay.errors import PermanentUpstreamError, UpstreamError
+from imrelay.events import ReplyChunk
+from imrelay.subjects import kv_key
+from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT, registry
+
+from .backoff import backoff_delay
+from .platforms import Delivery, delivery_for
+from .tokens import TokenCache
+
+log = logging.getLogger("imrelay.sender")
+
+
+@dataclass
+class Sender:
+    settings: Settings
+    broker: NatsBroker
+    deliveries_kv: KeyValue
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
+
+    async def dead_letter(self, msg: NatsMessage, platform: str, bot: str, reason: str,
+                          code: str | int | None, msg_id: str) -> None:
+        raw = msg.raw_message
+        await self.broker.publish(
+            raw.data, subjects.dlq_subject("sender"),
+            headers=dlq_headers("sender", reason, code=code, original_subject=raw.subject,
+                                deliveries=raw.metadata.num_delivered, msg_id=msg_id),
+            stream=subjects.STREAM_DLQ,
+        )
+        DLQ.labels(platform=platform, bot=bot, stage="sender").inc()
+        log.error("dead-lettered reply %s (%s): %s", msg_id, code, reason)
+
+    async def handle(self, msg: NatsMessage) -> None:
+        raw = msg.raw_message
+        try:
+            chunk = ReplyChunk.model_validate_json(raw.data)
+        except ValidationError:
+            await self.dead_letter(msg, "unknown", "unknown", "invalid reply chunk", None,
+                                   str(raw.metadata.sequence.stream))
+            await msg.ack()
+            return
+        delivery = self.deliveries.get(chunk.bot_id)
+        if delivery is None:
+            await self.dead_letter(msg, chunk.platform.value, chunk.bot_id,
+                                   "no deliverable bot with this id in the sender's config",
+                                   None, chunk.msg_id)
+            await msg.ack()
+            return
+        if not chunk.final:
+            await msg.ack()  # this platform cannot edit messages: the final chunk carries the text
+            return
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await self.deliver(delivery, chunk)
+        except PermanentUpstreamError as exc:
+            DELIVERIES.labels(platform=chunk.platform.value, bot=chunk.bot_id, outcome="failed").inc()
+            await self.dead_letter(msg, chunk.platform.value, chunk.bot_id, exc.message or str(exc),
+                                   exc.code, chunk.msg_id)
+            await msg.ack()
+        except Exception as exc:
+            delivered = raw.metadata.num_delivered
+            code = exc.code if isinstance(exc, UpstreamError) else type(exc).__name__
+            if delivered >= self.settings.sender.max_deliver:
+                DELIVERIES.labels(platform=chunk.platform.value, bot=chunk.bot_id,
+                                  outcome="failed").inc()
+                await self.dead_letter(msg, chunk.platform.value, chunk.bot_id,
+                                       f"gave up after {delivered} deliveries: {exc}", code,
+                                       chunk.msg_id)
+                await msg.ack()
+            else:
+                retry_after = exc.retry_after if isinstance(exc, UpstreamError) else None
+                delay = backoff_delay(delivered, self.settings.sender.backoff_base_seconds * 4,
+                                      self.settings.sender.backoff_max_seconds,
+                                      retry_after=retry_after)
+                log.warning("reply %s delivery %d failed (%s); redelivering in %.1fs",
+                            chunk.msg_id, delivered, code, delay)
+                await msg.nack(delay=delay)
+        else:
+            await msg.ack()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def deliver(self, delivery: Delivery, chunk: ReplyChunk) -> None:
+        labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
+        for index, part in enumerate(delivery.render(chunk)):
+            record = kv_key("reply", chunk.reply_id, str(index))
+            if await self._delivered(record):
+                DELIVERIES.labels(outcome="duplicate_skipped", **labels).inc()
+                continue
+            await self._send_with_retries(delivery, chunk, part, index)
+            await self.deliveries_kv.put(record, b"1")
+            DELIVERIES.labels(outcome="ok", **labels).inc()
+            if index == 0 and chunk.received_at is not None:
+                FIRST_REPLY.labels(**labels).observe(
+                    (datetime.now(UTC) - chunk.received_at).total_seconds())
+
+    async def _delivered(self, record: str) -> bool:
+        try:
+            await self.deliveries_kv.get(record)
+            return True
+        except KeyNotFoundError:
+            return False
+
+    async def _send_with_retries(self, delivery: Delivery, chunk: ReplyChunk, part: str,
+                                 index: int) -> None:
+        cfg = self.settings.sender
+        labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await delivery.send(chunk, part, index)
+                return
+            except PermanentUpstreamError:
+                raise
+            except UpstreamError as exc:
+                if attempt >= cfg.max_attempts:
+                    raise
+                DELIVERIES.labels(outcome="retry", **labels).inc()
+                delay = backoff_delay(attempt, cfg.backoff_base_seconds, cfg.backoff_max_seconds,
+                                      retry_after=exc.retry_after)
+                if exc.retry_after is not None:
+                    RATE_LIMIT_WAIT.labels(**labels).observe(delay)
+                log.info("reply %s part %d: %s; retry %d in %.2fs", chunk.reply_id, index,
+                         exc.code, attempt, delay)
+                await asyncio.sleep(delay)
+
+    async def _keep_alive(self, msg: NatsMessage) -> None:
+        interval = max(self.settings.sender.ack_wait_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+
+def build_sender(settings: Settings, deliveries_kv: KeyValue, tokens_kv: KeyValue,
+                 client: httpx.AsyncClient) -> Sender:
+    broker = NatsBroker(
+        settings.nats.url,
+        graceful_timeout=30.0,
+        max_reconnect_attempts=-1,
+        log_level=logging.DEBUG,  # per-message lines only when debugging
+        middlewares=[
+            NatsTelemetryMiddleware(),
+            NatsPrometheusMiddleware(registry=registry(), app_name="imrelay-sender",
+                                     metrics_prefix="imrelay_faststream"),
+        ],
+    )
+    cfg = settings.sender
+    tokens = TokenCache(tokens_kv, skew=cfg.token_refresh_skew_seconds)
+    sender = Sender(settings=settings, broker=broker, deliveries_kv=deliveries_kv)
+    for bot in settings.bots:
+        sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg)
+    broker.subscriber(
+        subjects.OUT_ALL,
+        stream=JStream(subjects.STREAM_OUT, declare=False),
+        durable=subjects.CONSUMER_SENDER,
+        pull_sub=PullSub(batch_size=1, timeout=1.0),
+        config=ConsumerConfig(
+            ack_policy=JsAckPolicy.EXPLICIT, ack_wait=cfg.ack_wait_seconds,
+            max_deliver=cfg.max_deliver + 1, deliver_policy=DeliverPolicy.ALL,
+        ),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=cfg.concurrency,
+    )(sender.handle)
+    return sender

@@ -1,0 +1,36 @@
+"""Delivery, one module per platform: render a final reply into parts and send one part.
+
+A delivery raises the :mod:`imrelay.errors` upstream tree: ``TransientUpstreamError`` and
+``RateLimitedError`` are retried with backoff, ``PermanentUpstreamError`` goes to the dead-letter subject.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httpx
+
+from imrelay.config import BotConfig, Platform, SenderConfig, Settings
+from imrelay.events import ReplyChunk
+
+from ..tokens import TokenCache
+
+
+class Delivery(Protocol):
+    platform: str
+    bot_id: str
+
+    def render(self, chunk: ReplyChunk) -> list[str]:
+        """The messages to post for a final chunk, in order."""
+        ...
+
+    async def send(self, chunk: ReplyChunk, part: str, index: int) -> None: ...
+
+
+def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
+                 tokens: TokenCache, cfg: SenderConfig) -> Delivery:
+    from .wecom_app import WeComAppDelivery
+
+    if bot.platform is Platform.WECOM_APP:
+        return WeComAppDelivery.from_bot(bot, settings.api_base(bot), client, tokens, cfg)
+    raise ValueError(f"platform {bot.platform.value!r} is not supported by this sender yet")

@@ -1,0 +1,165 @@
+"""Platform access tokens: pure expiry math, and a cache in NATS KV shared by every replica.
+
+* :func:`needs_refresh` / :func:`is_usable` are pure functions of (record, now, skew).
+* :class:`TokenCache` keeps one record per app in the ``imrelay_tokens`` bucket. A refresh is single-flight
+  inside the process (a lock per key) and across replicas (a ``<key>.lock`` entry created with
+  compare-and-set; a lock older than ``lock_stale_seconds`` is broken). While one replica refreshes early,
+  the others keep using the still-valid token; when none is valid they wait for the refresh.
+* :meth:`TokenCache.invalidate` drops a token the platform rejected (40014/42001), only if the record
+  still holds that very token, so one bad answer causes one refresh cluster-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+log = logging.getLogger("imrelay.sender.tokens")
+
+Fetch = Callable[[], Awaitable[tuple[str, float]]]  # -> (token, expires_in seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    token: str
+    expires_at: float
+    fetched_at: float
+
+    def to_json(self) -> bytes:
+        return json.dumps({"token": self.token, "expires_at": self.expires_at,
+                           "fetched_at": self.fetched_at}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> TokenRecord | None:
+        try:
+            d = json.loads(data)
+            return cls(token=str(d["token"]), expires_at=float(d["expires_at"]),
+                       fetched_at=float(d.get("fetched_at", 0)))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def __repr__(self) -> str:
+        return f"TokenRecord(token=***, expires_at={self.expires_at}, fetched_at={self.fetched_at})"
+
+
+def effective_skew(record: TokenRecord, skew: float) -> float:
+    """Refresh ``skew`` seconds early, but never earlier than half the token's lifetime."""
+    lifetime = max(record.expires_at - record.fetched_at, 0.0)
+    return min(skew, lifetime / 2)
+
+
+def is_usable(record: TokenRecord | None, now: float, margin: float = 5.0) -> bool:
+    """The token may still be used for a call (not expired, a small margin for the call itself)."""
+    if record is None:
+        return False
+    lifetime = max(record.expires_at - record.fetched_at, 0.0)
+    return now < record.expires_at - min(margin, lifetime / 10)
+
+
+def needs_refresh(record: TokenRecord | None, now: float, skew: float) -> bool:
+    """Time to fetch a new token: none cached, or inside the early-refresh window."""
+    if record is None:
+        return True
+    return now >= record.expires_at - effective_skew(record, skew)
+
+
+class TokenCache:
+    def __init__(self, kv: KeyValue, *, skew: float = 300.0, lock_stale_seconds: float = 30.0,
+                 clock: Callable[[], float] = time.time, poll_interval: float = 0.05) -> None:
+        self.kv = kv
+        self.skew = skew
+        self.lock_stale_seconds = lock_stale_seconds
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._owner = f"{os.getpid()}-{id(self)}"
+
+    async def read(self, key: str) -> TokenRecord | None:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return TokenRecord.from_json(entry.value or b"")
+
+    async def get(self, key: str, fetch: Fetch) -> str:
+        rec = await self.read(key)
+        if rec is not None and not needs_refresh(rec, self.clock(), self.skew):
+            return rec.token
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            return await self._refresh_or_wait(key, fetch)
+
+    async def _refresh_or_wait(self, key: str, fetch: Fetch) -> str:
+        while True:
+            rec = await self.read(key)
+            now = self.clock()
+            if rec is not None and not needs_refresh(rec, now, self.skew):
+                return rec.token
+            if await self._try_lock(key):
+                try:
+                    rec = await self.read(key)
+                    if rec is not None and not needs_refresh(rec, self.clock(), self.skew):
+                        return rec.token
+                    token, expires_in = await fetch()
+                    now = self.clock()
+                    fresh = TokenRecord(token=token, expires_at=now + expires_in, fetched_at=now)
+                    await self.kv.put(key, fresh.to_json())
+                    return token
+                finally:
+                    await self._unlock(key)
+            # Another replica is refreshing. An early refresh leaves the old token usable.
+            if is_usable(rec, now):
+                assert rec is not None
+                return rec.token
+            await asyncio.sleep(self.poll_interval)
+
+    async def _try_lock(self, key: str) -> bool:
+        lock_key = f"{key}.lock"
+        body = json.dumps({"owner": self._owner, "at": self.clock()}).encode()
+        try:
+            await self.kv.create(lock_key, body)
+            return True
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self.kv.get(lock_key)
+        except KeyNotFoundError:
+            return False  # released meanwhile; the caller loops
+        try:
+            at = float(json.loads(entry.value or b"{}").get("at", 0))
+        except (ValueError, TypeError):
+            at = 0.0
+        if self.clock() - at > self.lock_stale_seconds:
+            log.warning("breaking a stale token-refresh lock for %s", key)
+            try:
+                await self.kv.delete(lock_key, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                pass
+        return False
+
+    async def _unlock(self, key: str) -> None:
+        try:
+            await self.kv.delete(f"{key}.lock")
+        except Exception:  # noqa: BLE001 - a lock left behind goes stale and is broken later
+            log.warning("could not release the token-refresh lock for %s", key)
+
+    async def invalidate(self, key: str, token: str) -> None:
+        """Forget ``token`` if it is still the cached one (the platform said it is invalid)."""
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return
+        rec = TokenRecord.from_json(entry.value or b"")
+        if rec is None or rec.token == token:
+            try:
+                await self.kv.delete(key, last=entry.revision)
+            except KeyWrongLastSequenceError:
+                pass  # someone already replaced it
