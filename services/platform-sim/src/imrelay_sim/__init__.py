@@ -1,0 +1,1 @@
+"""imrelay platform simulator: a local fake of the chat platforms' APIs and a callback signer."""

@@ -1,0 +1,167 @@
+"""``imrelay-sim``: run the platform simulator, or act as a platform towards the ingress.
+
+    imrelay-sim serve [--port 8090]                    play the platform APIs
+    imrelay-sim send --bot ID --text "hello" [--wait 20]   send a signed, encrypted callback
+    imrelay-sim verify-url --bot ID                    perform the console's URL verification
+    imrelay-sim messages [--bot ID]                    list what the bots delivered
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+
+import httpx
+
+from imrelay.config import BotConfig, Settings, WeComAppBot, WeComGroupRobotBot, load_settings
+from imrelay.errors import ConfigError
+from imrelay.wecom_crypto import WeComCrypto
+
+from .wecom_callbacks import app_text_xml, encrypted_post, robot_text_xml, url_verification
+
+DEFAULT_SIM = "http://127.0.0.1:8090"
+DEFAULT_INGRESS = "http://127.0.0.1:8080"
+
+
+def _crypto(bot: BotConfig) -> WeComCrypto:
+    if isinstance(bot, WeComAppBot):
+        c = bot.credentials
+        return WeComCrypto(c.token.get_secret_value(), c.encoding_aes_key.get_secret_value(),
+                           c.corp_id)
+    if isinstance(bot, WeComGroupRobotBot):
+        c2 = bot.credentials
+        return WeComCrypto(c2.token.get_secret_value(), c2.encoding_aes_key.get_secret_value(), "")
+    raise SystemExit(f"imrelay-sim: platform {bot.platform.value} cannot be simulated yet")
+
+
+def build_callback(bot: BotConfig, text: str, user: str, msg_id: str, now: int,
+                   sim_url: str = DEFAULT_SIM, chat: str = "") -> tuple[str, bytes]:
+    """(query, body) of a text-message callback for ``bot``, as the platform would send it."""
+    crypto = _crypto(bot)
+    if isinstance(bot, WeComAppBot):
+        c = bot.credentials
+        plain = app_text_xml(c.corp_id, c.agent_id, user, text, msg_id, now)
+        cb = encrypted_post(crypto, plain, now, to_user=c.corp_id, agent_id=c.agent_id)
+    else:
+        chat_id = chat or f"wrk{bot.id}"
+        plain = robot_text_xml(chat_id, "group", user, user, f"@{bot.id} {text}", msg_id,
+                               f"{sim_url}/cgi-bin/webhook/send?key={bot.id}")
+        cb = encrypted_post(crypto, plain, now)
+    return cb.query, cb.body
+
+
+def _settings(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        raise SystemExit(f"imrelay-sim: configuration error: {exc}") from None
+
+
+def _bot(settings: Settings, bot_id: str) -> BotConfig:
+    bot = settings.bot(bot_id)
+    if bot is None:
+        known = ", ".join(b.id for b in settings.bots) or "none"
+        raise SystemExit(f"imrelay-sim: no bot {bot_id!r} in the config (bots: {known})")
+    return bot
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from .server import create_app
+
+    settings = _settings(args.config) if args.config or os.environ.get("IMRELAY_CONFIG") \
+        or os.path.exists("imrelay.yaml") else None
+    print(f"imrelay-sim: playing the platform APIs on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
+                access_log=False)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    bot = _bot(settings, args.bot)
+    msg_id = args.msg_id or str(secrets.randbelow(2**63))
+    query, body = build_callback(bot, args.text, args.user, msg_id, int(time.time()), args.sim)
+    url = f"{args.ingress}/callback/{bot.id}?{query}"
+    with httpx.Client(timeout=10) as client:
+        before = 0
+        if args.wait:
+            before = len(client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json())
+        resp = client.post(url, content=body, headers={"Content-Type": "text/xml"})
+        print(f"callback {msg_id} -> ingress answered {resp.status_code}", flush=True)
+        if resp.status_code != 200:
+            return 1
+        if not args.wait:
+            return 0
+        deadline = time.monotonic() + args.wait
+        seen = before
+        got = False
+        while time.monotonic() < deadline:
+            msgs = client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json()
+            for m in msgs[seen:]:
+                print(f"answer to {m.get('touser') or m.get('chat')}: {m['content']}", flush=True)
+                got = True
+            seen = len(msgs)
+            if got and time.monotonic() > deadline - args.wait + 1.0:
+                return 0
+            time.sleep(0.2)
+        if not got:
+            print("no answer arrived in time", file=sys.stderr)
+            return 1
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    settings = _settings(args.config)
+    bot = _bot(settings, args.bot)
+    echo = str(secrets.randbelow(10**19))
+    query = url_verification(_crypto(bot), echo, int(time.time()))
+    resp = httpx.get(f"{args.ingress}/callback/{bot.id}?{query}", timeout=10)
+    ok = resp.status_code == 200 and resp.text == echo
+    print(f"URL verification {'passed' if ok else 'FAILED'} (HTTP {resp.status_code})")
+    return 0 if ok else 1
+
+
+def cmd_messages(args: argparse.Namespace) -> int:
+    params = {"bot": args.bot} if args.bot else {}
+    msgs = httpx.get(f"{args.sim}/sim/messages", params=params, timeout=10).json()
+    print(json.dumps(msgs, ensure_ascii=False, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="imrelay-sim", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="imrelay config file (default: $IMRELAY_CONFIG or ./imrelay.yaml)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="play the platform APIs")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8090)
+    s = sub.add_parser("send", help="send a signed, encrypted message callback to the ingress")
+    s.add_argument("--bot", required=True)
+    s.add_argument("--text", required=True)
+    s.add_argument("--user", default="alice")
+    s.add_argument("--msg-id", help="platform message id (repeat one to simulate a platform retry)")
+    s.add_argument("--ingress", default=DEFAULT_INGRESS)
+    s.add_argument("--sim", default=DEFAULT_SIM)
+    s.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the answer")
+    s = sub.add_parser("verify-url", help="perform the console's callback URL verification")
+    s.add_argument("--bot", required=True)
+    s.add_argument("--ingress", default=DEFAULT_INGRESS)
+    s = sub.add_parser("messages", help="list delivered messages")
+    s.add_argument("--bot")
+    s.add_argument("--sim", default=DEFAULT_SIM)
+    args = p.parse_args(argv)
+    if args.cmd == "serve":
+        cmd_serve(args)
+        return
+    handlers = {"send": cmd_send, "verify-url": cmd_verify, "messages": cmd_messages}
+    raise SystemExit(handlers[args.cmd](args))
+
+
+if __name__ == "__main__":
+    main()

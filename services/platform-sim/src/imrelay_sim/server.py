@@ -1,0 +1,213 @@
+"""The simulator's HTTP server: plays the WeCom APIs the sender calls, with WeCom's error codes.
+
+* ``GET /cgi-bin/gettoken?corpid=&corpsecret=`` -> a token valid ``token_lifetime`` seconds (40013 bad
+  corpid, 40001 bad secret). Repeated calls within the lifetime return the same token, like WeCom.
+* ``POST /cgi-bin/message/send?access_token=`` -> 40014 unknown token, 42001 expired token, 45009 over the
+  per-member limit (``user_limit`` per ``user_window`` seconds per app and member), 81013 no receiver.
+* ``POST /cgi-bin/webhook/send?key=`` -> the group-robot webhook (limit per key per window).
+* ``GET /sim/messages`` lists what was delivered (filters: ``bot``, ``touser``, ``chat``);
+  ``DELETE /sim/messages`` clears it; ``GET /sim/stats`` counts calls; ``POST /sim/control`` changes limits
+  and lifetimes, expires every token, or injects faults (``fail_next``: a list of errcodes / HTTP statuses
+  to answer the next send calls with).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from imrelay.config import Settings, WeComAppBot, WeComGroupRobotBot
+
+
+@dataclass
+class SimState:
+    token_lifetime: float = 7200.0
+    user_limit: int = 30
+    user_window: float = 60.0
+    webhook_limit: int = 20
+    webhook_window: float = 60.0
+    apps: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # corpid:agent -> (...)
+    secrets_by_corp: dict[str, dict[str, str]] = field(default_factory=dict)  # corp -> secret->agent
+    tokens: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # token -> corp, agent, exp
+    current: dict[tuple[str, str], str] = field(default_factory=dict)
+    bot_of_agent: dict[tuple[str, str], str] = field(default_factory=dict)
+    webhook_keys: dict[str, str] = field(default_factory=dict)  # key -> bot id
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    sends: dict[tuple[str, ...], deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    fail_next: list[int] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seq: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None) -> SimState:
+        state = cls()
+        for bot in settings.bots if settings else []:
+            if isinstance(bot, WeComAppBot):
+                c = bot.credentials
+                state.secrets_by_corp.setdefault(c.corp_id, {})[c.secret.get_secret_value()] = (
+                    c.agent_id)
+                state.bot_of_agent[(c.corp_id, c.agent_id)] = bot.id
+            elif isinstance(bot, WeComGroupRobotBot):
+                state.webhook_keys[bot.id] = bot.id
+        return state
+
+
+def _window_ok(log: deque[float], limit: int, window: float, now: float) -> bool:
+    while log and log[0] <= now - window:
+        log.popleft()
+    return len(log) < limit
+
+
+def create_app(settings: Settings | None = None, *,
+               clock: Callable[[], float] = time.time) -> Starlette:
+    state = SimState.from_settings(settings)
+
+    def err(code: int, msg: str, status: int = 200) -> JSONResponse:
+        return JSONResponse({"errcode": code, "errmsg": msg}, status_code=status)
+
+    async def gettoken(request: Request) -> Response:
+        state.stats["gettoken"] += 1
+        corp = request.query_params.get("corpid", "")
+        secret = request.query_params.get("corpsecret", "")
+        if corp not in state.secrets_by_corp:
+            return err(40013, "invalid corpid")
+        agent = state.secrets_by_corp[corp].get(secret)
+        if agent is None:
+            return err(40001, "invalid credential")
+        now = clock()
+        key = (corp, agent)
+        token = state.current.get(key)
+        if token is None or state.tokens[token][2] <= now:
+            token = secrets.token_urlsafe(48)
+            state.tokens[token] = (corp, agent, now + state.token_lifetime)
+            state.current[key] = token
+            state.stats["tokens_issued"] += 1
+        expires_in = max(int(state.tokens[token][2] - now), 1)
+        return JSONResponse({"errcode": 0, "errmsg": "ok", "access_token": token,
+                             "expires_in": expires_in})
+
+    def injected_fault() -> Response | None:
+        if not state.fail_next:
+            return None
+        code = state.fail_next.pop(0)
+        state.stats["faults_injected"] += 1
+        if code >= 500:
+            return Response("busy", status_code=code)
+        return err(code, "injected fault")
+
+    async def message_send(request: Request) -> Response:
+        state.stats["message_send"] += 1
+        token = request.query_params.get("access_token", "")
+        info = state.tokens.get(token)
+        now = clock()
+        if info is None:
+            return err(40014, "invalid access_token")
+        corp, agent, expires = info
+        if expires <= now:
+            return err(42001, "access_token expired")
+        fault = injected_fault()
+        if fault is not None:
+            return fault
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return err(44004, "invalid json")
+        touser = str(body.get("touser", ""))
+        if not touser:
+            return err(81013, "user & party & tag all invalid")
+        if str(body.get("agentid")) != agent:
+            return err(301002, "agentid mismatch with token")
+        log = state.sends[("app", corp, agent, touser)]
+        if not _window_ok(log, state.user_limit, state.user_window, now):
+            state.stats["rate_limited"] += 1
+            return err(45009, "api freq out of limit")
+        log.append(now)
+        state.seq += 1
+        msgtype = body.get("msgtype", "text")
+        state.messages.append({
+            "seq": state.seq, "platform": "wecom_app",
+            "bot": state.bot_of_agent.get((corp, agent), ""), "corp_id": corp, "agent_id": agent,
+            "touser": touser, "msgtype": msgtype,
+            "content": (body.get(msgtype) or {}).get("content", ""), "at": now,
+        })
+        return JSONResponse({"errcode": 0, "errmsg": "ok", "invaliduser": "",
+                             "msgid": f"sim{state.seq}"})
+
+    async def webhook_send(request: Request) -> Response:
+        state.stats["webhook_send"] += 1
+        key = request.query_params.get("key", "")
+        if not key:
+            return err(93000, "invalid webhook url")
+        fault = injected_fault()
+        if fault is not None:
+            return fault
+        now = clock()
+        log = state.sends[("webhook", key)]
+        if not _window_ok(log, state.webhook_limit, state.webhook_window, now):
+            state.stats["rate_limited"] += 1
+            return err(45009, "api freq out of limit")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return err(40035, "invalid json")
+        log.append(now)
+        state.seq += 1
+        msgtype = body.get("msgtype", "text")
+        part = body.get(msgtype) or {}
+        state.messages.append({
+            "seq": state.seq, "platform": "wecom_group_robot", "bot": state.webhook_keys.get(key, ""),
+            "chat": key, "msgtype": msgtype, "content": part.get("content", ""),
+            "mentioned_list": part.get("mentioned_list", []), "at": now,
+        })
+        return JSONResponse({"errcode": 0, "errmsg": "ok"})
+
+    async def list_messages(request: Request) -> Response:
+        q = request.query_params
+        out = [m for m in state.messages
+               if all(str(m.get(k, "")) == q[k] for k in ("bot", "touser", "chat") if k in q)]
+        return JSONResponse(out)
+
+    async def clear_messages(_: Request) -> Response:
+        state.messages.clear()
+        return Response(status_code=204)
+
+    async def stats(_: Request) -> Response:
+        return JSONResponse(dict(state.stats))
+
+    async def control(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return JSONResponse({"error": "invalid json"}, status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "expected an object"}, status_code=400)
+        for name in ("token_lifetime", "user_limit", "user_window", "webhook_limit",
+                     "webhook_window"):
+            if name in body:
+                setattr(state, name, type(getattr(state, name))(body[name]))
+        if body.get("expire_tokens"):
+            for token, (corp, agent, _) in list(state.tokens.items()):
+                state.tokens[token] = (corp, agent, clock() - 1)
+        if "fail_next" in body:
+            state.fail_next = [int(c) for c in body["fail_next"]]
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[
+        Route("/cgi-bin/gettoken", gettoken, methods=["GET"]),
+        Route("/cgi-bin/message/send", message_send, methods=["POST"]),
+        Route("/cgi-bin/webhook/send", webhook_send, methods=["POST"]),
+        Route("/sim/messages", list_messages, methods=["GET"]),
+        Route("/sim/messages", clear_messages, methods=["DELETE"]),
+        Route("/sim/stats", stats, methods=["GET"]),
+        Route("/sim/control", control, methods=["POST"]),
+    ])
