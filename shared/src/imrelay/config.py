@@ -99,6 +99,10 @@ class SenderConfig(_Model):
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
     token_refresh_skew_seconds: float = Field(default=300.0, ge=0)
+    # How long to wait after a platform frequency-limit answer (WeCom 45009) that names no retry-after.
+    rate_limit_backoff_seconds: float = Field(default=60.0, ge=0)
+    # A delivery claimed by a replica that then died is taken over after this long.
+    claim_timeout_seconds: float = Field(default=300.0, gt=0)
 
 
 class BackendKind(StrEnum):
@@ -334,7 +338,11 @@ def parse_settings(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -
         if isinstance(ctx_err, _PathValueError):
             raise ConfigError(ctx_err.path, str(ctx_err)) from None
         msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(_loc_to_path(tuple(err["loc"])), msg) from None
+        loc = tuple(err["loc"])
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc = (*loc, "platform")
+            msg = f"must be one of: {', '.join(p.value for p in Platform)}"
+        raise ConfigError(_loc_to_path(loc), msg) from None
 
 
 def load_settings(path: str | os.PathLike[str] | None = None,

@@ -28,21 +28,22 @@ __all__ = ["Buckets", "connect", "ensure_buckets", "ensure_streams", "stream_con
 DAY = 86400.0
 
 
+def _stream(cfg: NatsConfig, name: str, subject: str, max_age: float,
+            duplicate_window: float) -> StreamConfig:
+    return StreamConfig(
+        name=name, subjects=[subject], max_age=max_age, duplicate_window=duplicate_window,
+        storage=StorageType.FILE, num_replicas=cfg.replicas, retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+    )
+
+
 def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
-    common = {"storage": StorageType.FILE, "num_replicas": cfg.replicas,
-              "retention": RetentionPolicy.LIMITS, "discard": DiscardPolicy.OLD}
+    # Platform retries of one message within the dedupe window are dropped by the server (Nats-Msg-Id).
+    window = float(cfg.dedupe_window_seconds)
     return [
-        StreamConfig(
-            name=s.STREAM_IN, subjects=[s.IN_ALL], max_age=7 * DAY,
-            # Platform retries of one message within this window are dropped by the server (Nats-Msg-Id).
-            duplicate_window=float(cfg.dedupe_window_seconds), **common,
-        ),
-        StreamConfig(
-            name=s.STREAM_OUT, subjects=[s.OUT_ALL], max_age=7 * DAY,
-            duplicate_window=float(cfg.dedupe_window_seconds), **common,
-        ),
-        StreamConfig(name=s.STREAM_DLQ, subjects=[s.DLQ_ALL], max_age=30 * DAY,
-                     duplicate_window=120.0, **common),
+        _stream(cfg, s.STREAM_IN, s.IN_ALL, 7 * DAY, window),
+        _stream(cfg, s.STREAM_OUT, s.OUT_ALL, 7 * DAY, window),
+        _stream(cfg, s.STREAM_DLQ, s.DLQ_ALL, 30 * DAY, 120.0),
     ]
 
 
@@ -77,7 +78,7 @@ async def connect_until_ready(cfg: NatsConfig, name: str) -> tuple[NATS, JetStre
             js = nc.jetstream(timeout=cfg.publish_timeout_seconds)
             await ensure_streams(js, cfg)
             return nc, js
-        except Exception as exc:  # noqa: BLE001 - keep trying; the service stays up
+        except Exception as exc:
             log.warning("NATS not reachable yet (%s); retrying", type(exc).__name__)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -130,6 +131,6 @@ async def streams_present(js: JetStreamContext) -> bool:
     for name in (s.STREAM_IN, s.STREAM_OUT, s.STREAM_DLQ):
         try:
             await js.stream_info(name)
-        except Exception:  # noqa: BLE001 - any failure means "not ready"
+        except Exception:
             return False
     return True

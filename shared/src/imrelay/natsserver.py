@@ -57,7 +57,7 @@ class EmbeddedNats:
         for old in ports_dir.glob("*.ports"):
             old.unlink()
         port = str(self.requested_port) if self.requested_port else "-1"
-        log = open(self.store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.store_dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, binary from our own venv
             [nats_server_binary(), "-js", "-a", self.host, "-p", port,
              "-sd", str(self.store_dir / "jetstream"), "--ports_file_dir", str(ports_dir)],

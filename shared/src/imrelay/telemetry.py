@@ -1,19 +1,19 @@
 """Telemetry names and setup, defined once. Dashboards and alerts use only these names.
 
-==========================================  =========  ==============================  =========================
-metric                                      type       labels                          meaning
-==========================================  =========  ==============================  =========================
-imrelay_callbacks_total                     counter    platform, bot, outcome          callbacks by outcome
-imrelay_callback_ack_seconds                histogram  platform, bot                   callback received -> ack
-imrelay_llm_time_to_first_token_seconds     histogram  platform, bot                   backend request -> 1st delta
-imrelay_llm_duration_seconds                histogram  platform, bot, outcome          whole backend call
-imrelay_deliveries_total                    counter    platform, bot, outcome          platform send calls
-imrelay_delivery_seconds                    histogram  platform, bot                   one platform send call
-imrelay_rate_limit_wait_seconds             histogram  platform, bot                   time waited for a limit
-imrelay_token_refreshes_total               counter    platform, bot, outcome          token endpoint calls
-imrelay_dlq_total                           counter    platform, bot, stage            dead letters written
-imrelay_first_reply_seconds                 histogram  platform, bot                   callback -> 1st delivery
-==========================================  =========  ==============================  =========================
+=======================================  =========  =======================  ==========================
+metric                                   type       labels                   meaning
+=======================================  =========  =======================  ==========================
+imrelay_callbacks_total                  counter    platform, bot, outcome   callbacks by outcome
+imrelay_callback_ack_seconds             histogram  platform, bot            callback received -> ack
+imrelay_llm_time_to_first_token_seconds  histogram  platform, bot            backend request -> 1st delta
+imrelay_llm_duration_seconds             histogram  platform, bot, outcome   whole backend call
+imrelay_deliveries_total                 counter    platform, bot, outcome   platform send calls
+imrelay_delivery_seconds                 histogram  platform, bot            one platform send call
+imrelay_rate_limit_wait_seconds          histogram  platform, bot            time waited for a limit
+imrelay_token_refreshes_total            counter    platform, bot, outcome   token endpoint calls
+imrelay_dlq_total                        counter    platform, bot, stage     dead letters written
+imrelay_first_reply_seconds              histogram  platform, bot            callback -> 1st delivery
+=======================================  =========  =======================  ==========================
 
 Outcomes: callbacks ``accepted | duplicate | rejected_signature | rejected_malformed | rejected_oversize |
 unknown_bot | unavailable``; LLM ``ok | error | timeout``; deliveries ``ok | retry | duplicate_skipped |

@@ -17,7 +17,7 @@ from imrelay.errors import CallbackError, UnknownBotError, VerifyError
 from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
 
 from .platforms import Adapter, CallbackRequest, adapter_for
-from .publisher import PublishUnavailable, Publisher
+from .publisher import Publisher, PublishUnavailable
 
 log = logging.getLogger("imrelay.ingress")
 tracer = trace.get_tracer("imrelay.ingress")

@@ -54,7 +54,7 @@ class JetStreamPublisher:
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except Exception:  # noqa: BLE001 - NATS already gone: nothing left to flush
+            except Exception:
                 await self.nc.close()
 
     async def ready(self) -> bool:

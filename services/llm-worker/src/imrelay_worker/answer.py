@@ -75,14 +75,16 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[str], publis
         outcome, error = "error", str(exc)
     await flush()
     text = "".join(parts)
+    if outcome == "ok" and not text.strip():
+        outcome, error = "error", "backend returned an empty answer"
     if outcome == "ok":
         final_text = text
-    elif outcome == "timeout" and text:
-        final_text = f"{text}\n\n{timeout_notice}"
-    elif text:
-        final_text = f"{text}\n\n{error_message}"
-    else:
+    elif not text.strip():
         final_text = error_message
+    elif outcome == "timeout":
+        final_text = f"{text}\n\n{timeout_notice}"
+    else:
+        final_text = f"{text}\n\n{error_message}"
     await publish(_chunk(msg, seq, final_text[len(text):] if final_text.startswith(text) else "",
                          final=True, full_text=final_text, error=error))
     return AnswerOutcome(text=text, outcome=outcome, first_token_seconds=first,

@@ -101,12 +101,13 @@ def create_app(settings: Settings | None = None, *,
             return None
         code = state.fail_next.pop(0)
         state.stats["faults_injected"] += 1
-        if code >= 500:
+        if 500 <= code <= 599:  # an HTTP status; anything else is a WeCom errcode
             return Response("busy", status_code=code)
         return err(code, "injected fault")
 
     async def message_send(request: Request) -> Response:
         state.stats["message_send"] += 1
+        raw = await request.body()  # always read: answering early breaks keep-alive connections
         token = request.query_params.get("access_token", "")
         info = state.tokens.get(token)
         now = clock()
@@ -119,7 +120,7 @@ def create_app(settings: Settings | None = None, *,
         if fault is not None:
             return fault
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError:
             return err(44004, "invalid json")
         touser = str(body.get("touser", ""))
@@ -145,6 +146,7 @@ def create_app(settings: Settings | None = None, *,
 
     async def webhook_send(request: Request) -> Response:
         state.stats["webhook_send"] += 1
+        raw = await request.body()
         key = request.query_params.get("key", "")
         if not key:
             return err(93000, "invalid webhook url")
@@ -157,7 +159,7 @@ def create_app(settings: Settings | None = None, *,
             state.stats["rate_limited"] += 1
             return err(45009, "api freq out of limit")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError:
             return err(40035, "invalid json")
         log.append(now)

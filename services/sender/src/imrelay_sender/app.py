@@ -1,8 +1,10 @@
 """The sender's broker wiring: a durable pull consumer on IMRELAY_OUT delivering final answers.
 
-For each final chunk the platform delivery renders the parts; each part is posted at most once (a record in
-the ``imrelay_deliveries`` bucket keyed by reply id + part index is written after the platform accepts it, so
-a redelivered chunk skips what was already shown). Transient failures are retried in-process with backoff
+For each final chunk the platform delivery renders the parts; each part is posted at most once: a record in
+the ``imrelay_deliveries`` bucket keyed by reply id + part index is *claimed* with compare-and-set before the
+post (so two copies of a chunk, on one replica or several, never post together) and marked ``done`` after the
+platform accepts it, so a redelivered chunk skips what was already shown. A claim left by a replica that died
+is taken over after ``sender.claim_timeout_seconds``. Transient failures are retried in-process with backoff
 and jitter, then by JetStream (nak with delay) up to ``sender.max_deliver``; permanent ones go to
 ``imrelay.dlq.sender`` with the platform's code in headers.
 """
@@ -22,7 +24,6 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
@@ -35,6 +36,7 @@ from imrelay.subjects import kv_key
 from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT, registry
 
 from .backoff import backoff_delay
+from .claims import Claim, DeliveryBusy, DeliveryClaims
 from .platforms import Delivery, delivery_for
 from .tokens import TokenCache
 
@@ -45,7 +47,7 @@ log = logging.getLogger("imrelay.sender")
 class Sender:
     settings: Settings
     broker: NatsBroker
-    deliveries_kv: KeyValue
+    claims: DeliveryClaims
     deliveries: dict[str, Delivery] = field(default_factory=dict)
 
     async def dead_letter(self, msg: NatsMessage, platform: str, bot: str, reason: str,
@@ -87,6 +89,9 @@ class Sender:
             await self.dead_letter(msg, chunk.platform.value, chunk.bot_id, exc.message or str(exc),
                                    exc.code, chunk.msg_id)
             await msg.ack()
+        except DeliveryBusy:
+            # Another copy of this chunk is being delivered right now: look again later.
+            await msg.nack(delay=self.settings.sender.backoff_max_seconds)
         except Exception as exc:
             delivered = raw.metadata.num_delivered
             code = exc.code if isinstance(exc, UpstreamError) else type(exc).__name__
@@ -116,22 +121,22 @@ class Sender:
         labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
         for index, part in enumerate(delivery.render(chunk)):
             record = kv_key("reply", chunk.reply_id, str(index))
-            if await self._delivered(record):
+            claim = await self.claims.claim(record)
+            if claim is Claim.DONE:
                 DELIVERIES.labels(outcome="duplicate_skipped", **labels).inc()
                 continue
-            await self._send_with_retries(delivery, chunk, part, index)
-            await self.deliveries_kv.put(record, b"1")
+            if claim is Claim.BUSY:
+                raise DeliveryBusy(record)
+            try:
+                await self._send_with_retries(delivery, chunk, part, index)
+            except BaseException:
+                await self.claims.release(record, claim)
+                raise
+            await self.claims.done(record, claim)
             DELIVERIES.labels(outcome="ok", **labels).inc()
             if index == 0 and chunk.received_at is not None:
                 FIRST_REPLY.labels(**labels).observe(
                     (datetime.now(UTC) - chunk.received_at).total_seconds())
-
-    async def _delivered(self, record: str) -> bool:
-        try:
-            await self.deliveries_kv.get(record)
-            return True
-        except KeyNotFoundError:
-            return False
 
     async def _send_with_retries(self, delivery: Delivery, chunk: ReplyChunk, part: str,
                                  index: int) -> None:
@@ -180,7 +185,8 @@ def build_sender(settings: Settings, deliveries_kv: KeyValue, tokens_kv: KeyValu
     )
     cfg = settings.sender
     tokens = TokenCache(tokens_kv, skew=cfg.token_refresh_skew_seconds)
-    sender = Sender(settings=settings, broker=broker, deliveries_kv=deliveries_kv)
+    claims = DeliveryClaims(deliveries_kv, stale_after=cfg.claim_timeout_seconds)
+    sender = Sender(settings=settings, broker=broker, claims=claims)
     for bot in settings.bots:
         sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg)
     broker.subscriber(

@@ -12,8 +12,8 @@ def backoff_delay(attempt: int, base: float, cap: float, *, retry_after: float |
     but never less than ``retry_after`` when the platform gave one."""
     if attempt < 1:
         raise ValueError("attempt is 1-based")
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
-    delay = ceiling * rand()
+    ceiling = min(cap, base * 2.0 ** (attempt - 1))
+    delay: float = ceiling * rand()
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 log = logging.getLogger("imrelay.sender.tokens")
@@ -69,6 +69,24 @@ def needs_refresh(record: TokenRecord | None, now: float, skew: float) -> bool:
     if record is None:
         return True
     return now >= record.expires_at - effective_skew(record, skew)
+
+
+def _wrong_last(exc: Exception) -> bool:
+    """nats-py reports a failed compare-and-set as KeyWrongLastSequenceError on updates but as a plain
+    APIError (err_code 10071/10164) on conditional deletes."""
+    return isinstance(exc, KeyWrongLastSequenceError) or (
+        isinstance(exc, APIError) and exc.err_code in (10071, 10164))
+
+
+async def delete_if_unchanged(kv: KeyValue, key: str, revision: int | None) -> bool:
+    """Delete ``key`` only if its latest revision is ``revision``; False if someone changed it."""
+    try:
+        await kv.delete(key, last=revision)
+        return True
+    except APIError as exc:
+        if _wrong_last(exc):
+            return False
+        raise
 
 
 class TokenCache:
@@ -139,16 +157,13 @@ class TokenCache:
             at = 0.0
         if self.clock() - at > self.lock_stale_seconds:
             log.warning("breaking a stale token-refresh lock for %s", key)
-            try:
-                await self.kv.delete(lock_key, last=entry.revision)
-            except KeyWrongLastSequenceError:
-                pass
+            await delete_if_unchanged(self.kv, lock_key, entry.revision)
         return False
 
     async def _unlock(self, key: str) -> None:
         try:
             await self.kv.delete(f"{key}.lock")
-        except Exception:  # noqa: BLE001 - a lock left behind goes stale and is broken later
+        except Exception:
             log.warning("could not release the token-refresh lock for %s", key)
 
     async def invalidate(self, key: str, token: str) -> None:
@@ -159,7 +174,4 @@ class TokenCache:
             return
         rec = TokenRecord.from_json(entry.value or b"")
         if rec is None or rec.token == token:
-            try:
-                await self.kv.delete(key, last=entry.revision)
-            except KeyWrongLastSequenceError:
-                pass  # someone already replaced it
+            await delete_if_unchanged(self.kv, key, entry.revision)  # False: already replaced

@@ -6,7 +6,8 @@ Pure functions over bytes/str; the crypto itself lives in :mod:`imrelay.wecom_cr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from xml.etree.ElementTree import Element, ParseError as XmlParseError
+from xml.etree.ElementTree import Element
+from xml.etree.ElementTree import ParseError as XmlParseError
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring

@@ -8,6 +8,7 @@ the answer, and an EOF without ``[DONE]``, an ``error`` payload or a stalled str
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -75,7 +76,16 @@ class OpenAIBackend:
                     await resp.aread()
                     raise BackendError(self.name, _error_message(resp), status=resp.status_code,
                                        retryable=resp.status_code in _RETRYABLE)
-                async for event in source.aiter_sse():
+                events = source.aiter_sse()
+                while True:
+                    try:
+                        async with asyncio.timeout(self.cfg.idle_timeout_seconds):
+                            event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError as exc:
+                        raise BackendError(self.name, "stream stalled (idle timeout)",
+                                           retryable=True) from exc
                     if event.event == "error":
                         raise BackendError(self.name, f"error event: {event.data[:300]}")
                     if event.data.strip() == "[DONE]":
@@ -86,13 +96,13 @@ class OpenAIBackend:
                     piece = delta_of(event.data)
                     if piece:
                         yield piece
+        except SSEError as exc:
+            raise BackendError(self.name, "response is not an event stream") from exc
         except httpx.TimeoutException as exc:
             raise BackendError(self.name, f"timed out ({type(exc).__name__})", retryable=True) from exc
         except httpx.TransportError as exc:
             raise BackendError(self.name, f"connection failed ({type(exc).__name__})",
                                retryable=True) from exc
-        except SSEError as exc:
-            raise BackendError(self.name, "response is not an event stream") from exc
         if not done:
             raise BackendError(self.name, "stream ended without [DONE]", retryable=True)
 

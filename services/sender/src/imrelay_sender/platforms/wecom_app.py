@@ -46,7 +46,7 @@ def send_body(agent_id: str, touser: str, content: str) -> dict[str, Any]:
     }
 
 
-def check(payload: Any, status: int) -> None:
+def check(payload: Any, status: int, rate_limit_backoff: float = 60.0) -> None:
     """Raise the upstream error an API answer stands for (nothing for errcode 0)."""
     if status >= 500:
         raise TransientUpstreamError(PLATFORM, status, "server error")
@@ -63,7 +63,7 @@ def check(payload: Any, status: int) -> None:
     if code in TOKEN_CODES:
         raise TokenExpiredError(PLATFORM, code, msg)
     if code == WeComCode.API_FREQ_OUT_OF_LIMIT:
-        raise RateLimitedError(PLATFORM, code, msg, retry_after=60.0)
+        raise RateLimitedError(PLATFORM, code, msg, retry_after=rate_limit_backoff)
     if code in TRANSIENT_CODES:
         raise TransientUpstreamError(PLATFORM, code, msg)
     raise PermanentUpstreamError(PLATFORM, code, msg)
@@ -79,6 +79,7 @@ class WeComAppDelivery:
     client: httpx.AsyncClient
     tokens: TokenCache
     timeout: float
+    rate_limit_backoff: float = 60.0
     platform: str = PLATFORM
 
     @classmethod
@@ -88,7 +89,8 @@ class WeComAppDelivery:
         c = bot.credentials
         return cls(bot_id=bot.id, corp_id=c.corp_id, agent_id=c.agent_id,
                    secret=c.secret.get_secret_value(), api_base=api_base, client=client,
-                   tokens=tokens, timeout=cfg.http_timeout_seconds)
+                   tokens=tokens, timeout=cfg.http_timeout_seconds,
+                   rate_limit_backoff=cfg.rate_limit_backoff_seconds)
 
     def __repr__(self) -> str:
         return f"WeComAppDelivery(bot_id={self.bot_id!r}, corp_id={self.corp_id!r}, secret=***)"
@@ -134,7 +136,7 @@ class WeComAppDelivery:
             payload = resp.json()
         except ValueError:
             payload = None
-        check(payload, resp.status_code)
+        check(payload, resp.status_code, self.rate_limit_backoff)
         if isinstance(payload, dict) and payload.get("invaliduser"):
             log.warning("WeCom reported invalid recipients for bot %s", self.bot_id)
 

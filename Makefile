@@ -1,0 +1,37 @@
+# imrelay — run `make help` for the targets.
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+CONFIG ?= .imrelay/dev.yaml
+
+.DEFAULT_GOAL := help
+.PHONY: help install run demo test lint typecheck check bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+install: ## create .venv with every service and the test tools (uv)
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --all-packages --frozen
+
+run: install ## run everything locally: embedded NATS, ingress, worker, sender, simulator (Ctrl-C stops)
+	$(UV) run --frozen imrelay dev
+
+demo: ## with `make run` going: send a message as WeCom would and print the answer
+	$(UV) run --frozen imrelay-sim --config $(CONFIG) send --bot demo --text "Hello from the WeCom simulator! 你好" --wait 15
+
+test: install ## run the test suite (unit, vectors, end-to-end against a real nats-server)
+	$(UV) run --frozen pytest
+
+lint: install ## ruff
+	$(UV) run --frozen ruff check .
+
+typecheck: install ## mypy --strict
+	$(UV) run --frozen mypy shared/src services/*/src tests bench
+
+check: lint typecheck test ## everything CI runs
+
+bench: install ## ingress throughput and ack latency vs a bare Starlette endpoint (prints figures)
+	$(UV) run --frozen python bench/ingress_bench.py
+
+clean: ## remove local state (.imrelay: NATS data and the dev config) and caches
+	rm -rf .imrelay .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,95 @@
+"""Delivery records in NATS KV: at most one replica posts a given reply part, and never twice.
+
+States of a record (key ``reply.<reply id>.<part>``): absent -> ``pending`` (claimed with compare-and-set by
+the replica about to post) -> ``done`` (the platform accepted it). A ``pending`` older than ``stale_after``
+belongs to a replica that died mid-post and may be taken over; the bucket's TTL forgets records after the
+dedupe window.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from .tokens import delete_if_unchanged
+
+log = logging.getLogger("imrelay.sender.claims")
+
+
+class DeliveryBusy(Exception):
+    """Another copy of this reply part is being posted right now."""
+
+
+class Claim(enum.Enum):
+    DONE = "done"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A claim this replica holds: the KV revision it wrote."""
+
+    revision: int
+
+
+def _state(value: bytes | None) -> tuple[str, float]:
+    try:
+        d = json.loads(value or b"{}")
+        return str(d.get("state", "done")), float(d.get("at", 0))
+    except (ValueError, TypeError, AttributeError):
+        return "done", 0.0  # unreadable: assume delivered rather than risk a double post
+
+
+class DeliveryClaims:
+    def __init__(self, kv: KeyValue, *, stale_after: float = 300.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.kv = kv
+        self.stale_after = stale_after
+        self.clock = clock
+
+    def _pending(self) -> bytes:
+        return json.dumps({"state": "pending", "at": self.clock()}).encode()
+
+    async def claim(self, record: str) -> Held | Claim:
+        for _ in range(3):
+            try:
+                return Held(await self.kv.create(record, self._pending()))
+            except KeyWrongLastSequenceError:
+                pass
+            try:
+                entry = await self.kv.get(record)
+            except KeyNotFoundError:
+                continue  # released between our two calls: try to claim again
+            state, at = _state(entry.value)
+            if state != "pending":
+                return Claim.DONE
+            if self.clock() - at < self.stale_after:
+                return Claim.BUSY
+            try:
+                return Held(await self.kv.update(record, self._pending(), last=entry.revision))
+            except KeyWrongLastSequenceError:
+                return Claim.BUSY
+        return Claim.BUSY
+
+    async def done(self, record: str, held: Held | Claim) -> None:
+        assert isinstance(held, Held)
+        body = json.dumps({"state": "done", "at": self.clock()}).encode()
+        try:
+            await self.kv.update(record, body, last=held.revision)
+        except KeyWrongLastSequenceError:
+            await self.kv.put(record, body)  # our stale claim was taken over; we did post it
+
+    async def release(self, record: str, held: Held | Claim) -> None:
+        if not isinstance(held, Held):
+            return
+        try:
+            await delete_if_unchanged(self.kv, record, held.revision)
+        except Exception as exc:  # a claim left behind goes stale and is taken over
+            log.warning("could not release delivery claim %s (%s)", record, type(exc).__name__)

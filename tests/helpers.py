@@ -1,0 +1,48 @@
+"""Test helpers shared by unit and integration tests (no fixtures here; see conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from imrelay.events import InboundMessage
+
+VECTORS = Path(__file__).parent / "vectors" / "platform_vectors.json"
+
+
+def load_vectors(*platforms: str) -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = json.loads(VECTORS.read_text(encoding="utf-8"))["cases"]
+    return [c for c in cases if c["platform"] in platforms]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class FakePublisher:
+    """Records what the ingress would store; ``fail`` simulates JetStream being unavailable."""
+
+    def __init__(self) -> None:
+        self.published: list[InboundMessage] = []
+        self.keys: set[str] = set()
+        self.fail = False
+
+    async def publish(self, message: InboundMessage) -> bool:
+        from imrelay_ingress.publisher import PublishUnavailable
+
+        if self.fail:
+            raise PublishUnavailable("test: NATS down")
+        key = f"{message.bot_id}:{message.platform_message_id}"
+        if key in self.keys:
+            return True
+        self.keys.add(key)
+        self.published.append(message)
+        return False
+
+    async def ready(self) -> bool:
+        return not self.fail

@@ -1,0 +1,92 @@
+"""Sender guarantees that need a real NATS: delivery records stop a redelivered chunk from being posted
+twice, and one token refresh is shared by every replica."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import nats
+import pytest
+
+from imrelay import subjects
+from imrelay.config import NatsConfig, Platform
+from imrelay.events import Chat, ChatType, ReplyChunk, Sender
+from imrelay.jetstream import ensure_buckets, ensure_streams
+from imrelay.natsserver import EmbeddedNats
+from imrelay_sender.tokens import TokenCache
+
+from .stack import Stack
+
+pytestmark = pytest.mark.nats
+
+
+async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None:
+    who = f"u{secrets.token_hex(4)}"
+    chunk = ReplyChunk(
+        reply_id=f"r-{secrets.token_hex(6)}", inbound_id="i", platform=Platform.WECOM_APP,
+        bot_id="app", chat=Chat(id=who, type=ChatType.DIRECT), recipient=Sender(id=who),
+        reply_handle={"touser": who, "agentid": "1000002"}, seq=0, final=True,
+        full_text="x" * 1500 + " " + "y" * 1500,
+    )
+    nc = await nats.connect(stack.nats.url)
+    try:
+        js = nc.jetstream()
+        subject = subjects.outbound_subject("wecom_app", "app")
+        # The same final chunk twice, as after a worker crash past the dedupe window or a replay.
+        for attempt in range(2):
+            await js.publish(subject, chunk.model_dump_json().encode(),
+                             headers={subjects.HDR_MSG_ID: f"{chunk.msg_id}:{attempt}"})
+        await asyncio.to_thread(stack.wait_for, lambda: len(stack.messages(touser=who)) >= 2,
+                                what="both parts")
+        sentinel = f"s{secrets.token_hex(4)}"
+        other = chunk.model_copy(update={
+            "reply_id": f"r-{secrets.token_hex(6)}", "full_text": "done",
+            "reply_handle": {"touser": sentinel, "agentid": "1000002"}})
+        await js.publish(subject, other.model_dump_json().encode(),
+                         headers={subjects.HDR_MSG_ID: other.msg_id})
+        await asyncio.to_thread(stack.wait_for, lambda: stack.messages(touser=sentinel),
+                                what="sentinel")
+    finally:
+        await nc.close()
+    msgs = stack.messages(touser=who)
+    assert len(msgs) == 2, msgs
+    # the second copy was recognized (claimed by the first, then found done): it posts nothing
+    await asyncio.to_thread(stack.wait_for, lambda: stack.metric(
+        "sender", "imrelay_deliveries_total", {"outcome": "duplicate_skipped"}) >= 2,
+        what="the second copy to be skipped")
+    assert len(stack.messages(touser=who)) == 2
+
+
+async def test_token_refresh_is_single_flight_across_replicas(nats_server: EmbeddedNats) -> None:
+    cfg = NatsConfig(url=nats_server.url)
+    connections = [await nats.connect(nats_server.url) for _ in range(3)]
+    try:
+        js0 = connections[0].jetstream()
+        await ensure_streams(js0, cfg)
+        caches = [TokenCache((await ensure_buckets(c.jetstream(), cfg)).tokens)
+                  for c in connections]
+        calls = 0
+        concurrent = 0
+        peak = 0
+
+        async def fetch() -> tuple[str, float]:
+            nonlocal calls, concurrent, peak
+            calls += 1
+            concurrent += 1
+            peak = max(peak, concurrent)
+            await asyncio.sleep(0.3)
+            concurrent -= 1
+            return f"token-{calls}", 7200.0
+
+        key = f"test.{secrets.token_hex(4)}"
+        tokens = await asyncio.gather(*(caches[i % 3].get(key, fetch) for i in range(30)))
+        assert calls == 1 and peak == 1
+        assert set(tokens) == {"token-1"}
+        # the platform rejects it: invalidated once, refreshed once, even if every replica saw it
+        await asyncio.gather(*(c.invalidate(key, "token-1") for c in caches))
+        tokens = await asyncio.gather(*(caches[i % 3].get(key, fetch) for i in range(9)))
+        assert calls == 2 and set(tokens) == {"token-2"}
+    finally:
+        for c in connections:
+            await c.close()

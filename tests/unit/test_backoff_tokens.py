@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from imrelay_sender.backoff import backoff_delay
+from imrelay_sender.tokens import TokenRecord, effective_skew, is_usable, needs_refresh
+
+
+@pytest.mark.parametrize(("attempt", "ceiling"), [(1, 0.5), (2, 1.0), (3, 2.0), (10, 30.0)])
+def test_backoff_ceiling_doubles_up_to_cap(attempt: int, ceiling: float) -> None:
+    assert backoff_delay(attempt, 0.5, 30.0, rand=lambda: 1.0) == ceiling
+    assert backoff_delay(attempt, 0.5, 30.0, rand=lambda: 0.0) == 0.0
+
+
+def test_backoff_honours_retry_after() -> None:
+    assert backoff_delay(1, 0.5, 30.0, retry_after=7.0, rand=lambda: 0.5) == 7.0
+    with pytest.raises(ValueError):
+        backoff_delay(0, 1, 1)
+
+
+def rec(fetched: float, lifetime: float) -> TokenRecord:
+    return TokenRecord(token="t", expires_at=fetched + lifetime, fetched_at=fetched)
+
+
+def test_refresh_window() -> None:
+    r = rec(1000, 7200)
+    assert not needs_refresh(r, 1000 + 7200 - 301, skew=300)
+    assert needs_refresh(r, 1000 + 7200 - 300, skew=300)
+    assert needs_refresh(None, 0, skew=300)
+
+
+def test_skew_never_more_than_half_the_lifetime() -> None:
+    r = rec(0, 10)
+    assert effective_skew(r, 300) == 5
+    assert not needs_refresh(r, 4.9, skew=300)
+    assert needs_refresh(r, 5.0, skew=300)
+
+
+def test_usable_until_just_before_expiry() -> None:
+    r = rec(0, 7200)
+    assert is_usable(r, 7194)
+    assert not is_usable(r, 7196)
+    assert not is_usable(None, 0)
+
+
+def test_record_json_round_trip_and_repr() -> None:
+    r = TokenRecord(token="secret-token", expires_at=10.0, fetched_at=1.0)
+    assert TokenRecord.from_json(r.to_json()) == r
+    assert TokenRecord.from_json(b"not json") is None
+    assert "secret-token" not in repr(r)

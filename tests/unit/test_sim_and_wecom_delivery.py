@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from imrelay.config import parse_settings
+from imrelay.errors import (
+    PermanentUpstreamError,
+    RateLimitedError,
+    TokenExpiredError,
+    TransientUpstreamError,
+)
+from imrelay_sender.platforms.wecom_app import check, send_body
+from imrelay_sim.server import create_app
+
+KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+SETTINGS = parse_settings({"bots": [{"id": "app", "platform": "wecom_app", "credentials": {
+    "corp_id": "ww1", "agent_id": "1000002", "secret": "sec", "token": "t",
+    "encoding_aes_key": KEY}}]}, {})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def sim(clock: Clock) -> httpx.AsyncClient:
+    app = create_app(SETTINGS, clock=clock)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://sim")
+
+
+async def token(sim: httpx.AsyncClient) -> str:
+    r = (await sim.get("/cgi-bin/gettoken", params={"corpid": "ww1", "corpsecret": "sec"})).json()
+    assert r["errcode"] == 0
+    return str(r["access_token"])
+
+
+async def send(sim: httpx.AsyncClient, tok: str, user: str = "alice", text: str = "hi") -> int:
+    r = await sim.post("/cgi-bin/message/send", params={"access_token": tok},
+                       json=send_body("1000002", user, text))
+    return int(r.json()["errcode"])
+
+
+async def test_gettoken_errors_and_reuse(sim: httpx.AsyncClient) -> None:
+    bad = await sim.get("/cgi-bin/gettoken", params={"corpid": "nope", "corpsecret": "sec"})
+    assert bad.json()["errcode"] == 40013
+    bad = await sim.get("/cgi-bin/gettoken", params={"corpid": "ww1", "corpsecret": "wrong"})
+    assert bad.json()["errcode"] == 40001
+    assert await token(sim) == await token(sim)
+
+
+async def test_send_records_and_token_errors(sim: httpx.AsyncClient, clock: Clock) -> None:
+    tok = await token(sim)
+    assert await send(sim, "garbage") == 40014
+    assert await send(sim, tok, text="你好") == 0
+    msgs = (await sim.get("/sim/messages", params={"bot": "app"})).json()
+    assert [(m["touser"], m["content"]) for m in msgs] == [("alice", "你好")]
+    clock.t += 7201
+    assert await send(sim, tok) == 42001
+    assert await token(sim) != tok
+
+
+async def test_per_member_limit_is_45009(sim: httpx.AsyncClient, clock: Clock) -> None:
+    await sim.post("/sim/control", json={"user_limit": 3, "user_window": 60})
+    tok = await token(sim)
+    assert [await send(sim, tok) for _ in range(4)] == [0, 0, 0, 45009]
+    assert await send(sim, tok, user="bob") == 0
+    clock.t += 61
+    assert await send(sim, tok) == 0
+
+
+async def test_injected_faults(sim: httpx.AsyncClient) -> None:
+    await sim.post("/sim/control", json={"fail_next": [-1, 502]})
+    tok = await token(sim)
+    assert await send(sim, tok) == -1
+    r = await sim.post("/cgi-bin/message/send", params={"access_token": tok},
+                       json=send_body("1000002", "alice", "x"))
+    assert r.status_code == 502
+    assert await send(sim, tok) == 0
+
+
+@pytest.mark.parametrize(("payload", "status", "exc"), [
+    ({"errcode": 40014, "errmsg": "invalid"}, 200, TokenExpiredError),
+    ({"errcode": 42001, "errmsg": "expired"}, 200, TokenExpiredError),
+    ({"errcode": 45009, "errmsg": "freq"}, 200, RateLimitedError),
+    ({"errcode": -1, "errmsg": "busy"}, 200, TransientUpstreamError),
+    ({"errcode": 81013, "errmsg": "no user"}, 200, PermanentUpstreamError),
+    ({"errcode": 60020, "errmsg": "ip"}, 200, PermanentUpstreamError),
+    (None, 502, TransientUpstreamError),
+    ({"x": 1}, 200, TransientUpstreamError),
+    (None, 404, PermanentUpstreamError),
+])
+def test_errcode_classification(payload: object, status: int, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        check(payload, status)
+
+
+def test_ok_passes() -> None:
+    check({"errcode": 0, "errmsg": "ok"}, 200)
