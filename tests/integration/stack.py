@@ -100,7 +100,8 @@ class Stack:
         return f"http://127.0.0.1:{self.ports[name + '_admin']}"
 
     @classmethod
-    def create(cls, root: Path, nats: EmbeddedNats, **sections: Any) -> Stack:
+    def create(cls, root: Path, nats: EmbeddedNats, extra_env: dict[str, str] | None = None,
+               **sections: Any) -> Stack:
         stack = cls(root=root, nats=nats)
         for name in ("sim", "ingress", "ingress_admin", "worker_admin", "sender_admin"):
             stack.ports[name] = free_port()
@@ -109,6 +110,7 @@ class Stack:
         env = dict(os.environ, IMRELAY_CONFIG=str(stack.config_path), IMRELAY_NATS_URL=nats.url,
                    IMRELAY_PORT=str(stack.ports["ingress"]), IMRELAY_LOG_LEVEL="INFO")
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        env.update(extra_env or {})
 
         def svc(name: str, argv: list[str], ready: str, admin: str | None) -> Service:
             e = dict(env)
@@ -127,6 +129,9 @@ class Stack:
                           f"http://127.0.0.1:{stack.ports['sender_admin']}/readyz", "sender_admin"),
         }
         return stack
+
+    def rewrite_config(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
 
     @property
     def config_path(self) -> Path:

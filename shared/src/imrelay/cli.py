@@ -70,6 +70,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         config = str(state / "dev.yaml")
         if not Path(config).exists():
             Path(config).write_text(DEV_CONFIG, encoding="utf-8")
+    os.environ.setdefault("IMRELAY_SIM_URL", f"http://127.0.0.1:{args.sim_port}")
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -77,7 +78,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return 2
     nats_server = EmbeddedNats(store_dir=state / "nats", port=args.nats_port).start()
     env = dict(os.environ, IMRELAY_CONFIG=str(Path(config).resolve()),
-               IMRELAY_NATS_URL=nats_server.url, IMRELAY_PORT=str(args.port))
+               IMRELAY_NATS_URL=nats_server.url, IMRELAY_PORT=str(args.port),
+               IMRELAY_SIM_URL=f"http://127.0.0.1:{args.sim_port}")
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
 

@@ -12,7 +12,7 @@ bots:
   - id: demo
     platform: wecom_app
     backend: default
-    api_base: http://127.0.0.1:8090 # the simulator plays qyapi.weixin.qq.com
+    api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}   # the simulator plays qyapi.weixin.qq.com
     credentials:
       corp_id: wwdemo0000000000001
       agent_id: "1000002"

@@ -98,18 +98,17 @@ def cmd_send(args: argparse.Namespace) -> int:
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.wait
-        seen = before
-        got = False
+        seen, settle_until = before, None
         while time.monotonic() < deadline:
             msgs = client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json()
             for m in msgs[seen:]:
                 print(f"answer to {m.get('touser') or m.get('chat')}: {m['content']}", flush=True)
-                got = True
+                settle_until = time.monotonic() + 1.0  # a long answer arrives in several parts
             seen = len(msgs)
-            if got and time.monotonic() > deadline - args.wait + 1.0:
+            if settle_until is not None and time.monotonic() >= settle_until:
                 return 0
             time.sleep(0.2)
-        if not got:
+        if settle_until is None:
             print("no answer arrived in time", file=sys.stderr)
             return 1
     return 0

@@ -5,6 +5,7 @@
 * ``POST /cgi-bin/message/send?access_token=`` -> 40014 unknown token, 42001 expired token, 45009 over the
   per-member limit (``user_limit`` per ``user_window`` seconds per app and member), 81013 no receiver.
 * ``POST /cgi-bin/webhook/send?key=`` -> the group-robot webhook (limit per key per window).
+* ``POST /v1/chat/completions``: a streaming OpenAI-compatible model (see :mod:`imrelay_sim.llm`).
 * ``GET /sim/messages`` lists what was delivered (filters: ``bot``, ``touser``, ``chat``);
   ``DELETE /sim/messages`` clears it; ``GET /sim/stats`` counts calls; ``POST /sim/control`` changes limits
   and lifetimes, expires every token, or injects faults (``fail_next``: a list of errcodes / HTTP statuses
@@ -27,6 +28,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from imrelay.config import Settings, WeComAppBot, WeComGroupRobotBot
+
+from .llm import routes as llm_routes
 
 
 @dataclass
@@ -212,4 +215,5 @@ def create_app(settings: Settings | None = None, *,
         Route("/sim/messages", clear_messages, methods=["DELETE"]),
         Route("/sim/stats", stats, methods=["GET"]),
         Route("/sim/control", control, methods=["POST"]),
+        *llm_routes(),
     ])

@@ -1,0 +1,153 @@
+"""Ingress throughput and ack latency: verified WeCom callbacks (signature + AES decrypt + XML parse +
+JetStream publish with PubAck) per second and p50/p99 latency at concurrency 64 for 10 s, beside a bare
+Starlette endpoint served the same way (uvicorn, same bodies) measured in the same run, and their ratio.
+
+Prints figures; never passes or fails on time. Needs `wrk` (Debian package `wrk`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import yaml
+
+from imrelay.config import parse_settings
+from imrelay.natsserver import EmbeddedNats
+from imrelay_sim.__main__ import build_callback
+
+HERE = Path(__file__).parent
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
+DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
+THREADS = 2
+KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_requests(path: Path, config: dict[str, Any], n: int) -> None:
+    bot = parse_settings(config, {}).bots[0]
+    now = int(time.time())
+    with open(path, "w", encoding="utf-8") as out:
+        for i in range(n):
+            query, body = build_callback(bot, f"benchmark question {i}", f"user{i % 500}",
+                                         str(10**12 + i), now)
+            out.write(f"/callback/{bot.id}?{query}\t{body.decode()}\n")
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code in (200, 405):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def run_wrk(base: str, requests: Path) -> dict[str, float]:
+    env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_THREADS=str(THREADS))
+    out = subprocess.run(
+        ["wrk", f"-t{THREADS}", f"-c{CONCURRENCY}", f"-d{DURATION}s", "--latency",
+         "-s", str(HERE / "callbacks.lua"), base],
+        env=env, capture_output=True, text=True, check=True).stdout
+
+    def seconds(value: str) -> float:
+        m = re.match(r"([\d.]+)(us|ms|s)", value)
+        assert m, value
+        return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m.group(2)]
+
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": seconds(lat["50"]), "p99": seconds(lat["99"]),
+        "requests": float(total.group(1)) if total else 0.0,
+        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+    }
+
+
+async def stored(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return int((await nc.jetstream().stream_info("IMRELAY_IN")).state.messages)
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    if not shutil.which("wrk"):
+        sys.exit("make bench needs wrk: apt-get install wrk")
+    tmp = Path(tempfile.mkdtemp(prefix="imrelay-bench-"))
+    server = EmbeddedNats(store_dir=tmp / "nats").start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        config: dict[str, Any] = {"bots": [{"id": "bench", "platform": "wecom_app", "credentials": {
+            "corp_id": "wwbench0000000001", "agent_id": "1000002", "secret": "s",
+            "token": "benchtoken", "encoding_aes_key": KEY}}]}
+        (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
+        requests = tmp / "requests.tsv"
+        print(f"preparing signed callbacks (concurrency {CONCURRENCY}, {DURATION}s per run)...",
+              flush=True)
+        make_requests(requests, config, 120_000)
+
+        ingress_port, admin_port, bare_port = free_port(), free_port(), free_port()
+        env = dict(os.environ, IMRELAY_CONFIG=str(tmp / "imrelay.yaml"), IMRELAY_NATS_URL=server.url,
+                   IMRELAY_PORT=str(ingress_port), IMRELAY_ADMIN_PORT=str(admin_port),
+                   IMRELAY_LOG_LEVEL="WARNING")
+        log = open(tmp / "servers.log", "wb")
+        procs.append(subprocess.Popen([sys.executable, "-m", "imrelay_ingress"], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "bare_app:app",
+             "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
+            stdout=log, stderr=subprocess.STDOUT))
+        wait_http(f"http://127.0.0.1:{admin_port}/readyz")
+        wait_http(f"http://127.0.0.1:{bare_port}/callback/x")
+
+        bare = run_wrk(f"http://127.0.0.1:{bare_port}", requests)
+        before = asyncio.run(stored(server.url))
+        ing = run_wrk(f"http://127.0.0.1:{ingress_port}", requests)
+        after = asyncio.run(stored(server.url))
+
+        print()
+        print(f"{'':34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+        for name, r in (("bare Starlette endpoint (200)", bare),
+                        ("imrelay ingress (verify+decrypt+PubAck)", ing)):
+            print(f"{name:34.34}{r['rps']:>10.0f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}"
+                  f"{r['errors']:>10.0f}")
+        print(f"\ningress / bare throughput ratio: {ing['rps'] / bare['rps']:.2f}")
+        print(f"ingress p99 / bare p99:          {ing['p99'] / bare['p99']:.2f}")
+        print(f"messages stored in IMRELAY_IN:   {after - before} "
+              f"({ing['requests']:.0f} answered while wrk counted; requests still in flight when it "
+              "stopped are stored too)")
+        print(f"machine: {os.cpu_count()} cores shared by wrk, uvicorn and nats-server")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""A bot answered through the `openai` backend: the worker streams from an OpenAI-compatible server (the
+simulator's) and the user gets the model's answer; a failing model gets the user a polite message."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from imrelay.natsserver import EmbeddedNats
+
+from .stack import Stack
+from .test_end_to_end import send
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture(scope="module")
+def llm_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root: Path = tmp_path_factory.mktemp("llm")
+    s = Stack.create(root, nats_server)
+    s.config["backends"] = {"default": {
+        "kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "${SIM_OPENAI_KEY:-sk-sim}",
+        "model": "sim-model", "system_prompt": "You are the HR helper.", "idle_timeout_seconds": 2,
+        "error_message": "Sorry, the assistant is unavailable right now."}}
+    s.config["worker"]["answer_timeout_seconds"] = 10
+    s.rewrite_config()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def test_answer_comes_from_the_model(llm_stack: Stack) -> None:
+    who = f"u{secrets.token_hex(4)}"
+    send(llm_stack, "how many vacation days?", who)
+    msgs = llm_stack.wait_for(lambda: llm_stack.messages(touser=who), what="the model's answer")
+    assert [m["content"] for m in msgs] == ["You said: how many vacation days?"]
+    req = httpx.get(f"{llm_stack.sim_url}/sim/llm").json()[-1]
+    assert req["model"] == "sim-model" and req["stream"] is True
+    assert req["messages"] == [{"role": "system", "content": "You are the HR helper."},
+                               {"role": "user", "content": "how many vacation days?"}]
+    assert llm_stack.metric("worker", "imrelay_llm_time_to_first_token_seconds_count", {}) >= 1
+
+
+@pytest.mark.parametrize("control", [{"fail_next": [500]}, {"stall_after": 1}])
+def test_a_failing_model_gets_the_user_a_polite_message(llm_stack: Stack,
+                                                          control: dict[str, object]) -> None:
+    httpx.post(f"{llm_stack.sim_url}/sim/llm", json=control).raise_for_status()
+    try:
+        who = f"u{secrets.token_hex(4)}"
+        before = llm_stack.metric("worker", "imrelay_llm_duration_seconds_count",
+                                  {"outcome": "error"})
+        send(llm_stack, "hello?", who)
+        msgs = llm_stack.wait_for(lambda: llm_stack.messages(touser=who), what="the polite reply")
+        assert len(msgs) == 1
+        assert msgs[0]["content"].endswith("Sorry, the assistant is unavailable right now.")
+        assert llm_stack.metric("worker", "imrelay_llm_duration_seconds_count",
+                                {"outcome": "error"}) == before + 1
+    finally:
+        httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"stall_after": None}).raise_for_status()
