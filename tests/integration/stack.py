@@ -74,6 +74,9 @@ def base_config(sim_url: str, **sections: Any) -> dict[str, Any]:
             "id": "app", "platform": "wecom_app", "backend": "default", "api_base": sim_url,
             "credentials": {"corp_id": CORP, "agent_id": AGENT, "secret": SECRET, "token": TOKEN,
                             "encoding_aes_key": KEY},
+        }, {
+            "id": "robot", "platform": "wecom_group_robot", "backend": "default", "api_base": sim_url,
+            "credentials": {"token": "robottoken", "encoding_aes_key": KEY[::-1]},
         }],
     }
     cfg.update(sections)

@@ -20,11 +20,13 @@ from .stack import Stack
 pytestmark = pytest.mark.nats
 
 
-def send(stack: Stack, text: str, user: str, msg_id: str | None = None) -> httpx.Response:
+def send(stack: Stack, text: str, user: str, msg_id: str | None = None, bot_id: str = "app",
+         chat: str = "") -> httpx.Response:
     settings = parse_settings(stack.config, {})
-    bot = settings.bots[0]
+    bot = settings.bot(bot_id)
+    assert bot is not None
     query, body = build_callback(bot, text, user, msg_id or str(secrets.randbelow(2**62)),
-                                 int(time.time()), stack.sim_url)
+                                 int(time.time()), stack.sim_url, chat=chat)
     return httpx.post(f"{stack.ingress_url}/callback/{bot.id}?{query}", content=body,
                       headers={"Content-Type": "text/xml"}, timeout=10)
 
@@ -135,3 +137,11 @@ def test_admin_port_serves_metrics_and_probes(stack: Stack) -> None:
     assert stack.metric("worker", "imrelay_llm_duration_seconds_count", {"outcome": "ok"}) >= 1
     assert stack.metric("sender", "imrelay_first_reply_seconds_count", {}) >= 1
     assert stack.metric("sender", "imrelay_token_refreshes_total", {"outcome": "ok"}) >= 1
+
+
+def test_group_robot_message_is_answered_in_the_group_mentioning_the_asker(stack: Stack) -> None:
+    who, chat = user(), f"wrk{secrets.token_hex(4)}"
+    assert send(stack, "when is the offsite?", who, bot_id="robot", chat=chat).status_code == 200
+    msgs = stack.wait_for(lambda: stack.messages(bot="robot", chat="robot"), what="robot answer")
+    mine = [m for m in msgs if who in m["mentioned_list"]]
+    assert [m["content"] for m in mine] == ["when is the offsite?"]  # "@robot " stripped for the model

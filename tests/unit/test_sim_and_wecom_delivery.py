@@ -10,7 +10,8 @@ from imrelay.errors import (
     TokenExpiredError,
     TransientUpstreamError,
 )
-from imrelay_sender.platforms.wecom_app import check, send_body
+from imrelay_sender.platforms.wecom import check
+from imrelay_sender.platforms.wecom_app import send_body
 from imrelay_sim.server import create_app
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
@@ -106,3 +107,26 @@ def test_errcode_classification(payload: object, status: int, exc: type[Exceptio
 
 def test_ok_passes() -> None:
     check({"errcode": 0, "errmsg": "ok"}, 200)
+
+
+@pytest.mark.parametrize(("url", "ok"), [
+    ("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc", True),
+    ("https://qyapi.weixin.qq.com/cgi-bin/webhook/send", False),
+    ("https://evil.example/cgi-bin/webhook/send?key=abc", False),
+    ("http://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc", False),
+    ("https://qyapi.weixin.qq.com/cgi-bin/message/send?key=abc", False),
+    ("https://qyapi.weixin.qq.com.evil.example/cgi-bin/webhook/send?key=abc", False),
+    ("", False),
+])
+def test_robot_replies_only_to_the_platforms_webhook(url: str, ok: bool) -> None:
+    from imrelay_sender.platforms.wecom_group_robot import webhook_allowed
+
+    assert webhook_allowed(url, "https://qyapi.weixin.qq.com") is ok
+
+
+def test_robot_body_mentions_the_asker() -> None:
+    from imrelay_sender.platforms.wecom_group_robot import send_body as robot_body
+
+    assert robot_body("hi", "zhangsan") == {
+        "msgtype": "text", "text": {"content": "hi", "mentioned_list": ["zhangsan"]}}
+    assert robot_body("hi", None) == {"msgtype": "text", "text": {"content": "hi"}}

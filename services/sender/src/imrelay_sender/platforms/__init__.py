@@ -30,7 +30,10 @@ class Delivery(Protocol):
 def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
                  tokens: TokenCache, cfg: SenderConfig) -> Delivery:
     from .wecom_app import WeComAppDelivery
+    from .wecom_group_robot import WeComGroupRobotDelivery
 
     if bot.platform is Platform.WECOM_APP:
         return WeComAppDelivery.from_bot(bot, settings.api_base(bot), client, tokens, cfg)
+    if bot.platform is Platform.WECOM_GROUP_ROBOT:
+        return WeComGroupRobotDelivery.from_bot(bot, settings.api_base(bot), client, cfg)
     raise ValueError(f"platform {bot.platform.value!r} is not supported by this sender yet")

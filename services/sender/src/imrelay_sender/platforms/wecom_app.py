@@ -8,65 +8,32 @@ net under the sender's own delivery records.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from imrelay.config import BotConfig, SenderConfig, WeComAppBot
-from imrelay.errors import (
-    PermanentUpstreamError,
-    RateLimitedError,
-    TokenExpiredError,
-    TransientUpstreamError,
-    UpstreamError,
-    WeComCode,
-)
+from imrelay.errors import TokenExpiredError, TransientUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk
 from imrelay.subjects import kv_key
-from imrelay.telemetry import DELIVERY_SECONDS, TOKEN_REFRESHES
+from imrelay.telemetry import TOKEN_REFRESHES
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
+from .wecom import check as _check
+from .wecom import post_json
 
 log = logging.getLogger("imrelay.sender.wecom_app")
 
 PLATFORM = "wecom_app"
 TEXT_LIMIT_BYTES = 2048
-TOKEN_CODES = {40014, 42001, 42007, 42009}
-TRANSIENT_CODES = {WeComCode.SYSTEM_BUSY}
-
-
 def send_body(agent_id: str, touser: str, content: str) -> dict[str, Any]:
     return {
         "touser": touser, "msgtype": "text", "agentid": int(agent_id) if agent_id.isdigit() else agent_id,
         "text": {"content": content}, "safe": 0,
         "enable_duplicate_check": 1, "duplicate_check_interval": 1800,
     }
-
-
-def check(payload: Any, status: int, rate_limit_backoff: float = 60.0) -> None:
-    """Raise the upstream error an API answer stands for (nothing for errcode 0)."""
-    if status >= 500:
-        raise TransientUpstreamError(PLATFORM, status, "server error")
-    if not isinstance(payload, dict) or "errcode" not in payload:
-        if status >= 400:
-            raise PermanentUpstreamError(PLATFORM, status, "unexpected HTTP status")
-        raise TransientUpstreamError(PLATFORM, "bad_response", "answer without errcode")
-    code = payload.get("errcode")
-    msg = str(payload.get("errmsg", ""))[:200]
-    if code == 0:
-        return
-    if not isinstance(code, int):
-        raise TransientUpstreamError(PLATFORM, str(code), msg)
-    if code in TOKEN_CODES:
-        raise TokenExpiredError(PLATFORM, code, msg)
-    if code == WeComCode.API_FREQ_OUT_OF_LIMIT:
-        raise RateLimitedError(PLATFORM, code, msg, retry_after=rate_limit_backoff)
-    if code in TRANSIENT_CODES:
-        raise TransientUpstreamError(PLATFORM, code, msg)
-    raise PermanentUpstreamError(PLATFORM, code, msg)
 
 
 @dataclass
@@ -109,7 +76,7 @@ class WeComAppDelivery:
                 f"{self.api_base}/cgi-bin/gettoken",
                 params={"corpid": self.corp_id, "corpsecret": self.secret}, timeout=self.timeout)
             payload = resp.json()
-            check(payload, resp.status_code)
+            _check(payload, resp.status_code, platform=PLATFORM)
             token, expires_in = str(payload["access_token"]), float(payload.get("expires_in", 7200))
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="error").inc()
@@ -122,22 +89,11 @@ class WeComAppDelivery:
         return token, expires_in
 
     async def _post(self, token: str, body: dict[str, Any]) -> None:
-        started = time.perf_counter()
-        try:
-            resp = await self.client.post(f"{self.api_base}/cgi-bin/message/send",
-                                          params={"access_token": token}, json=body,
-                                          timeout=self.timeout)
-        except httpx.HTTPError as exc:
-            raise TransientUpstreamError(PLATFORM, "http", type(exc).__name__) from exc
-        finally:
-            DELIVERY_SECONDS.labels(platform=PLATFORM, bot=self.bot_id).observe(
-                time.perf_counter() - started)
-        try:
-            payload = resp.json()
-        except ValueError:
-            payload = None
-        check(payload, resp.status_code, self.rate_limit_backoff)
-        if isinstance(payload, dict) and payload.get("invaliduser"):
+        payload = await post_json(
+            self.client, f"{self.api_base}/cgi-bin/message/send", body, params={"access_token": token},
+            platform=PLATFORM, bot=self.bot_id, http_timeout=self.timeout,
+            rate_limit_backoff=self.rate_limit_backoff)
+        if payload.get("invaliduser"):
             log.warning("WeCom reported invalid recipients for bot %s", self.bot_id)
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:

@@ -1,0 +1,69 @@
+"""WeCom group robot (群机器人) delivery: the answer goes to the ``WebhookUrl`` that came with the message.
+
+No access token: the webhook key is the credential, so it is never logged. Text content is limited to 2048
+bytes; in group chats the first part @-mentions the asker. The robot's limit is 20 messages a minute; a
+45009 answer is backed off and retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from imrelay.config import BotConfig, SenderConfig, WeComGroupRobotBot
+from imrelay.errors import PermanentUpstreamError
+from imrelay.events import ChatType, ReplyChunk
+
+from ..chunking import split_utf8
+from .wecom import post_json
+
+PLATFORM = "wecom_group_robot"
+TEXT_LIMIT_BYTES = 2048
+WEBHOOK_PATH = "/cgi-bin/webhook/send"
+
+
+def send_body(content: str, mention: str | None) -> dict[str, Any]:
+    text: dict[str, Any] = {"content": content}
+    if mention:
+        text["mentioned_list"] = [mention]
+    return {"msgtype": "text", "text": text}
+
+
+def webhook_allowed(url: str, api_base: str) -> bool:
+    """Only post to the robot webhook of the platform this bot talks to (never to an arbitrary URL)."""
+    u, base = urlsplit(url), urlsplit(api_base)
+    return (u.scheme, u.netloc) == (base.scheme, base.netloc) and u.path == WEBHOOK_PATH \
+        and "key=" in u.query
+
+
+@dataclass
+class WeComGroupRobotDelivery:
+    bot_id: str
+    api_base: str
+    client: httpx.AsyncClient
+    timeout: float
+    rate_limit_backoff: float = 60.0
+    platform: str = PLATFORM
+
+    @classmethod
+    def from_bot(cls, bot: BotConfig, api_base: str, client: httpx.AsyncClient,
+                 cfg: SenderConfig) -> WeComGroupRobotDelivery:
+        assert isinstance(bot, WeComGroupRobotBot)
+        return cls(bot_id=bot.id, api_base=api_base, client=client, timeout=cfg.http_timeout_seconds,
+                   rate_limit_backoff=cfg.rate_limit_backoff_seconds)
+
+    def render(self, chunk: ReplyChunk) -> list[str]:
+        text = chunk.full_text if chunk.full_text is not None else chunk.delta
+        return split_utf8(text, TEXT_LIMIT_BYTES) if text.strip() else []
+
+    async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
+        url = chunk.reply_handle.get("webhook_url", "")
+        if not webhook_allowed(url, self.api_base):
+            raise PermanentUpstreamError(PLATFORM, "bad_webhook",
+                                         "the message carried no usable robot webhook URL")
+        mention = chunk.recipient.id if chunk.chat.type is ChatType.GROUP and index == 0 else None
+        await post_json(self.client, url, send_body(part, mention), platform=PLATFORM, bot=self.bot_id,
+                        http_timeout=self.timeout, rate_limit_backoff=self.rate_limit_backoff)
