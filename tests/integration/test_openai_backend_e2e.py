@@ -26,7 +26,8 @@ def llm_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactor
         "kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "${SIM_OPENAI_KEY:-sk-sim}",
         "model": "sim-model", "system_prompt": "You are the HR helper.", "idle_timeout_seconds": 2,
         "error_message": "Sorry, the assistant is unavailable right now."}}
-    s.config["worker"]["answer_timeout_seconds"] = 10
+    s.config["worker"]["answer_timeout_seconds"] = 20
+    s.config["worker"]["ack_wait_seconds"] = 2  # answers below take longer than this
     s.rewrite_config()
     s.start()
     try:
@@ -63,3 +64,39 @@ def test_a_failing_model_gets_the_user_a_polite_message(llm_stack: Stack,
                                 {"outcome": "error"}) == before + 1
     finally:
         httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"stall_after": None}).raise_for_status()
+
+
+def requests_for(stack: Stack, text: str) -> int:
+    reqs = httpx.get(f"{stack.sim_url}/sim/llm").json()
+    return sum(1 for r in reqs if r["messages"][-1]["content"] == text)
+
+
+def test_a_slow_model_is_not_redelivered_meanwhile(llm_stack: Stack) -> None:
+    """The answer takes longer than the consumer's ack wait: in-progress acks keep it with one worker."""
+    httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"token_delay": 0.6}).raise_for_status()
+    try:
+        who, text = f"u{secrets.token_hex(4)}", f"slow question {secrets.token_hex(2)} please"
+        send(llm_stack, text, who)
+        msgs = llm_stack.wait_for(lambda: llm_stack.messages(touser=who), timeout=30,
+                                  what="the slow answer")
+        assert [m["content"] for m in msgs] == [f"You said: {text}"]
+        assert requests_for(llm_stack, text) == 1
+    finally:
+        httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"token_delay": 0}).raise_for_status()
+
+
+def test_sigterm_lets_the_worker_finish_its_answer(llm_stack: Stack) -> None:
+    httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"token_delay": 0.5}).raise_for_status()
+    worker = llm_stack.services["worker"]
+    try:
+        who, text = f"u{secrets.token_hex(4)}", f"answer me before you go {secrets.token_hex(2)}"
+        send(llm_stack, text, who)
+        llm_stack.wait_for(lambda: requests_for(llm_stack, text) == 1, what="the model call")
+        assert worker.stop() == 0  # SIGTERM mid-answer; exits cleanly once the answer is stored
+        msgs = llm_stack.wait_for(lambda: llm_stack.messages(touser=who), what="the answer")
+        assert [m["content"] for m in msgs] == [f"You said: {text}"]
+        assert requests_for(llm_stack, text) == 1
+    finally:
+        httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"token_delay": 0}).raise_for_status()
+        if worker.proc is None:
+            worker.start()
