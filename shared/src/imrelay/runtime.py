@@ -6,11 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Generator
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-__all__ = ["EmbeddedServer", "stop_event"]
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+    from nats.js import JetStreamContext
+
+    from .config import AdminConfig
+
+__all__ = ["EmbeddedServer", "run_until_stopped", "service_main", "stop_event"]
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -29,3 +37,47 @@ def stop_event() -> asyncio.Event:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, event.set)
     return event
+
+
+def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """The ``main()`` of every imrelay service: logging, tracing, then ``run``; a bad configuration exits 2
+    with the message (the path of the bad key), never a traceback."""
+    from .errors import ConfigError
+    from .telemetry import setup_logging, setup_tracing
+
+    setup_logging(service)
+    setup_tracing(f"imrelay-{service}")
+    try:
+        asyncio.run(run())
+    except (ConfigError, ValueError) as exc:
+        kind = "configuration error: " if isinstance(exc, ConfigError) else ""
+        print(f"imrelay-{service}: {kind}{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def run_until_stopped(admin: AdminConfig, nc: NATS, js: JetStreamContext,
+                            start: Callable[[], Awaitable[None]],
+                            stop: Callable[[], Awaitable[None]]) -> None:
+    """Serve the admin port, ``start`` the consumers, wait for SIGINT/SIGTERM, then ``stop`` them (which
+    finishes in-flight work) before closing the admin port and the NATS connection."""
+    from .admin import serve_admin
+    from .jetstream import streams_present
+
+    stopping = stop_event()
+    running = False
+
+    async def ready() -> bool:
+        return running and nc.is_connected and await streams_present(js)
+
+    server = serve_admin(admin.host, admin.port, ready)
+    server_task = asyncio.create_task(server.serve())
+    try:
+        await start()
+        running = True
+        await stopping.wait()
+    finally:
+        running = False
+        await stop()
+        server.should_exit = True
+        await server_task
+        await nc.close()

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 
 import uvicorn
 
 from imrelay.admin import serve_admin
 from imrelay.config import load_settings
-from imrelay.errors import ConfigError
-from imrelay.runtime import EmbeddedServer, stop_event
-from imrelay.telemetry import setup_logging, setup_tracing
+from imrelay.runtime import EmbeddedServer, service_main, stop_event
 
 from .app import create_app
 from .publisher import JetStreamPublisher
@@ -47,13 +44,7 @@ async def run() -> None:
 
 
 def main() -> None:
-    setup_logging("ingress")
-    setup_tracing("imrelay-ingress")
-    try:
-        asyncio.run(run())
-    except ConfigError as exc:
-        print(f"imrelay-ingress: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    service_main("ingress", run)
 
 
 if __name__ == "__main__":

@@ -8,26 +8,20 @@ goes to ``imrelay.dlq.worker`` with the reason in headers. Reply chunks carry de
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from faststream.nats.opentelemetry import NatsTelemetryMiddleware
-from faststream.nats.prometheus import NatsPrometheusMiddleware
-from nats.js.api import AckPolicy as JsAckPolicy
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from faststream.nats import NatsBroker, NatsMessage
 from pydantic import ValidationError
 
 from imrelay import subjects
+from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
 from imrelay.dlq import dlq_headers
 from imrelay.events import InboundMessage, ReplyChunk
-from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TTFT, registry
+from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TTFT
 
 from .answer import produce_answer
 from .backends import Backend, ChatMessage, ChatRequest, build_backend
@@ -115,32 +109,20 @@ class Worker:
                 conversation=f"{inbound.platform.value}:{inbound.bot_id}:{inbound.chat.id}",
             )
             text_stream = backend.stream(request)
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
-        try:
-            backend_cfg = self.settings.backends.get(bot.backend)
+        backend_cfg = self.settings.backends.get(bot.backend)
+        async with in_progress(msg, self.settings.worker.ack_wait_seconds):
             result = await produce_answer(
                 inbound, text_stream, self.publish_chunk,
                 deadline_seconds=self.settings.worker.answer_timeout_seconds,
                 coalesce_seconds=self.settings.worker.delta_interval_seconds,
                 error_message=backend_cfg.error_message if backend_cfg else NON_TEXT_REPLY,
             )
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
         if result.first_token_seconds is not None:
             LLM_TTFT.labels(**labels).observe(result.first_token_seconds)
         LLM_DURATION.labels(outcome=result.outcome, **labels).observe(result.duration_seconds)
         if result.outcome != "ok":
             log.warning("backend %s failed for inbound %s: %s", backend_name, inbound.id,
                         result.error)
-
-    async def _keep_alive(self, msg: NatsMessage) -> None:
-        interval = max(self.settings.worker.ack_wait_seconds / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
 
 
 async def _once(text: str) -> AsyncIterator[str]:
@@ -154,30 +136,12 @@ def _labels_of(subject: str) -> tuple[str, str]:
 
 def build_worker(settings: Settings, client: httpx.AsyncClient | None = None) -> Worker:
     http = client or httpx.AsyncClient(timeout=httpx.Timeout(60.0), follow_redirects=False)
-    broker = NatsBroker(
-        settings.nats.url,
-        graceful_timeout=settings.worker.answer_timeout_seconds,
-        max_reconnect_attempts=-1,
-        log_level=logging.DEBUG,  # per-message lines only when debugging
-        middlewares=[
-            NatsTelemetryMiddleware(),
-            NatsPrometheusMiddleware(registry=registry(), app_name="imrelay-worker",
-                                     metrics_prefix="imrelay_faststream"),
-        ],
-    )
+    broker = make_broker(settings.nats, "worker",
+                         graceful_timeout=settings.worker.answer_timeout_seconds)
     backends = {name: build_backend(name, cfg, http) for name, cfg in settings.backends.items()}
     worker = Worker(settings=settings, broker=broker, backends=backends, client=http)
     wcfg = settings.worker
-    broker.subscriber(
-        subjects.IN_ALL,
-        stream=JStream(subjects.STREAM_IN, declare=False),
-        durable=subjects.CONSUMER_WORKER,
-        pull_sub=PullSub(batch_size=1, timeout=1.0),
-        config=ConsumerConfig(
-            ack_policy=JsAckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_seconds,
-            max_deliver=wcfg.max_deliver + 1, deliver_policy=DeliverPolicy.ALL,
-        ),
-        ack_policy=AckPolicy.MANUAL,
-        max_workers=wcfg.concurrency,
-    )(worker.handle)
+    durable_consumer(broker, subject=subjects.IN_ALL, stream=subjects.STREAM_IN,
+                     durable=subjects.CONSUMER_WORKER, ack_wait=wcfg.ack_wait_seconds,
+                     max_deliver=wcfg.max_deliver, concurrency=wcfg.concurrency, handler=worker.handle)
     return worker

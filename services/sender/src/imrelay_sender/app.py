@@ -12,28 +12,23 @@ and jitter, then by JetStream (nak with delay) up to ``sender.max_deliver``; per
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
-from faststream.middlewares import AckPolicy
-from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
-from faststream.nats.opentelemetry import NatsTelemetryMiddleware
-from faststream.nats.prometheus import NatsPrometheusMiddleware
-from nats.js.api import AckPolicy as JsAckPolicy
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from faststream.nats import NatsBroker, NatsMessage
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from imrelay import subjects
+from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
 from imrelay.dlq import dlq_headers
 from imrelay.errors import PermanentUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk
 from imrelay.subjects import kv_key
-from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT, registry
+from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT
 
 from .backoff import backoff_delay
 from .claims import Claim, DeliveryBusy, DeliveryClaims
@@ -81,9 +76,9 @@ class Sender:
         if not chunk.final:
             await msg.ack()  # this platform cannot edit messages: the final chunk carries the text
             return
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
         try:
-            await self.deliver(delivery, chunk)
+            async with in_progress(msg, self.settings.sender.ack_wait_seconds):
+                await self.deliver(delivery, chunk)
         except PermanentUpstreamError as exc:
             DELIVERIES.labels(platform=chunk.platform.value, bot=chunk.bot_id, outcome="failed").inc()
             await self.dead_letter(msg, chunk.platform.value, chunk.bot_id, exc.message or str(exc),
@@ -112,10 +107,6 @@ class Sender:
                 await msg.nack(delay=delay)
         else:
             await msg.ack()
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
 
     async def deliver(self, delivery: Delivery, chunk: ReplyChunk) -> None:
         labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
@@ -162,43 +153,17 @@ class Sender:
                          exc.code, attempt, delay)
                 await asyncio.sleep(delay)
 
-    async def _keep_alive(self, msg: NatsMessage) -> None:
-        interval = max(self.settings.sender.ack_wait_seconds / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
 
 def build_sender(settings: Settings, deliveries_kv: KeyValue, tokens_kv: KeyValue,
                  client: httpx.AsyncClient) -> Sender:
-    broker = NatsBroker(
-        settings.nats.url,
-        graceful_timeout=30.0,
-        max_reconnect_attempts=-1,
-        log_level=logging.DEBUG,  # per-message lines only when debugging
-        middlewares=[
-            NatsTelemetryMiddleware(),
-            NatsPrometheusMiddleware(registry=registry(), app_name="imrelay-sender",
-                                     metrics_prefix="imrelay_faststream"),
-        ],
-    )
     cfg = settings.sender
+    broker = make_broker(settings.nats, "sender", graceful_timeout=30.0)
     tokens = TokenCache(tokens_kv, skew=cfg.token_refresh_skew_seconds)
     claims = DeliveryClaims(deliveries_kv, stale_after=cfg.claim_timeout_seconds)
     sender = Sender(settings=settings, broker=broker, claims=claims)
     for bot in settings.bots:
         sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg)
-    broker.subscriber(
-        subjects.OUT_ALL,
-        stream=JStream(subjects.STREAM_OUT, declare=False),
-        durable=subjects.CONSUMER_SENDER,
-        pull_sub=PullSub(batch_size=1, timeout=1.0),
-        config=ConsumerConfig(
-            ack_policy=JsAckPolicy.EXPLICIT, ack_wait=cfg.ack_wait_seconds,
-            max_deliver=cfg.max_deliver + 1, deliver_policy=DeliverPolicy.ALL,
-        ),
-        ack_policy=AckPolicy.MANUAL,
-        max_workers=cfg.concurrency,
-    )(sender.handle)
+    durable_consumer(broker, subject=subjects.OUT_ALL, stream=subjects.STREAM_OUT,
+                     durable=subjects.CONSUMER_SENDER, ack_wait=cfg.ack_wait_seconds,
+                     max_deliver=cfg.max_deliver, concurrency=cfg.concurrency, handler=sender.handle)
     return sender

@@ -1,0 +1,77 @@
+"""The FastStream broker and durable pull consumers, set up the same way for every consuming service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from faststream.middlewares import AckPolicy
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.js.api import AckPolicy as JsAckPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from .config import NatsConfig
+from .telemetry import registry
+
+__all__ = ["durable_consumer", "in_progress", "make_broker"]
+
+
+def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsBroker:
+    """A broker with tracing (trace context in NATS headers) and Prometheus middlewares; on stop it waits
+    up to ``graceful_timeout`` for handlers in flight."""
+    return NatsBroker(
+        cfg.url,
+        graceful_timeout=graceful_timeout,
+        max_reconnect_attempts=-1,
+        log_level=logging.DEBUG,  # per-message lines only when debugging
+        middlewares=[
+            NatsTelemetryMiddleware(),
+            NatsPrometheusMiddleware(registry=registry(), app_name=f"imrelay-{service}",
+                                     metrics_prefix="imrelay_faststream"),
+        ],
+    )
+
+
+def durable_consumer(broker: NatsBroker, *, subject: str, stream: str, durable: str,
+                     ack_wait: float, max_deliver: int, concurrency: int,
+                     handler: Callable[[NatsMessage], Awaitable[None]]) -> None:
+    """Attach ``handler`` to a durable, explicit-ack pull consumer. Handlers ack, nak or dead-letter
+    themselves on their last delivery; the server allows one more delivery than ``max_deliver`` so a
+    process that dies during the last attempt still gets its message dead-lettered."""
+    broker.subscriber(
+        subject,
+        stream=JStream(stream, declare=False),
+        durable=durable,
+        pull_sub=PullSub(batch_size=1, timeout=1.0),
+        config=ConsumerConfig(
+            ack_policy=JsAckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=max_deliver + 1,
+            deliver_policy=DeliverPolicy.ALL,
+        ),
+        ack_policy=AckPolicy.MANUAL,
+        max_workers=concurrency,
+    )(handler)
+
+
+@contextlib.asynccontextmanager
+async def in_progress(msg: NatsMessage, ack_wait: float) -> AsyncIterator[None]:
+    """While the block runs, tell JetStream every ``ack_wait / 3`` seconds that ``msg`` is still being
+    worked on, so a slow answer is not redelivered to another replica meanwhile."""
+
+    async def beat() -> None:
+        interval = max(ack_wait / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
