@@ -130,3 +130,12 @@ def test_robot_body_mentions_the_asker() -> None:
     assert robot_body("hi", "zhangsan") == {
         "msgtype": "text", "text": {"content": "hi", "mentioned_list": ["zhangsan"]}}
     assert robot_body("hi", None) == {"msgtype": "text", "text": {"content": "hi"}}
+
+
+async def test_token_lifetime_is_configurable(clock: Clock) -> None:
+    app = create_app(SETTINGS, clock=clock, token_lifetime=5)
+    sim = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://sim")
+    r = (await sim.get("/cgi-bin/gettoken", params={"corpid": "ww1", "corpsecret": "sec"})).json()
+    assert r["expires_in"] == 5
+    clock.t += 6
+    assert await send(sim, r["access_token"]) == 42001

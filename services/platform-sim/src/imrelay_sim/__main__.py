@@ -76,9 +76,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = _settings(args.config) if args.config or os.environ.get("IMRELAY_CONFIG") \
         or os.path.exists("imrelay.yaml") else None
-    print(f"imrelay-sim: playing the platform APIs on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning",
-                access_log=False)
+    app = create_app(settings, token_lifetime=args.token_lifetime, user_limit=args.user_limit)
+    print(f"imrelay-sim: playing the platform APIs on http://{args.host}:{args.port} "
+          f"(tokens live {args.token_lifetime:g}s)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -140,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.add_parser("serve", help="play the platform APIs")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8090)
+    s.add_argument("--token-lifetime", type=float, default=7200.0,
+                   help="seconds an access token stays valid (WeCom: 7200)")
+    s.add_argument("--user-limit", type=int, default=30,
+                   help="messages per minute one app may send one member before 45009")
     s = sub.add_parser("send", help="send a signed, encrypted message callback to the ingress")
     s.add_argument("--bot", required=True)
     s.add_argument("--text", required=True)

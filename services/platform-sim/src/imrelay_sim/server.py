@@ -71,9 +71,10 @@ def _window_ok(log: deque[float], limit: int, window: float, now: float) -> bool
     return len(log) < limit
 
 
-def create_app(settings: Settings | None = None, *,
-               clock: Callable[[], float] = time.time) -> Starlette:
+def create_app(settings: Settings | None = None, *, clock: Callable[[], float] = time.time,
+               token_lifetime: float = 7200.0, user_limit: int = 30) -> Starlette:
     state = SimState.from_settings(settings)
+    state.token_lifetime, state.user_limit = token_lifetime, user_limit
 
     def err(code: int, msg: str, status: int = 200) -> JSONResponse:
         return JSONResponse({"errcode": code, "errmsg": msg}, status_code=status)
