@@ -133,6 +133,20 @@ class Stack:
         }
         return stack
 
+    def add_replicas(self, name: str, count: int) -> list[str]:
+        """Extra replicas of a service (``sender2``, ``sender3`` ...), each with its own admin port."""
+        base = self.services[name]
+        names = []
+        for i in range(2, count + 2):
+            replica = f"{name}{i}"
+            self.ports[f"{replica}_admin"] = free_port()
+            env = dict(base.env, IMRELAY_ADMIN_PORT=str(self.ports[f"{replica}_admin"]))
+            self.services[replica] = Service(
+                replica, base.argv, env, f"http://127.0.0.1:{self.ports[f'{replica}_admin']}/readyz",
+                self.root / f"{replica}.log")
+            names.append(replica)
+        return names
+
     def rewrite_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
 

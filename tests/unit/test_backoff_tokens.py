@@ -48,3 +48,30 @@ def test_record_json_round_trip_and_repr() -> None:
     assert TokenRecord.from_json(r.to_json()) == r
     assert TokenRecord.from_json(b"not json") is None
     assert "secret-token" not in repr(r)
+
+
+def test_renew_early_refreshes_ahead_of_expiry() -> None:
+    from imrelay_sender.tokens import renew_at
+
+    r = renew_at("a", 7200, 1000, None, renew_early=True, skew=300)
+    assert (r.expires_at, r.renew_at) == (8200, 7900)
+    assert not needs_refresh(r, 7899, skew=300) and needs_refresh(r, 7900, skew=300)
+
+
+def test_wecom_style_tokens_are_fetched_at_expiry_only() -> None:
+    from imrelay_sender.tokens import renew_at
+
+    r = renew_at("a", 7200, 1000, None, renew_early=False, skew=300)
+    assert r.renew_at == 8200
+    assert not needs_refresh(r, 8199.9, skew=300) and needs_refresh(r, 8200, skew=300)
+
+
+def test_the_same_token_back_is_not_asked_for_again_before_it_expires() -> None:
+    from imrelay_sender.tokens import renew_at
+
+    first = renew_at("a", 7200, 1000, None, renew_early=True, skew=300)
+    again = renew_at("a", 300, 7900, first, renew_early=True, skew=300)  # the platform's answer
+    assert again.renew_at == first.expires_at == 8200
+    assert not needs_refresh(again, 8100, skew=300)
+    new = renew_at("b", 7200, 8200, again, renew_early=True, skew=300)
+    assert new.token == "b" and new.renew_at == 8200 + 7200 - 300

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -48,6 +49,8 @@ class SimState:
     messages: list[dict[str, Any]] = field(default_factory=list)
     sends: dict[tuple[str, ...], deque[float]] = field(default_factory=lambda: defaultdict(deque))
     fail_next: list[int] = field(default_factory=list)
+    gettoken_delay: float = 0.0
+    gettoken_in_flight: int = 0
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seq: int = 0
 
@@ -81,6 +84,17 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
 
     async def gettoken(request: Request) -> Response:
         state.stats["gettoken"] += 1
+        state.gettoken_in_flight += 1
+        state.stats["gettoken_peak_concurrency"] = max(state.stats["gettoken_peak_concurrency"],
+                                                       state.gettoken_in_flight)
+        try:
+            if state.gettoken_delay:
+                await asyncio.sleep(state.gettoken_delay)
+            return issue_token(request)
+        finally:
+            state.gettoken_in_flight -= 1
+
+    def issue_token(request: Request) -> Response:
         corp = request.query_params.get("corpid", "")
         secret = request.query_params.get("corpsecret", "")
         if corp not in state.secrets_by_corp:
@@ -198,7 +212,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         if not isinstance(body, dict):
             return JSONResponse({"error": "expected an object"}, status_code=400)
         for name in ("token_lifetime", "user_limit", "user_window", "webhook_limit",
-                     "webhook_window"):
+                     "webhook_window", "gettoken_delay"):
             if name in body:
                 setattr(state, name, type(getattr(state, name))(body[name]))
         if body.get("expire_tokens"):

@@ -1,6 +1,10 @@
 """Platform access tokens: pure expiry math, and a cache in NATS KV shared by every replica.
 
-* :func:`needs_refresh` / :func:`is_usable` are pure functions of (record, now, skew).
+* :func:`needs_refresh` / :func:`is_usable` / :func:`renew_after` are pure functions of (record, now, skew).
+* Platforms differ: Feishu hands out a new token when asked near expiry (``renew_early``: refresh ``skew``
+  seconds ahead while the old one keeps working), WeCom returns the *same* token until it expires (so a
+  refresh happens at expiry, once per lifetime). A refresh that returns the token we already had is not
+  retried before that token expires.
 * :class:`TokenCache` keeps one record per app in the ``imrelay_tokens`` bucket. A refresh is single-flight
   inside the process (a lock per key) and across replicas (a ``<key>.lock`` entry created with
   compare-and-set; a lock older than ``lock_stale_seconds`` is broken). While one replica refreshes early,
@@ -32,22 +36,39 @@ class TokenRecord:
     token: str
     expires_at: float
     fetched_at: float
+    renew_at: float | None = None  # when to fetch again; None: derive from skew
 
     def to_json(self) -> bytes:
         return json.dumps({"token": self.token, "expires_at": self.expires_at,
-                           "fetched_at": self.fetched_at}).encode()
+                           "fetched_at": self.fetched_at, "renew_at": self.renew_at}).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> TokenRecord | None:
         try:
             d = json.loads(data)
+            renew = d.get("renew_at")
             return cls(token=str(d["token"]), expires_at=float(d["expires_at"]),
-                       fetched_at=float(d.get("fetched_at", 0)))
+                       fetched_at=float(d.get("fetched_at", 0)),
+                       renew_at=None if renew is None else float(renew))
         except (ValueError, KeyError, TypeError):
             return None
 
     def __repr__(self) -> str:
-        return f"TokenRecord(token=***, expires_at={self.expires_at}, fetched_at={self.fetched_at})"
+        return (f"TokenRecord(token=***, expires_at={self.expires_at}, fetched_at={self.fetched_at}, "
+                f"renew_at={self.renew_at})")
+
+
+def renew_at(token: str, expires_in: float, now: float, previous: TokenRecord | None, *,
+             renew_early: bool, skew: float) -> TokenRecord:
+    """The record for a token just fetched: when it expires, and when to ask again."""
+    expires = now + expires_in
+    if previous is not None and previous.token == token:
+        # The platform gave back the token we had: it will not renew it before it expires.
+        return TokenRecord(token=token, expires_at=min(expires, previous.expires_at),
+                           fetched_at=previous.fetched_at, renew_at=previous.expires_at)
+    fresh = TokenRecord(token=token, expires_at=expires, fetched_at=now)
+    when = expires - effective_skew(fresh, skew) if renew_early else expires
+    return TokenRecord(token=token, expires_at=expires, fetched_at=now, renew_at=when)
 
 
 def effective_skew(record: TokenRecord, skew: float) -> float:
@@ -65,9 +86,11 @@ def is_usable(record: TokenRecord | None, now: float, margin: float = 5.0) -> bo
 
 
 def needs_refresh(record: TokenRecord | None, now: float, skew: float) -> bool:
-    """Time to fetch a new token: none cached, or inside the early-refresh window."""
+    """Time to fetch a new token: none cached, past its renew time, or inside the early-refresh window."""
     if record is None:
         return True
+    if record.renew_at is not None:
+        return now >= record.renew_at
     return now >= record.expires_at - effective_skew(record, skew)
 
 
@@ -107,15 +130,15 @@ class TokenCache:
             return None
         return TokenRecord.from_json(entry.value or b"")
 
-    async def get(self, key: str, fetch: Fetch) -> str:
+    async def get(self, key: str, fetch: Fetch, *, renew_early: bool = True) -> str:
         rec = await self.read(key)
         if rec is not None and not needs_refresh(rec, self.clock(), self.skew):
             return rec.token
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            return await self._refresh_or_wait(key, fetch)
+            return await self._refresh_or_wait(key, fetch, renew_early)
 
-    async def _refresh_or_wait(self, key: str, fetch: Fetch) -> str:
+    async def _refresh_or_wait(self, key: str, fetch: Fetch, renew_early: bool) -> str:
         while True:
             rec = await self.read(key)
             now = self.clock()
@@ -127,14 +150,14 @@ class TokenCache:
                     if rec is not None and not needs_refresh(rec, self.clock(), self.skew):
                         return rec.token
                     token, expires_in = await fetch()
-                    now = self.clock()
-                    fresh = TokenRecord(token=token, expires_at=now + expires_in, fetched_at=now)
+                    fresh = renew_at(token, expires_in, self.clock(), rec, renew_early=renew_early,
+                                     skew=self.skew)
                     await self.kv.put(key, fresh.to_json())
                     return token
                 finally:
                     await self._unlock(key)
             # Another replica is refreshing. An early refresh leaves the old token usable.
-            if is_usable(rec, now):
+            if is_usable(rec, now, margin=0.0):
                 assert rec is not None
                 return rec.token
             await asyncio.sleep(self.poll_interval)

@@ -99,11 +99,12 @@ class WeComAppDelivery:
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
         touser = chunk.reply_handle.get("touser") or chunk.recipient.id
         body = send_body(self.agent_id, touser, part)
-        token = await self.tokens.get(self.token_key, self._fetch_token)
+        # WeCom returns the same token until it expires: fetch at expiry, not ahead of it.
+        token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=False)
         try:
             await self._post(token, body)
         except TokenExpiredError:
             # The platform dropped the token early: forget it cluster-wide, fetch once, retry once.
             await self.tokens.invalidate(self.token_key, token)
-            token = await self.tokens.get(self.token_key, self._fetch_token)
+            token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=False)
             await self._post(token, body)

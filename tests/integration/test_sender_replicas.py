@@ -1,0 +1,57 @@
+"""Three sender replicas sharing one NATS: one token fetch per token lifetime per app, never two at once."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imrelay.natsserver import EmbeddedNats
+
+from .stack import Stack
+from .test_end_to_end import send
+
+pytestmark = pytest.mark.nats
+
+LIFETIME = 2.0
+
+
+@pytest.fixture(scope="module")
+def replicas(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root: Path = tmp_path_factory.mktemp("replicas")
+    s = Stack.create(root, nats_server)
+    s.config["sender"]["concurrency"] = 4
+    s.rewrite_config()
+    s.add_replicas("sender", 2)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def test_token_endpoint_called_once_per_lifetime_never_concurrently(replicas: Stack) -> None:
+    replicas.control(token_lifetime=LIFETIME, gettoken_delay=0.2, expire_tokens=True,
+                     user_limit=1000)
+    before = replicas.sim_stats()
+    users = [f"u{secrets.token_hex(3)}" for _ in range(60)]
+    started = time.monotonic()
+    for i, who in enumerate(users):  # steady traffic for about four token lifetimes
+        send(replicas, f"message {i}", who)
+        time.sleep(max(0.0, started + i * 0.14 - time.monotonic()))
+    replicas.wait_for(lambda: all(replicas.messages(touser=u) for u in users), timeout=30,
+                      what="every answer")
+    elapsed = time.monotonic() - started
+    after = replicas.sim_stats()
+    calls = after["gettoken"] - before.get("gettoken", 0)
+    issued = after["tokens_issued"] - before.get("tokens_issued", 0)
+    lifetimes = elapsed / LIFETIME
+    print(f"{elapsed:.1f}s = {lifetimes:.1f} token lifetimes: {calls} gettoken calls, "
+          f"{issued} tokens issued")
+    assert all(len(replicas.messages(touser=u)) == 1 for u in users)
+    assert after["gettoken_peak_concurrency"] == 1
+    assert abs(calls - lifetimes) <= 1.5, (calls, lifetimes)
+    assert calls - issued <= 1  # no wasted calls that only got the old token back
