@@ -32,10 +32,12 @@ async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None
     nc = await nats.connect(stack.nats.url)
     try:
         js = nc.jetstream()
-        subject = subjects.outbound_subject("wecom_app", "app")
-        # The same final chunk twice, as after a worker crash past the dedupe window or a replay.
+        subject = subjects.outbound_subject("wecom_app", "app", 0)
+        # The same final chunk twice, as after a worker crash past the dedupe window or a replay; in two
+        # partitions, so two consumers handle the copies at the same time.
         for attempt in range(2):
-            await js.publish(subject, chunk.model_dump_json().encode(),
+            await js.publish(subjects.outbound_subject("wecom_app", "app", attempt),
+                             chunk.model_dump_json().encode(),
                              headers={subjects.HDR_MSG_ID: f"{chunk.msg_id}:{attempt}"})
         await asyncio.to_thread(stack.wait_for, lambda: len(stack.messages(touser=who)) >= 2,
                                 what="both parts")

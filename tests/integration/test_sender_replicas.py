@@ -23,8 +23,6 @@ LIFETIME = 2.0
 def replicas(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("replicas")
     s = Stack.create(root, nats_server)
-    s.config["sender"]["concurrency"] = 4
-    s.rewrite_config()
     s.add_replicas("sender", 2)
     s.start()
     try:

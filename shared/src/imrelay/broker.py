@@ -38,10 +38,12 @@ def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsB
 
 def durable_consumer(broker: NatsBroker, *, subject: str, stream: str, durable: str,
                      ack_wait: float, max_deliver: int, concurrency: int,
-                     handler: Callable[[NatsMessage], Awaitable[None]]) -> None:
+                     handler: Callable[[NatsMessage], Awaitable[None]],
+                     max_ack_pending: int | None = None) -> None:
     """Attach ``handler`` to a durable, explicit-ack pull consumer. Handlers ack, nak or dead-letter
     themselves on their last delivery; the server allows one more delivery than ``max_deliver`` so a
-    process that dies during the last attempt still gets its message dead-lettered."""
+    process that dies during the last attempt still gets its message dead-lettered. ``max_ack_pending=1``
+    makes the consumer hand out one message at a time across all replicas (strict order)."""
     broker.subscriber(
         subject,
         stream=JStream(stream, declare=False),
@@ -49,7 +51,7 @@ def durable_consumer(broker: NatsBroker, *, subject: str, stream: str, durable: 
         pull_sub=PullSub(batch_size=1, timeout=1.0),
         config=ConsumerConfig(
             ack_policy=JsAckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=max_deliver + 1,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.ALL, max_ack_pending=max_ack_pending,
         ),
         ack_policy=AckPolicy.MANUAL,
         max_workers=concurrency,

@@ -68,6 +68,9 @@ class NatsConfig(_Model):
     dedupe_window_seconds: int = Field(default=86400, ge=60)
     # Set to the number of nats-server cluster nodes in production (1 for the embedded server).
     replicas: int = Field(default=1, ge=1, le=5)
+    # Replies are spread over this many partitions by conversation: one conversation's replies are
+    # delivered strictly in order, different partitions in parallel (the sender's parallelism, cluster-wide).
+    out_partitions: int = Field(default=16, ge=1, le=256)
 
 
 class IngressConfig(_Model):
@@ -90,8 +93,20 @@ class WorkerConfig(_Model):
     delta_interval_seconds: float = Field(default=0.2, ge=0)
 
 
+class RateLimitConfig(_Model):
+    limit: int = Field(ge=1)
+    window_seconds: float = Field(gt=0)
+
+
+# The platforms' own limits (protocols: WeCom app 30 messages a minute per app and member, a group robot
+# 20 a minute per webhook). Operators can lower or raise them in sender.rate_limits.
+DEFAULT_RATE_LIMITS: dict[str, RateLimitConfig] = {
+    "wecom_app.per_user": RateLimitConfig(limit=30, window_seconds=60),
+    "wecom_group_robot.per_webhook": RateLimitConfig(limit=20, window_seconds=60),
+}
+
+
 class SenderConfig(_Model):
-    concurrency: int = Field(default=16, ge=1, le=1024)
     ack_wait_seconds: float = Field(default=60.0, gt=1)
     max_deliver: int = Field(default=8, ge=1)
     max_attempts: int = Field(default=4, ge=1, le=20)
@@ -103,6 +118,13 @@ class SenderConfig(_Model):
     rate_limit_backoff_seconds: float = Field(default=60.0, ge=0)
     # A delivery claimed by a replica that then died is taken over after this long.
     claim_timeout_seconds: float = Field(default=300.0, gt=0)
+    # Limits by scope (see DEFAULT_RATE_LIMITS); entries here replace the defaults of the same name.
+    rate_limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
+    # Each limit's window is widened by this much: for network delay and clock differences between hosts.
+    rate_limit_margin_seconds: float = Field(default=1.0, ge=0)
+
+    def rate_limit(self, scope: str) -> RateLimitConfig | None:
+        return self.rate_limits.get(scope) or DEFAULT_RATE_LIMITS.get(scope)
 
 
 class BackendKind(StrEnum):

@@ -103,6 +103,7 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
 class Buckets:
     tokens: KeyValue
     deliveries: KeyValue
+    ratelimits: KeyValue
 
 
 async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
@@ -124,7 +125,11 @@ async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
         storage=StorageType.FILE, replicas=cfg.replicas,
         description="delivered reply parts (reply id + part index)",
     ))
-    return Buckets(tokens=tokens, deliveries=deliveries)
+    ratelimits = await _bucket(js, KeyValueConfig(
+        bucket=s.KV_RATELIMITS, history=1, ttl=DAY, storage=StorageType.FILE, replicas=cfg.replicas,
+        description="platform rate-limit windows shared by sender replicas",
+    ))
+    return Buckets(tokens=tokens, deliveries=deliveries, ratelimits=ratelimits)
 
 
 async def streams_present(js: JetStreamContext) -> bool:

@@ -4,10 +4,10 @@
 name               value                            what
 =================  ===============================  =====================================================
 STREAM_IN          IMRELAY_IN                       normalized inbound events, ``imrelay.in.<platform>.<bot>``
-STREAM_OUT         IMRELAY_OUT                      reply chunks, ``imrelay.out.<platform>.<bot>``
+STREAM_OUT         IMRELAY_OUT                      reply chunks, ``imrelay.out.<platform>.<bot>.<partition>``
 STREAM_DLQ         IMRELAY_DLQ                      dead letters, ``imrelay.dlq.<stage>``, reason in headers
 CONSUMER_WORKER    llm-worker                       durable pull consumer of IMRELAY_IN
-CONSUMER_SENDER    sender                           durable pull consumer of IMRELAY_OUT
+CONSUMER_SENDER    sender-p<k>                      durable pull consumers of IMRELAY_OUT, one a partition
 KV_TOKENS          imrelay_tokens                   platform access tokens shared by replicas
 KV_MEMORY          imrelay_memory                   conversation memory
 KV_LEASES          imrelay_leases                   connector socket leases
@@ -18,6 +18,7 @@ KV_DELIVERIES      imrelay_deliveries               delivery records (reply id +
 from __future__ import annotations
 
 import re
+import zlib
 
 STREAM_IN = "IMRELAY_IN"
 STREAM_OUT = "IMRELAY_OUT"
@@ -38,6 +39,7 @@ KV_TOKENS = "imrelay_tokens"
 KV_MEMORY = "imrelay_memory"
 KV_LEASES = "imrelay_leases"
 KV_DELIVERIES = "imrelay_deliveries"
+KV_RATELIMITS = "imrelay_ratelimits"
 
 # Headers
 HDR_MSG_ID = "Nats-Msg-Id"
@@ -60,8 +62,21 @@ def inbound_subject(platform: str, bot_id: str) -> str:
     return f"{IN_PREFIX}.{_token(platform)}.{_token(bot_id)}"
 
 
-def outbound_subject(platform: str, bot_id: str) -> str:
-    return f"{OUT_PREFIX}.{_token(platform)}.{_token(bot_id)}"
+def partition_of(conversation: str, partitions: int) -> int:
+    """The stable partition of a conversation (CRC-32, the same in every process and version)."""
+    return zlib.crc32(conversation.encode("utf-8")) % partitions
+
+
+def outbound_subject(platform: str, bot_id: str, partition: int) -> str:
+    return f"{OUT_PREFIX}.{_token(platform)}.{_token(bot_id)}.{partition}"
+
+
+def outbound_partition_filter(partition: int) -> str:
+    return f"{OUT_PREFIX}.*.*.{partition}"
+
+
+def sender_consumer(partition: int) -> str:
+    return f"{CONSUMER_SENDER}-p{partition}"
 
 
 def dlq_subject(stage: str) -> str:

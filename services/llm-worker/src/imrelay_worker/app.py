@@ -41,7 +41,10 @@ class Worker:
     async def publish_chunk(self, chunk: ReplyChunk) -> None:
         await self.broker.publish(
             chunk.model_dump_json().encode(),
-            subjects.outbound_subject(chunk.platform.value, chunk.bot_id),
+            subjects.outbound_subject(
+                chunk.platform.value, chunk.bot_id,
+                subjects.partition_of(f"{chunk.bot_id}:{chunk.chat.id}",
+                                      self.settings.nats.out_partitions)),
             headers={subjects.HDR_MSG_ID: chunk.msg_id},
             stream=subjects.STREAM_OUT,
             timeout=self.settings.nats.publish_timeout_seconds,

@@ -22,12 +22,12 @@ async def run() -> None:
     buckets = await ensure_buckets(js, settings.nats)
     client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
     HTTPXClientInstrumentor().instrument_client(client)
-    sender = build_sender(settings, buckets.deliveries, buckets.tokens, client)
+    sender = build_sender(settings, buckets, client)
 
     async def start() -> None:
         await sender.broker.start()
-        log.info("sender delivering for %d bot(s) (admin :%d)", len(sender.deliveries),
-                 settings.admin.port)
+        log.info("sender delivering for %d bot(s) over %d partitions (admin :%d)",
+                 len(sender.deliveries), settings.nats.out_partitions, settings.admin.port)
 
     async def stop() -> None:
         await sender.broker.stop()

@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 
 import httpx
 from faststream.nats import NatsBroker, NatsMessage
-from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from imrelay import subjects
@@ -27,12 +26,14 @@ from imrelay.config import Settings
 from imrelay.dlq import dlq_headers
 from imrelay.errors import PermanentUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk
+from imrelay.jetstream import Buckets
 from imrelay.subjects import kv_key
 from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT
 
 from .backoff import backoff_delay
 from .claims import Claim, DeliveryBusy, DeliveryClaims
 from .platforms import Delivery, delivery_for
+from .ratelimit import Limit, RateLimiter
 from .tokens import TokenCache
 
 log = logging.getLogger("imrelay.sender")
@@ -43,6 +44,7 @@ class Sender:
     settings: Settings
     broker: NatsBroker
     claims: DeliveryClaims
+    limiter: RateLimiter
     deliveries: dict[str, Delivery] = field(default_factory=dict)
 
     async def dead_letter(self, msg: NatsMessage, platform: str, bot: str, reason: str,
@@ -129,6 +131,17 @@ class Sender:
                 FIRST_REPLY.labels(**labels).observe(
                     (datetime.now(UTC) - chunk.received_at).total_seconds())
 
+    async def _within_limits(self, delivery: Delivery, chunk: ReplyChunk) -> None:
+        """Wait until one more message keeps every limit of this platform (held across replicas)."""
+        for scope, key in delivery.limits(chunk):
+            conf = self.settings.sender.rate_limit(scope)
+            if conf is None:
+                continue
+            waited = await self.limiter.acquire(kv_key("rl", scope, key),
+                                                Limit(conf.limit, conf.window_seconds))
+            if waited > 0:
+                RATE_LIMIT_WAIT.labels(platform=chunk.platform.value, bot=chunk.bot_id).observe(waited)
+
     async def _send_with_retries(self, delivery: Delivery, chunk: ReplyChunk, part: str,
                                  index: int) -> None:
         cfg = self.settings.sender
@@ -136,6 +149,7 @@ class Sender:
         attempt = 0
         while True:
             attempt += 1
+            await self._within_limits(delivery, chunk)
             try:
                 await delivery.send(chunk, part, index)
                 return
@@ -154,16 +168,20 @@ class Sender:
                 await asyncio.sleep(delay)
 
 
-def build_sender(settings: Settings, deliveries_kv: KeyValue, tokens_kv: KeyValue,
-                 client: httpx.AsyncClient) -> Sender:
+def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient) -> Sender:
     cfg = settings.sender
     broker = make_broker(settings.nats, "sender", graceful_timeout=30.0)
-    tokens = TokenCache(tokens_kv, skew=cfg.token_refresh_skew_seconds)
-    claims = DeliveryClaims(deliveries_kv, stale_after=cfg.claim_timeout_seconds)
-    sender = Sender(settings=settings, broker=broker, claims=claims)
+    tokens = TokenCache(buckets.tokens, skew=cfg.token_refresh_skew_seconds)
+    claims = DeliveryClaims(buckets.deliveries, stale_after=cfg.claim_timeout_seconds)
+    limiter = RateLimiter(buckets.ratelimits, margin=cfg.rate_limit_margin_seconds)
+    sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter)
     for bot in settings.bots:
         sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg)
-    durable_consumer(broker, subject=subjects.OUT_ALL, stream=subjects.STREAM_OUT,
-                     durable=subjects.CONSUMER_SENDER, ack_wait=cfg.ack_wait_seconds,
-                     max_deliver=cfg.max_deliver, concurrency=cfg.concurrency, handler=sender.handle)
+    # One consumer a partition, one message in flight each across all replicas: a conversation's replies
+    # are delivered in order; conversations in different partitions go in parallel.
+    for k in range(settings.nats.out_partitions):
+        durable_consumer(broker, subject=subjects.outbound_partition_filter(k),
+                         stream=subjects.STREAM_OUT, durable=subjects.sender_consumer(k),
+                         ack_wait=cfg.ack_wait_seconds, max_deliver=cfg.max_deliver, concurrency=1,
+                         max_ack_pending=1, handler=sender.handle)
     return sender

@@ -24,6 +24,10 @@ class Delivery(Protocol):
         """The messages to post for a final chunk, in order."""
         ...
 
+    def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
+        """The platform limits one message of this reply counts against: ``(scope, subject key)``."""
+        ...
+
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None: ...
 
 

@@ -70,6 +70,10 @@ class WeComAppDelivery:
         text = chunk.full_text if chunk.full_text is not None else chunk.delta
         return split_utf8(text, TEXT_LIMIT_BYTES) if text.strip() else []
 
+    def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
+        touser = chunk.reply_handle.get("touser") or chunk.recipient.id
+        return [("wecom_app.per_user", kv_key(self.corp_id, self.agent_id, touser))]
+
     async def _fetch_token(self) -> tuple[str, float]:
         try:
             resp = await self.client.get(

@@ -7,6 +7,7 @@ bytes; in group chats the first part @-mentions the asker. The robot's limit is 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +59,11 @@ class WeComGroupRobotDelivery:
     def render(self, chunk: ReplyChunk) -> list[str]:
         text = chunk.full_text if chunk.full_text is not None else chunk.delta
         return split_utf8(text, TEXT_LIMIT_BYTES) if text.strip() else []
+
+    def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
+        # keyed by a digest: the webhook key is a credential and KV key names are visible to operators
+        url = chunk.reply_handle.get("webhook_url", "")
+        return [("wecom_group_robot.per_webhook", hashlib.sha256(url.encode()).hexdigest()[:32])]
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
         url = chunk.reply_handle.get("webhook_url", "")

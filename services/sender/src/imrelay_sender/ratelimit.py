@@ -1,0 +1,84 @@
+"""Platform rate limits that hold across every sender replica: a sliding-window log per limit scope, kept
+in the ``imrelay_ratelimits`` KV bucket and updated with compare-and-set.
+
+* :func:`admit` is the pure rule: given the send times of the last window, may one more go now, and if not,
+  how long until it may.
+* :class:`RateLimiter` applies it to a KV record: read, decide, write back with the revision read; a
+  replica that lost the race reads again. A message that may not go yet *waits* (the caller keeps its
+  JetStream message alive meanwhile) instead of failing.
+
+The window is widened by ``margin`` seconds: the platform counts a message when it arrives, which is a
+little after we decided to send it, and replicas' clocks differ slightly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+__all__ = ["Limit", "RateLimiter", "admit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    limit: int
+    window: float
+
+
+def admit(times: Sequence[float], now: float, limit: int, window: float) -> tuple[bool, list[float], float]:
+    """``(allowed, times to store, seconds to wait)`` for one more send at ``now``."""
+    recent = sorted(t for t in times if now - window < t <= now + window)
+    if len(recent) < limit:
+        return True, [*recent, now], 0.0
+    # the send that must leave the window before another may go
+    blocker = recent[len(recent) - limit]
+    return False, recent, max(blocker + window - now, 0.0)
+
+
+class RateLimiter:
+    def __init__(self, kv: KeyValue, *, margin: float = 1.0, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self.kv = kv
+        self.margin = margin
+        self.clock = clock
+        self._sleep = sleep
+
+    async def acquire(self, key: str, limit: Limit) -> float:
+        """Wait until one more send under ``key`` keeps within ``limit``; return the seconds waited."""
+        started = self.clock()
+        window = limit.window + self.margin
+        while True:
+            try:
+                entry = await self.kv.get(key)
+                revision, times = entry.revision, _times(entry.value)
+            except KeyNotFoundError:
+                revision, times = None, []
+            now = self.clock()
+            allowed, new_times, wait = admit(times, now, limit.limit, window)
+            if allowed:
+                body = json.dumps(new_times).encode()
+                try:
+                    if revision is None:
+                        await self.kv.create(key, body)
+                    else:
+                        await self.kv.update(key, body, last=revision)
+                    return now - started
+                except KeyWrongLastSequenceError:
+                    continue  # another replica sent meanwhile: decide again
+            # jitter spreads the waiters that a freed slot wakes at once
+            await self._sleep(wait + random.uniform(0, min(0.05, limit.window / 20)))  # noqa: S311
+
+
+def _times(value: bytes | None) -> list[float]:
+    try:
+        data = json.loads(value or b"[]")
+        return [float(t) for t in data] if isinstance(data, list) else []
+    except (ValueError, TypeError):
+        return []
