@@ -29,10 +29,10 @@ async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None
         reply_handle={"touser": who, "agentid": "1000002"}, seq=0, final=True,
         full_text="x" * 1500 + " " + "y" * 1500,
     )
+    suppressed = stack.sim_stats().get("duplicates_suppressed", 0)
     nc = await nats.connect(stack.nats.url)
     try:
         js = nc.jetstream()
-        subject = subjects.outbound_subject("wecom_app", "app", 0)
         # The same final chunk twice, as after a worker crash past the dedupe window or a replay; in two
         # partitions, so two consumers handle the copies at the same time.
         for attempt in range(2):
@@ -45,7 +45,8 @@ async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None
         other = chunk.model_copy(update={
             "reply_id": f"r-{secrets.token_hex(6)}", "full_text": "done",
             "reply_handle": {"touser": sentinel, "agentid": "1000002"}})
-        await js.publish(subject, other.model_dump_json().encode(),
+        await js.publish(subjects.outbound_subject("wecom_app", "app", 0),
+                         other.model_dump_json().encode(),
                          headers={subjects.HDR_MSG_ID: other.msg_id})
         await asyncio.to_thread(stack.wait_for, lambda: stack.messages(touser=sentinel),
                                 what="sentinel")
@@ -53,6 +54,8 @@ async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None
         await nc.close()
     msgs = stack.messages(touser=who)
     assert len(msgs) == 2, msgs
+    # the sender itself posted each part once: WeCom's duplicate check never had to step in
+    assert stack.sim_stats().get("duplicates_suppressed", 0) == suppressed
     # the second copy was recognized (claimed by the first, then found done): it posts nothing
     await asyncio.to_thread(stack.wait_for, lambda: stack.metric(
         "sender", "imrelay_deliveries_total", {"outcome": "duplicate_skipped"}) >= 2,

@@ -73,20 +73,48 @@ async def test_send_records_and_token_errors(sim: httpx.AsyncClient, clock: Cloc
 async def test_per_member_limit_is_45009(sim: httpx.AsyncClient, clock: Clock) -> None:
     await sim.post("/sim/control", json={"user_limit": 3, "user_window": 60})
     tok = await token(sim)
-    assert [await send(sim, tok) for _ in range(4)] == [0, 0, 0, 45009]
+    assert [await send(sim, tok, text=f"m{i}") for i in range(4)] == [0, 0, 0, 45009]
     assert await send(sim, tok, user="bob") == 0
     clock.t += 61
-    assert await send(sim, tok) == 0
+    assert await send(sim, tok, text="later") == 0
+
+
+async def test_duplicate_check_drops_an_identical_resend(sim: httpx.AsyncClient, clock: Clock) -> None:
+    tok = await token(sim)
+    assert [await send(sim, tok, text="same") for _ in range(3)] == [0, 0, 0]
+    assert len((await sim.get("/sim/messages")).json()) == 1
+    assert (await sim.get("/sim/stats")).json()["duplicates_suppressed"] == 2
+    clock.t += 1801
+    assert await send(sim, tok, text="same") == 0
+    assert len((await sim.get("/sim/messages")).json()) == 2
 
 
 async def test_injected_faults(sim: httpx.AsyncClient) -> None:
-    await sim.post("/sim/control", json={"fail_next": [-1, 502]})
+    await sim.post("/sim/control", json={"fail_next": [-1, 502, 42001], "invalid_users": ["ghost"]})
     tok = await token(sim)
     assert await send(sim, tok) == -1
     r = await sim.post("/cgi-bin/message/send", params={"access_token": tok},
                        json=send_body("1000002", "alice", "x"))
     assert r.status_code == 502
+    assert await send(sim, tok) == 42001
+    assert await send(sim, tok) == 42001  # that fault expired the token for real
+    tok = await token(sim)
+    assert await send(sim, tok, user="ghost") == 81013
     assert await send(sim, tok) == 0
+    assert (await sim.get("/sim/messages")).json()[0]["touser"] == "alice"
+
+
+async def test_random_fault_share(sim: httpx.AsyncClient) -> None:
+    await sim.post("/sim/control", json={"fault_rate": 0.2, "fault_kinds": ["502", "-1"], "seed": 3})
+    tok = await token(sim)
+    codes = []
+    for i in range(200):
+        r = await sim.post("/cgi-bin/message/send", params={"access_token": tok},
+                           json=send_body("1000002", f"u{i}", "x"))
+        codes.append(r.status_code if r.status_code != 200 else r.json()["errcode"])
+    faults = sum(1 for c in codes if c != 0)
+    assert 20 <= faults <= 60 and set(codes) <= {0, 502, -1}
+    assert len((await sim.get("/sim/messages")).json()) == 200 - faults
 
 
 @pytest.mark.parametrize(("payload", "status", "exc"), [

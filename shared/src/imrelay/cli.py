@@ -3,6 +3,8 @@
     imrelay dev            run everything on this machine: embedded nats-server, ingress, llm-worker,
                            sender and the platform simulator (Ctrl-C stops it all)
     imrelay check-config   validate the config file and print a summary (secrets masked)
+    imrelay dlq list       list dead letters (imrelay.dlq.*) with the reason and the platform's code
+    imrelay dlq redrive N  send dead letter N back to where it failed (--all for every one)
 """
 
 from __future__ import annotations
@@ -38,6 +40,48 @@ def cmd_check_config(args: argparse.Namespace) -> int:
               f"callback path /callback/{bot.id}")
     print("ok")
     return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import nats
+
+    from .dlq import format_table, list_dead_letters, redrive
+
+    try:
+        url = args.nats_url or load_settings(args.config).nats.url
+    except ConfigError as exc:
+        print(f"configuration error: {exc} (or pass --nats-url)", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            if args.action == "list":
+                letters = await list_dead_letters(js, args.stage, args.limit)
+                print(format_table(letters) if letters else "no dead letters")
+                return 0
+            seqs = list(args.seq)
+            if args.all:
+                seqs += [d.seq for d in await list_dead_letters(js, args.stage, 100_000)]
+            if not seqs:
+                print("name the dead letters to re-drive (SEQ ...) or --all", file=sys.stderr)
+                return 2
+            failed = 0
+            for seq in seqs:
+                try:
+                    subject = await redrive(js, seq)
+                    print(f"re-drove {seq} to {subject}")
+                except Exception as exc:
+                    failed += 1
+                    print(f"could not re-drive {seq}: {exc}", file=sys.stderr)
+            return 1 if failed else 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
 
 
 SERVICES = [
@@ -153,8 +197,16 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--nats-port", type=int, default=4222)
     c = sub.add_parser("check-config", help="validate the config file")
     c.add_argument("--config", help="default: $IMRELAY_CONFIG or ./imrelay.yaml")
+    q = sub.add_parser("dlq", help="list or re-drive dead letters")
+    q.add_argument("action", choices=["list", "redrive"])
+    q.add_argument("seq", nargs="*", type=int, help="dead-letter sequence numbers (redrive)")
+    q.add_argument("--all", action="store_true", help="redrive every dead letter (of --stage)")
+    q.add_argument("--stage", choices=["worker", "sender"], help="only this stage's dead letters")
+    q.add_argument("--limit", type=int, default=100, help="list at most this many, newest")
+    q.add_argument("--config", help="config file for nats.url (default: $IMRELAY_CONFIG)")
+    q.add_argument("--nats-url", help="NATS server URL (overrides the config)")
     args = p.parse_args(argv)
-    handler = {"dev": cmd_dev, "check-config": cmd_check_config}[args.cmd]
+    handler = {"dev": cmd_dev, "check-config": cmd_check_config, "dlq": cmd_dlq}[args.cmd]
     raise SystemExit(handler(args))
 
 

@@ -116,8 +116,9 @@ class SenderConfig(_Model):
     token_refresh_skew_seconds: float = Field(default=300.0, ge=0)
     # How long to wait after a platform frequency-limit answer (WeCom 45009) that names no retry-after.
     rate_limit_backoff_seconds: float = Field(default=60.0, ge=0)
-    # A delivery claimed by a replica that then died is taken over after this long.
-    claim_timeout_seconds: float = Field(default=300.0, gt=0)
+    # A delivery claimed by a replica that then died is taken over after this long. Keep it above the
+    # longest platform call with its retries (about max_attempts x http_timeout_seconds).
+    claim_timeout_seconds: float = Field(default=120.0, gt=0)
     # Limits by scope (see DEFAULT_RATE_LIMITS); entries here replace the defaults of the same name.
     rate_limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
     # Each limit's window is widened by this much: for network delay and clock differences between hosts.

@@ -8,14 +8,18 @@
 * ``POST /v1/chat/completions``: a streaming OpenAI-compatible model (see :mod:`imrelay_sim.llm`).
 * ``GET /sim/messages`` lists what was delivered (filters: ``bot``, ``touser``, ``chat``);
   ``DELETE /sim/messages`` clears it; ``GET /sim/stats`` counts calls; ``POST /sim/control`` changes limits
-  and lifetimes, expires every token, or injects faults (``fail_next``: a list of errcodes / HTTP statuses
-  to answer the next send calls with).
+  and lifetimes, expires every token, or injects faults: ``fail_next`` (errcodes / HTTP statuses /
+  "timeout" for the next send calls), ``fault_rate`` + ``fault_kinds`` (a random share of send calls),
+  ``send_delay`` (slow answers), ``invalid_users`` (81013). A fault is answered before anything is recorded.
+* ``message/send`` honours ``enable_duplicate_check`` as WeCom does (an identical request within the
+  interval is dropped with errcode 0); ``/sim/stats`` counts those as ``duplicates_suppressed``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 import time
 from collections import defaultdict, deque
@@ -51,6 +55,13 @@ class SimState:
     fail_next: list[int] = field(default_factory=list)
     gettoken_delay: float = 0.0
     gettoken_in_flight: int = 0
+    fault_rate: float = 0.0  # share of send calls answered with a random transient fault
+    fault_kinds: list[str] = field(default_factory=lambda: ["502", "timeout", "45009", "42001", "-1"])
+    timeout_delay: float = 5.0  # a "timeout" fault answers this late, having done nothing
+    send_delay: float = 0.0  # every send call answers this late
+    invalid_users: set[str] = field(default_factory=set)  # message/send answers 81013 for these
+    seen: dict[str, float] = field(default_factory=dict)  # WeCom duplicate check: request -> time
+    rng: random.Random = field(default_factory=lambda: random.Random(1))  # noqa: S311
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seq: int = 0
 
@@ -114,13 +125,28 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         return JSONResponse({"errcode": 0, "errmsg": "ok", "access_token": token,
                              "expires_in": expires_in})
 
-    def injected_fault() -> Response | None:
-        if not state.fail_next:
+    async def injected_fault(token: str | None = None) -> Response | None:
+        """The next queued fault (``fail_next``), else a random one at ``fault_rate``. A fault is answered
+        before anything is recorded: the platform did not act on the request."""
+        if state.send_delay:
+            await asyncio.sleep(state.send_delay)
+        if state.fail_next:
+            kind = str(state.fail_next.pop(0))
+        elif state.fault_rate and state.rng.random() < state.fault_rate:
+            kind = state.rng.choice(state.fault_kinds)
+        else:
             return None
-        code = state.fail_next.pop(0)
         state.stats["faults_injected"] += 1
+        state.stats[f"fault_{kind}"] += 1
+        if kind == "timeout":
+            await asyncio.sleep(state.timeout_delay)
+            return Response("gateway timeout", status_code=504)
+        code = int(kind)
         if 500 <= code <= 599:  # an HTTP status; anything else is a WeCom errcode
             return Response("busy", status_code=code)
+        if code == 42001 and token in state.tokens:  # the token expires at this very moment
+            corp, agent, _ = state.tokens[token]
+            state.tokens[token] = (corp, agent, clock() - 1)
         return err(code, "injected fault")
 
     async def message_send(request: Request) -> Response:
@@ -134,7 +160,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         corp, agent, expires = info
         if expires <= now:
             return err(42001, "access_token expired")
-        fault = injected_fault()
+        fault = await injected_fault(token)
         if fault is not None:
             return fault
         try:
@@ -142,7 +168,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         except ValueError:
             return err(44004, "invalid json")
         touser = str(body.get("touser", ""))
-        if not touser:
+        if not touser or touser in state.invalid_users:
             return err(81013, "user & party & tag all invalid")
         if str(body.get("agentid")) != agent:
             return err(301002, "agentid mismatch with token")
@@ -150,6 +176,14 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         if not _window_ok(log, state.user_limit, state.user_window, now):
             state.stats["rate_limited"] += 1
             return err(45009, "api freq out of limit")
+        if body.get("enable_duplicate_check"):
+            # WeCom drops a request identical to one sent within duplicate_check_interval, answering ok.
+            fingerprint = json.dumps(body, sort_keys=True, ensure_ascii=False)
+            interval = float(body.get("duplicate_check_interval", 1800))
+            if now - state.seen.get(fingerprint, -1e18) < interval:
+                state.stats["duplicates_suppressed"] += 1
+                return JSONResponse({"errcode": 0, "errmsg": "ok", "invaliduser": ""})
+            state.seen[fingerprint] = now
         log.append(now)
         state.seq += 1
         msgtype = body.get("msgtype", "text")
@@ -168,7 +202,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         key = request.query_params.get("key", "")
         if not key:
             return err(93000, "invalid webhook url")
-        fault = injected_fault()
+        fault = await injected_fault()
         if fault is not None:
             return fault
         now = clock()
@@ -212,9 +246,15 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         if not isinstance(body, dict):
             return JSONResponse({"error": "expected an object"}, status_code=400)
         for name in ("token_lifetime", "user_limit", "user_window", "webhook_limit",
-                     "webhook_window", "gettoken_delay"):
+                     "webhook_window", "gettoken_delay", "fault_rate", "timeout_delay", "send_delay"):
             if name in body:
                 setattr(state, name, type(getattr(state, name))(body[name]))
+        if "fault_kinds" in body:
+            state.fault_kinds = [str(k) for k in body["fault_kinds"]]
+        if "invalid_users" in body:
+            state.invalid_users = {str(u) for u in body["invalid_users"]}
+        if "seed" in body:
+            state.rng.seed(int(body["seed"]))
         if body.get("expire_tokens"):
             for token, (corp, agent, _) in list(state.tokens.items()):
                 state.tokens[token] = (corp, agent, clock() - 1)
