@@ -145,3 +145,14 @@ def test_group_robot_message_is_answered_in_the_group_mentioning_the_asker(stack
     msgs = stack.wait_for(lambda: stack.messages(bot="robot", chat="robot"), what="robot answer")
     mine = [m for m in msgs if who in m["mentioned_list"]]
     assert [m["content"] for m in mine] == ["when is the offsite?"]  # "@robot " stripped for the model
+
+
+def test_failing_token_endpoint_is_backed_off_and_the_answer_still_arrives(stack: Stack) -> None:
+    before = stack.sim_stats().get("gettoken_faults", 0)
+    stack.control(expire_tokens=True, gettoken_fail_next=[502, -1])
+    who = user()
+    send(stack, "token trouble", who)
+    msgs = stack.wait_for(lambda: stack.messages(touser=who), timeout=30, what="the answer")
+    assert [m["content"] for m in msgs] == ["token trouble"]
+    assert stack.sim_stats()["gettoken_faults"] == before + 2
+    assert stack.metric("sender", "imrelay_token_refreshes_total", {"outcome": "error"}) >= 2

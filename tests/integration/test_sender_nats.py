@@ -95,3 +95,40 @@ async def test_token_refresh_is_single_flight_across_replicas(nats_server: Embed
     finally:
         for c in connections:
             await c.close()
+
+
+async def test_a_failing_token_endpoint_is_left_alone_by_every_replica(nats_server: EmbeddedNats) -> None:
+    """After a failure nobody calls again before the cooldown; then one call, and the token is shared."""
+    from imrelay_sender.tokens import TokenUnavailable
+
+    cfg = NatsConfig(url=nats_server.url)
+    connections = [await nats.connect(nats_server.url) for _ in range(3)]
+    try:
+        await ensure_streams(connections[0].jetstream(), cfg)
+        caches = [TokenCache((await ensure_buckets(c.jetstream(), cfg)).tokens, base_cooldown=0.5)
+                  for c in connections]
+        calls = 0
+
+        async def broken() -> tuple[str, float]:
+            nonlocal calls
+            calls += 1
+            raise ConnectionError("token endpoint down")
+
+        async def healthy() -> tuple[str, float]:
+            nonlocal calls
+            calls += 1
+            return "fresh", 7200.0
+
+        key = f"test.{secrets.token_hex(4)}"
+        results = await asyncio.gather(*(caches[i % 3].get(key, broken) for i in range(12)),
+                                       return_exceptions=True)
+        assert calls == 1  # one real attempt; everyone else was told to back off
+        assert sum(isinstance(r, ConnectionError) for r in results) == 1
+        cooling = [r for r in results if isinstance(r, TokenUnavailable)]
+        assert len(cooling) == 11 and all(0 < (r.retry_after or 0) <= 0.5 for r in cooling)
+        await asyncio.sleep(0.6)
+        tokens = await asyncio.gather(*(caches[i % 3].get(key, healthy) for i in range(6)))
+        assert set(tokens) == {"fresh"} and calls == 2
+    finally:
+        for c in connections:
+            await c.close()

@@ -75,3 +75,9 @@ def test_the_same_token_back_is_not_asked_for_again_before_it_expires() -> None:
     assert not needs_refresh(again, 8100, skew=300)
     new = renew_at("b", 7200, 8200, again, renew_early=True, skew=300)
     assert new.token == "b" and new.renew_at == 8200 + 7200 - 300
+
+
+def test_token_endpoint_cooldown_grows_and_caps() -> None:
+    from imrelay_sender.tokens import cooldown_after
+
+    assert [cooldown_after(n, 1.0, 60.0) for n in (1, 2, 3, 7, 20)] == [1.0, 2.0, 4.0, 60.0, 60.0]

@@ -53,6 +53,7 @@ class SimState:
     messages: list[dict[str, Any]] = field(default_factory=list)
     sends: dict[tuple[str, ...], deque[float]] = field(default_factory=lambda: defaultdict(deque))
     fail_next: list[int] = field(default_factory=list)
+    gettoken_fail_next: list[int] = field(default_factory=list)
     gettoken_delay: float = 0.0
     gettoken_in_flight: int = 0
     fault_rate: float = 0.0  # share of send calls answered with a random transient fault
@@ -101,6 +102,10 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         try:
             if state.gettoken_delay:
                 await asyncio.sleep(state.gettoken_delay)
+            if state.gettoken_fail_next:
+                code = state.gettoken_fail_next.pop(0)
+                state.stats["gettoken_faults"] += 1
+                return Response("busy", status_code=code) if 500 <= code <= 599 else err(code, "fault")
             return issue_token(request)
         finally:
             state.gettoken_in_flight -= 1
@@ -249,6 +254,8 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
                      "webhook_window", "gettoken_delay", "fault_rate", "timeout_delay", "send_delay"):
             if name in body:
                 setattr(state, name, type(getattr(state, name))(body[name]))
+        if "gettoken_fail_next" in body:
+            state.gettoken_fail_next = [int(c) for c in body["gettoken_fail_next"]]
         if "fault_kinds" in body:
             state.fault_kinds = [str(k) for k in body["fault_kinds"]]
         if "invalid_users" in body:

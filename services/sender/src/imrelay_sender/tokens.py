@@ -9,6 +9,9 @@
   inside the process (a lock per key) and across replicas (a ``<key>.lock`` entry created with
   compare-and-set; a lock older than ``lock_stale_seconds`` is broken). While one replica refreshes early,
   the others keep using the still-valid token; when none is valid they wait for the refresh.
+* When the token endpoint itself fails, every replica backs off together: a ``<key>.cooldown`` entry holds
+  the time before which nobody asks again (exponential, up to ``max_cooldown``), and callers get a
+  :class:`TokenUnavailable` at once instead of hammering the endpoint.
 * :meth:`TokenCache.invalidate` drops a token the platform rejected (40014/42001), only if the record
   still holds that very token, so one bad answer causes one refresh cluster-wide.
 """
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from imrelay.errors import TransientUpstreamError
 
 log = logging.getLogger("imrelay.sender.tokens")
 
@@ -112,11 +117,23 @@ async def delete_if_unchanged(kv: KeyValue, key: str, revision: int | None) -> b
         raise
 
 
+class TokenUnavailable(TransientUpstreamError):
+    """The token endpoint failed recently; nobody asks it again before ``retry_after`` seconds."""
+
+
+def cooldown_after(failures: int, base: float, cap: float) -> float:
+    """Seconds to leave the token endpoint alone after ``failures`` consecutive failures."""
+    return float(min(cap, base * 2.0 ** max(failures - 1, 0)))
+
+
 class TokenCache:
     def __init__(self, kv: KeyValue, *, skew: float = 300.0, lock_stale_seconds: float = 30.0,
-                 clock: Callable[[], float] = time.time, poll_interval: float = 0.05) -> None:
+                 clock: Callable[[], float] = time.time, poll_interval: float = 0.05,
+                 base_cooldown: float = 1.0, max_cooldown: float = 60.0) -> None:
         self.kv = kv
         self.skew = skew
+        self.base_cooldown = base_cooldown
+        self.max_cooldown = max_cooldown
         self.lock_stale_seconds = lock_stale_seconds
         self.clock = clock
         self.poll_interval = poll_interval
@@ -138,18 +155,44 @@ class TokenCache:
         async with lock:
             return await self._refresh_or_wait(key, fetch, renew_early)
 
+    async def _cooldown(self, key: str) -> tuple[float, int]:
+        """(until, consecutive failures) of the token endpoint for ``key``."""
+        try:
+            entry = await self.kv.get(f"{key}.cooldown")
+            d = json.loads(entry.value or b"{}")
+            return float(d.get("until", 0)), int(d.get("failures", 0))
+        except (KeyNotFoundError, ValueError, TypeError):
+            return 0.0, 0
+
     async def _refresh_or_wait(self, key: str, fetch: Fetch, renew_early: bool) -> str:
         while True:
             rec = await self.read(key)
             now = self.clock()
             if rec is not None and not needs_refresh(rec, now, self.skew):
                 return rec.token
+            until, failures = await self._cooldown(key)
+            if now < until:
+                if is_usable(rec, now, margin=0.0):
+                    assert rec is not None
+                    return rec.token
+                raise TokenUnavailable("token", "cooldown", "token endpoint failing; backing off",
+                                       retry_after=until - now)
             if await self._try_lock(key):
                 try:
                     rec = await self.read(key)
                     if rec is not None and not needs_refresh(rec, self.clock(), self.skew):
                         return rec.token
-                    token, expires_in = await fetch()
+                    try:
+                        token, expires_in = await fetch()
+                    except Exception:
+                        pause = cooldown_after(failures + 1, self.base_cooldown, self.max_cooldown)
+                        body = {"until": self.clock() + pause, "failures": failures + 1}
+                        await self.kv.put(f"{key}.cooldown", json.dumps(body).encode())
+                        log.warning("token endpoint for %s failed (%d in a row); pausing %.1fs",
+                                    key, failures + 1, pause)
+                        raise
+                    if failures:
+                        await self.kv.delete(f"{key}.cooldown")
                     fresh = renew_at(token, expires_in, self.clock(), rec, renew_early=renew_early,
                                      skew=self.skew)
                     await self.kv.put(key, fresh.to_json())
