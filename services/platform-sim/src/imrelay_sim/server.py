@@ -191,6 +191,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             state.seen[fingerprint] = now
         log.append(now)
         state.seq += 1
+        state.stats["delivered"] += 1
         msgtype = body.get("msgtype", "text")
         state.messages.append({
             "seq": state.seq, "platform": "wecom_app",

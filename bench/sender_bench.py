@@ -1,0 +1,162 @@
+"""Sender throughput on one replica against a platform with no effective limit: replies delivered per
+second (claim + rate-limit window + token + message/send + delivery record + ack, for each reply), beside a
+baseline measured in the same run: the same sends posted straight to the simulator, with the sender's
+parallelism (one request in flight per partition) and no NATS at all.
+
+Prints figures; never passes or fails on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import yaml
+
+from imrelay import subjects
+from imrelay.config import Platform
+from imrelay.events import Chat, ChatType, ReplyChunk, Sender
+from imrelay.jetstream import ensure_streams
+from imrelay.natsserver import EmbeddedNats
+
+N = int(os.environ.get("BENCH_REPLIES", "3000"))
+PARTITIONS = 16
+KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def delivered(sim: str) -> int:
+    return int(httpx.get(f"{sim}/sim/stats", timeout=5).json().get("delivered", 0))
+
+
+async def direct_baseline(sim: str, n: int) -> float:
+    """The same message/send calls straight to the simulator, PARTITIONS at a time."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        tok = (await client.get(f"{sim}/cgi-bin/gettoken",
+                                params={"corpid": "wwbench0000000001", "corpsecret": "s"})).json()
+        token = tok["access_token"]
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(n):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                body = {"touser": f"direct{i}", "msgtype": "text", "agentid": 1000002,
+                        "text": {"content": f"answer {i}"}, "safe": 0,
+                        "enable_duplicate_check": 1, "duplicate_check_interval": 1800}
+                r = await client.post(f"{sim}/cgi-bin/message/send", params={"access_token": token},
+                                      json=body)
+                assert r.json()["errcode"] == 0
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(PARTITIONS)))
+        return n / (time.perf_counter() - started)
+
+
+async def publish(url: str, n: int) -> None:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        from imrelay.config import NatsConfig
+
+        await ensure_streams(js, NatsConfig(url=url))
+        for i in range(n):
+            user = f"user{i}"
+            chunk = ReplyChunk(
+                reply_id=f"bench-{i}", inbound_id=f"in-{i}", platform=Platform.WECOM_APP, bot_id="bench",
+                chat=Chat(id=user, type=ChatType.DIRECT), recipient=Sender(id=user),
+                reply_handle={"touser": user, "agentid": "1000002"}, seq=0, final=True,
+                full_text=f"answer {i}")
+            await js.publish(
+                subjects.outbound_subject("wecom_app", "bench",
+                                          subjects.partition_of(f"bench:{user}", PARTITIONS)),
+                chunk.model_dump_json().encode(), headers={subjects.HDR_MSG_ID: chunk.msg_id})
+    finally:
+        await nc.close()
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="imrelay-sender-bench-"))
+    server = EmbeddedNats(store_dir=tmp / "nats").start()
+    procs: list[subprocess.Popen[bytes]] = []
+    log = open(tmp / "servers.log", "wb")
+    try:
+        sim_port, admin = free_port(), free_port()
+        sim = f"http://127.0.0.1:{sim_port}"
+        config: dict[str, Any] = {
+            "nats": {"out_partitions": PARTITIONS},
+            "bots": [{"id": "bench", "platform": "wecom_app", "api_base": sim, "credentials": {
+                "corp_id": "wwbench0000000001", "agent_id": "1000002", "secret": "s",
+                "token": "benchtoken", "encoding_aes_key": KEY}}],
+        }
+        (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
+        env = dict(os.environ, IMRELAY_CONFIG=str(tmp / "imrelay.yaml"), IMRELAY_NATS_URL=server.url,
+                   IMRELAY_ADMIN_PORT=str(admin), IMRELAY_LOG_LEVEL="WARNING")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "imrelay_sim", "serve", "--port", str(sim_port),
+             "--user-limit", "1000000"], env=env, stdout=log, stderr=subprocess.STDOUT))
+        wait_http(f"{sim}/sim/stats")
+
+        print(f"baseline: {N} message/send calls straight to the simulator, {PARTITIONS} at a time...",
+              flush=True)
+        direct = asyncio.run(direct_baseline(sim, N))
+        base_count = delivered(sim)
+
+        print(f"publishing {N} replies to IMRELAY_OUT, then starting one sender...", flush=True)
+        asyncio.run(publish(server.url, N))
+        started = time.perf_counter()
+        procs.append(subprocess.Popen([sys.executable, "-m", "imrelay_sender"], env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+        while delivered(sim) - base_count < N:
+            if time.perf_counter() - started > 600:
+                sys.exit("sender did not finish in 10 minutes; see " + str(tmp / "servers.log"))
+            time.sleep(0.05)
+        at = [m["at"] for m in httpx.get(f"{sim}/sim/messages", params={"bot": "bench"},
+                                         timeout=30).json()]
+        elapsed = max(at) - min(at)  # first to last delivery: start-up excluded
+        rate = (N - 1) / elapsed
+        print()
+        print(f"{'':48}{'msgs/s':>10}")
+        print(f"{'message/send straight to the simulator':48}{direct:>10.0f}")
+        print(f"{'imrelay-sender, 1 replica':48}{rate:>10.0f}")
+        print(f"\nsender / direct ratio: {rate / direct:.2f}   ({N} replies, first to last in "
+              f"{elapsed:.1f}s, {PARTITIONS} partitions, {os.cpu_count()} cores shared with nats-server "
+              "and the simulator)")
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        log.close()
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    main()
