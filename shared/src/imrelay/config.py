@@ -208,8 +208,18 @@ class QQCredentials(_Model):
 
 class DiscordCredentials(_Model):
     application_id: str
-    public_key: str
+    public_key: str  # the application's public key, 64 hex characters
     bot_token: SecretStr
+
+    @field_validator("public_key")
+    @classmethod
+    def _hex_key(cls, v: str) -> str:
+        try:
+            if len(bytes.fromhex(v)) == 32:
+                return v.lower()
+        except ValueError:
+            pass
+        raise ValueError("public_key must be the 64 hex characters shown in the Developer Portal")
 
 
 class _BotBase(_Model):
@@ -238,6 +248,8 @@ class WeComAIBot(_BotBase):
 class FeishuBot(_BotBase):
     platform: Literal[Platform.FEISHU, Platform.LARK]
     credentials: FeishuCredentials
+    # Signed requests older (or newer) than this are refused as replays; 0 turns the check off.
+    replay_window_seconds: float = Field(default=300.0, ge=0)
 
 
 class DingTalkBot(_BotBase):

@@ -7,11 +7,13 @@ platform, and the normalized message to store, if any) or raises a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from imrelay.config import BotConfig, Platform
+from imrelay.errors import ParseError
 from imrelay.events import InboundMessage
 
 
@@ -34,6 +36,21 @@ class CallbackResult:
     extra_headers: dict[str, str] = field(default_factory=dict)
 
 
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The JSON object of a request body; anything else is a ParseError (HTTP 400)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ParseError("body is not JSON") from exc
+    if not isinstance(data, dict):
+        raise ParseError("body is not a JSON object")
+    return data
+
+
+def json_body(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 class Adapter(Protocol):
     def handle(self, request: CallbackRequest) -> CallbackResult: ...
 
@@ -43,11 +60,16 @@ AdapterFactory = Callable[[BotConfig], Adapter]
 
 def adapter_for(bot: BotConfig) -> Adapter:
     """The adapter for a bot; raises ValueError for a platform this version cannot receive."""
-    from . import wecom_app, wecom_group_robot
+    from . import dingtalk, discord, feishu, qq, wecom_app, wecom_group_robot
 
     factories: Mapping[Platform, AdapterFactory] = {
         Platform.WECOM_APP: wecom_app.WeComAppAdapter.from_bot,
         Platform.WECOM_GROUP_ROBOT: wecom_group_robot.WeComGroupRobotAdapter.from_bot,
+        Platform.FEISHU: feishu.FeishuAdapter.from_bot,
+        Platform.LARK: feishu.FeishuAdapter.from_bot,
+        Platform.DINGTALK: dingtalk.DingTalkAdapter.from_bot,
+        Platform.QQ: qq.QQAdapter.from_bot,
+        Platform.DISCORD: discord.DiscordAdapter.from_bot,
     }
     factory = factories.get(bot.platform)
     if factory is None:
