@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from imrelay_sender.chunking import split_utf8
+from imrelay_sender.chunking import split_chars, split_utf8
 
 
 def check(text: str, limit: int) -> list[str]:
@@ -58,3 +58,10 @@ def test_random_mixed_text(seed: int) -> None:
 def test_limit_must_fit_a_character() -> None:
     with pytest.raises(ValueError):
         split_utf8("x", 3)
+
+
+def test_split_by_characters() -> None:
+    text = "😀" * 2500 + " tail"
+    parts = split_chars(text, 2000)
+    assert "".join(parts) == text and all(len(p) <= 2000 for p in parts) and len(parts) == 2
+    assert split_chars("short", 2000) == ["short"]

@@ -98,11 +98,16 @@ class RateLimitConfig(_Model):
     window_seconds: float = Field(gt=0)
 
 
-# The platforms' own limits (protocols: WeCom app 30 messages a minute per app and member, a group robot
-# 20 a minute per webhook). Operators can lower or raise them in sender.rate_limits.
+# The platforms' own limits: WeCom app 30 messages a minute per app and member, a group robot 20 a minute
+# per webhook, Feishu 50/s per app and 5/s per chat, a DingTalk robot 20 a minute, QQ 5/s per channel
+# (Discord announces its own per route). Operators can lower or raise them in sender.rate_limits.
 DEFAULT_RATE_LIMITS: dict[str, RateLimitConfig] = {
     "wecom_app.per_user": RateLimitConfig(limit=30, window_seconds=60),
     "wecom_group_robot.per_webhook": RateLimitConfig(limit=20, window_seconds=60),
+    "feishu.per_app": RateLimitConfig(limit=50, window_seconds=1),
+    "feishu.per_chat": RateLimitConfig(limit=5, window_seconds=1),
+    "dingtalk.per_robot": RateLimitConfig(limit=20, window_seconds=60),
+    "qq.per_channel": RateLimitConfig(limit=5, window_seconds=1),
 }
 
 
@@ -226,6 +231,7 @@ class _BotBase(_Model):
     id: Annotated[str, Field(pattern=BOT_ID_RE)]
     backend: str = "default"
     api_base: str | None = None
+    auth_base: str | None = None  # where access tokens come from, if not api_base (QQ: bots.qq.com)
     mode: Literal["callback", "long_connection"] = "callback"
     system_prompt: str | None = None
 
@@ -284,6 +290,9 @@ DEFAULT_API_BASE: dict[Platform, str] = {
 }
 
 
+DEFAULT_AUTH_BASE: dict[Platform, str] = {Platform.QQ: "https://bots.qq.com"}
+
+
 class Settings(_Model):
     nats: NatsConfig = NatsConfig()
     ingress: IngressConfig = IngressConfig()
@@ -315,6 +324,12 @@ class Settings(_Model):
 
     def api_base(self, bot: BotConfig) -> str:
         return (bot.api_base or DEFAULT_API_BASE[bot.platform]).rstrip("/")
+
+    def auth_base(self, bot: BotConfig) -> str:
+        default = DEFAULT_AUTH_BASE.get(bot.platform)
+        if bot.auth_base:
+            return bot.auth_base.rstrip("/")
+        return default if default and not bot.api_base else self.api_base(bot)
 
 
 class _PathValueError(ValueError):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -17,10 +18,21 @@ import time
 
 import httpx
 
-from imrelay.config import BotConfig, Settings, WeComAppBot, WeComGroupRobotBot, load_settings
+from imrelay.config import (
+    BotConfig,
+    DingTalkBot,
+    DiscordBot,
+    FeishuBot,
+    QQBot,
+    Settings,
+    WeComAppBot,
+    WeComGroupRobotBot,
+    load_settings,
+)
 from imrelay.errors import ConfigError
 from imrelay.wecom_crypto import WeComCrypto
 
+from . import dingtalk, discord, feishu, qq
 from .wecom_callbacks import app_text_xml, encrypted_post, robot_text_xml, url_verification
 
 DEFAULT_SIM = "http://127.0.0.1:8090"
@@ -38,9 +50,35 @@ def _crypto(bot: BotConfig) -> WeComCrypto:
     raise SystemExit(f"imrelay-sim: platform {bot.platform.value} cannot be simulated yet")
 
 
+def build_request(bot: BotConfig, text: str, user: str, msg_id: str, now: float,
+                  sim_url: str = DEFAULT_SIM, chat: str = "") -> tuple[str, dict[str, str], bytes]:
+    """(query, headers, body) of a text message from ``user`` to ``bot`` as its platform sends it. The
+    same ``msg_id`` gives the same platform ids (a platform retry); ``chat`` makes it a group message."""
+    if isinstance(bot, WeComAppBot | WeComGroupRobotBot):
+        query, body = build_callback(bot, text, user, msg_id, int(now), sim_url, chat)
+        return query, {"Content-Type": "text/xml"}, body
+    if isinstance(bot, FeishuBot):
+        headers, body = feishu.callback(bot, text, user, chat or f"oc_p2p_{user}",
+                                        "group" if chat else "p2p", f"ev{msg_id}", f"om_{msg_id}", now)
+    elif isinstance(bot, DingTalkBot):
+        headers, body = dingtalk.callback(bot, text, user, chat or f"cid_{user}", bool(chat),
+                                          f"msg{msg_id}", now, sim_url)
+    elif isinstance(bot, QQBot):
+        headers, body = qq.callback(bot, text, user, chat, f"ROBOT1.0_{msg_id}", now)
+    elif isinstance(bot, DiscordBot):
+        seed = os.environ.get("DISCORD_SIM_SEED", "")
+        if not seed:
+            raise SystemExit("imrelay-sim: set DISCORD_SIM_SEED (hex seed of the configured public key)")
+        token = "aW50ZXJhY3Rpb24" + hashlib.sha256(msg_id.encode()).hexdigest()[:40]
+        headers, body = discord.callback(bot, text, user, chat or f"dm-{user}", msg_id, token, now, seed)
+    else:
+        raise SystemExit(f"imrelay-sim: platform {bot.platform.value} cannot be simulated yet")
+    return "", headers, body
+
+
 def build_callback(bot: BotConfig, text: str, user: str, msg_id: str, now: int,
                    sim_url: str = DEFAULT_SIM, chat: str = "") -> tuple[str, bytes]:
-    """(query, body) of a text-message callback for ``bot``, as the platform would send it."""
+    """(query, body) of a WeCom text-message callback for ``bot``, as WeCom would send it."""
     crypto = _crypto(bot)
     if isinstance(bot, WeComAppBot):
         c = bot.credentials
@@ -86,13 +124,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     bot = _bot(settings, args.bot)
     msg_id = args.msg_id or str(secrets.randbelow(2**63))
-    query, body = build_callback(bot, args.text, args.user, msg_id, int(time.time()), args.sim)
-    url = f"{args.ingress}/callback/{bot.id}?{query}"
+    query, headers, body = build_request(bot, args.text, args.user, msg_id, time.time(), args.sim,
+                                         args.chat)
+    url = f"{args.ingress}/callback/{bot.id}" + (f"?{query}" if query else "")
     with httpx.Client(timeout=10) as client:
         before = 0
         if args.wait:
             before = len(client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json())
-        resp = client.post(url, content=body, headers={"Content-Type": "text/xml"})
+        resp = client.post(url, content=body, headers=headers)
         print(f"callback {msg_id} -> ingress answered {resp.status_code}", flush=True)
         if resp.status_code != 200:
             return 1
@@ -103,7 +142,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         while time.monotonic() < deadline:
             msgs = client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json()
             for m in msgs[seen:]:
-                print(f"answer to {m.get('touser') or m.get('chat')}: {m['content']}", flush=True)
+                who = m.get("touser") or m.get("chat") or m.get("reply_to") or m.get("token", "")[:12]
+                print(f"answer to {who}: {m['content']}", flush=True)
                 settle_until = time.monotonic() + 1.0  # a long answer arrives in several parts
             seen = len(msgs)
             if settle_until is not None and time.monotonic() >= settle_until:
@@ -150,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--text", required=True)
     s.add_argument("--user", default="alice")
     s.add_argument("--msg-id", help="platform message id (repeat one to simulate a platform retry)")
+    s.add_argument("--chat", default="", help="a group chat id (default: a one-to-one chat)")
     s.add_argument("--ingress", default=DEFAULT_INGRESS)
     s.add_argument("--sim", default=DEFAULT_SIM)
     s.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the answer")

@@ -34,7 +34,11 @@ from starlette.routing import Route
 
 from imrelay.config import Settings, WeComAppBot, WeComGroupRobotBot
 
+from .dingtalk import routes as dingtalk_routes
+from .discord import routes as discord_routes
+from .feishu import routes as feishu_routes
 from .llm import routes as llm_routes
+from .qq import routes as qq_routes
 
 
 @dataclass
@@ -63,12 +67,18 @@ class SimState:
     invalid_users: set[str] = field(default_factory=set)  # message/send answers 81013 for these
     seen: dict[str, float] = field(default_factory=dict)  # WeCom duplicate check: request -> time
     rng: random.Random = field(default_factory=lambda: random.Random(1))  # noqa: S311
+    settings: Settings | None = None
+
+    def record(self, entry: dict[str, Any], now: float) -> None:
+        self.seq += 1
+        self.stats["delivered"] += 1
+        self.messages.append({"seq": self.seq, "at": now, **entry})
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seq: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings | None) -> SimState:
-        state = cls()
+        state = cls(settings=settings)
         for bot in settings.bots if settings else []:
             if isinstance(bot, WeComAppBot):
                 c = bot.credentials
@@ -234,7 +244,8 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     async def list_messages(request: Request) -> Response:
         q = request.query_params
         out = [m for m in state.messages
-               if all(str(m.get(k, "")) == q[k] for k in ("bot", "touser", "chat") if k in q)]
+               if all(str(m.get(k, "")) == q[k] for k in ("bot", "touser", "chat", "token", "reply_to",
+                                                          "platform") if k in q)]
         return JSONResponse(out)
 
     async def clear_messages(_: Request) -> Response:
@@ -279,4 +290,8 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         Route("/sim/stats", stats, methods=["GET"]),
         Route("/sim/control", control, methods=["POST"]),
         *llm_routes(),
+        *feishu_routes(state, clock),
+        *dingtalk_routes(state, clock),
+        *qq_routes(state, clock),
+        *discord_routes(state, clock),
     ])

@@ -7,7 +7,9 @@ fits. Joining the parts gives back the text exactly (separators stay at the end 
 
 from __future__ import annotations
 
-__all__ = ["split_utf8"]
+from collections.abc import Callable
+
+__all__ = ["split_chars", "split_utf8"]
 
 _BREAKS = ("\n\n", "\n", "。", ". ", "！", "？", "! ", "? ", " ")
 
@@ -26,10 +28,21 @@ def split_utf8(text: str, max_bytes: int) -> list[str]:
     """Split ``text`` into parts of at most ``max_bytes`` UTF-8 bytes each; ``"".join(parts) == text``."""
     if max_bytes < 4:
         raise ValueError("max_bytes must allow at least one character (4 bytes)")
+    return _split(text, lambda rest: _fit(rest, max_bytes))
+
+
+def split_chars(text: str, max_chars: int) -> list[str]:
+    """Split ``text`` into parts of at most ``max_chars`` characters (Discord counts characters)."""
+    if max_chars < 1:
+        raise ValueError("max_chars must be at least 1")
+    return _split(text, lambda rest: min(len(rest), max_chars))
+
+
+def _split(text: str, fit: Callable[[str], int]) -> list[str]:
     parts: list[str] = []
     rest = text
     while rest:
-        n = _fit(rest, max_bytes)
+        n = fit(rest)
         if n == len(rest):
             parts.append(rest)
             break

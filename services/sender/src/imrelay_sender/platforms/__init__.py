@@ -33,11 +33,24 @@ class Delivery(Protocol):
 
 def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
                  tokens: TokenCache, cfg: SenderConfig) -> Delivery:
+    from .dingtalk import DingTalkDelivery
+    from .discord import DiscordDelivery
+    from .feishu import FeishuDelivery
+    from .qq import QQDelivery
     from .wecom_app import WeComAppDelivery
     from .wecom_group_robot import WeComGroupRobotDelivery
 
+    api = settings.api_base(bot)
     if bot.platform is Platform.WECOM_APP:
-        return WeComAppDelivery.from_bot(bot, settings.api_base(bot), client, tokens, cfg)
+        return WeComAppDelivery.from_bot(bot, api, client, tokens, cfg)
     if bot.platform is Platform.WECOM_GROUP_ROBOT:
-        return WeComGroupRobotDelivery.from_bot(bot, settings.api_base(bot), client, cfg)
+        return WeComGroupRobotDelivery.from_bot(bot, api, client, cfg)
+    if bot.platform in (Platform.FEISHU, Platform.LARK):
+        return FeishuDelivery.from_bot(bot, api, client, tokens, cfg)
+    if bot.platform is Platform.DINGTALK:
+        return DingTalkDelivery.from_bot(bot, api, client, tokens, cfg)
+    if bot.platform is Platform.QQ:
+        return QQDelivery.from_bot(bot, api, settings.auth_base(bot), client, tokens, cfg)
+    if bot.platform is Platform.DISCORD:
+        return DiscordDelivery.from_bot(bot, api, client, cfg)
     raise ValueError(f"platform {bot.platform.value!r} is not supported by this sender yet")

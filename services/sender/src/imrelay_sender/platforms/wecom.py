@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -14,7 +13,8 @@ from imrelay.errors import (
     TransientUpstreamError,
     WeComCode,
 )
-from imrelay.telemetry import DELIVERY_SECONDS
+
+from .http import call, json_or_none
 
 TOKEN_CODES = {40014, 42001, 42007, 42009}
 TRANSIENT_CODES = {WeComCode.SYSTEM_BUSY}
@@ -47,17 +47,9 @@ async def post_json(client: httpx.AsyncClient, url: str, body: dict[str, Any], *
                     bot: str, http_timeout: float, params: dict[str, str] | None = None,
                     rate_limit_backoff: float = 60.0) -> dict[str, Any]:
     """POST one WeCom API call, time it, and raise what its answer means; return the answer."""
-    started = time.perf_counter()
-    try:
-        resp = await client.post(url, params=params, json=body, timeout=http_timeout)
-    except httpx.HTTPError as exc:
-        raise TransientUpstreamError(platform, "http", type(exc).__name__) from exc
-    finally:
-        DELIVERY_SECONDS.labels(platform=platform, bot=bot).observe(time.perf_counter() - started)
-    try:
-        payload = resp.json()
-    except ValueError:
-        payload = None
+    resp = await call(client, "POST", url, platform=platform, bot=bot, http_timeout=http_timeout,
+                      params=params, json=body)
+    payload = json_or_none(resp)
     check(payload, resp.status_code, rate_limit_backoff, platform)
     assert isinstance(payload, dict)
     return payload

@@ -1,0 +1,107 @@
+"""Feishu / Lark for the simulator: ``tenant_access_token`` and the message reply API (with its ``uuid``
+de-duplication), and the signed, encrypted event callback the ingress receives."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from imrelay import feishu_crypto
+from imrelay.config import FeishuBot
+
+if TYPE_CHECKING:
+    from .server import SimState
+
+
+def callback(bot: FeishuBot, text: str, user: str, chat_id: str, chat_type: str, event_id: str,
+             message_id: str, now: float) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of an ``im.message.receive_v1`` callback as Feishu sends it."""
+    c = bot.credentials
+    mentions = []
+    if chat_type == "group":
+        text = f"@_user_1 {text}"
+        mentions = [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": bot.id, "tenant_key": "t"}]
+    event = {
+        "schema": "2.0",
+        "header": {"event_id": event_id, "token": c.verification_token.get_secret_value(),
+                   "create_time": str(int(now * 1000)), "event_type": "im.message.receive_v1",
+                   "tenant_key": "tenant", "app_id": c.app_id},
+        "event": {"sender": {"sender_id": {"open_id": user, "user_id": user, "union_id": "on_" + user},
+                             "sender_type": "user", "tenant_key": "tenant"},
+                  "message": {"message_id": message_id, "create_time": str(int(now * 1000)),
+                              "chat_id": chat_id, "chat_type": chat_type, "message_type": "text",
+                              "content": json.dumps({"text": text}, ensure_ascii=False),
+                              "mentions": mentions}},
+    }
+    plain = json.dumps(event, ensure_ascii=False).encode()
+    key = c.encrypt_key.get_secret_value()
+    if not key:
+        return {"Content-Type": "application/json"}, plain
+    body = json.dumps({"encrypt": feishu_crypto.encrypt(key, plain)}).encode()
+    ts, nonce = str(int(now)), secrets.token_hex(8)
+    return {"Content-Type": "application/json", "X-Lark-Request-Timestamp": ts,
+            "X-Lark-Request-Nonce": nonce,
+            "X-Lark-Signature": feishu_crypto.signature(ts, nonce, key, body)}, body
+
+
+def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Route]:
+    apps: dict[str, tuple[str, str, str]] = {}  # app_id -> (secret, bot id, platform)
+    for bot in state.settings.bots if state.settings else []:
+        if isinstance(bot, FeishuBot):
+            apps[bot.credentials.app_id] = (bot.credentials.app_secret.get_secret_value(), bot.id,
+                                            bot.platform.value)
+    tokens: dict[str, tuple[str, float]] = {}
+    uuids: dict[str, float] = {}
+
+    def fail(code: int, msg: str, status: int = 400) -> JSONResponse:
+        return JSONResponse({"code": code, "msg": msg}, status_code=status)
+
+    async def token(request: Request) -> Response:
+        state.stats["feishu_token"] += 1
+        body = json.loads(await request.body() or b"{}")
+        app = apps.get(str(body.get("app_id")))
+        if app is None or app[0] != body.get("app_secret"):
+            return fail(10014, "app secret invalid")
+        tok = "t-" + secrets.token_hex(16)
+        tokens[tok] = (str(body["app_id"]), clock() + state.token_lifetime)
+        return JSONResponse({"code": 0, "msg": "ok", "tenant_access_token": tok,
+                             "expire": int(state.token_lifetime)})
+
+    async def reply(request: Request) -> Response:
+        state.stats["feishu_reply"] += 1
+        raw = await request.body()
+        auth = request.headers.get("authorization", "").removeprefix("Bearer ")
+        info = tokens.get(auth)
+        if info is None or info[1] <= clock():
+            return fail(99991663, "Invalid access token for authorization", 400)
+        if state.fail_next:
+            code = state.fail_next.pop(0)
+            return fail(99991400, "request trigger frequency limit", 429) if code == 429 \
+                else Response("busy", status_code=code)
+        body = json.loads(raw or b"{}")
+        uuid = str(body.get("uuid", ""))
+        if uuid and clock() - uuids.get(uuid, -1e18) < 3600:
+            state.stats["duplicates_suppressed"] += 1
+            return JSONResponse({"code": 0, "msg": "success", "data": {"message_id": "om_dup"}})
+        uuids[uuid] = clock()
+        content = json.loads(body.get("content") or "{}")
+        text = content.get("text") if body.get("msg_type") == "text" else \
+            (content.get("elements") or [{}])[0].get("content", "")
+        _, bot, platform = apps[info[0]]
+        state.record({"platform": platform, "bot": bot, "reply_to": request.path_params["message_id"],
+                      "msgtype": body.get("msg_type"), "content": text}, clock())
+        return JSONResponse({"code": 0, "msg": "success", "data": {"message_id": f"om_{state.seq}"}})
+
+    return [
+        Route("/open-apis/auth/v3/tenant_access_token/internal", token, methods=["POST"]),
+        Route("/open-apis/im/v1/messages/{message_id}/reply", reply, methods=["POST"]),
+    ]
+
+
