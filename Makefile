@@ -16,8 +16,9 @@ install: ## create .venv with every service and the test tools (uv)
 run: install ## run everything locally: embedded NATS, ingress, worker, sender, simulator (Ctrl-C stops)
 	$(UV) run --frozen imrelay dev
 
-demo: ## with `make run` going: send a message as WeCom would and print the answer
-	$(UV) run --frozen imrelay-sim --config $(CONFIG) send --bot demo --text "Hello from the WeCom simulator! 你好" --wait 15
+BOT ?= demo
+demo: ## with `make run` going: send a message as the platform would, print the answer (BOT=demo-feishu …)
+	$(UV) run --frozen imrelay-sim --config $(CONFIG) send --bot $(BOT) --text "Hello from the $(BOT) simulator! 你好" --wait 15
 
 test: install ## run the test suite (unit, vectors, end-to-end against a real nats-server)
 	$(UV) run --frozen pytest

@@ -47,6 +47,15 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "ingress answered 200" in demo.stdout
         assert "answer to alice: Hello from the WeCom simulator! 你好" in demo.stdout
+        # every platform can be tried the same way (make demo BOT=...)
+        for bot in ("demo-robot", "demo-feishu", "demo-lark", "demo-dingtalk", "demo-qq", "demo-discord"):
+            tried = subprocess.run(
+                [sys.executable, "-m", "imrelay_sim", "--config", str(config), "send", "--bot", bot,
+                 "--text", f"hello {bot}", "--ingress", f"http://127.0.0.1:{ports['ingress']}",
+                 "--sim", f"http://127.0.0.1:{ports['sim']}", "--wait", "20"],
+                capture_output=True, text=True, timeout=60, env=env)
+            assert tried.returncode == 0, bot + tried.stdout + tried.stderr
+            assert f": hello {bot}" in tried.stdout, tried.stdout
         assert httpx.get(f"http://127.0.0.1:{admin}/metrics").status_code == 200
     finally:
         dev.send_signal(signal.SIGINT)  # what Ctrl-C does

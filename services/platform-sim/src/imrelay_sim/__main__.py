@@ -66,9 +66,9 @@ def build_request(bot: BotConfig, text: str, user: str, msg_id: str, now: float,
     elif isinstance(bot, QQBot):
         headers, body = qq.callback(bot, text, user, chat, f"ROBOT1.0_{msg_id}", now)
     elif isinstance(bot, DiscordBot):
-        seed = os.environ.get("DISCORD_SIM_SEED", "")
-        if not seed:
-            raise SystemExit("imrelay-sim: set DISCORD_SIM_SEED (hex seed of the configured public key)")
+        seed = os.environ.get("DISCORD_SIM_SEED") or discord.DEMO_SEED
+        if discord.public_key_for(seed) != bot.credentials.public_key:
+            raise SystemExit("imrelay-sim: set DISCORD_SIM_SEED to the hex seed of this bot's public key")
         token = "aW50ZXJhY3Rpb24" + hashlib.sha256(msg_id.encode()).hexdigest()[:40]
         headers, body = discord.callback(bot, text, user, chat or f"dm-{user}", msg_id, token, now, seed)
     else:

@@ -1,6 +1,7 @@
 """Discord for the simulator: editing an interaction's original response and follow-ups, and the
 Ed25519-signed ``/ask`` interaction the ingress receives. Signing needs the application's private key: the
-simulator derives it from a seed (``DISCORD_SIM_SEED``, hex) whose public key is the one configured."""
+simulator derives it from a seed (``DISCORD_SIM_SEED``, hex) whose public key is the one configured; the
+demo bot of ``imrelay dev`` uses :data:`DEMO_SEED`."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from imrelay.config import DiscordBot
 
 if TYPE_CHECKING:
     from .server import SimState
+
+
+DEMO_SEED = "696d72656c61792d64656d6f2d646973636f72642d7369676e696e672d6b6579"  # "imrelay-demo-discord-…"
 
 
 def public_key_for(seed_hex: str) -> str:
