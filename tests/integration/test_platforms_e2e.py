@@ -128,3 +128,18 @@ def test_qq_answer_beyond_five_parts_is_cut_to_five(stack: Stack) -> None:
                           and m, what="five replies")
     assert [m["msg_seq"] for m in msgs] == [1, 2, 3, 4, 5]
     assert msgs[-1]["content"].endswith("(answer shortened)")
+
+
+def test_dingtalk_answers_through_the_robot_api_once_the_session_webhook_expired(stack: Stack) -> None:
+    from imrelay.config import DingTalkBot
+    from imrelay_sim import dingtalk as sim_dingtalk
+
+    bot = parse_settings(stack.config, {}).bot("dt")
+    assert isinstance(bot, DingTalkBot)
+    user = f"u{secrets.token_hex(4)}"
+    headers, body = sim_dingtalk.callback(bot, "late question", user, f"cid_{user}", False,
+                                          f"msg{secrets.token_hex(6)}", time.time(), stack.sim_url,
+                                          session_minutes=0)
+    assert httpx.post(f"{stack.ingress_url}/callback/dt", content=body, headers=headers).status_code == 200
+    [answer] = stack.wait_for(lambda: stack.messages(bot="dt", chat=user), what="the API answer")
+    assert answer["via"] == "api" and answer["content"] == "late question"

@@ -136,3 +136,19 @@ def test_qq_tokens_come_from_bots_qq_com_unless_told_otherwise() -> None:
     assert s.auth_base(s.bots[0]) == "https://bots.qq.com"
     assert s.api_base(s.bots[0]) == "https://api.sgroup.qq.com"
     assert s.auth_base(s.bots[1]) == "http://sim"
+
+
+def test_reply_windows() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from imrelay.config import Platform
+    from imrelay.events import Chat, ChatType, ReplyChunk, Sender
+    from imrelay_sender.platforms.http import window_closed
+
+    received = datetime(2026, 1, 1, tzinfo=UTC)
+    chunk = ReplyChunk(reply_id="r", inbound_id="i", platform=Platform.QQ, bot_id="b",
+                       chat=Chat(id="g", type=ChatType.GROUP), recipient=Sender(id="u"), seq=0,
+                       received_at=received)
+    assert not window_closed(chunk, 300, now=received + timedelta(seconds=299))
+    assert window_closed(chunk, 300, now=received + timedelta(seconds=301))
+    assert not window_closed(chunk.model_copy(update={"received_at": None}), 300)

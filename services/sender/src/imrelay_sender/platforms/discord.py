@@ -16,10 +16,11 @@ from imrelay.errors import PermanentUpstreamError, RateLimitedError, TransientUp
 from imrelay.events import ReplyChunk
 
 from ..chunking import split_chars
-from .http import call, json_or_none, retry_after
+from .http import call, json_or_none, retry_after, window_closed
 
 PLATFORM = "discord"
 CHAR_LIMIT = 2000
+TOKEN_LIFETIME_SECONDS = 15 * 60
 
 
 def check(payload: Any, status: int, wait: float | None) -> None:
@@ -64,6 +65,9 @@ class DiscordDelivery:
         token = chunk.reply_handle.get("interaction_token")
         if not token:
             raise PermanentUpstreamError(PLATFORM, "no_token", "reply handle lacks the interaction token")
+        if window_closed(chunk, TOKEN_LIFETIME_SECONDS):
+            raise PermanentUpstreamError(PLATFORM, "token_expired",
+                                         "the interaction token has expired (15 minutes)")
         base = f"{self.api_base}/api/v10/webhooks/{app}/{token}"
         body = {"content": part, "allowed_mentions": {"parse": []}}
         if index == 0:

@@ -4,11 +4,13 @@ duration is recorded in ``imrelay_delivery_seconds``."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from imrelay.errors import TransientUpstreamError
+from imrelay.events import ReplyChunk
 from imrelay.telemetry import DELIVERY_SECONDS
 
 
@@ -40,3 +42,10 @@ def retry_after(resp: httpx.Response, *headers: str) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def window_closed(chunk: ReplyChunk, seconds: float, now: datetime | None = None) -> bool:
+    """The platform only accepts an answer within ``seconds`` of the user's message."""
+    if chunk.received_at is None:
+        return False
+    return ((now or datetime.now(UTC)) - chunk.received_at).total_seconds() > seconds

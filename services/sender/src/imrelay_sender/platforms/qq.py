@@ -26,13 +26,14 @@ from imrelay.telemetry import TOKEN_REFRESHES
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
-from .http import call, json_or_none, retry_after
+from .http import call, json_or_none, retry_after, window_closed
 
 PLATFORM = "qq"
 TEXT_LIMIT_BYTES = 4000
 MAX_REPLIES = 5
 CUT_NOTICE = "\n…(answer shortened)"
 DUPLICATE_SEQ_CODES = {40054005}  # "msg_seq already used": this part was shown before
+REPLY_WINDOW_SECONDS = {"group": 300, "channel": 300, "c2c": 3600, "dm": 3600}
 PATHS = {"group": "/v2/groups/{target}/messages", "c2c": "/v2/users/{target}/messages",
          "channel": "/channels/{target}/messages", "dm": "/dms/{guild}/messages"}
 
@@ -125,6 +126,9 @@ class QQDelivery:
         path = PATHS.get(h.get("kind", ""))
         if path is None or not h.get("msg_id"):
             raise PermanentUpstreamError(PLATFORM, "no_handle", "reply handle lacks kind or msg_id")
+        if window_closed(chunk, REPLY_WINDOW_SECONDS.get(h.get("kind", ""), 300)):
+            raise PermanentUpstreamError(PLATFORM, "window_closed",
+                                         "QQ no longer accepts replies to this message")
         url = self.api_base + path.format(target=h.get("target", ""), guild=h.get("guild_id", ""))
         body = {"content": part, "msg_type": 0, "msg_id": h["msg_id"], "msg_seq": index + 1}
         key = kv_key(PLATFORM, self.app_id)
