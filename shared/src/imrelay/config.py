@@ -133,6 +133,14 @@ class SenderConfig(_Model):
         return self.rate_limits.get(scope) or DEFAULT_RATE_LIMITS.get(scope)
 
 
+class MemoryConfig(_Model):
+    enabled: bool = True
+    ttl_seconds: float = Field(default=7 * 86400, gt=0)  # a conversation idle this long is forgotten
+    max_turns: int = Field(default=10, ge=1)
+    max_chars: int = Field(default=8000, ge=100)
+    per_user_in_groups: bool = True  # in a group, each member has their own conversation with the bot
+
+
 class BackendKind(StrEnum):
     ECHO = "echo"
     OPENAI = "openai"
@@ -234,6 +242,9 @@ class _BotBase(_Model):
     auth_base: str | None = None  # where access tokens come from, if not api_base (QQ: bots.qq.com)
     mode: Literal["callback", "long_connection"] = "callback"
     system_prompt: str | None = None
+    model: str | None = None  # overrides the backend's model for this bot
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    answer_timeout_seconds: float | None = Field(default=None, gt=0)  # overrides worker's
 
 
 class WeComAppBot(_BotBase):
@@ -299,6 +310,7 @@ class Settings(_Model):
     admin: AdminConfig = AdminConfig()
     worker: WorkerConfig = WorkerConfig()
     sender: SenderConfig = SenderConfig()
+    memory: MemoryConfig = MemoryConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=lambda: {"default": BackendConfig()})
     bots: list[BotConfig] = Field(default_factory=list)
 

@@ -2,8 +2,9 @@
 
 * :class:`InboundMessage` on ``IMRELAY_IN``: one normalized user message (or platform event).
 * :class:`ReplyChunk` on ``IMRELAY_OUT``: one piece of the answer to an inbound message. Deltas carry
-  ``seq`` 0, 1, 2, ...; the last chunk has ``final=True`` and also carries ``full_text`` (the whole answer)
-  so platforms that cannot edit a message deliver one coherent answer without keeping state.
+  ``seq`` 0, 1, 2, ... and ``text``, the answer so far (platforms that edit a message in place show it);
+  the last chunk has ``final=True`` and also carries ``full_text`` (the whole answer) so platforms that
+  cannot edit a message deliver one coherent answer without keeping state.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class ReplyChunk(_Event):
     reply_handle: dict[str, str] = Field(default_factory=dict)
     seq: int = Field(ge=0)
     delta: str = ""
+    text: str | None = None  # the answer so far (deltas 0..seq), for platforms that edit in place
     final: bool = False
     full_text: str | None = None
     format: ReplyFormat = ReplyFormat.TEXT

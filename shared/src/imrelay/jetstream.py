@@ -132,6 +132,13 @@ async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
     return Buckets(tokens=tokens, deliveries=deliveries, ratelimits=ratelimits)
 
 
+async def ensure_memory_bucket(js: JetStreamContext, cfg: NatsConfig, ttl: float) -> KeyValue:
+    return await _bucket(js, KeyValueConfig(
+        bucket=s.KV_MEMORY, history=1, ttl=ttl, storage=StorageType.FILE, replicas=cfg.replicas,
+        description="conversation memory: recent turns and backend sessions",
+    ))
+
+
 async def streams_present(js: JetStreamContext) -> bool:
     for name in (s.STREAM_IN, s.STREAM_OUT, s.STREAM_DLQ):
         try:

@@ -7,10 +7,11 @@ import logging
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from imrelay.config import load_settings
-from imrelay.jetstream import connect_until_ready
+from imrelay.jetstream import connect_until_ready, ensure_memory_bucket
 from imrelay.runtime import run_until_stopped, service_main
 
 from .app import build_worker
+from .memory import MemoryStore
 
 log = logging.getLogger("imrelay.worker")
 
@@ -20,6 +21,9 @@ async def run() -> None:
     worker = build_worker(settings)
     HTTPXClientInstrumentor().instrument_client(worker.client)
     nc, js = await connect_until_ready(settings.nats, "imrelay-worker-control")
+    if settings.memory.enabled:
+        kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)
+        worker.memory = MemoryStore(kv, settings.memory)
 
     async def start() -> None:
         await worker.broker.start()

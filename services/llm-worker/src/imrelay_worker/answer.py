@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from imrelay.errors import BackendError
 from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
 
+from .backends import Piece, Replace
+
 Publish = Callable[[ReplyChunk], Awaitable[None]]
 
 
@@ -29,16 +31,16 @@ class AnswerOutcome:
 
 
 def _chunk(msg: InboundMessage, seq: int, delta: str, *, final: bool = False,
-           full_text: str | None = None, error: str | None = None) -> ReplyChunk:
+           full_text: str | None = None, error: str | None = None, text: str | None = None) -> ReplyChunk:
     return ReplyChunk(
         reply_id=msg.id, inbound_id=msg.id, platform=msg.platform, bot_id=msg.bot_id,
         chat=msg.chat, recipient=msg.sender, reply_handle=msg.reply_handle, seq=seq,
-        delta=delta, final=final, full_text=full_text, format=ReplyFormat.TEXT, error=error,
-        received_at=msg.received_at,
+        delta=delta, text=text if text is not None else full_text, final=final, full_text=full_text,
+        format=ReplyFormat.TEXT, error=error, received_at=msg.received_at,
     )
 
 
-async def produce_answer(msg: InboundMessage, stream: AsyncIterator[str], publish: Publish, *,
+async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publish: Publish, *,
                          deadline_seconds: float, coalesce_seconds: float = 0.2,
                          error_message: str, timeout_notice: str = "(answer cut short: timed out)",
                          clock: Callable[[], float] = time.monotonic) -> AnswerOutcome:
@@ -49,10 +51,14 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[str], publis
     first: float | None = None
     last_flush = started
 
+    sent = ""  # the text the deltas published so far add up to
+
     async def flush() -> None:
-        nonlocal seq, last_flush, pending
+        nonlocal seq, last_flush, pending, sent
         if pending:
-            await publish(_chunk(msg, seq, "".join(pending)))
+            delta = "".join(pending)
+            sent += delta
+            await publish(_chunk(msg, seq, delta, text=sent))
             seq += 1
             pending = []
         last_flush = clock()
@@ -61,6 +67,10 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[str], publis
     try:
         async with asyncio.timeout(deadline_seconds):
             async for piece in stream:
+                if isinstance(piece, Replace):
+                    # the backend replaced its answer: what was shown is superseded by the final
+                    parts, pending = [piece.text], []
+                    continue
                 if not piece:
                     continue
                 if first is None:
@@ -85,7 +95,7 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[str], publis
         final_text = f"{text}\n\n{timeout_notice}"
     else:
         final_text = f"{text}\n\n{error_message}"
-    await publish(_chunk(msg, seq, final_text[len(text):] if final_text.startswith(text) else "",
+    await publish(_chunk(msg, seq, final_text[len(sent):] if final_text.startswith(sent) else "",
                          final=True, full_text=final_text, error=error))
     return AnswerOutcome(text=text, outcome=outcome, first_token_seconds=first,
                          duration_seconds=clock() - started, chunks=seq + 1, error=error)

@@ -24,11 +24,17 @@ from imrelay.events import InboundMessage, ReplyChunk
 from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TTFT
 
 from .answer import produce_answer
-from .backends import Backend, ChatMessage, ChatRequest, build_backend
+from .backends import Backend, ChatMessage, ChatRequest, Piece, build_backend
+from .memory import Conversation, MemoryStore, Turn, conversation_key
 
 log = logging.getLogger("imrelay.worker")
 
 NON_TEXT_REPLY = "I can only read text messages for now."
+COMMANDS = {
+    "/reset": "Conversation cleared. What would you like to talk about?",
+    "/help": "Ask me anything in plain words. Commands: /reset forgets our conversation so far, "
+             "/help shows this message.",
+}
 
 
 @dataclass
@@ -37,6 +43,7 @@ class Worker:
     broker: NatsBroker
     backends: dict[str, Backend]
     client: httpx.AsyncClient
+    memory: MemoryStore | None = None
 
     async def publish_chunk(self, chunk: ReplyChunk) -> None:
         await self.broker.publish(
@@ -93,42 +100,52 @@ class Worker:
         if bot is None:
             raise LookupError(f"no bot {inbound.bot_id!r} in this worker's config")
         labels = {"platform": inbound.platform.value, "bot": inbound.bot_id}
+        cfg = self.settings.backends[bot.backend]
+        deadline = bot.answer_timeout_seconds or self.settings.worker.answer_timeout_seconds
         text = inbound.text.strip()
-        if not text:
+        key = conversation_key(inbound, self.settings.memory.per_user_in_groups)
+        command = text.split(maxsplit=1)[0].lower() if text.startswith("/") else ""
+        request: ChatRequest | None = None
+        if command in COMMANDS:
+            if command == "/reset" and self.memory is not None:
+                await self.memory.forget(key)
+            stream: AsyncIterator[Piece] = _once(COMMANDS[command])
+        elif not text:
             if not inbound.attachments:
                 return
-            text_stream = _once(NON_TEXT_REPLY)
-            backend_name = "builtin"
+            stream = _once(NON_TEXT_REPLY)
         else:
-            backend_name = bot.backend
             backend = self.backends[bot.backend]
-            cfg = self.settings.backends[bot.backend]
+            conv = await self.memory.load(key) if self.memory is not None else Conversation()
             system = bot.system_prompt or cfg.system_prompt
-            messages = ([ChatMessage("system", system)] if system else []) + [
-                ChatMessage("user", text)]
+            history = [] if backend.keeps_history else conv.messages()
             request = ChatRequest(
-                messages=messages,
+                messages=([ChatMessage("system", system)] if system else []) + history
+                + [ChatMessage("user", text)],
                 user=f"{inbound.platform.value}:{inbound.bot_id}:{inbound.sender.id}",
-                conversation=f"{inbound.platform.value}:{inbound.bot_id}:{inbound.chat.id}",
+                conversation=key, session=dict(conv.session), model=bot.model,
+                temperature=bot.temperature,
             )
-            text_stream = backend.stream(request)
-        backend_cfg = self.settings.backends.get(bot.backend)
+            stream = backend.stream(request)
         async with in_progress(msg, self.settings.worker.ack_wait_seconds):
             result = await produce_answer(
-                inbound, text_stream, self.publish_chunk,
-                deadline_seconds=self.settings.worker.answer_timeout_seconds,
+                inbound, stream, self.publish_chunk, deadline_seconds=deadline,
                 coalesce_seconds=self.settings.worker.delta_interval_seconds,
-                error_message=backend_cfg.error_message if backend_cfg else NON_TEXT_REPLY,
+                error_message=cfg.error_message,
             )
+        if request is None:
+            return
         if result.first_token_seconds is not None:
             LLM_TTFT.labels(**labels).observe(result.first_token_seconds)
         LLM_DURATION.labels(outcome=result.outcome, **labels).observe(result.duration_seconds)
         if result.outcome != "ok":
-            log.warning("backend %s failed for inbound %s: %s", backend_name, inbound.id,
-                        result.error)
+            log.warning("backend %s failed for inbound %s: %s", bot.backend, inbound.id, result.error)
+        elif self.memory is not None:
+            # only a complete answer becomes memory
+            await self.memory.remember(key, Turn(text, result.text), request.session)
 
 
-async def _once(text: str) -> AsyncIterator[str]:
+async def _once(text: str) -> AsyncIterator[Piece]:
     yield text
 
 

@@ -1,9 +1,14 @@
-"""A fake OpenAI-compatible chat-completions server for local runs and tests.
+"""Fake LLM backends for local runs and tests, all answering ``"You said: <last user message>"`` word by
+word:
 
-``POST /v1/chat/completions`` with ``stream: true`` answers ``"You said: <last user message>"`` as SSE
-chunks, word by word, then ``data: [DONE]``. ``POST /sim/llm`` controls it: ``token_delay`` (seconds between
-chunks), ``fail_next`` (HTTP statuses for the next requests), ``stall_after`` (chunks before the stream goes
-silent), and it records the last request body for tests (``GET /sim/llm``).
+* ``POST /v1/chat/completions``: OpenAI-compatible (SSE ``data:`` chunks, then ``data: [DONE]``);
+* ``POST /v1/chat-messages``: Dify (``message`` events carrying a ``conversation_id`` it remembers,
+  ``message_end``; an unknown ``conversation_id`` is a 404 "Conversation Not Exists");
+* ``POST /api/v1/chat/completions``: FastGPT (OpenAI-style chunks; ``chatId`` names the conversation).
+
+``POST /sim/llm`` controls them all: ``token_delay`` (seconds between chunks), ``fail_next`` (HTTP statuses
+for the next requests), ``stall_after`` (chunks before the stream goes silent). ``GET /sim/llm`` lists the
+recent requests (with ``_api`` naming which one), and ``first_token_at``, when each first piece was sent.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +33,8 @@ class LLMState:
     fail_next: list[int] = field(default_factory=list)
     stall_after: int | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
+    conversations: dict[str, int] = field(default_factory=dict)  # Dify conversation id -> turns
+    first_token_at: list[tuple[str, float]] = field(default_factory=list)  # (question, time)
 
 
 def _chunk(content: str | None, finish: str | None = None) -> str:
@@ -39,7 +47,21 @@ def _chunk(content: str | None, finish: str | None = None) -> str:
 def routes() -> list[Route]:
     state = LLMState()
 
-    async def completions(request: Request) -> Response:
+    def pieces_for(question: str) -> list[str]:
+        return re.findall(r"\S+\s*|\s+", f"You said: {question}")
+
+    async def paced(pieces: list[str], render: Callable[[str], str], question: str) -> AsyncIterator[str]:
+        for i, piece in enumerate(pieces):
+            if state.stall_after is not None and i >= state.stall_after:
+                await asyncio.sleep(3600)
+            if state.token_delay:
+                await asyncio.sleep(state.token_delay)
+            if i == 0:
+                state.first_token_at.append((question, time.time()))
+                del state.first_token_at[:-5000]
+            yield render(piece)
+
+    async def begin(request: Request, api: str) -> dict[str, Any] | Response:
         if not request.headers.get("authorization", "").startswith("Bearer "):
             return JSONResponse({"error": {"message": "missing API key", "type": "auth"}},
                                 status_code=401)
@@ -47,24 +69,66 @@ def routes() -> list[Route]:
             body = json.loads(await request.body())
         except ValueError:
             return JSONResponse({"error": {"message": "invalid JSON"}}, status_code=400)
-        state.requests.append(body)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": {"message": "expected an object"}}, status_code=400)
+        state.requests.append({"_api": api, **body})
+        del state.requests[:-200]
         if state.fail_next:
             status = state.fail_next.pop(0)
-            return JSONResponse({"error": {"message": f"simulated {status}"}}, status_code=status)
-        last = next((m.get("content", "") for m in reversed(body.get("messages", []))
+            text = f"simulated {status}"
+            return JSONResponse({"error": {"message": text}, "message": text, "status": status},
+                                status_code=status)
+        return body
+
+    def last_user(body: dict[str, Any]) -> str:
+        return next((m.get("content", "") for m in reversed(body.get("messages", []))
                      if m.get("role") == "user"), "")
-        pieces = re.findall(r"\S+\s*|\s+", f"You said: {last}")
+
+    async def openai_style(body: dict[str, Any], question: str) -> AsyncIterator[str]:
+        yield ": keep-alive\n\n"
+        async for chunk in paced(pieces_for(question), _chunk, question):
+            yield chunk
+        yield _chunk(None, "stop")
+        yield "data: [DONE]\n\n"
+
+    async def completions(request: Request) -> Response:
+        body = await begin(request, "openai")
+        if isinstance(body, Response):
+            return body
+        question = last_user(body)
+        return StreamingResponse(openai_style(body, question), media_type="text/event-stream")
+
+    async def fastgpt(request: Request) -> Response:
+        body = await begin(request, "fastgpt")
+        if isinstance(body, Response):
+            return body
+        question = last_user(body)
+        return StreamingResponse(openai_style(body, question), media_type="text/event-stream")
+
+    async def dify(request: Request) -> Response:
+        body = await begin(request, "dify")
+        if isinstance(body, Response):
+            return body
+        conversation = str(body.get("conversation_id") or "")
+        if conversation and conversation not in state.conversations:
+            return JSONResponse({"code": "not_found", "message": "Conversation Not Exists.",
+                                 "status": 404}, status_code=404)
+        conversation = conversation or str(uuid.uuid4())
+        state.conversations[conversation] = state.conversations.get(conversation, 0) + 1
+        question = str(body.get("query", ""))
+        message_id = str(uuid.uuid4())
+
+        def event(piece: str) -> str:
+            return "data: " + json.dumps({"event": "message", "answer": piece, "message_id": message_id,
+                                          "conversation_id": conversation, "task_id": "t"},
+                                         ensure_ascii=False) + "\n\n"
 
         async def stream() -> AsyncIterator[str]:
-            yield ": keep-alive\n\n"
-            for i, piece in enumerate(pieces):
-                if state.stall_after is not None and i >= state.stall_after:
-                    await asyncio.sleep(3600)
-                if state.token_delay:
-                    await asyncio.sleep(state.token_delay)
-                yield _chunk(piece)
-            yield _chunk(None, "stop")
-            yield "data: [DONE]\n\n"
+            yield "event: ping\n\n"
+            async for chunk in paced(pieces_for(question), event, question):
+                yield chunk
+            yield "data: " + json.dumps({"event": "message_end", "conversation_id": conversation,
+                                         "message_id": message_id, "metadata": {"usage": {}}}) + "\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
@@ -82,10 +146,16 @@ def routes() -> list[Route]:
         return JSONResponse({"ok": True})
 
     async def last_requests(_: Request) -> Response:
-        return JSONResponse(state.requests[-20:])
+        return JSONResponse(state.requests[-50:])
+
+    async def first_tokens(_: Request) -> Response:
+        return JSONResponse(state.first_token_at)
 
     return [
         Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/v1/chat-messages", dify, methods=["POST"]),
+        Route("/api/v1/chat/completions", fastgpt, methods=["POST"]),
         Route("/sim/llm", control, methods=["POST"]),
         Route("/sim/llm", last_requests, methods=["GET"]),
+        Route("/sim/llm/first-tokens", first_tokens, methods=["GET"]),
     ]

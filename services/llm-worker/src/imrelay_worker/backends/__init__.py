@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import httpx
@@ -18,25 +18,49 @@ class ChatMessage:
     content: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChatRequest:
     messages: list[ChatMessage]
     user: str  # a stable end-user id (platform:bot:sender)
-    conversation: str  # a stable conversation id (platform:bot:chat)
+    conversation: str  # a stable conversation id (platform:bot:chat[:user])
+    # per-conversation backend state kept in memory between turns (e.g. Dify's conversation_id);
+    # a backend may update it, and the worker stores it once the answer is complete
+    session: dict[str, str] = field(default_factory=dict)
+    model: str | None = None  # per-bot overrides of the backend's settings
+    temperature: float | None = None
+
+    @property
+    def last_user_text(self) -> str:
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    """The backend replaced the whole answer so far (Dify ``message_replace``, e.g. moderation)."""
+
+    text: str
+
+
+Piece = str | Replace
 
 
 class Backend(Protocol):
     name: str
+    keeps_history: bool  # the backend remembers the conversation itself: send only the new message
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[str]: ...
+    def stream(self, request: ChatRequest) -> AsyncIterator[Piece]: ...
 
 
 def build_backend(name: str, cfg: BackendConfig, client: httpx.AsyncClient) -> Backend:
+    from .dify import DifyBackend
     from .echo import EchoBackend
+    from .fastgpt import FastGPTBackend
     from .openai import OpenAIBackend
 
     if cfg.kind is BackendKind.ECHO:
         return EchoBackend(name)
     if cfg.kind is BackendKind.OPENAI:
         return OpenAIBackend(name, cfg, client)
-    raise ValueError(f"backend kind {cfg.kind.value!r} is not supported by this worker yet")
+    if cfg.kind is BackendKind.DIFY:
+        return DifyBackend(name, cfg, client)
+    return FastGPTBackend(name, cfg, client)

@@ -6,16 +6,17 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from . import ChatRequest
+from . import ChatRequest, Piece
 
 _PIECES = re.compile(r"\S+\s*|\s+")
 
 
 class EchoBackend:
+    keeps_history = False
+
     def __init__(self, name: str = "echo") -> None:
         self.name = name
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str]:
-        last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
-        for piece in _PIECES.findall(last_user):
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Piece]:
+        for piece in _PIECES.findall(request.last_user_text):
             yield piece

@@ -1,0 +1,62 @@
+"""FastGPT apps (``POST {base_url}/v1/chat/completions``, the app's own API key).
+
+With ``chatId`` set, FastGPT loads the conversation's history itself and reads only the last message, so
+imrelay sends just the new question with a ``chatId`` bound to the conversation (≤ 250 characters). With
+``detail: false`` the stream is OpenAI-style ``data:`` chunks ending in ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from imrelay.config import BackendConfig
+from imrelay.errors import BackendError
+
+from ..sse import stream_events
+from . import ChatRequest, Piece
+from .openai import delta_of
+
+
+def chat_id(conversation: str) -> str:
+    """A stable chatId of at most 250 characters for an imrelay conversation."""
+    if len(conversation) <= 200:
+        return conversation
+    return conversation[:150] + ":" + hashlib.sha256(conversation.encode()).hexdigest()[:32]
+
+
+def request_body(request: ChatRequest) -> dict[str, Any]:
+    return {"chatId": chat_id(request.conversation), "stream": True, "detail": False,
+            "variables": {"user": request.user},
+            "messages": [{"role": "user", "content": request.last_user_text}]}
+
+
+class FastGPTBackend:
+    keeps_history = True
+
+    def __init__(self, name: str, cfg: BackendConfig, client: httpx.AsyncClient) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.client = client
+        self.url = f"{(cfg.base_url or '').rstrip('/')}/v1/chat/completions"
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Piece]:
+        headers = {"Content-Type": "application/json"}
+        if self.cfg.api_key is not None:
+            headers["Authorization"] = f"Bearer {self.cfg.api_key.get_secret_value()}"
+        async for event in stream_events(self.client, self.name, self.url, body=request_body(request),
+                                         headers=headers, request_timeout=self.cfg.timeout_seconds,
+                                         idle_timeout=self.cfg.idle_timeout_seconds):
+            if event.event == "error":
+                raise BackendError(self.name, f"error event: {event.data[:300]}")
+            if event.data.strip() == "[DONE]":
+                return
+            if event.event not in ("", "message", "answer", "fastAnswer") or not event.data:
+                continue  # flowNodeStatus and the like
+            piece = delta_of(event.data)
+            if piece:
+                yield piece
+        raise BackendError(self.name, "stream ended without [DONE]", retryable=True)

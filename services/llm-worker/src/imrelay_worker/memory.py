@@ -1,0 +1,111 @@
+"""Conversation memory in the ``imrelay_memory`` KV bucket, so any worker replica continues any
+conversation.
+
+A conversation is a chat (and, in groups, one member's thread with the bot unless configured otherwise).
+Its record holds the last turns — trimmed to ``max_turns`` and ``max_chars``, oldest first out — and the
+backend's session (e.g. Dify's ``conversation_id``). The bucket's TTL forgets idle conversations. A turn is
+written only once its answer is complete, with compare-and-set so concurrent answers do not lose turns.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from imrelay.config import MemoryConfig
+from imrelay.events import ChatType, InboundMessage
+from imrelay.subjects import kv_key
+
+from .backends import ChatMessage
+
+__all__ = ["Conversation", "MemoryStore", "Turn", "conversation_key", "trim"]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    user: str
+    assistant: str
+
+
+@dataclass(slots=True)
+class Conversation:
+    turns: list[Turn] = field(default_factory=list)
+    session: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"turns": [[t.user, t.assistant] for t in self.turns],
+                           "session": self.session}, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | None) -> Conversation:
+        try:
+            d = json.loads(data or b"{}")
+            return cls(turns=[Turn(str(u), str(a)) for u, a in d.get("turns", [])],
+                       session={str(k): str(v) for k, v in (d.get("session") or {}).items()})
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+    def messages(self) -> list[ChatMessage]:
+        out: list[ChatMessage] = []
+        for t in self.turns:
+            out += [ChatMessage("user", t.user), ChatMessage("assistant", t.assistant)]
+        return out
+
+
+def trim(turns: list[Turn], max_turns: int, max_chars: int) -> list[Turn]:
+    """The most recent turns within both limits (at least the newest one, whatever its size)."""
+    kept: list[Turn] = []
+    size = 0
+    for turn in reversed(turns[-max_turns:]):
+        size += len(turn.user) + len(turn.assistant)
+        if kept and size > max_chars:
+            break
+        kept.append(turn)
+    return list(reversed(kept))
+
+
+def conversation_key(msg: InboundMessage, per_user_in_groups: bool) -> str:
+    parts = [msg.platform.value, msg.bot_id, msg.chat.id]
+    if msg.chat.type is ChatType.GROUP and per_user_in_groups:
+        parts.append(msg.sender.id)
+    return kv_key("conv", *parts)
+
+
+class MemoryStore:
+    def __init__(self, kv: KeyValue, cfg: MemoryConfig) -> None:
+        self.kv = kv
+        self.cfg = cfg
+
+    async def load(self, key: str) -> Conversation:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return Conversation()
+        return Conversation.from_json(entry.value)
+
+    async def remember(self, key: str, turn: Turn, session: dict[str, str]) -> None:
+        for _ in range(10):
+            try:
+                entry = await self.kv.get(key)
+                conv, revision = Conversation.from_json(entry.value), entry.revision
+            except KeyNotFoundError:
+                conv, revision = Conversation(), None
+            conv.turns = trim([*conv.turns, turn], self.cfg.max_turns, self.cfg.max_chars)
+            conv.session.update(session)
+            try:
+                if revision is None:
+                    await self.kv.create(key, conv.to_json())
+                else:
+                    await self.kv.update(key, conv.to_json(), last=revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue  # another answer in this conversation was stored meanwhile
+
+    async def forget(self, key: str) -> None:
+        try:
+            await self.kv.delete(key)
+        except KeyNotFoundError:
+            pass
