@@ -54,7 +54,7 @@ def sse_handler(name: str, size: int, seen: list[httpx.Request] | None = None,
 
 
 async def collect(b: OpenAIBackend) -> str:
-    return "".join([p async for p in b.stream(REQUEST)])
+    return "".join([p async for p in b.stream(REQUEST) if isinstance(p, str)])
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 64, 100000])
@@ -110,6 +110,7 @@ async def test_stalled_stream_hits_the_idle_timeout() -> None:
     got: list[str] = []
     with pytest.raises(BackendError, match="idle timeout") as err:
         async for piece in backend(handler, idle_timeout_seconds=0.2).stream(REQUEST):
+            assert isinstance(piece, str)
             got.append(piece)
     assert got == ["a"] and err.value.retryable
 
