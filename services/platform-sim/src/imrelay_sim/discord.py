@@ -60,9 +60,12 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         for m in state.messages:  # an edit replaces what the user sees
             if m.get("platform") == "discord" and m.get("token") == token and m.get("kind") == "original":
                 m["content"], m["edits"] = body.get("content", ""), m["edits"] + 1
+                m["history"].append([clock(), m["content"]])
                 return JSONResponse({"id": m["id"], "content": m["content"]})
+        content = body.get("content", "")
         state.record({"platform": "discord", "bot": bot, "token": token, "kind": "original", "edits": 1,
-                      "id": f"dm{state.seq + 1}", "content": body.get("content", "")}, clock())
+                      "id": f"dm{state.seq + 1}", "content": content, "history": [[clock(), content]]},
+                     clock())
         return JSONResponse({"id": f"dm{state.seq}", "content": body.get("content", "")})
 
     async def followup(request: Request) -> Response:

@@ -7,7 +7,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -59,6 +59,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
                                             bot.platform.value)
     tokens: dict[str, tuple[str, float]] = {}
     uuids: dict[str, float] = {}
+    cards: dict[str, dict[str, Any]] = {}  # card_id -> content, sequence, streaming, history
 
     def fail(code: int, msg: str, status: int = 400) -> JSONResponse:
         return JSONResponse({"code": code, "msg": msg}, status_code=status)
@@ -74,12 +75,60 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         return JSONResponse({"code": 0, "msg": "ok", "tenant_access_token": tok,
                              "expire": int(state.token_lifetime)})
 
+    def authorized(request: Request) -> tuple[str, float] | None:
+        info = tokens.get(request.headers.get("authorization", "").removeprefix("Bearer "))
+        return info if info is not None and info[1] > clock() else None
+
+    async def create_card(request: Request) -> Response:
+        if authorized(request) is None:
+            return fail(99991663, "Invalid access token for authorization", 400)
+        body = json.loads(await request.body() or b"{}")
+        card = json.loads(body.get("data") or "{}")
+        card_id = f"card_{secrets.token_hex(8)}"
+        cards[card_id] = {"content": "", "sequence": 0, "history": [],
+                          "streaming": bool(card.get("config", {}).get("streaming_mode"))}
+        return JSONResponse({"code": 0, "msg": "success", "data": {"card_id": card_id}})
+
+    async def card_content(request: Request) -> Response:
+        state.stats["feishu_card_update"] += 1
+        if authorized(request) is None:
+            return fail(99991663, "Invalid access token for authorization", 400)
+        card = cards.get(request.path_params["card_id"])
+        if card is None:
+            return fail(300309, "card not found")
+        body = json.loads(await request.body() or b"{}")
+        if int(body.get("sequence", 0)) <= card["sequence"]:
+            return fail(300317, "sequence number compare failed")
+        card["sequence"], card["content"] = int(body["sequence"]), str(body.get("content", ""))
+        card["history"].append([clock(), card["content"]])
+        for m in state.messages:  # the card message shows the new content
+            if m.get("card_id") == request.path_params["card_id"]:
+                m["content"], m["updates"] = card["content"], m["updates"] + 1
+                m["history"].append([clock(), card["content"]])
+        return JSONResponse({"code": 0, "msg": "success"})
+
+    async def card_settings(request: Request) -> Response:
+        if authorized(request) is None:
+            return fail(99991663, "Invalid access token for authorization", 400)
+        card = cards.get(request.path_params["card_id"])
+        if card is None:
+            return fail(300309, "card not found")
+        body = json.loads(await request.body() or b"{}")
+        if int(body.get("sequence", 0)) <= card["sequence"]:
+            return fail(300317, "sequence number compare failed")
+        card["sequence"] = int(body["sequence"])
+        settings = json.loads(body.get("settings") or "{}")
+        card["streaming"] = bool(settings.get("config", {}).get("streaming_mode", card["streaming"]))
+        for m in state.messages:
+            if m.get("card_id") == request.path_params["card_id"]:
+                m["streaming"] = card["streaming"]
+        return JSONResponse({"code": 0, "msg": "success"})
+
     async def reply(request: Request) -> Response:
         state.stats["feishu_reply"] += 1
         raw = await request.body()
-        auth = request.headers.get("authorization", "").removeprefix("Bearer ")
-        info = tokens.get(auth)
-        if info is None or info[1] <= clock():
+        info = authorized(request)
+        if info is None:
             return fail(99991663, "Invalid access token for authorization", 400)
         if state.fail_next:
             code = state.fail_next.pop(0)
@@ -92,16 +141,31 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
             return JSONResponse({"code": 0, "msg": "success", "data": {"message_id": "om_dup"}})
         uuids[uuid] = clock()
         content = json.loads(body.get("content") or "{}")
-        text = content.get("text") if body.get("msg_type") == "text" else \
-            (content.get("elements") or [{}])[0].get("content", "")
         _, bot, platform = apps[info[0]]
-        state.record({"platform": platform, "bot": bot, "reply_to": request.path_params["message_id"],
-                      "msgtype": body.get("msg_type"), "content": text}, clock())
+        entry: dict[str, Any] = {"platform": platform, "bot": bot,
+                                 "reply_to": request.path_params["message_id"],
+                                 "msgtype": body.get("msg_type")}
+        if content.get("type") == "card":  # a CardKit card, shown as it is updated
+            card_id = str(content.get("data", {}).get("card_id", ""))
+            card = cards.get(card_id)
+            if card is None:
+                return fail(300309, "card not found")
+            entry.update(card_id=card_id, content=card["content"], updates=0, streaming=card["streaming"],
+                         history=[])
+        elif body.get("msg_type") == "text":
+            entry["content"] = content.get("text")
+        else:
+            entry["content"] = (content.get("elements") or [{}])[0].get("content", "")
+        state.record(entry, clock())
         return JSONResponse({"code": 0, "msg": "success", "data": {"message_id": f"om_{state.seq}"}})
 
     return [
         Route("/open-apis/auth/v3/tenant_access_token/internal", token, methods=["POST"]),
         Route("/open-apis/im/v1/messages/{message_id}/reply", reply, methods=["POST"]),
+        Route("/open-apis/cardkit/v1/cards", create_card, methods=["POST"]),
+        Route("/open-apis/cardkit/v1/cards/{card_id}/elements/{element_id}/content", card_content,
+              methods=["PUT"]),
+        Route("/open-apis/cardkit/v1/cards/{card_id}/settings", card_settings, methods=["PATCH"]),
     ]
 
 

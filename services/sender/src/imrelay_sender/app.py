@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,7 +33,7 @@ from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT
 
 from .backoff import backoff_delay
 from .claims import Claim, DeliveryBusy, DeliveryClaims
-from .platforms import Delivery, delivery_for
+from .platforms import Delivery, StreamingDelivery, delivery_for
 from .ratelimit import Limit, RateLimiter
 from .tokens import TokenCache
 
@@ -46,6 +47,7 @@ class Sender:
     claims: DeliveryClaims
     limiter: RateLimiter
     deliveries: dict[str, Delivery] = field(default_factory=dict)
+    _last_update: dict[str, float] = field(default_factory=dict)
 
     async def dead_letter(self, msg: NatsMessage, platform: str, bot: str, reason: str,
                           code: str | int | None, msg_id: str) -> None:
@@ -76,11 +78,15 @@ class Sender:
             await msg.ack()
             return
         if not chunk.final:
-            await msg.ack()  # this platform cannot edit messages: the final chunk carries the text
+            if isinstance(delivery, StreamingDelivery) and chunk.text:
+                await self._stream(delivery, chunk, chunk.text)
+            # platforms that cannot edit a message wait for the final chunk, which carries the text
+            await msg.ack()
             return
+        streamed = self._last_update.pop(chunk.reply_id, None) is not None
         try:
             async with in_progress(msg, self.settings.sender.ack_wait_seconds):
-                await self.deliver(delivery, chunk)
+                await self.deliver(delivery, chunk, first_reply_shown=streamed)
         except PermanentUpstreamError as exc:
             DELIVERIES.labels(platform=chunk.platform.value, bot=chunk.bot_id, outcome="failed").inc()
             await self.dead_letter(msg, chunk.platform.value, chunk.bot_id, exc.message or str(exc),
@@ -110,7 +116,26 @@ class Sender:
         else:
             await msg.ack()
 
-    async def deliver(self, delivery: Delivery, chunk: ReplyChunk) -> None:
+    async def _stream(self, delivery: StreamingDelivery, chunk: ReplyChunk, text: str) -> None:
+        """Show the answer so far, at most once per ``update_interval``; a failed update is skipped (the
+        next one, or the final chunk, shows the text)."""
+        now = time.monotonic()
+        previous = self._last_update.get(chunk.reply_id)
+        if previous is not None and now - previous < delivery.update_interval:
+            return
+        self._last_update[chunk.reply_id] = now
+        labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
+        try:
+            await delivery.update(chunk, text)
+            DELIVERIES.labels(outcome="update", **labels).inc()
+            if previous is None and chunk.received_at is not None:  # the user's first sight of it
+                FIRST_REPLY.labels(**labels).observe(
+                    (datetime.now(UTC) - chunk.received_at).total_seconds())
+        except Exception as exc:  # a missed update is made good by the next one
+            DELIVERIES.labels(outcome="update_failed", **labels).inc()
+            log.info("reply %s: update skipped (%s)", chunk.reply_id, type(exc).__name__)
+
+    async def deliver(self, delivery: Delivery, chunk: ReplyChunk, first_reply_shown: bool = False) -> None:
         labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
         for index, part in enumerate(delivery.render(chunk)):
             record = kv_key("reply", chunk.reply_id, str(index))
@@ -127,7 +152,7 @@ class Sender:
                 raise
             await self.claims.done(record, claim)
             DELIVERIES.labels(outcome="ok", **labels).inc()
-            if index == 0 and chunk.received_at is not None:
+            if index == 0 and chunk.received_at is not None and not first_reply_shown:
                 FIRST_REPLY.labels(**labels).observe(
                     (datetime.now(UTC) - chunk.received_at).total_seconds())
 
@@ -176,7 +201,7 @@ def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient
     limiter = RateLimiter(buckets.ratelimits, margin=cfg.rate_limit_margin_seconds)
     sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter)
     for bot in settings.bots:
-        sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg)
+        sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg, buckets.deliveries)
     # One consumer a partition, one message in flight each across all replicas: a conversation's replies
     # are delivered in order; conversations in different partitions go in parallel.
     for k in range(settings.nats.out_partitions):

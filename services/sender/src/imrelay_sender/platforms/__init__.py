@@ -6,9 +6,10 @@ A delivery raises the :mod:`imrelay.errors` upstream tree: ``TransientUpstreamEr
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import httpx
+from nats.js.kv import KeyValue
 
 from imrelay.config import BotConfig, Platform, SenderConfig, Settings
 from imrelay.events import ReplyChunk
@@ -31,8 +32,19 @@ class Delivery(Protocol):
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None: ...
 
 
+@runtime_checkable
+class StreamingDelivery(Delivery, Protocol):
+    """A platform that can show an answer while it grows (editing a message or a card)."""
+
+    update_interval: float  # seconds between two updates of one answer (the platform's edit limit)
+
+    async def update(self, chunk: ReplyChunk, text: str) -> None:
+        """Show ``text``, the answer so far. Best effort: the final chunk always shows the whole answer."""
+        ...
+
+
 def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
-                 tokens: TokenCache, cfg: SenderConfig) -> Delivery:
+                 tokens: TokenCache, cfg: SenderConfig, streams: KeyValue) -> Delivery:
     from .dingtalk import DingTalkDelivery
     from .discord import DiscordDelivery
     from .feishu import FeishuDelivery
@@ -46,7 +58,7 @@ def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
     if bot.platform is Platform.WECOM_GROUP_ROBOT:
         return WeComGroupRobotDelivery.from_bot(bot, api, client, cfg)
     if bot.platform in (Platform.FEISHU, Platform.LARK):
-        return FeishuDelivery.from_bot(bot, api, client, tokens, cfg)
+        return FeishuDelivery.from_bot(bot, api, client, tokens, cfg, streams)
     if bot.platform is Platform.DINGTALK:
         return DingTalkDelivery.from_bot(bot, api, client, tokens, cfg)
     if bot.platform is Platform.QQ:

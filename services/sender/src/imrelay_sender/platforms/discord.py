@@ -20,6 +20,7 @@ from .http import call, json_or_none, retry_after, window_closed
 
 PLATFORM = "discord"
 CHAR_LIMIT = 2000
+CURSOR = " ▌"  # shown while the answer is still being written
 TOKEN_LIFETIME_SECONDS = 15 * 60
 
 
@@ -45,6 +46,7 @@ class DiscordDelivery:
     client: httpx.AsyncClient
     timeout: float
     platform: str = PLATFORM
+    update_interval: float = 1.0  # Discord allows about one edit a second
 
     @classmethod
     def from_bot(cls, bot: BotConfig, api_base: str, client: httpx.AsyncClient,
@@ -60,7 +62,7 @@ class DiscordDelivery:
     def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
         return []  # Discord announces its per-route limits in answers; 429s are waited out
 
-    async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
+    def _base(self, chunk: ReplyChunk) -> str:
         app = chunk.reply_handle.get("application_id") or self.application_id
         token = chunk.reply_handle.get("interaction_token")
         if not token:
@@ -68,7 +70,19 @@ class DiscordDelivery:
         if window_closed(chunk, TOKEN_LIFETIME_SECONDS):
             raise PermanentUpstreamError(PLATFORM, "token_expired",
                                          "the interaction token has expired (15 minutes)")
-        base = f"{self.api_base}/api/v10/webhooks/{app}/{token}"
+        return f"{self.api_base}/api/v10/webhooks/{app}/{token}"
+
+    async def update(self, chunk: ReplyChunk, text: str) -> None:
+        shown = text + CURSOR
+        if len(shown) > CHAR_LIMIT:
+            return  # past one message: the final answer adds the follow-ups
+        resp = await call(self.client, "PATCH", f"{self._base(chunk)}/messages/@original",
+                          platform=PLATFORM, bot=self.bot_id, http_timeout=self.timeout,
+                          json={"content": shown, "allowed_mentions": {"parse": []}})
+        check(json_or_none(resp), resp.status_code, retry_after(resp))
+
+    async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
+        base = self._base(chunk)
         body = {"content": part, "allowed_mentions": {"parse": []}}
         if index == 0:
             resp = await call(self.client, "PATCH", f"{base}/messages/@original", platform=PLATFORM,

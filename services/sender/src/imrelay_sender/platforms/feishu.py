@@ -1,9 +1,15 @@
 """Feishu / Lark delivery: ``tenant_access_token`` (cached cluster-wide, renewed ahead of expiry — Feishu
 issues a new token when less than 30 minutes remain) and the message reply API.
 
-Text answers are replied as ``text`` messages, markdown answers as an interactive card with a markdown
-element. Every reply carries a ``uuid`` made from the reply id and part, which Feishu uses to drop a
-repeated send, so a reply re-posted after a crash still shows once.
+Streaming (CardKit, card JSON 2.0): the first delta creates a card in streaming mode with one markdown
+element and replies with it; later deltas replace the element's content with the answer so far (Feishu
+animates the new part), strictly increasing ``sequence`` numbers, at most ~3 updates a second (the limit is
+10 per card); the final sets the whole answer and turns streaming mode off. The card id is kept in the
+deliveries KV bucket so any sender replica can continue the answer.
+
+An answer with no deltas is replied as a ``text`` message (markdown answers as an interactive card). Every
+reply carries a ``uuid`` made from the reply id and part, which Feishu uses to drop a repeated send, so a
+reply re-posted after a crash still shows once.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from imrelay.config import BotConfig, FeishuBot, SenderConfig
 from imrelay.errors import (
@@ -64,6 +72,17 @@ def reply_body(part: str, fmt: ReplyFormat, uuid: str) -> dict[str, Any]:
     return {"msg_type": "text", "content": json.dumps({"text": part}, ensure_ascii=False), "uuid": uuid}
 
 
+ELEMENT = "answer"
+
+
+def streaming_card(summary: str) -> dict[str, Any]:
+    return {"schema": "2.0",
+            "config": {"streaming_mode": True, "summary": {"content": summary},
+                       "streaming_config": {"print_frequency_ms": {"default": 50},
+                                            "print_step": {"default": 2}}},
+            "body": {"elements": [{"tag": "markdown", "content": "", "element_id": ELEMENT}]}}
+
+
 @dataclass
 class FeishuDelivery:
     bot_id: str
@@ -74,16 +93,18 @@ class FeishuDelivery:
     client: httpx.AsyncClient
     tokens: TokenCache
     timeout: float
+    streams: KeyValue | None = None
     rate_limit_backoff: float = 60.0
+    update_interval: float = 0.3
 
     @classmethod
     def from_bot(cls, bot: BotConfig, api_base: str, client: httpx.AsyncClient, tokens: TokenCache,
-                 cfg: SenderConfig) -> FeishuDelivery:
+                 cfg: SenderConfig, streams: KeyValue | None = None) -> FeishuDelivery:
         assert isinstance(bot, FeishuBot)
         c = bot.credentials
         return cls(bot_id=bot.id, platform=bot.platform.value, app_id=c.app_id,
                    app_secret=c.app_secret.get_secret_value(), api_base=api_base, client=client,
-                   tokens=tokens, timeout=cfg.http_timeout_seconds,
+                   tokens=tokens, timeout=cfg.http_timeout_seconds, streams=streams,
                    rate_limit_backoff=cfg.rate_limit_backoff_seconds)
 
     def __repr__(self) -> str:
@@ -118,26 +139,72 @@ class FeishuDelivery:
         TOKEN_REFRESHES.labels(platform=self.platform, bot=self.bot_id, outcome="ok").inc()
         return token, expires
 
-    async def _reply(self, token: str, message_id: str, body: dict[str, Any]) -> None:
-        resp = await call(self.client, "POST",
-                          f"{self.api_base}/open-apis/im/v1/messages/{message_id}/reply",
-                          platform=self.platform, bot=self.bot_id, http_timeout=self.timeout,
-                          json=body, headers={"Authorization": f"Bearer {token}"})
-        check(self.platform, json_or_none(resp), resp.status_code,
-              retry_after(resp, "x-ogw-ratelimit-reset"), self.rate_limit_backoff)
+    async def _api(self, method: str, path: str, body: dict[str, Any]) -> Any:
+        """One authorized Feishu API call (refreshing the token once if Feishu says it is invalid)."""
+        for attempt in (1, 2):
+            token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=True)
+            resp = await call(self.client, method, f"{self.api_base}{path}", platform=self.platform,
+                              bot=self.bot_id, http_timeout=self.timeout, json=body,
+                              headers={"Authorization": f"Bearer {token}"})
+            payload = json_or_none(resp)
+            try:
+                check(self.platform, payload, resp.status_code,
+                      retry_after(resp, "x-ogw-ratelimit-reset"), self.rate_limit_backoff)
+                return payload
+            except TokenExpiredError:
+                if attempt == 2:
+                    raise
+                await self.tokens.invalidate(self.token_key, token)
+        raise AssertionError("unreachable")
+
+    async def _stream_state(self, chunk: ReplyChunk) -> tuple[dict[str, Any], int | None]:
+        assert self.streams is not None
+        try:
+            entry = await self.streams.get(kv_key("stream", chunk.reply_id))
+            return json.loads(entry.value or b"{}"), entry.revision
+        except KeyNotFoundError:
+            return {}, None
+
+    async def update(self, chunk: ReplyChunk, text: str) -> None:
+        message_id = chunk.reply_handle.get("message_id")
+        if self.streams is None or not message_id or len(text.encode()) > TEXT_LIMIT_BYTES:
+            return
+        key = kv_key("stream", chunk.reply_id)
+        state, revision = await self._stream_state(chunk)
+        if not state.get("card_id"):
+            created = await self._api("POST", "/open-apis/cardkit/v1/cards", {
+                "type": "card_json", "data": json.dumps(streaming_card(text[:40]), ensure_ascii=False)})
+            state = {"card_id": created["data"]["card_id"], "replied": False}
+            # remember the card before showing it: a crash now leaves an unseen card, never a lost one
+            await self.streams.put(key, json.dumps(state).encode())
+        if not state.get("replied"):
+            content = json.dumps({"type": "card", "data": {"card_id": state["card_id"]}})
+            await self._api("POST", f"/open-apis/im/v1/messages/{message_id}/reply",
+                            {"msg_type": "interactive", "content": content,
+                             "uuid": f"{chunk.reply_id}-card"[:50]})
+            state["replied"] = True
+            await self.streams.put(key, json.dumps(state).encode())
+        await self._api("PUT", f"/open-apis/cardkit/v1/cards/{state['card_id']}/elements/{ELEMENT}/content",
+                        {"content": text, "sequence": chunk.seq + 1})
+
+    async def _finish_card(self, chunk: ReplyChunk, card_id: str, text: str) -> None:
+        base = f"/open-apis/cardkit/v1/cards/{card_id}"
+        await self._api("PUT", f"{base}/elements/{ELEMENT}/content",
+                        {"content": text, "sequence": chunk.seq + 1})
+        await self._api("PATCH", f"{base}/settings", {
+            "settings": json.dumps({"config": {"streaming_mode": False}}), "sequence": chunk.seq + 2})
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
         message_id = chunk.reply_handle.get("message_id")
         if not message_id:
             raise PermanentUpstreamError(self.platform, "no_message", "reply handle lacks message_id")
+        if index == 0 and self.streams is not None:
+            state, _ = await self._stream_state(chunk)
+            if state.get("card_id") and state.get("replied"):
+                await self._finish_card(chunk, str(state["card_id"]), part)
+                return
         # one uuid per reply part: Feishu drops a repeated send with the same uuid
         body = reply_body(part, chunk.format, f"{chunk.reply_id}-{index}"[:50])
         if chunk.chat.type is ChatType.GROUP and index == 0:
             body["reply_in_thread"] = False
-        token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=True)
-        try:
-            await self._reply(token, message_id, body)
-        except TokenExpiredError:
-            await self.tokens.invalidate(self.token_key, token)
-            token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=True)
-            await self._reply(token, message_id, body)
+        await self._api("POST", f"/open-apis/im/v1/messages/{message_id}/reply", body)
