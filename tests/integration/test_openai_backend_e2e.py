@@ -26,6 +26,10 @@ def llm_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactor
         "kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "${SIM_OPENAI_KEY:-sk-sim}",
         "model": "sim-model", "system_prompt": "You are the HR helper.", "idle_timeout_seconds": 2,
         "error_message": "Sorry, the assistant is unavailable right now."}}
+    slow = dict(s.config["bots"][0], id="slowpoke", thinking_message="Thinking…",
+                thinking_after_seconds=0.5)
+    slow["credentials"] = dict(slow["credentials"], agent_id="1000009", secret="slow-secret")
+    s.config["bots"].append(slow)
     s.config["worker"]["answer_timeout_seconds"] = 20
     s.config["worker"]["ack_wait_seconds"] = 2  # answers below take longer than this
     s.rewrite_config()
@@ -100,3 +104,15 @@ def test_sigterm_lets_the_worker_finish_its_answer(llm_stack: Stack) -> None:
         httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"token_delay": 0}).raise_for_status()
         if worker.proc is None:
             worker.start()
+
+
+def test_slow_first_words_are_preceded_by_a_placeholder(llm_stack: Stack) -> None:
+    httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"token_delay": 1.5}).raise_for_status()
+    try:
+        who = f"u{secrets.token_hex(4)}"
+        send(llm_stack, "take your time", who, bot_id="slowpoke")
+        msgs = llm_stack.wait_for(lambda: (m := llm_stack.messages(bot="slowpoke", touser=who))
+                                  and len(m) == 2 and m, timeout=30, what="placeholder + answer")
+        assert [m["content"] for m in msgs] == ["Thinking…", "You said: take your time"]
+    finally:
+        httpx.post(f"{llm_stack.sim_url}/sim/llm", json={"token_delay": 0}).raise_for_status()

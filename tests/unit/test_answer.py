@@ -53,10 +53,19 @@ async def test_deltas_are_numbered_and_final_has_the_whole_text() -> None:
     assert res.outcome == "ok"  # type: ignore[attr-defined]
 
 
-async def test_deltas_are_coalesced() -> None:
+async def test_first_piece_at_once_then_deltas_are_coalesced() -> None:
     chunks, _ = await run(pieces("a", "b", "c", "d"), coalesce_seconds=1e9)
-    assert [c.delta for c in chunks] == ["abcd", ""]
+    assert [c.delta for c in chunks] == ["a", "bcd", ""]
+    assert [c.text for c in chunks] == ["a", "abcd", "abcd"]  # the answer so far, for edits
     assert chunks[-1].full_text == "abcd"
+
+
+async def test_placeholder_when_the_first_words_are_slow() -> None:
+    chunks, _ = await run(pieces("late", delay=0.3), placeholder="thinking…", placeholder_after=0.1)
+    assert chunks[0].placeholder == "thinking…" and chunks[0].msg_id == "m1:placeholder"
+    assert chunks[-1].full_text == "late"
+    quick, _ = await run(pieces("quick"), placeholder="thinking…", placeholder_after=0.5)
+    assert all(c.placeholder is None for c in quick)
 
 
 async def test_backend_error_gives_a_polite_final() -> None:

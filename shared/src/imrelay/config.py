@@ -245,6 +245,10 @@ class _BotBase(_Model):
     model: str | None = None  # overrides the backend's model for this bot
     temperature: float | None = Field(default=None, ge=0, le=2)
     answer_timeout_seconds: float | None = Field(default=None, gt=0)  # overrides worker's
+    # Platforms that cannot edit a message first show this when the answer's first words take longer than
+    # thinking_after_seconds (off when empty).
+    thinking_message: str | None = None
+    thinking_after_seconds: float = Field(default=3.0, gt=0)
 
 
 class WeComAppBot(_BotBase):

@@ -107,8 +107,11 @@ class ReplyChunk(_Event):
     format: ReplyFormat = ReplyFormat.TEXT
     error: str | None = None
     received_at: datetime | None = None
+    placeholder: str | None = None  # "thinking…": the first answer text is slow in coming
 
     @property
     def msg_id(self) -> str:
         """The JetStream dedupe id: one final per reply, one of each delta sequence number."""
+        if self.placeholder is not None:
+            return f"{self.reply_id}:placeholder"
         return f"{self.reply_id}:final" if self.final else f"{self.reply_id}:{self.seq}"

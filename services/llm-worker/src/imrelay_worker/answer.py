@@ -8,6 +8,7 @@ whatever was already streamed) with ``error`` set.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,19 +32,23 @@ class AnswerOutcome:
 
 
 def _chunk(msg: InboundMessage, seq: int, delta: str, *, final: bool = False,
-           full_text: str | None = None, error: str | None = None, text: str | None = None) -> ReplyChunk:
+           full_text: str | None = None, error: str | None = None, text: str | None = None,
+           placeholder: str | None = None) -> ReplyChunk:
     return ReplyChunk(
         reply_id=msg.id, inbound_id=msg.id, platform=msg.platform, bot_id=msg.bot_id,
         chat=msg.chat, recipient=msg.sender, reply_handle=msg.reply_handle, seq=seq,
         delta=delta, text=text if text is not None else full_text, final=final, full_text=full_text,
-        format=ReplyFormat.TEXT, error=error, received_at=msg.received_at,
+        format=ReplyFormat.TEXT, error=error, received_at=msg.received_at, placeholder=placeholder,
     )
 
 
 async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publish: Publish, *,
                          deadline_seconds: float, coalesce_seconds: float = 0.2,
                          error_message: str, timeout_notice: str = "(answer cut short: timed out)",
+                         placeholder: str | None = None, placeholder_after: float = 3.0,
                          clock: Callable[[], float] = time.monotonic) -> AnswerOutcome:
+    """Stream ``stream`` as reply chunks. With ``placeholder``, a chunk carrying it is published when no
+    answer text has come after ``placeholder_after`` seconds (platforms that cannot edit show it first)."""
     started = clock()
     parts: list[str] = []
     pending: list[str] = []
@@ -63,6 +68,12 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
             pending = []
         last_flush = clock()
 
+    async def announce() -> None:
+        await asyncio.sleep(placeholder_after)
+        if first is None and placeholder:
+            await publish(_chunk(msg, 0, "", placeholder=placeholder))
+
+    announcer = asyncio.create_task(announce()) if placeholder else None
     outcome, error = "ok", None
     try:
         async with asyncio.timeout(deadline_seconds):
@@ -73,16 +84,22 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
                     continue
                 if not piece:
                     continue
-                if first is None:
-                    first = clock() - started
                 parts.append(piece)
                 pending.append(piece)
-                if clock() - last_flush >= coalesce_seconds:
+                if first is None:
+                    first = clock() - started
+                    await flush()  # the first words go out at once: they are what the user waits for
+                elif clock() - last_flush >= coalesce_seconds:
                     await flush()
     except TimeoutError:
         outcome, error = "timeout", "answer deadline exceeded"
     except BackendError as exc:
         outcome, error = "error", str(exc)
+    finally:
+        if announcer is not None:
+            announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcer
     await flush()
     text = "".join(parts)
     if outcome == "ok" and not text.strip():

@@ -132,6 +132,8 @@ class Worker:
                 inbound, stream, self.publish_chunk, deadline_seconds=deadline,
                 coalesce_seconds=self.settings.worker.delta_interval_seconds,
                 error_message=cfg.error_message,
+                placeholder=bot.thinking_message if request is not None else None,
+                placeholder_after=bot.thinking_after_seconds,
             )
         if request is None:
             return

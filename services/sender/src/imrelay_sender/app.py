@@ -32,7 +32,7 @@ from imrelay.subjects import kv_key
 from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT
 
 from .backoff import backoff_delay
-from .claims import Claim, DeliveryBusy, DeliveryClaims
+from .claims import Claim, DeliveryBusy, DeliveryClaims, Held
 from .platforms import Delivery, StreamingDelivery, delivery_for
 from .ratelimit import Limit, RateLimiter
 from .tokens import TokenCache
@@ -77,6 +77,11 @@ class Sender:
                                    None, chunk.msg_id)
             await msg.ack()
             return
+        if chunk.placeholder is not None:
+            if not isinstance(delivery, StreamingDelivery):  # those show the answer growing instead
+                await self._placeholder(delivery, chunk, msg)
+            await msg.ack()
+            return
         if not chunk.final:
             if isinstance(delivery, StreamingDelivery) and chunk.text:
                 await self._stream(delivery, chunk, chunk.text)
@@ -115,6 +120,19 @@ class Sender:
                 await msg.nack(delay=delay)
         else:
             await msg.ack()
+
+    async def _placeholder(self, delivery: Delivery, chunk: ReplyChunk, msg: NatsMessage) -> None:
+        """Post the "thinking…" message once; failing to is not worth a retry (the answer follows)."""
+        record = kv_key("reply", chunk.reply_id, "placeholder")
+        claim = await self.claims.claim(record)
+        if not isinstance(claim, Held):
+            return
+        try:
+            await self._within_limits(delivery, chunk)
+            await delivery.send(chunk, chunk.placeholder or "", 0)
+        except Exception as exc:
+            log.info("reply %s: placeholder not shown (%s)", chunk.reply_id, type(exc).__name__)
+        await self.claims.done(record, claim)
 
     async def _stream(self, delivery: StreamingDelivery, chunk: ReplyChunk, text: str) -> None:
         """Show the answer so far, at most once per ``update_interval``; a failed update is skipped (the
