@@ -31,11 +31,12 @@ typecheck: install ## mypy --strict
 
 check: lint typecheck test ## everything CI runs
 
-bench: install ## ingress callbacks/s and ack latency, sender deliveries/s, each beside a baseline (prints figures)
+bench: install ## ingress callbacks/s, sender deliveries/s, streaming latency, each beside a baseline (prints figures)
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
 		|| { echo "make bench needs wrk (Debian package wrk)"; exit 1; }
 	$(UV) run --frozen python bench/ingress_bench.py
 	$(UV) run --frozen python bench/sender_bench.py
+	$(UV) run --frozen python bench/stream_latency_bench.py
 
 clean: ## remove local state (.imrelay: NATS data and the dev config) and caches
 	rm -rf .imrelay .pytest_cache .mypy_cache .ruff_cache
