@@ -130,3 +130,14 @@ async def test_not_an_event_stream() -> None:
 
     with pytest.raises(BackendError, match="event stream"):
         await collect(backend(handler))
+
+
+def test_per_bot_model_and_temperature_override_the_backend() -> None:
+    from imrelay_worker.backends.openai import request_body
+
+    cfg = BackendConfig.model_validate({"kind": "openai", "base_url": "http://x/v1", "model": "base",
+                                        "temperature": 0.7})
+    req = ChatRequest(messages=[ChatMessage("user", "hi")], user="u", conversation="c")
+    assert (request_body(cfg, req)["model"], request_body(cfg, req)["temperature"]) == ("base", 0.7)
+    req.model, req.temperature = "bot-model", 0.0
+    assert (request_body(cfg, req)["model"], request_body(cfg, req)["temperature"]) == ("bot-model", 0.0)
