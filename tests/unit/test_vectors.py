@@ -14,16 +14,16 @@ from imrelay.errors import CallbackError
 from imrelay.wecom_crypto import WeComCrypto
 from imrelay_ingress.app import create_app
 
-from ..helpers import FakePublisher, load_vectors
+from ..helpers import FakePublisher, FakeStreamStore, load_vectors
 
-CASES = load_vectors("wecom_app", "wecom_group_robot")
+CASES = load_vectors("wecom_app", "wecom_group_robot", "wecom_aibot")
 HTTP_CASES = [c for c in CASES if c["kind"] in ("url_verification", "encrypted_callback")]
 REPLY_CASES = [c for c in CASES if c["kind"] == "passive_reply_encryption"]
 BOT_ID = "vector-bot"
 
 
 def test_the_vectors_are_all_here() -> None:
-    assert len(CASES) == 28
+    assert len(CASES) == 43
     assert len(HTTP_CASES) + len(REPLY_CASES) == len(CASES)
 
 
@@ -33,14 +33,14 @@ def _bot(case: dict[str, Any]) -> dict[str, Any]:
         return {"id": BOT_ID, "platform": "wecom_app", "credentials": {
             "corp_id": cred["corp_id"], "agent_id": cred["agent_id"], "secret": "unused",
             "token": cred["token"], "encoding_aes_key": cred["encoding_aes_key"]}}
-    return {"id": BOT_ID, "platform": "wecom_group_robot", "credentials": {
+    return {"id": BOT_ID, "platform": case["platform"], "credentials": {
         "token": cred["token"], "encoding_aes_key": cred["encoding_aes_key"]}}
 
 
 async def _send(case: dict[str, Any]) -> tuple[int, str, FakePublisher]:
     settings = parse_settings({"bots": [_bot(case)]}, {})
     publisher = FakePublisher()
-    app = create_app(settings, publisher, clock=lambda: float(case["now"]))
+    app = create_app(settings, publisher, clock=lambda: float(case["now"]), streams=FakeStreamStore())
     req = case["request"]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
                                  base_url="http://ingress") as client:
@@ -57,7 +57,7 @@ async def test_callback_vector(case: dict[str, Any]) -> None:
         assert status == expected["status"]
         if "response_body" in expected:
             assert body == expected["response_body"]
-        if case["kind"] == "encrypted_callback":
+        if case["kind"] == "encrypted_callback" and case["platform"] != "wecom_aibot":
             assert len(publisher.published) == 1
             msg = publisher.published[0]
             assert msg.platform_message_id == expected["dedupe_key"]
@@ -74,6 +74,19 @@ async def test_callback_vector(case: dict[str, Any]) -> None:
                 assert msg.reply_handle["webhook_url"].startswith("https://")
             if fields.get("MsgType") == "event":
                 assert msg.kind == "event" and msg.event == fields["Event"]
+        elif case["platform"] == "wecom_aibot" and case["kind"] == "encrypted_callback":
+            # a text message is stored and answered with the start of its stream; a refresh poll for a
+            # stream nobody opened is answered "finished" (never an error loop) and stores nothing
+            reply = _aibot_reply(case, body)
+            if expected["fields"]["msgtype"] == "stream":
+                assert publisher.published == [] and reply["stream"]["finish"] is True
+                assert reply["stream"]["id"] == expected["fields"]["stream.id"]
+            else:
+                [msg] = publisher.published
+                assert msg.platform_message_id == expected["dedupe_key"]
+                assert msg.text == "总结一下" and msg.chat.type.value == "group"
+                assert reply == {"msgtype": "stream", "stream": {
+                    "id": msg.reply_handle["stream_id"], "finish": False, "content": ""}}
         else:
             assert publisher.published == []
     else:
@@ -90,6 +103,10 @@ def test_crypto_error_codes(case: dict[str, Any]) -> None:
     q = case["request"]["query"]
     if case["kind"] == "url_verification":
         data = q["echostr"]
+    elif case["platform"] == "wecom_aibot":
+        import json
+
+        data = json.loads(case["request"]["body"])["encrypt"]
     else:
         m = re.search(r"<Encrypt><!\[CDATA\[(.*?)\]\]></Encrypt>", case["request"]["body"], re.S)
         assert m is not None
@@ -100,12 +117,29 @@ def test_crypto_error_codes(case: dict[str, Any]) -> None:
     assert err.value.code in acceptable
 
 
+def _aibot_reply(case: dict[str, Any], body: str) -> dict[str, Any]:
+    import json
+
+    cred = case["credentials"]
+    env = json.loads(body)
+    crypto = WeComCrypto(cred["token"], cred["encoding_aes_key"], "")
+    assert crypto.sign(env["timestamp"], env["nonce"], env["encrypt"]) == env["msgsignature"]
+    reply: dict[str, Any] = json.loads(crypto.decrypt(env["encrypt"]))
+    return reply
+
+
 @pytest.mark.parametrize("case", REPLY_CASES, ids=[c["id"] for c in REPLY_CASES])
 def test_passive_reply_encryption(case: dict[str, Any]) -> None:
+    from imrelay_ingress.platforms.wecom_aibot import envelope
+
     cred, req, expected = case["credentials"], case["request"], case["expected"]
     crypto = WeComCrypto(cred["token"], cred["encoding_aes_key"], cred["receive_id"])
     rnd = req["random16_ascii"].encode("ascii")
     assert crypto.encrypt(req["reply_plaintext"].encode("utf-8"), rnd) == expected["encrypt"]
     assert crypto.sign(req["timestamp"], req["nonce"], expected["encrypt"]) == expected["msgsignature"]
-    assert crypto.encrypted_xml_reply(req["reply_plaintext"], req["timestamp"], req["nonce"],
-                                      rnd) == expected["response_body"]
+    if case["platform"] == "wecom_aibot":  # JSON envelope
+        assert envelope(crypto, req["reply_plaintext"], req["timestamp"], req["nonce"],
+                        rnd).decode() == expected["response_body"]
+    else:
+        assert crypto.encrypted_xml_reply(req["reply_plaintext"], req["timestamp"], req["nonce"],
+                                          rnd) == expected["response_body"]

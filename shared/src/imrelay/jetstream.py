@@ -139,6 +139,13 @@ async def ensure_memory_bucket(js: JetStreamContext, cfg: NatsConfig, ttl: float
     ))
 
 
+async def ensure_streams_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
+    return await _bucket(js, KeyValueConfig(
+        bucket=s.KV_STREAMS, history=1, ttl=3600.0, storage=StorageType.FILE, replicas=cfg.replicas,
+        description="WeCom AI-bot answer streams (content so far, finish)",
+    ))
+
+
 async def streams_present(js: JetStreamContext) -> bool:
     for name in (s.STREAM_IN, s.STREAM_OUT, s.STREAM_DLQ):
         try:

@@ -40,6 +40,7 @@ KV_MEMORY = "imrelay_memory"
 KV_LEASES = "imrelay_leases"
 KV_DELIVERIES = "imrelay_deliveries"
 KV_RATELIMITS = "imrelay_ratelimits"
+KV_STREAMS = "imrelay_streams"
 
 # Headers
 HDR_MSG_ID = "Nats-Msg-Id"

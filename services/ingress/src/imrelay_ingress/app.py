@@ -12,11 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from imrelay.aibot_streams import StreamStore
 from imrelay.config import Settings
 from imrelay.errors import CallbackError, UnknownBotError, VerifyError
 from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
 
-from .platforms import Adapter, CallbackRequest, adapter_for
+from .platforms import Adapter, CallbackRequest, StreamingAdapter, adapter_for
 from .publisher import Publisher, PublishUnavailable
 
 log = logging.getLogger("imrelay.ingress")
@@ -49,9 +50,10 @@ def _outcome_for(exc: CallbackError) -> str:
 
 def create_app(settings: Settings, publisher: Publisher, *,
                clock: Callable[[], float] = time.time,
-               adapters: Mapping[str, Adapter] | None = None) -> Starlette:
+               adapters: Mapping[str, Adapter] | None = None,
+               streams: StreamStore | None = None) -> Starlette:
     """Build the ingress app. ``publisher`` stores messages (JetStream in production, a fake in unit
-    tests); ``clock`` is injectable for timestamp windows."""
+    tests); ``streams`` holds WeCom AI-bot answer streams; ``clock`` is injectable for timestamp windows."""
     table: dict[str, Adapter] = dict(adapters) if adapters is not None else {
         bot.id: adapter_for(bot) for bot in settings.bots
     }
@@ -98,6 +100,16 @@ def create_app(settings: Settings, publisher: Publisher, *,
                             type(exc).__name__)
                 return done(400, "rejected_malformed")
             outcome = "accepted"
+            if result.stream_poll is not None:
+                if streams is None or not isinstance(adapter, StreamingAdapter):
+                    return done(503, "unavailable", headers={"Retry-After": "1"})
+                try:
+                    record = await streams.get(bot_id, result.stream_poll)
+                except Exception as exc:
+                    log.error("stream poll bot=%s: store unavailable (%s)", bot_id, type(exc).__name__)
+                    return done(503, "unavailable", headers={"Retry-After": "1"})
+                return done(200, "stream_poll", adapter.poll_reply(cb, result.stream_poll, record),
+                            "application/json")
             if result.message is not None:
                 span.set_attribute("imrelay.message_id", result.message.id)
                 try:
@@ -111,6 +123,13 @@ def create_app(settings: Settings, publisher: Publisher, *,
                     log.info("duplicate callback bot=%s key=%s", bot_id, result.dedupe_key)
                 else:
                     log.debug("stored message bot=%s id=%s", bot_id, result.message.id)
+                if result.stream_open is not None and streams is not None:
+                    try:
+                        await streams.open(bot_id, result.stream_open)
+                    except Exception as exc:
+                        log.error("stream open bot=%s failed (%s); answering 503", bot_id,
+                                  type(exc).__name__)
+                        return done(503, "unavailable", headers={"Retry-After": "1"})
             span.set_attribute("imrelay.outcome", outcome)
             return done(result.status, outcome, result.body, result.content_type,
                         result.extra_headers or None)

@@ -8,11 +8,13 @@ from typing import Protocol
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from imrelay import subjects
+from imrelay.aibot_streams import KVStreamStore, StreamRecord
 from imrelay.config import NatsConfig
 from imrelay.events import InboundMessage
-from imrelay.jetstream import connect_until_ready, streams_present
+from imrelay.jetstream import connect_until_ready, ensure_streams_bucket, streams_present
 from imrelay.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,27 @@ class Publisher(Protocol):
     async def ready(self) -> bool: ...
 
 
+class LazyStreamStore:
+    """The AI-bot stream store, usable once the publisher has connected (until then: unavailable)."""
+
+    def __init__(self) -> None:
+        self.kv: KeyValue | None = None
+
+    def _store(self) -> KVStreamStore:
+        if self.kv is None:
+            raise PublishUnavailable("not connected to NATS")
+        return KVStreamStore(self.kv)
+
+    async def get(self, bot_id: str, sid: str) -> StreamRecord | None:
+        return await self._store().get(bot_id, sid)
+
+    async def open(self, bot_id: str, sid: str) -> None:
+        await self._store().open(bot_id, sid)
+
+    async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None:
+        await self._store().put(bot_id, sid, content, finish)
+
+
 class JetStreamPublisher:
     """Publishes to ``imrelay.in.<platform>.<bot>`` with ``Nats-Msg-Id`` = bot + dedupe key, so the
     stream's duplicate window (24 h by default) drops platform retries across replicas and restarts."""
@@ -39,13 +62,16 @@ class JetStreamPublisher:
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
         self._connect_task: asyncio.Task[None] | None = None
+        self.streams = LazyStreamStore()
 
     async def start(self) -> None:
         """Connect in the background: until NATS answers, callbacks get 503 and readyz says no."""
         self._connect_task = asyncio.create_task(self._connect_loop())
 
     async def _connect_loop(self) -> None:
-        self.nc, self.js = await connect_until_ready(self.cfg, "imrelay-ingress")
+        nc, js = await connect_until_ready(self.cfg, "imrelay-ingress")
+        self.streams.kv = await ensure_streams_bucket(js, self.cfg)
+        self.nc, self.js = nc, js
         log.info("connected to NATS")
 
     async def close(self) -> None:

@@ -25,6 +25,7 @@ from imrelay.config import (
     FeishuBot,
     QQBot,
     Settings,
+    WeComAIBot,
     WeComAppBot,
     WeComGroupRobotBot,
     load_settings,
@@ -32,7 +33,7 @@ from imrelay.config import (
 from imrelay.errors import ConfigError
 from imrelay.wecom_crypto import WeComCrypto
 
-from . import dingtalk, discord, feishu, qq
+from . import dingtalk, discord, feishu, qq, wecom_aibot
 from .wecom_callbacks import app_text_xml, encrypted_post, robot_text_xml, url_verification
 
 DEFAULT_SIM = "http://127.0.0.1:8090"
@@ -44,7 +45,7 @@ def _crypto(bot: BotConfig) -> WeComCrypto:
         c = bot.credentials
         return WeComCrypto(c.token.get_secret_value(), c.encoding_aes_key.get_secret_value(),
                            c.corp_id)
-    if isinstance(bot, WeComGroupRobotBot):
+    if isinstance(bot, WeComGroupRobotBot | WeComAIBot):
         c2 = bot.credentials
         return WeComCrypto(c2.token.get_secret_value(), c2.encoding_aes_key.get_secret_value(), "")
     raise SystemExit(f"imrelay-sim: platform {bot.platform.value} cannot be simulated yet")
@@ -57,6 +58,8 @@ def build_request(bot: BotConfig, text: str, user: str, msg_id: str, now: float,
     if isinstance(bot, WeComAppBot | WeComGroupRobotBot):
         query, body = build_callback(bot, text, user, msg_id, int(now), sim_url, chat)
         return query, {"Content-Type": "text/xml"}, body
+    if isinstance(bot, WeComAIBot):
+        return wecom_aibot.message_callback(bot, text, user, msg_id, chat, now, sim_url)
     if isinstance(bot, FeishuBot):
         headers, body = feishu.callback(bot, text, user, chat or f"oc_p2p_{user}",
                                         "group" if chat else "p2p", f"ev{msg_id}", f"om_{msg_id}", now)
@@ -135,6 +138,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         print(f"callback {msg_id} -> ingress answered {resp.status_code}", flush=True)
         if resp.status_code != 200:
             return 1
+        if isinstance(bot, WeComAIBot):  # WeCom polls the answer's stream instead of receiving a message
+            return poll_aibot(client, args, bot, resp.content)
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.wait
@@ -153,6 +158,26 @@ def cmd_send(args: argparse.Namespace) -> int:
             print("no answer arrived in time", file=sys.stderr)
             return 1
     return 0
+
+
+def poll_aibot(client: httpx.Client, args: argparse.Namespace, bot: WeComAIBot, first: bytes) -> int:
+    reply = wecom_aibot.read_reply(bot, first)
+    sid = reply["stream"]["id"]
+    deadline = time.monotonic() + (args.wait or 30)
+    shown = ""
+    while time.monotonic() < deadline:
+        query, headers, body = wecom_aibot.refresh_callback(bot, sid, args.user, time.time())
+        resp = client.post(f"{args.ingress}/callback/{bot.id}?{query}", content=body, headers=headers)
+        stream = wecom_aibot.read_reply(bot, resp.content)["stream"]
+        if stream["content"] != shown:
+            shown = stream["content"]
+            print(f"stream {sid[:8]}: {shown}", flush=True)
+        if stream["finish"]:
+            print(f"answer to {args.user}: {shown}", flush=True)
+            return 0
+        time.sleep(0.3)
+    print("the answer did not finish in time", file=sys.stderr)
+    return 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

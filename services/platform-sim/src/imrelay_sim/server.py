@@ -241,6 +241,14 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         })
         return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
+    async def aibot_response(request: Request) -> Response:
+        """The AI bot's response_url: a proactive markdown answer to one message."""
+        body = json.loads(await request.body() or b"{}")
+        state.record({"platform": "wecom_aibot", "via": "response_url",
+                      "chat": request.query_params.get("response_code", ""),
+                      "content": (body.get("markdown") or {}).get("content", "")}, clock())
+        return JSONResponse({"errcode": 0, "errmsg": "ok"})
+
     async def list_messages(request: Request) -> Response:
         q = request.query_params
         out = [m for m in state.messages
@@ -285,6 +293,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         Route("/cgi-bin/gettoken", gettoken, methods=["GET"]),
         Route("/cgi-bin/message/send", message_send, methods=["POST"]),
         Route("/cgi-bin/webhook/send", webhook_send, methods=["POST"]),
+        Route("/cgi-bin/aibot/response", aibot_response, methods=["POST"]),
         Route("/sim/messages", list_messages, methods=["GET"]),
         Route("/sim/messages", clear_messages, methods=["DELETE"]),
         Route("/sim/stats", stats, methods=["GET"]),

@@ -7,8 +7,9 @@ import logging
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+from imrelay.aibot_streams import KVStreamStore
 from imrelay.config import load_settings
-from imrelay.jetstream import connect_until_ready, ensure_buckets
+from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_streams_bucket
 from imrelay.runtime import run_until_stopped, service_main
 
 from .app import build_sender
@@ -22,7 +23,8 @@ async def run() -> None:
     buckets = await ensure_buckets(js, settings.nats)
     client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
     HTTPXClientInstrumentor().instrument_client(client)
-    sender = build_sender(settings, buckets, client)
+    sender = build_sender(settings, buckets, client,
+                          KVStreamStore(await ensure_streams_bucket(js, settings.nats)))
 
     async def start() -> None:
         await sender.broker.start()

@@ -22,6 +22,7 @@ from faststream.nats import NatsBroker, NatsMessage
 from pydantic import ValidationError
 
 from imrelay import subjects
+from imrelay.aibot_streams import StreamStore
 from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
 from imrelay.dlq import dlq_headers
@@ -211,7 +212,8 @@ class Sender:
                 await asyncio.sleep(delay)
 
 
-def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient) -> Sender:
+def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient,
+                 aibot_streams: StreamStore) -> Sender:
     cfg = settings.sender
     broker = make_broker(settings.nats, "sender", graceful_timeout=30.0)
     tokens = TokenCache(buckets.tokens, skew=cfg.token_refresh_skew_seconds)
@@ -219,7 +221,8 @@ def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient
     limiter = RateLimiter(buckets.ratelimits, margin=cfg.rate_limit_margin_seconds)
     sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter)
     for bot in settings.bots:
-        sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg, buckets.deliveries)
+        sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg, buckets.deliveries,
+                                                 aibot_streams)
     # One consumer a partition, one message in flight each across all replicas: a conversation's replies
     # are delivered in order; conversations in different partitions go in parallel.
     for k in range(settings.nats.out_partitions):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
+from imrelay.aibot_streams import StreamRecord
 from imrelay.config import BotConfig, Platform
 from imrelay.errors import ParseError
 from imrelay.events import InboundMessage
@@ -34,6 +35,8 @@ class CallbackResult:
     message: InboundMessage | None = None
     dedupe_key: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+    stream_open: str | None = None  # an AI-bot answer stream to start once the message is stored
+    stream_poll: str | None = None  # an AI-bot poll: answer from the stream store
 
 
 def parse_json(body: bytes) -> dict[str, Any]:
@@ -55,16 +58,22 @@ class Adapter(Protocol):
     def handle(self, request: CallbackRequest) -> CallbackResult: ...
 
 
+@runtime_checkable
+class StreamingAdapter(Adapter, Protocol):
+    def poll_reply(self, request: CallbackRequest, sid: str, record: StreamRecord | None) -> bytes: ...
+
+
 AdapterFactory = Callable[[BotConfig], Adapter]
 
 
 def adapter_for(bot: BotConfig) -> Adapter:
     """The adapter for a bot; raises ValueError for a platform this version cannot receive."""
-    from . import dingtalk, discord, feishu, qq, wecom_app, wecom_group_robot
+    from . import dingtalk, discord, feishu, qq, wecom_aibot, wecom_app, wecom_group_robot
 
     factories: Mapping[Platform, AdapterFactory] = {
         Platform.WECOM_APP: wecom_app.WeComAppAdapter.from_bot,
         Platform.WECOM_GROUP_ROBOT: wecom_group_robot.WeComGroupRobotAdapter.from_bot,
+        Platform.WECOM_AIBOT: wecom_aibot.WeComAIBotAdapter.from_bot,
         Platform.FEISHU: feishu.FeishuAdapter.from_bot,
         Platform.LARK: feishu.FeishuAdapter.from_bot,
         Platform.DINGTALK: dingtalk.DingTalkAdapter.from_bot,

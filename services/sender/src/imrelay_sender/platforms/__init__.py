@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 import httpx
 from nats.js.kv import KeyValue
 
+from imrelay.aibot_streams import StreamStore
 from imrelay.config import BotConfig, Platform, SenderConfig, Settings
 from imrelay.events import ReplyChunk
 
@@ -44,11 +45,13 @@ class StreamingDelivery(Delivery, Protocol):
 
 
 def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
-                 tokens: TokenCache, cfg: SenderConfig, streams: KeyValue) -> Delivery:
+                 tokens: TokenCache, cfg: SenderConfig, streams: KeyValue,
+                 aibot_streams: StreamStore) -> Delivery:
     from .dingtalk import DingTalkDelivery
     from .discord import DiscordDelivery
     from .feishu import FeishuDelivery
     from .qq import QQDelivery
+    from .wecom_aibot import WeComAIBotDelivery
     from .wecom_app import WeComAppDelivery
     from .wecom_group_robot import WeComGroupRobotDelivery
 
@@ -57,6 +60,8 @@ def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
         return WeComAppDelivery.from_bot(bot, api, client, tokens, cfg)
     if bot.platform is Platform.WECOM_GROUP_ROBOT:
         return WeComGroupRobotDelivery.from_bot(bot, api, client, cfg)
+    if bot.platform is Platform.WECOM_AIBOT:
+        return WeComAIBotDelivery.from_bot(bot, aibot_streams, client, cfg)
     if bot.platform in (Platform.FEISHU, Platform.LARK):
         return FeishuDelivery.from_bot(bot, api, client, tokens, cfg, streams)
     if bot.platform is Platform.DINGTALK:

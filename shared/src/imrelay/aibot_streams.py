@@ -1,0 +1,78 @@
+"""WeCom AI-bot answer streams, shared by the ingress and the sender through the ``imrelay_streams`` KV
+bucket.
+
+In callback mode WeCom shows an answer by polling: the ingress's first reply to a message names a stream,
+then WeCom keeps calling back with refresh requests, and whichever ingress replica receives one answers
+with the content accumulated so far — which the sender keeps up to date here — until ``finish``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from .subjects import kv_key
+
+__all__ = ["KVStreamStore", "StreamRecord", "StreamStore", "stream_id"]
+
+CONTENT_LIMIT_BYTES = 20480
+
+
+def stream_id(bot_id: str, msgid: str) -> str:
+    """The stream of a message: the same for every platform retry of it."""
+    return hashlib.sha256(f"{bot_id}\x00{msgid}".encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    content: str
+    finish: bool
+    updated_at: float
+
+
+class StreamStore(Protocol):
+    async def get(self, bot_id: str, sid: str) -> StreamRecord | None: ...
+
+    async def open(self, bot_id: str, sid: str) -> None: ...
+
+    async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None: ...
+
+
+class KVStreamStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @staticmethod
+    def key(bot_id: str, sid: str) -> str:
+        return kv_key("aibot", bot_id, sid)
+
+    async def get(self, bot_id: str, sid: str) -> StreamRecord | None:
+        try:
+            entry = await self.kv.get(self.key(bot_id, sid))
+        except KeyNotFoundError:
+            return None
+        try:
+            d = json.loads(entry.value or b"{}")
+            return StreamRecord(str(d["content"]), bool(d["finish"]), float(d["updated_at"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def open(self, bot_id: str, sid: str) -> None:
+        """Start an empty stream unless it exists (a retried message keeps its stream)."""
+        body = json.dumps({"content": "", "finish": False, "updated_at": time.time()}).encode()
+        try:
+            await self.kv.create(self.key(bot_id, sid), body)
+        except KeyWrongLastSequenceError:
+            pass
+
+    async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None:
+        data = content.encode()[:CONTENT_LIMIT_BYTES].decode("utf-8", errors="ignore")
+        body = json.dumps({"content": data, "finish": finish, "updated_at": time.time()},
+                          ensure_ascii=False).encode()
+        await self.kv.put(self.key(bot_id, sid), body)
