@@ -83,14 +83,16 @@ def test_answered_once_and_a_retry_is_not_answered_again(stack: Stack, bot_id: s
     text = f"question for {bot_id} 你好"
     resp = post(stack, bot_id, text, user, msg_id)
     assert resp.status_code == 200 and resp.json() == ack
-    found = stack.wait_for(lambda: stack.messages(bot=bot_id, **where(msg_id, user)), what="the answer")
+    # streaming platforms show the answer growing: wait for the whole of it
+    found = stack.wait_for(lambda: (m := stack.messages(bot=bot_id, **where(msg_id, user)))
+                           and m[-1]["content"] == text and m, what="the answer")
     assert [m["content"] for m in found] == [text]
     # the platform retries the same event: acked, not answered again
     assert post(stack, bot_id, text, user, msg_id).status_code == 200
     sentinel_user, sentinel_id = f"s{secrets.token_hex(4)}", str(secrets.randbelow(2**40))
     post(stack, bot_id, "sentinel", sentinel_user, sentinel_id)
-    stack.wait_for(lambda: stack.messages(bot=bot_id, **where(sentinel_id, sentinel_user)),
-                   what="the sentinel answer")
+    stack.wait_for(lambda: (m := stack.messages(bot=bot_id, **where(sentinel_id, sentinel_user)))
+                   and m[-1]["content"] == "sentinel", what="the sentinel answer")
     assert len(stack.messages(bot=bot_id, **where(msg_id, user))) == 1
 
 
@@ -104,7 +106,8 @@ def test_dingtalk_group_answer_mentions_the_asker(stack: Stack) -> None:
 def test_feishu_group_mention_is_stripped_for_the_model(stack: Stack) -> None:
     msg_id = str(secrets.randbelow(2**40))
     post(stack, "fs", "what is JetStream?", f"u{secrets.token_hex(4)}", msg_id, chat="oc_group1")
-    [answer] = stack.wait_for(lambda: stack.messages(bot="fs", reply_to=f"om_{msg_id}"), what="answer")
+    [answer] = stack.wait_for(lambda: (m := stack.messages(bot="fs", reply_to=f"om_{msg_id}"))
+                              and not m[0].get("streaming", False) and m, what="the finished answer")
     assert answer["content"] == "what is JetStream?"  # echo of the text without "@_user_1"
 
 
@@ -113,8 +116,8 @@ def test_discord_long_answer_edits_the_original_then_follows_up(stack: Stack) ->
     text = " ".join(["lorem"] * 500)  # 2999 characters: two Discord messages
     post(stack, "dc", text, f"u{secrets.token_hex(4)}", msg_id)
     token = discord_token(msg_id)
-    msgs = stack.wait_for(lambda: (m := stack.messages(token=token)) and len(m) == 2 and m,
-                          what="original + follow-up")
+    msgs = stack.wait_for(lambda: (m := stack.messages(token=token)) and len(m) == 2
+                          and not m[0]["content"].endswith("▌") and m, what="original + follow-up")
     assert [m["kind"] for m in msgs] == ["original", "followup"]
     assert all(len(m["content"]) <= 2000 for m in msgs)
     assert msgs[0]["content"] + msgs[1]["content"] == text

@@ -24,6 +24,9 @@ bots:
     platform: wecom_group_robot
     api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
     credentials: {token: demorobot, encoding_aes_key: GFEDCBA9876543210zyxwvutsrqponmlkjihgfedcba}
+  - id: demo-aibot
+    platform: wecom_aibot
+    credentials: {token: demoaibot, encoding_aes_key: aibotdemo0123456789abcdefghijklmnopqrstuvwx}
   - id: demo-feishu
     platform: feishu
     api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}

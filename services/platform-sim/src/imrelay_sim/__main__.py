@@ -143,15 +143,18 @@ def cmd_send(args: argparse.Namespace) -> int:
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.wait
-        seen, settle_until = before, None
+        shown: dict[int, str] = {}
+        settle_until: float | None = None
         while time.monotonic() < deadline:
-            msgs = client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json()
-            for m in msgs[seen:]:
-                who = m.get("touser") or m.get("chat") or m.get("reply_to") or m.get("token", "")[:12]
-                print(f"answer to {who}: {m['content']}", flush=True)
-                settle_until = time.monotonic() + 1.0  # a long answer arrives in several parts
-            seen = len(msgs)
-            if settle_until is not None and time.monotonic() >= settle_until:
+            msgs = client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json()[before:]
+            for m in msgs:
+                if shown.get(m["seq"]) != m["content"]:  # new, or an edit of a streamed answer
+                    shown[m["seq"]] = m["content"]
+                    who = m.get("touser") or m.get("chat") or m.get("reply_to") or m.get("token", "")[:12]
+                    print(f"answer to {who}: {m['content']}", flush=True)
+                    settle_until = time.monotonic() + 1.0  # more parts or edits may follow
+            still_writing = any(m.get("streaming") or str(m["content"]).endswith("▌") for m in msgs)
+            if settle_until is not None and not still_writing and time.monotonic() >= settle_until:
                 return 0
             time.sleep(0.2)
         if settle_until is None:
