@@ -48,7 +48,8 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
         assert "ingress answered 200" in demo.stdout
         assert "answer to alice: Hello from the WeCom simulator! 你好" in demo.stdout
         # every platform can be tried the same way (make demo BOT=...)
-        for bot in ("demo-robot", "demo-aibot", "demo-feishu", "demo-lark", "demo-dingtalk", "demo-qq", "demo-discord"):
+        for bot in ("demo-robot", "demo-aibot", "demo-feishu", "demo-lark", "demo-dingtalk", "demo-qq",
+                    "demo-discord"):
             tried = subprocess.run(
                 [sys.executable, "-m", "imrelay_sim", "--config", str(config), "send", "--bot", bot,
                  "--text", f"hello {bot}", "--ingress", f"http://127.0.0.1:{ports['ingress']}",
