@@ -133,6 +133,16 @@ class Stack:
         }
         return stack
 
+    def add_service(self, name: str, argv: list[str]) -> Service:
+        """Another imrelay process (e.g. a connector) with its own admin port."""
+        base = self.services["ingress"]
+        self.ports[f"{name}_admin"] = free_port()
+        env = dict(base.env, IMRELAY_ADMIN_PORT=str(self.ports[f"{name}_admin"]))
+        svc = Service(name, argv, env, f"http://127.0.0.1:{self.ports[f'{name}_admin']}/readyz",
+                      self.root / f"{name}.log")
+        self.services[name] = svc
+        return svc
+
     def add_replicas(self, name: str, count: int) -> list[str]:
         """Extra replicas of a service (``sender2``, ``sender3`` ...), each with its own admin port."""
         base = self.services[name]

@@ -141,6 +141,13 @@ class MemoryConfig(_Model):
     per_user_in_groups: bool = True  # in a group, each member has their own conversation with the bot
 
 
+class ConnectorConfig(_Model):
+    lease_ttl_seconds: float = Field(default=10.0, ge=2)  # a dead owner's socket is taken over after this
+    heartbeat_seconds: float = Field(default=30.0, gt=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    ack_timeout_seconds: float = Field(default=5.0, gt=0)
+
+
 class BackendKind(StrEnum):
     ECHO = "echo"
     OPENAI = "openai"
@@ -264,6 +271,14 @@ class WeComGroupRobotBot(_BotBase):
 class WeComAIBot(_BotBase):
     platform: Literal[Platform.WECOM_AIBOT]
     credentials: WeComBotCredentials
+    # long_connection mode: the WebSocket the connector dials (private deployments show their own)
+    ws_url: str = "wss://openws.work.weixin.qq.com"
+
+    @model_validator(mode="after")
+    def _long_connection_credentials(self) -> WeComAIBot:
+        if self.mode == "long_connection" and (not self.credentials.bot_id or not self.credentials.secret):
+            raise ValueError("long_connection mode needs credentials.bot_id and credentials.secret")
+        return self
 
 
 class FeishuBot(_BotBase):
@@ -315,6 +330,7 @@ class Settings(_Model):
     worker: WorkerConfig = WorkerConfig()
     sender: SenderConfig = SenderConfig()
     memory: MemoryConfig = MemoryConfig()
+    connector: ConnectorConfig = ConnectorConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=lambda: {"default": BackendConfig()})
     bots: list[BotConfig] = Field(default_factory=list)
 

@@ -146,6 +146,13 @@ async def ensure_streams_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyVal
     ))
 
 
+async def ensure_leases_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
+    return await _bucket(js, KeyValueConfig(
+        bucket=s.KV_LEASES, history=1, storage=StorageType.FILE, replicas=cfg.replicas,
+        description="connector socket leases: one owner per bot",
+    ))
+
+
 async def streams_present(js: JetStreamContext) -> bool:
     for name in (s.STREAM_IN, s.STREAM_OUT, s.STREAM_DLQ):
         try:

@@ -80,6 +80,14 @@ def sender_consumer(partition: int) -> str:
     return f"{CONSUMER_SENDER}-p{partition}"
 
 
+CONN_PREFIX = "imrelay.conn"
+
+
+def connector_subject(platform: str, bot_id: str) -> str:
+    """Core-NATS request subject the lease-holding connector serves: replies to send on its socket."""
+    return f"{CONN_PREFIX}.{_token(platform)}.{_token(bot_id)}"
+
+
 def dlq_subject(stage: str) -> str:
     return f"{DLQ_PREFIX}.{_token(stage)}"
 

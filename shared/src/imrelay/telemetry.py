@@ -13,6 +13,8 @@ imrelay_rate_limit_wait_seconds          histogram  platform, bot            tim
 imrelay_token_refreshes_total            counter    platform, bot, outcome   token endpoint calls
 imrelay_dlq_total                        counter    platform, bot, stage     dead letters written
 imrelay_first_reply_seconds              histogram  platform, bot            callback -> 1st delivery
+imrelay_connector_lease_held             gauge      platform, bot            1 while this replica owns
+imrelay_connector_events_total           counter    platform, bot, outcome   connect/kicked/lost/...
 =======================================  =========  =======================  ==========================
 
 Outcomes: callbacks ``accepted | duplicate | rejected_signature | rejected_malformed | rejected_oversize |
@@ -34,7 +36,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = [
     "CALLBACKS",
@@ -87,6 +89,14 @@ TOKEN_REFRESHES = Counter(
     "imrelay_token_refreshes", "Access-token endpoint calls, by outcome", ["platform", "bot", "outcome"]
 )
 DLQ = Counter("imrelay_dlq", "Messages written to a dead-letter subject", ["platform", "bot", "stage"])
+CONNECTOR_LEASE = Gauge(
+    "imrelay_connector_lease_held", "1 while this connector replica owns the bot's socket",
+    ["platform", "bot"],
+)
+CONNECTOR_EVENTS = Counter(
+    "imrelay_connector_events", "Connector socket events: connected, kicked (replaced by a newer "
+    "connection), lease_lost, reconnect", ["platform", "bot", "outcome"],
+)
 FIRST_REPLY = Histogram(
     "imrelay_first_reply_seconds", "End to end: callback received to first reply delivered",
     ["platform", "bot"], buckets=_LLM_BUCKETS,

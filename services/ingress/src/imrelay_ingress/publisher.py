@@ -74,6 +74,11 @@ class JetStreamPublisher:
         self.nc, self.js = nc, js
         log.info("connected to NATS")
 
+    async def connected(self) -> None:
+        """Wait until NATS answered and the streams exist."""
+        if self._connect_task is not None:
+            await asyncio.shield(self._connect_task)
+
     async def close(self) -> None:
         if self._connect_task and not self._connect_task.done():
             self._connect_task.cancel()

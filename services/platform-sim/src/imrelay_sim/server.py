@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from imrelay.config import Settings, WeComAppBot, WeComGroupRobotBot
 
+from .aibot_ws import routes as aibot_ws_routes
 from .dingtalk import routes as dingtalk_routes
 from .discord import routes as discord_routes
 from .feishu import routes as feishu_routes
@@ -303,4 +304,5 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         *dingtalk_routes(state, clock),
         *qq_routes(state, clock),
         *discord_routes(state, clock),
+        *aibot_ws_routes(state, clock),
     ])

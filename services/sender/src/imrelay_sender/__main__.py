@@ -23,8 +23,12 @@ async def run() -> None:
     buckets = await ensure_buckets(js, settings.nats)
     client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
     HTTPXClientInstrumentor().instrument_client(client)
+    async def request(subject: str, body: bytes, wait: float) -> bytes:
+        return (await nc.request(subject, body, timeout=wait)).data
+
+
     sender = build_sender(settings, buckets, client,
-                          KVStreamStore(await ensure_streams_bucket(js, settings.nats)))
+                          KVStreamStore(await ensure_streams_bucket(js, settings.nats)), request)
 
     async def start() -> None:
         await sender.broker.start()

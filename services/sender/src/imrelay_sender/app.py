@@ -34,7 +34,7 @@ from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT
 
 from .backoff import backoff_delay
 from .claims import Claim, DeliveryBusy, DeliveryClaims, Held
-from .platforms import Delivery, StreamingDelivery, delivery_for
+from .platforms import Delivery, Requester, StreamingDelivery, delivery_for
 from .ratelimit import Limit, RateLimiter
 from .tokens import TokenCache
 
@@ -213,7 +213,7 @@ class Sender:
 
 
 def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient,
-                 aibot_streams: StreamStore) -> Sender:
+                 aibot_streams: StreamStore, requester: Requester | None = None) -> Sender:
     cfg = settings.sender
     broker = make_broker(settings.nats, "sender", graceful_timeout=30.0)
     tokens = TokenCache(buckets.tokens, skew=cfg.token_refresh_skew_seconds)
@@ -222,7 +222,7 @@ def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient
     sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter)
     for bot in settings.bots:
         sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg, buckets.deliveries,
-                                                 aibot_streams)
+                                                 aibot_streams, requester)
     # One consumer a partition, one message in flight each across all replicas: a conversation's replies
     # are delivered in order; conversations in different partitions go in parallel.
     for k in range(settings.nats.out_partitions):

@@ -6,6 +6,7 @@ A delivery raises the :mod:`imrelay.errors` upstream tree: ``TransientUpstreamEr
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import httpx
@@ -44,9 +45,12 @@ class StreamingDelivery(Delivery, Protocol):
         ...
 
 
+Requester = Callable[[str, bytes, float], Awaitable[bytes]]
+
+
 def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
                  tokens: TokenCache, cfg: SenderConfig, streams: KeyValue,
-                 aibot_streams: StreamStore) -> Delivery:
+                 aibot_streams: StreamStore, requester: Requester | None = None) -> Delivery:
     from .dingtalk import DingTalkDelivery
     from .discord import DiscordDelivery
     from .feishu import FeishuDelivery
@@ -61,7 +65,7 @@ def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
     if bot.platform is Platform.WECOM_GROUP_ROBOT:
         return WeComGroupRobotDelivery.from_bot(bot, api, client, cfg)
     if bot.platform is Platform.WECOM_AIBOT:
-        return WeComAIBotDelivery.from_bot(bot, aibot_streams, client, cfg)
+        return WeComAIBotDelivery.from_bot(bot, aibot_streams, client, cfg, requester)
     if bot.platform in (Platform.FEISHU, Platform.LARK):
         return FeishuDelivery.from_bot(bot, api, client, tokens, cfg, streams)
     if bot.platform is Platform.DINGTALK:

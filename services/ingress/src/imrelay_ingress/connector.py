@@ -1,0 +1,301 @@
+"""``imrelay-connector``: holds the WeCom AI-bot long connections (``mode: long_connection`` bots).
+
+WeCom allows one live socket per bot, so each bot's socket has exactly one owner cluster-wide: the replica
+holding the bot's lease (:mod:`imrelay_ingress.lease`). The owner dials the bot's WebSocket, subscribes
+with bot id + secret, sends heartbeats, and reconnects with exponential backoff and jitter. Inbound
+messages are normalized and stored in JetStream like callbacks; replies come back from the sender as
+NATS requests on ``imrelay.conn.wecom_aibot.<bot>``, sent on the socket one frame at a time per message,
+each waiting for WeCom's ack. When the owner dies its lease expires (``connector.lease_ttl_seconds``) and
+another replica takes the socket over. A socket replaced by a newer connection (``disconnected_event``) is
+logged and counted, and the replica waits before trying again instead of fighting for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from websockets.asyncio.client import ClientConnection, connect
+
+from imrelay import subjects
+from imrelay.aibot_streams import stream_id
+from imrelay.config import ConnectorConfig, Settings, WeComAIBot, load_settings
+from imrelay.jetstream import connect_until_ready, ensure_leases_bucket
+from imrelay.runtime import run_until_stopped, service_main
+from imrelay.telemetry import CONNECTOR_EVENTS, CONNECTOR_LEASE
+
+from .lease import Lease
+from .platforms.wecom_aibot import normalize
+from .publisher import JetStreamPublisher
+
+log = logging.getLogger("imrelay.connector")
+PLATFORM = "wecom_aibot"
+INVALID_REQ_ID = 846605
+
+
+class Kicked(Exception):
+    """WeCom replaced this socket with a newer connection of the same bot."""
+
+
+def req_id(kind: str) -> str:
+    return f"{kind}_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
+
+
+def frame(cmd: str, rid: str, body: dict[str, Any] | None = None) -> str:
+    out: dict[str, Any] = {"cmd": cmd, "headers": {"req_id": rid}}
+    if body is not None:
+        out["body"] = body
+    return json.dumps(out, ensure_ascii=False)
+
+
+@dataclass
+class BotSocket:
+    """The socket of one bot, while this replica holds its lease."""
+
+    bot: WeComAIBot
+    cfg: ConnectorConfig
+    publisher: JetStreamPublisher
+    nc: NATS
+    acks: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reply_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    ws: ClientConnection | None = None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"platform": PLATFORM, "bot": self.bot.id}
+
+    async def request(self, cmd: str, body: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
+        """Send one frame and wait for WeCom's ack frame (same req_id)."""
+        ws = self.ws
+        if ws is None:
+            raise ConnectionError("no socket")
+        rid = rid or req_id(cmd)
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        key = f"{rid}#{secrets.token_hex(3)}"  # several frames may share a message's req_id
+        self.acks[key] = waiter
+        try:
+            async with self.send_lock:
+                await ws.send(frame(cmd, rid, body))
+            async with asyncio.timeout(self.cfg.ack_timeout_seconds):
+                return await waiter
+        finally:
+            self.acks.pop(key, None)
+
+    def _resolve(self, msg: dict[str, Any]) -> None:
+        rid = str((msg.get("headers") or {}).get("req_id", ""))
+        for key, waiter in list(self.acks.items()):
+            if key.split("#", 1)[0] == rid and not waiter.done():
+                waiter.set_result(msg)
+                return
+
+    async def run(self) -> None:
+        """Dial, subscribe, and serve until the socket ends (raises Kicked when replaced)."""
+        async with connect(self.bot.ws_url, open_timeout=10, ping_interval=None,
+                           max_size=4 * 1024 * 1024) as ws:
+            self.ws = ws
+            reader = asyncio.create_task(self._read(ws))
+            try:
+                c = self.bot.credentials
+                ack = await self.request("aibot_subscribe", {
+                    "bot_id": c.bot_id, "secret": c.secret.get_secret_value() if c.secret else ""})
+                if ack.get("errcode") != 0:
+                    raise PermissionError(f"subscribe refused: {ack.get('errcode')} {ack.get('errmsg')}")
+                log.info("bot %s: long connection up", self.bot.id)
+                CONNECTOR_EVENTS.labels(outcome="connected", **self.labels).inc()
+                sub = await self.nc.subscribe(subjects.connector_subject(PLATFORM, self.bot.id),
+                                              queue="connector", cb=self._reply)
+                try:
+                    await asyncio.gather(reader, self._heartbeat())
+                finally:
+                    await sub.unsubscribe()
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+                self.ws = None
+
+    async def _heartbeat(self) -> None:
+        missed = 0
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_seconds)
+            try:
+                await self.request("ping", {})
+                missed = 0
+            except TimeoutError:
+                missed += 1
+                if missed >= 2:
+                    raise ConnectionError("heartbeat unanswered") from None
+
+    async def _read(self, ws: ClientConnection) -> None:
+        async for raw in ws:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                continue
+            cmd = msg.get("cmd")
+            if cmd is None:
+                self._resolve(msg)
+            elif cmd == "aibot_event_callback" and \
+                    ((msg.get("body") or {}).get("event") or {}).get("eventtype") == "disconnected_event":
+                raise Kicked
+            elif cmd in ("aibot_msg_callback", "aibot_event_callback"):
+                await self._inbound(msg)
+        raise ConnectionError("socket closed")
+
+    async def _inbound(self, msg: dict[str, Any]) -> None:
+        body = msg.get("body") or {}
+        rid = str((msg.get("headers") or {}).get("req_id", ""))
+        try:
+            inbound = normalize(body, self.bot.id, time.time(),
+                                stream_id(self.bot.id, str(body.get("msgid", ""))))
+        except Exception as exc:
+            log.warning("bot %s: unreadable frame (%s)", self.bot.id, type(exc).__name__)
+            return
+        handle = dict(inbound.reply_handle, mode="long_connection", req_id=rid,
+                      chatid=str(body.get("chatid") or (body.get("from") or {}).get("userid", "")))
+        try:
+            await self.publisher.publish(inbound.model_copy(update={"reply_handle": handle}))
+        except Exception as exc:
+            log.error("bot %s: message %s not stored (%s)", self.bot.id, inbound.platform_message_id,
+                      type(exc).__name__)
+
+    async def _reply(self, nats_msg: Msg) -> None:
+        """A reply from the sender: send it on the socket, answer whether WeCom took it."""
+        try:
+            req = json.loads(nats_msg.data)
+            rid, content, finish = str(req["req_id"]), str(req["content"]), bool(req["finish"])
+            lock = self.reply_locks.setdefault(rid, asyncio.Lock())
+            async with lock:  # one message's frames go one at a time, each acked
+                ack = await self.request("aibot_respond_msg", {"msgtype": "stream", "stream": {
+                    "id": req["stream_id"], "finish": finish, "content": content}}, rid=rid)
+                if ack.get("errcode") == INVALID_REQ_ID and finish:
+                    # the message came on a socket that is gone: send the answer proactively
+                    ack = await self.request("aibot_send_msg", {
+                        "chatid": req.get("chatid", ""), "msgtype": "markdown",
+                        "markdown": {"content": content}})
+            if finish:
+                self.reply_locks.pop(rid, None)
+            ok = ack.get("errcode") in (0, INVALID_REQ_ID)  # an update for a lost socket is moot
+            await nats_msg.respond(json.dumps({"ok": ok, "code": ack.get("errcode")}).encode())
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await nats_msg.respond(json.dumps({"ok": False, "code": type(exc).__name__}).encode())
+
+
+async def keep(lease: Lease, seconds: float, ttl: float) -> bool:
+    """Wait ``seconds`` while renewing the lease; False if it was lost meanwhile."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, ttl / 3))
+        if not await lease.renew():
+            return False
+    return True
+
+
+async def hold(bot: WeComAIBot, settings: Settings, lease: Lease, publisher: JetStreamPublisher,
+               nc: NATS) -> None:
+    """Forever: take the bot's lease when free, and keep its socket up while holding it."""
+    cfg = settings.connector
+    labels = {"platform": PLATFORM, "bot": bot.id}
+    while True:
+        if not await lease.acquire():
+            await asyncio.sleep(min(1.0, cfg.lease_ttl_seconds / 5))
+            continue
+        CONNECTOR_LEASE.labels(**labels).set(1)
+        log.info("bot %s: this replica owns the socket", bot.id)
+        try:
+            await own(bot, cfg, lease, publisher, nc)
+        finally:
+            CONNECTOR_LEASE.labels(**labels).set(0)
+        CONNECTOR_EVENTS.labels(outcome="lease_lost", **labels).inc()
+        log.warning("bot %s: lease lost; socket closed", bot.id)
+
+
+async def own(bot: WeComAIBot, cfg: ConnectorConfig, lease: Lease, publisher: JetStreamPublisher,
+              nc: NATS) -> None:
+    """While the lease holds: run the socket, reconnect with backoff and jitter when it ends."""
+    labels = {"platform": PLATFORM, "bot": bot.id}
+    backoff = 1.0
+    while True:
+        task = asyncio.create_task(BotSocket(bot, cfg, publisher, nc).run())
+        lost = False
+        try:
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=cfg.lease_ttl_seconds / 3)
+                if not done and not await lease.renew():
+                    lost = True
+                    task.cancel()
+        finally:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if lost:
+            return
+        exc = task.exception() if not task.cancelled() else None
+        if isinstance(exc, Kicked):
+            # Someone else connected as this bot. Keep the lease (so no other replica fights back) and
+            # try again only after the stand-down: one attempt per reconnect_max_seconds, cluster-wide.
+            CONNECTOR_EVENTS.labels(outcome="kicked", **labels).inc()
+            log.warning("bot %s: replaced by a newer connection; standing down for %.0fs", bot.id,
+                        cfg.reconnect_max_seconds)
+            pause, backoff = cfg.reconnect_max_seconds, 1.0
+        else:
+            CONNECTOR_EVENTS.labels(outcome="reconnect", **labels).inc()
+            pause = backoff * (0.5 + random.random())  # noqa: S311 - jitter, not secrecy
+            log.warning("bot %s: socket ended (%s); reconnecting in %.1fs", bot.id,
+                        type(exc).__name__ if exc else "closed", pause)
+            backoff = min(backoff * 2, cfg.reconnect_max_seconds)
+        if not await keep(lease, pause, cfg.lease_ttl_seconds):
+            return
+
+
+async def run() -> None:
+    settings = load_settings()
+    bots = [b for b in settings.bots if isinstance(b, WeComAIBot) and b.mode == "long_connection"]
+    if not bots:
+        raise ValueError("no bot with mode: long_connection in the config: nothing to connect")
+    publisher = JetStreamPublisher(settings.nats)
+    await publisher.start()
+    nc, js = await connect_until_ready(settings.nats, "imrelay-connector")
+    kv = await ensure_leases_bucket(js, settings.nats)
+    owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    leases = [Lease(kv, subjects.kv_key("wecom_aibot", b.id), owner, settings.connector.lease_ttl_seconds)
+              for b in bots]
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        await publisher.connected()  # never take a socket whose messages could not be stored
+        tasks.extend(asyncio.create_task(hold(b, settings, lease, publisher, nc))
+                     for b, lease in zip(bots, leases, strict=True))
+        log.info("connector for %d bot(s), owner %s", len(bots), owner)
+
+    async def stop() -> None:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for lease in leases:  # hand the sockets over at once instead of after the lease expires
+            await lease.release()
+        await publisher.close()
+
+    await run_until_stopped(settings.admin, nc, js, start, stop)
+
+
+def main() -> None:
+    service_main("connector", run)
+
+
+if __name__ == "__main__":
+    main()
