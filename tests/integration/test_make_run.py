@@ -20,7 +20,7 @@ pytestmark = pytest.mark.nats
 def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) -> None:
     ports = {name: free_port() for name in ("ingress", "sim", "nats")}
     admin = free_port()
-    while any(p in range(admin, admin + 3) for p in ports.values()):
+    while any(p in range(admin, admin + 4) for p in ports.values()):
         admin = free_port()
     env = dict(os.environ)
     env.pop("IMRELAY_CONFIG", None)
@@ -48,8 +48,8 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
         assert "ingress answered 200" in demo.stdout
         assert "answer to alice: Hello from the WeCom simulator! 你好" in demo.stdout
         # every platform can be tried the same way (make demo BOT=...)
-        for bot in ("demo-robot", "demo-aibot", "demo-feishu", "demo-lark", "demo-dingtalk", "demo-qq",
-                    "demo-discord"):
+        for bot in ("demo-robot", "demo-aibot", "demo-aibot-ws", "demo-feishu", "demo-lark",
+                    "demo-dingtalk", "demo-qq", "demo-discord"):
             tried = subprocess.run(
                 [sys.executable, "-m", "imrelay_sim", "--config", str(config), "send", "--bot", bot,
                  "--text", f"hello {bot}", "--ingress", f"http://127.0.0.1:{ports['ingress']}",
@@ -64,6 +64,6 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
     assert code == 0, log.read_text()
     assert "stopped." in log.read_text()
     # everything it started is gone: the ports are free again
-    for port in (ports["ingress"], ports["sim"], ports["nats"], admin):
+    for port in (ports["ingress"], ports["sim"], ports["nats"], admin, admin + 3):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=1)

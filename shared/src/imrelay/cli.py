@@ -89,6 +89,7 @@ SERVICES = [
     ("ingress", ["imrelay_ingress"], 0),
     ("worker", ["imrelay_worker"], 1),
     ("sender", ["imrelay_sender"], 2),
+    ("connector", ["imrelay_ingress.connector"], 3),  # only with long-connection bots
 ]
 
 
@@ -115,6 +116,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if not Path(config).exists():
             Path(config).write_text(DEV_CONFIG, encoding="utf-8")
     os.environ.setdefault("IMRELAY_SIM_URL", f"http://127.0.0.1:{args.sim_port}")
+    os.environ.setdefault("IMRELAY_SIM_WS_URL", f"ws://127.0.0.1:{args.sim_port}/ws/aibot")
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -123,7 +125,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     nats_server = EmbeddedNats(store_dir=state / "nats", port=args.nats_port).start()
     env = dict(os.environ, IMRELAY_CONFIG=str(Path(config).resolve()),
                IMRELAY_NATS_URL=nats_server.url, IMRELAY_PORT=str(args.port),
-               IMRELAY_SIM_URL=f"http://127.0.0.1:{args.sim_port}")
+               IMRELAY_SIM_URL=f"http://127.0.0.1:{args.sim_port}",
+               IMRELAY_SIM_WS_URL=f"ws://127.0.0.1:{args.sim_port}/ws/aibot")
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
 
@@ -136,7 +139,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     code = 0
     try:
         print(f"nats-server (JetStream) on {nats_server.url}, data in {state / 'nats'}", flush=True)
+        long_connection = any(getattr(b, "mode", "") == "long_connection" for b in settings.bots)
         for name, argv, admin_offset in SERVICES:
+            if name == "connector" and not long_connection:
+                continue
             penv = dict(env)
             if admin_offset is not None:
                 penv["IMRELAY_ADMIN_PORT"] = str(args.admin_port + admin_offset)
@@ -156,7 +162,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             "\nimrelay is running.\n"
             f"  callbacks:  http://127.0.0.1:{args.port}/callback/<bot id>   (bots: {bots})\n"
             f"  metrics:    http://127.0.0.1:{args.admin_port}/metrics (ingress), "
-            f":{args.admin_port + 1} (worker), :{args.admin_port + 2} (sender)\n"
+            f":{args.admin_port + 1} (worker), :{args.admin_port + 2} (sender)"
+            + (f", :{args.admin_port + 3} (connector)" if long_connection else "") + "\n"
             f"  simulator:  http://127.0.0.1:{args.sim_port}/sim/messages\n\n"
             "Send a message as the platform would, and see the answer:\n"
             f"  make demo      (or: uv run imrelay-sim --config {config} send --bot {first} "
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--config", help="config file (default: a generated demo config)")
     d.add_argument("--state-dir", default=".imrelay", help="where NATS data and the demo config live")
     d.add_argument("--port", type=int, default=8080, help="ingress public port")
-    d.add_argument("--admin-port", type=int, default=9464, help="first of three admin ports")
+    d.add_argument("--admin-port", type=int, default=9464, help="first of the admin ports (3 or 4)")
     d.add_argument("--sim-port", type=int, default=8090)
     d.add_argument("--nats-port", type=int, default=4222)
     c = sub.add_parser("check-config", help="validate the config file")

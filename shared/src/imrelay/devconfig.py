@@ -27,6 +27,12 @@ bots:
   - id: demo-aibot
     platform: wecom_aibot
     credentials: {token: demoaibot, encoding_aes_key: aibotdemo0123456789abcdefghijklmnopqrstuvwx}
+  - id: demo-aibot-ws
+    platform: wecom_aibot
+    mode: long_connection            # served by imrelay-connector over the simulator's WebSocket
+    ws_url: ${IMRELAY_SIM_WS_URL:-ws://127.0.0.1:8090/ws/aibot}
+    credentials: {token: demoaibotws, encoding_aes_key: aibotdemo0123456789abcdefghijklmnopqrstuvwx,
+                  bot_id: aibDemoLongConn, secret: demo-aibot-secret}
   - id: demo-feishu
     platform: feishu
     api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}

@@ -127,6 +127,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     bot = _bot(settings, args.bot)
     msg_id = args.msg_id or str(secrets.randbelow(2**63))
+    if isinstance(bot, WeComAIBot) and bot.mode == "long_connection":
+        return push_over_socket(args, bot, msg_id)
     query, headers, body = build_request(bot, args.text, args.user, msg_id, time.time(), args.sim,
                                          args.chat)
     url = f"{args.ingress}/callback/{bot.id}" + (f"?{query}" if query else "")
@@ -161,6 +163,38 @@ def cmd_send(args: argparse.Namespace) -> int:
             print("no answer arrived in time", file=sys.stderr)
             return 1
     return 0
+
+
+def push_over_socket(args: argparse.Namespace, bot: WeComAIBot, msg_id: str) -> int:
+    """A long-connection AI bot: WeCom pushes the message down the bot's socket (held by the connector)."""
+    with httpx.Client(timeout=10) as client:
+        resp = client.post(f"{args.sim}/sim/aibot/push", json={
+            "bot_id": bot.credentials.bot_id, "text": args.text, "user": args.user, "msgid": msg_id,
+            "chat": args.chat})
+        print(f"message {msg_id} -> pushed on the bot's socket ({resp.status_code})", flush=True)
+        if resp.status_code != 200:
+            print("no connector holds this bot's socket (is imrelay-connector running?)", file=sys.stderr)
+            return 1
+        deadline = time.monotonic() + (args.wait or 30)
+        shown = ""
+        while time.monotonic() < deadline:
+            mine = [m for m in client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json()
+                    if m.get("stream_id") == stream_of(bot, msg_id) or m.get("via") == "send"]
+            if mine and mine[-1]["content"] != shown:
+                shown = mine[-1]["content"]
+                print(f"stream: {shown}", flush=True)
+            if mine and mine[-1].get("finish"):
+                print(f"answer to {args.user}: {shown}", flush=True)
+                return 0
+            time.sleep(0.3)
+    print("the answer did not finish in time", file=sys.stderr)
+    return 1
+
+
+def stream_of(bot: WeComAIBot, msg_id: str) -> str:
+    from imrelay.aibot_streams import stream_id
+
+    return stream_id(bot.id, msg_id)
 
 
 def poll_aibot(client: httpx.Client, args: argparse.Namespace, bot: WeComAIBot, first: bytes) -> int:
