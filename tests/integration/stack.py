@@ -77,6 +77,10 @@ def base_config(sim_url: str, **sections: Any) -> dict[str, Any]:
         }, {
             "id": "robot", "platform": "wecom_group_robot", "backend": "default", "api_base": sim_url,
             "credentials": {"token": "robottoken", "encoding_aes_key": KEY[::-1]},
+        }, {
+            "id": "robot-md", "platform": "wecom_group_robot", "backend": "default", "api_base": sim_url,
+            "reply_format": "markdown",
+            "credentials": {"token": "robotmdtoken", "encoding_aes_key": KEY[::-1]},
         }],
     }
     cfg.update(sections)

@@ -156,3 +156,10 @@ def test_failing_token_endpoint_is_backed_off_and_the_answer_still_arrives(stack
     assert [m["content"] for m in msgs] == ["token trouble"]
     assert stack.sim_stats()["gettoken_faults"] == before + 2
     assert stack.metric("sender", "imrelay_token_refreshes_total", {"outcome": "error"}) >= 2
+
+
+def test_group_robot_markdown_answer_mentions_the_asker_inline(stack: Stack) -> None:
+    who, chat = user(), f"wrk{secrets.token_hex(4)}"
+    send(stack, "**bold** question", who, bot_id="robot-md", chat=chat)
+    [answer] = stack.wait_for(lambda: stack.messages(bot="robot-md"), what="the markdown answer")
+    assert answer["msgtype"] == "markdown" and answer["content"] == f"<@{who}> **bold** question"

@@ -158,6 +158,10 @@ def test_robot_body_mentions_the_asker() -> None:
     assert robot_body("hi", "zhangsan") == {
         "msgtype": "text", "text": {"content": "hi", "mentioned_list": ["zhangsan"]}}
     assert robot_body("hi", None) == {"msgtype": "text", "text": {"content": "hi"}}
+    from imrelay.events import ReplyFormat
+
+    assert robot_body("**hi**", "zhangsan", ReplyFormat.MARKDOWN) == {
+        "msgtype": "markdown", "markdown": {"content": "<@zhangsan> **hi**"}}
 
 
 async def test_token_lifetime_is_configurable(clock: Clock) -> None:

@@ -256,6 +256,9 @@ class _BotBase(_Model):
     # thinking_after_seconds (off when empty).
     thinking_message: str | None = None
     thinking_after_seconds: float = Field(default=3.0, gt=0)
+    # markdown: answers go out as the platform's markdown message where it has one (WeCom app and group
+    # robot, Feishu/Lark cards); text is the safe default (markdown shows only in the WeCom client)
+    reply_format: Literal["text", "markdown"] = "text"
 
 
 class WeComAppBot(_BotBase):

@@ -33,12 +33,12 @@ class AnswerOutcome:
 
 def _chunk(msg: InboundMessage, seq: int, delta: str, *, final: bool = False,
            full_text: str | None = None, error: str | None = None, text: str | None = None,
-           placeholder: str | None = None) -> ReplyChunk:
+           placeholder: str | None = None, fmt: ReplyFormat = ReplyFormat.TEXT) -> ReplyChunk:
     return ReplyChunk(
         reply_id=msg.id, inbound_id=msg.id, platform=msg.platform, bot_id=msg.bot_id,
         chat=msg.chat, recipient=msg.sender, reply_handle=msg.reply_handle, seq=seq,
         delta=delta, text=text if text is not None else full_text, final=final, full_text=full_text,
-        format=ReplyFormat.TEXT, error=error, received_at=msg.received_at, placeholder=placeholder,
+        format=fmt, error=error, received_at=msg.received_at, placeholder=placeholder,
     )
 
 
@@ -46,6 +46,7 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
                          deadline_seconds: float, coalesce_seconds: float = 0.2,
                          error_message: str, timeout_notice: str = "(answer cut short: timed out)",
                          placeholder: str | None = None, placeholder_after: float = 3.0,
+                         fmt: ReplyFormat = ReplyFormat.TEXT,
                          clock: Callable[[], float] = time.monotonic) -> AnswerOutcome:
     """Stream ``stream`` as reply chunks. With ``placeholder``, a chunk carrying it is published when no
     answer text has come after ``placeholder_after`` seconds (platforms that cannot edit show it first)."""
@@ -63,7 +64,7 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
         if pending:
             delta = "".join(pending)
             sent += delta
-            await publish(_chunk(msg, seq, delta, text=sent))
+            await publish(_chunk(msg, seq, delta, text=sent, fmt=fmt))
             seq += 1
             pending = []
         last_flush = clock()
@@ -113,6 +114,6 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
     else:
         final_text = f"{text}\n\n{error_message}"
     await publish(_chunk(msg, seq, final_text[len(sent):] if final_text.startswith(sent) else "",
-                         final=True, full_text=final_text, error=error))
+                         final=True, full_text=final_text, error=error, fmt=fmt))
     return AnswerOutcome(text=text, outcome=outcome, first_token_seconds=first,
                          duration_seconds=clock() - started, chunks=seq + 1, error=error)

@@ -20,7 +20,7 @@ from imrelay import subjects
 from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
 from imrelay.dlq import dlq_headers
-from imrelay.events import InboundMessage, ReplyChunk
+from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
 from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TTFT
 
 from .answer import produce_answer
@@ -133,7 +133,7 @@ class Worker:
                 coalesce_seconds=self.settings.worker.delta_interval_seconds,
                 error_message=cfg.error_message,
                 placeholder=bot.thinking_message if request is not None else None,
-                placeholder_after=bot.thinking_after_seconds,
+                placeholder_after=bot.thinking_after_seconds, fmt=ReplyFormat(bot.reply_format),
             )
         if request is None:
             return

@@ -15,7 +15,7 @@ import httpx
 
 from imrelay.config import BotConfig, SenderConfig, WeComAppBot
 from imrelay.errors import TokenExpiredError, TransientUpstreamError, UpstreamError
-from imrelay.events import ReplyChunk
+from imrelay.events import ReplyChunk, ReplyFormat
 from imrelay.subjects import kv_key
 from imrelay.telemetry import TOKEN_REFRESHES
 
@@ -28,10 +28,12 @@ log = logging.getLogger("imrelay.sender.wecom_app")
 
 PLATFORM = "wecom_app"
 TEXT_LIMIT_BYTES = 2048
-def send_body(agent_id: str, touser: str, content: str) -> dict[str, Any]:
+def send_body(agent_id: str, touser: str, content: str,
+              fmt: ReplyFormat = ReplyFormat.TEXT) -> dict[str, Any]:
+    kind = "markdown" if fmt is ReplyFormat.MARKDOWN else "text"
     return {
-        "touser": touser, "msgtype": "text", "agentid": int(agent_id) if agent_id.isdigit() else agent_id,
-        "text": {"content": content}, "safe": 0,
+        "touser": touser, "msgtype": kind, "agentid": int(agent_id) if agent_id.isdigit() else agent_id,
+        kind: {"content": content}, "safe": 0,
         "enable_duplicate_check": 1, "duplicate_check_interval": 1800,
     }
 
@@ -102,7 +104,7 @@ class WeComAppDelivery:
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
         touser = chunk.reply_handle.get("touser") or chunk.recipient.id
-        body = send_body(self.agent_id, touser, part)
+        body = send_body(self.agent_id, touser, part, chunk.format)
         # WeCom returns the same token until it expires: fetch at expiry, not ahead of it.
         token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=False)
         try:

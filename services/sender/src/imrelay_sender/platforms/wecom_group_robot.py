@@ -16,17 +16,21 @@ import httpx
 
 from imrelay.config import BotConfig, SenderConfig, WeComGroupRobotBot
 from imrelay.errors import PermanentUpstreamError
-from imrelay.events import ChatType, ReplyChunk
+from imrelay.events import ChatType, ReplyChunk, ReplyFormat
 
 from ..chunking import split_utf8
 from .wecom import post_json
 
 PLATFORM = "wecom_group_robot"
 TEXT_LIMIT_BYTES = 2048
+MARKDOWN_LIMIT_BYTES = 4096
 WEBHOOK_PATH = "/cgi-bin/webhook/send"
 
 
-def send_body(content: str, mention: str | None) -> dict[str, Any]:
+def send_body(content: str, mention: str | None, fmt: ReplyFormat = ReplyFormat.TEXT) -> dict[str, Any]:
+    if fmt is ReplyFormat.MARKDOWN:  # markdown mentions inline
+        return {"msgtype": "markdown",
+                "markdown": {"content": (f"<@{mention}> " if mention else "") + content}}
     text: dict[str, Any] = {"content": content}
     if mention:
         text["mentioned_list"] = [mention]
@@ -58,7 +62,9 @@ class WeComGroupRobotDelivery:
 
     def render(self, chunk: ReplyChunk) -> list[str]:
         text = chunk.full_text if chunk.full_text is not None else chunk.delta
-        return split_utf8(text, TEXT_LIMIT_BYTES) if text.strip() else []
+        limit = MARKDOWN_LIMIT_BYTES if chunk.format is ReplyFormat.MARKDOWN else TEXT_LIMIT_BYTES
+        # room for the mention that opens the first part
+        return split_utf8(text, limit - 80) if text.strip() else []
 
     def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
         # keyed by a digest: the webhook key is a credential and KV key names are visible to operators
@@ -71,5 +77,6 @@ class WeComGroupRobotDelivery:
             raise PermanentUpstreamError(PLATFORM, "bad_webhook",
                                          "the message carried no usable robot webhook URL")
         mention = chunk.recipient.id if chunk.chat.type is ChatType.GROUP and index == 0 else None
-        await post_json(self.client, url, send_body(part, mention), platform=PLATFORM, bot=self.bot_id,
+        await post_json(self.client, url, send_body(part, mention, chunk.format), platform=PLATFORM,
+                        bot=self.bot_id,
                         http_timeout=self.timeout, rate_limit_backoff=self.rate_limit_backoff)
