@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nats
 import yaml
+from _common import free_port, wait_http
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
@@ -33,12 +33,6 @@ THREADS = 2
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_requests(path: Path, config: dict[str, Any], n: int) -> None:
@@ -51,16 +45,6 @@ def make_requests(path: Path, config: dict[str, Any], n: int) -> None:
             out.write(f"/callback/{bot.id}?{query}\t{body.decode()}\n")
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code in (200, 405):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def run_wrk(base: str, requests: Path) -> dict[str, float]:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import nats
 import yaml
+from _common import free_port, wait_http
 
 from imrelay import subjects
 from imrelay.config import Platform
@@ -32,24 +33,8 @@ PARTITIONS = 16
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def delivered(sim: str) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import nats
 import yaml
+from _common import free_port, wait_http
 from nats.js.api import StreamConfig
 
 from imrelay.config import parse_settings
@@ -35,24 +36,8 @@ CONCURRENCY = 8
 SEED = "11" * 32
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def token_for(msg_id: str) -> str:  # as imrelay-sim builds interaction tokens

@@ -20,15 +20,13 @@ from imrelay.errors import (
     RateLimitedError,
     TokenExpiredError,
     TransientUpstreamError,
-    UpstreamError,
 )
 from imrelay.events import ChatType, ReplyChunk
 from imrelay.subjects import kv_key
-from imrelay.telemetry import TOKEN_REFRESHES
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
-from .http import call, json_or_none, retry_after
+from .http import call, counted_token_fetch, json_or_none, retry_after, with_token
 
 PLATFORM = "dingtalk"
 TEXT_LIMIT_BYTES = 5000
@@ -106,21 +104,15 @@ class DingTalkDelivery:
         return [("dingtalk.per_robot", kv_key(self.app_key))]
 
     async def _fetch_token(self) -> tuple[str, float]:
-        try:
+        async def fetch() -> tuple[str, float]:
             resp = await self.client.post(f"{self.api_base}/v1.0/oauth2/accessToken",
                                           json={"appKey": self.app_key, "appSecret": self.app_secret},
                                           timeout=self.timeout)
             payload = json_or_none(resp)
             check(payload, resp.status_code, retry_after(resp), self.rate_limit_backoff)
-            token, expires = str(payload["accessToken"]), float(payload.get("expireIn", 7200))
-        except (httpx.HTTPError, KeyError, TypeError) as exc:
-            TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="error").inc()
-            raise TransientUpstreamError(PLATFORM, "token", type(exc).__name__) from exc
-        except UpstreamError:
-            TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="error").inc()
-            raise
-        TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="ok").inc()
-        return token, expires
+            return str(payload["accessToken"]), float(payload.get("expireIn", 7200))
+
+        return await counted_token_fetch(PLATFORM, self.bot_id, fetch)
 
     async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         resp = await call(self.client, "POST", url, platform=PLATFORM, bot=self.bot_id,
@@ -152,11 +144,6 @@ class DingTalkDelivery:
         else:
             url = f"{self.api_base}/v1.0/robot/oToMessages/batchSend"
             body = {"robotCode": robot, "userIds": [staff], "msgKey": "sampleMarkdown", "msgParam": param}
-        key = kv_key(PLATFORM, self.app_key)
-        token = await self.tokens.get(key, self._fetch_token, renew_early=True)
-        try:
-            await self._post(url, body, {"x-acs-dingtalk-access-token": token})
-        except TokenExpiredError:
-            await self.tokens.invalidate(key, token)
-            token = await self.tokens.get(key, self._fetch_token, renew_early=True)
-            await self._post(url, body, {"x-acs-dingtalk-access-token": token})
+        await with_token(self.tokens, kv_key(PLATFORM, self.app_key), self._fetch_token,
+                         lambda token: self._post(url, body, {"x-acs-dingtalk-access-token": token}),
+                         renew_early=True)

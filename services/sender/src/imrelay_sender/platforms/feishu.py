@@ -29,15 +29,13 @@ from imrelay.errors import (
     RateLimitedError,
     TokenExpiredError,
     TransientUpstreamError,
-    UpstreamError,
 )
 from imrelay.events import ChatType, ReplyChunk, ReplyFormat
 from imrelay.subjects import kv_key
-from imrelay.telemetry import TOKEN_REFRESHES
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
-from .http import call, json_or_none, retry_after
+from .http import call, counted_token_fetch, json_or_none, retry_after, with_token
 
 log = logging.getLogger("imrelay.sender.feishu")
 
@@ -123,39 +121,28 @@ class FeishuDelivery:
                 ("feishu.per_chat", kv_key(self.platform, self.app_id, chunk.chat.id))]
 
     async def _fetch_token(self) -> tuple[str, float]:
-        try:
+        async def fetch() -> tuple[str, float]:
             resp = await self.client.post(
                 f"{self.api_base}/open-apis/auth/v3/tenant_access_token/internal",
                 json={"app_id": self.app_id, "app_secret": self.app_secret}, timeout=self.timeout)
             payload = json_or_none(resp)
             check(self.platform, payload, resp.status_code, retry_after(resp), self.rate_limit_backoff)
-            token, expires = str(payload["tenant_access_token"]), float(payload.get("expire", 7200))
-        except (httpx.HTTPError, KeyError, TypeError) as exc:
-            TOKEN_REFRESHES.labels(platform=self.platform, bot=self.bot_id, outcome="error").inc()
-            raise TransientUpstreamError(self.platform, "token", type(exc).__name__) from exc
-        except UpstreamError:
-            TOKEN_REFRESHES.labels(platform=self.platform, bot=self.bot_id, outcome="error").inc()
-            raise
-        TOKEN_REFRESHES.labels(platform=self.platform, bot=self.bot_id, outcome="ok").inc()
-        return token, expires
+            return str(payload["tenant_access_token"]), float(payload.get("expire", 7200))
+
+        return await counted_token_fetch(self.platform, self.bot_id, fetch)
 
     async def _api(self, method: str, path: str, body: dict[str, Any]) -> Any:
         """One authorized Feishu API call (refreshing the token once if Feishu says it is invalid)."""
-        for attempt in (1, 2):
-            token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=True)
+        async def use(token: str) -> Any:
             resp = await call(self.client, method, f"{self.api_base}{path}", platform=self.platform,
                               bot=self.bot_id, http_timeout=self.timeout, json=body,
                               headers={"Authorization": f"Bearer {token}"})
             payload = json_or_none(resp)
-            try:
-                check(self.platform, payload, resp.status_code,
-                      retry_after(resp, "x-ogw-ratelimit-reset"), self.rate_limit_backoff)
-                return payload
-            except TokenExpiredError:
-                if attempt == 2:
-                    raise
-                await self.tokens.invalidate(self.token_key, token)
-        raise AssertionError("unreachable")
+            check(self.platform, payload, resp.status_code,
+                  retry_after(resp, "x-ogw-ratelimit-reset"), self.rate_limit_backoff)
+            return payload
+
+        return await with_token(self.tokens, self.token_key, self._fetch_token, use, renew_early=True)
 
     async def _stream_state(self, chunk: ReplyChunk) -> tuple[dict[str, Any], int | None]:
         assert self.streams is not None

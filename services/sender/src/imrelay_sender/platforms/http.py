@@ -4,14 +4,20 @@ duration is recorded in ``imrelay_delivery_seconds``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from imrelay.errors import TransientUpstreamError
+from imrelay.errors import TokenExpiredError, TransientUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk
-from imrelay.telemetry import DELIVERY_SECONDS
+from imrelay.telemetry import DELIVERY_SECONDS, TOKEN_REFRESHES
+
+if TYPE_CHECKING:
+    from ..tokens import TokenCache
+
+T = TypeVar("T")
 
 
 async def call(client: httpx.AsyncClient, method: str, url: str, *, platform: str, bot: str,
@@ -49,3 +55,32 @@ def window_closed(chunk: ReplyChunk, seconds: float, now: datetime | None = None
     if chunk.received_at is None:
         return False
     return ((now or datetime.now(UTC)) - chunk.received_at).total_seconds() > seconds
+
+
+async def counted_token_fetch(platform: str, bot: str,
+                              fetch: Callable[[], Awaitable[tuple[str, float]]]) -> tuple[str, float]:
+    """Run a token-endpoint call, count it in ``imrelay_token_refreshes_total``, and turn transport or
+    answer-shape failures into transient errors."""
+    try:
+        result = await fetch()
+    except UpstreamError:
+        TOKEN_REFRESHES.labels(platform=platform, bot=bot, outcome="error").inc()
+        raise
+    except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
+        TOKEN_REFRESHES.labels(platform=platform, bot=bot, outcome="error").inc()
+        raise TransientUpstreamError(platform, "token", type(exc).__name__) from exc
+    TOKEN_REFRESHES.labels(platform=platform, bot=bot, outcome="ok").inc()
+    return result
+
+
+async def with_token(tokens: TokenCache, key: str, fetch: Callable[[], Awaitable[tuple[str, float]]],
+                     use: Callable[[str], Awaitable[T]], *, renew_early: bool) -> T:
+    """Call ``use(token)``; if the platform says the token is invalid, forget it cluster-wide, fetch a new
+    one and try once more."""
+    token = await tokens.get(key, fetch, renew_early=renew_early)
+    try:
+        return await use(token)
+    except TokenExpiredError:
+        await tokens.invalidate(key, token)
+        token = await tokens.get(key, fetch, renew_early=renew_early)
+        return await use(token)

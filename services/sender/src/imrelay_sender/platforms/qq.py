@@ -18,15 +18,13 @@ from imrelay.errors import (
     RateLimitedError,
     TokenExpiredError,
     TransientUpstreamError,
-    UpstreamError,
 )
 from imrelay.events import ReplyChunk
 from imrelay.subjects import kv_key
-from imrelay.telemetry import TOKEN_REFRESHES
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
-from .http import call, json_or_none, retry_after, window_closed
+from .http import call, counted_token_fetch, json_or_none, retry_after, window_closed, with_token
 
 PLATFORM = "qq"
 TEXT_LIMIT_BYTES = 4000
@@ -99,21 +97,15 @@ class QQDelivery:
         return []
 
     async def _fetch_token(self) -> tuple[str, float]:
-        try:
+        async def fetch() -> tuple[str, float]:
             resp = await self.client.post(f"{self.auth_base}/app/getAppAccessToken",
                                           json={"appId": self.app_id, "clientSecret": self.app_secret},
                                           timeout=self.timeout)
             payload = json_or_none(resp)
             check(payload, resp.status_code, retry_after(resp), self.rate_limit_backoff)
-            token, expires = str(payload["access_token"]), float(payload.get("expires_in", 7200))
-        except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
-            TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="error").inc()
-            raise TransientUpstreamError(PLATFORM, "token", type(exc).__name__) from exc
-        except UpstreamError:
-            TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="error").inc()
-            raise
-        TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="ok").inc()
-        return token, expires
+            return str(payload["access_token"]), float(payload.get("expires_in", 7200))
+
+        return await counted_token_fetch(PLATFORM, self.bot_id, fetch)
 
     async def _post(self, token: str, url: str, body: dict[str, Any]) -> None:
         resp = await call(self.client, "POST", url, platform=PLATFORM, bot=self.bot_id,
@@ -131,11 +123,5 @@ class QQDelivery:
                                          "QQ no longer accepts replies to this message")
         url = self.api_base + path.format(target=h.get("target", ""), guild=h.get("guild_id", ""))
         body = {"content": part, "msg_type": 0, "msg_id": h["msg_id"], "msg_seq": index + 1}
-        key = kv_key(PLATFORM, self.app_id)
-        token = await self.tokens.get(key, self._fetch_token, renew_early=True)
-        try:
-            await self._post(token, url, body)
-        except TokenExpiredError:
-            await self.tokens.invalidate(key, token)
-            token = await self.tokens.get(key, self._fetch_token, renew_early=True)
-            await self._post(token, url, body)
+        await with_token(self.tokens, kv_key(PLATFORM, self.app_id), self._fetch_token,
+                         lambda token: self._post(token, url, body), renew_early=True)

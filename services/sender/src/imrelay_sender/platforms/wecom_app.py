@@ -14,13 +14,12 @@ from typing import Any
 import httpx
 
 from imrelay.config import BotConfig, SenderConfig, WeComAppBot
-from imrelay.errors import TokenExpiredError, TransientUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk, ReplyFormat
 from imrelay.subjects import kv_key
-from imrelay.telemetry import TOKEN_REFRESHES
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
+from .http import counted_token_fetch, with_token
 from .wecom import check as _check
 from .wecom import post_json
 
@@ -77,22 +76,17 @@ class WeComAppDelivery:
         return [("wecom_app.per_user", kv_key(self.corp_id, self.agent_id, touser))]
 
     async def _fetch_token(self) -> tuple[str, float]:
-        try:
+        async def fetch() -> tuple[str, float]:
             resp = await self.client.get(
                 f"{self.api_base}/cgi-bin/gettoken",
                 params={"corpid": self.corp_id, "corpsecret": self.secret}, timeout=self.timeout)
             payload = resp.json()
             _check(payload, resp.status_code, platform=PLATFORM)
-            token, expires_in = str(payload["access_token"]), float(payload.get("expires_in", 7200))
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="error").inc()
-            raise TransientUpstreamError(PLATFORM, "gettoken", type(exc).__name__) from exc
-        except UpstreamError:
-            TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="error").inc()
-            raise
-        TOKEN_REFRESHES.labels(platform=PLATFORM, bot=self.bot_id, outcome="ok").inc()
-        log.info("fetched a WeCom access token for %s (valid %ds)", self.bot_id, int(expires_in))
-        return token, expires_in
+            return str(payload["access_token"]), float(payload.get("expires_in", 7200))
+
+        token = await counted_token_fetch(PLATFORM, self.bot_id, fetch)
+        log.info("fetched a WeCom access token for %s (valid %ds)", self.bot_id, int(token[1]))
+        return token
 
     async def _post(self, token: str, body: dict[str, Any]) -> None:
         payload = await post_json(
@@ -106,11 +100,5 @@ class WeComAppDelivery:
         touser = chunk.reply_handle.get("touser") or chunk.recipient.id
         body = send_body(self.agent_id, touser, part, chunk.format)
         # WeCom returns the same token until it expires: fetch at expiry, not ahead of it.
-        token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=False)
-        try:
-            await self._post(token, body)
-        except TokenExpiredError:
-            # The platform dropped the token early: forget it cluster-wide, fetch once, retry once.
-            await self.tokens.invalidate(self.token_key, token)
-            token = await self.tokens.get(self.token_key, self._fetch_token, renew_early=False)
-            await self._post(token, body)
+        await with_token(self.tokens, self.token_key, self._fetch_token,
+                         lambda token: self._post(token, body), renew_early=False)
