@@ -71,6 +71,7 @@ async def test_callback_vector(case: dict[str, Any]) -> None:
                 assert msg.mentioned
                 assert msg.chat.id == fields["ChatId"]
                 assert msg.sender.id == fields["From.UserId"]
+                assert msg.sender.name == "张三" and msg.sender.alias == "jackzhang"
                 assert msg.reply_handle["webhook_url"].startswith("https://")
             if fields.get("MsgType") == "event":
                 assert msg.kind == "event" and msg.event == fields["Event"]

@@ -56,6 +56,7 @@ class Chat(_Event):
 class Sender(_Event):
     id: str
     name: str = ""
+    alias: str = ""  # e.g. a WeCom member's English name
 
 
 class Attachment(_Event):

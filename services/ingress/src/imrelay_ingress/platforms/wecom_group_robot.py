@@ -52,7 +52,7 @@ def normalize(fields: dict[str, str], bot_id: str, now: float) -> InboundMessage
         id=inbound_id(bot_id, key), platform=Platform.WECOM_GROUP_ROBOT, bot_id=bot_id,
         platform_message_id=key, kind=kind, event=event,
         chat=Chat(id=chat_id, type=chat_type),
-        sender=Sender(id=user, name=fields.get("From.Name", "")),
+        sender=Sender(id=user, name=fields.get("From.Name", ""), alias=fields.get("From.Alias", "")),
         text=text, mentioned=mentioned, attachments=attachments, reply_handle=handle,
         received_at=datetime.fromtimestamp(now, UTC),
     )
