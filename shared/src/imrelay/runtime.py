@@ -55,11 +55,27 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]]) -> 
         raise SystemExit(2) from None
 
 
+async def watch_consumers(js: JetStreamContext, stream: str, consumers: list[str],
+                          interval: float = 5.0) -> None:
+    """Export each consumer's backlog (``imrelay_consumer_*_messages``) every ``interval`` seconds."""
+    from .telemetry import CONSUMER_ACK_PENDING, CONSUMER_PENDING
+
+    while True:
+        for name in consumers:
+            with contextlib.suppress(Exception):  # not created yet, or NATS away: next round
+                info = await js.consumer_info(stream, name)
+                CONSUMER_PENDING.labels(consumer=name).set(info.num_pending or 0)
+                CONSUMER_ACK_PENDING.labels(consumer=name).set(info.num_ack_pending or 0)
+        await asyncio.sleep(interval)
+
+
 async def run_until_stopped(admin: AdminConfig, nc: NATS, js: JetStreamContext,
                             start: Callable[[], Awaitable[None]],
-                            stop: Callable[[], Awaitable[None]]) -> None:
+                            stop: Callable[[], Awaitable[None]],
+                            consumers: tuple[str, list[str]] | None = None) -> None:
     """Serve the admin port, ``start`` the consumers, wait for SIGINT/SIGTERM, then ``stop`` them (which
-    finishes in-flight work) before closing the admin port and the NATS connection."""
+    finishes in-flight work) before closing the admin port and the NATS connection. ``consumers`` (stream,
+    names) are watched for the backlog metrics."""
     from .admin import serve_admin
     from .jetstream import streams_present
 
@@ -71,12 +87,15 @@ async def run_until_stopped(admin: AdminConfig, nc: NATS, js: JetStreamContext,
 
     server = serve_admin(admin.host, admin.port, ready)
     server_task = asyncio.create_task(server.serve())
+    watcher = asyncio.create_task(watch_consumers(js, *consumers)) if consumers else None
     try:
         await start()
         running = True
         await stopping.wait()
     finally:
         running = False
+        if watcher is not None:
+            watcher.cancel()
         await stop()
         server.should_exit = True
         await server_task

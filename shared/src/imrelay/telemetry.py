@@ -13,6 +13,8 @@ imrelay_rate_limit_wait_seconds          histogram  platform, bot            tim
 imrelay_token_refreshes_total            counter    platform, bot, outcome   token endpoint calls
 imrelay_dlq_total                        counter    platform, bot, stage     dead letters written
 imrelay_first_reply_seconds              histogram  platform, bot            callback -> 1st delivery
+imrelay_consumer_pending_messages        gauge      consumer                 stored, not yet delivered
+imrelay_consumer_ack_pending_messages    gauge      consumer                 delivered, not yet acked
 imrelay_connector_lease_held             gauge      platform, bot            1 while this replica owns
 imrelay_connector_events_total           counter    platform, bot, outcome   connect/kicked/lost/...
 =======================================  =========  =======================  ==========================
@@ -89,6 +91,14 @@ TOKEN_REFRESHES = Counter(
     "imrelay_token_refreshes", "Access-token endpoint calls, by outcome", ["platform", "bot", "outcome"]
 )
 DLQ = Counter("imrelay_dlq", "Messages written to a dead-letter subject", ["platform", "bot", "stage"])
+CONSUMER_PENDING = Gauge(
+    "imrelay_consumer_pending_messages", "Messages stored for a JetStream consumer, not yet delivered",
+    ["consumer"],
+)
+CONSUMER_ACK_PENDING = Gauge(
+    "imrelay_consumer_ack_pending_messages", "Messages delivered to a JetStream consumer, not yet acked",
+    ["consumer"],
+)
 CONNECTOR_LEASE = Gauge(
     "imrelay_connector_lease_held", "1 while this connector replica owns the bot's socket",
     ["platform", "bot"],

@@ -276,6 +276,11 @@ async def run() -> None:
               for b in bots]
     tasks: list[asyncio.Task[None]] = []
 
+    for b in bots:  # every replica reports 0 until it owns a socket: "no owner" is a sum of 0
+        CONNECTOR_LEASE.labels(platform=PLATFORM, bot=b.id).set(0)
+        for outcome in ("connected", "kicked", "lease_lost", "reconnect"):  # series exist from zero
+            CONNECTOR_EVENTS.labels(platform=PLATFORM, bot=b.id, outcome=outcome)
+
     async def start() -> None:
         await publisher.connected()  # never take a socket whose messages could not be stored
         tasks.extend(asyncio.create_task(hold(b, settings, lease, publisher, nc))

@@ -6,6 +6,7 @@ import logging
 
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+from imrelay import subjects
 from imrelay.config import load_settings
 from imrelay.jetstream import connect_until_ready, ensure_memory_bucket
 from imrelay.runtime import run_until_stopped, service_main
@@ -35,7 +36,8 @@ async def run() -> None:
         await worker.broker.stop()
         await worker.client.aclose()
 
-    await run_until_stopped(settings.admin, nc, js, start, stop)
+    await run_until_stopped(settings.admin, nc, js, start, stop,
+                            consumers=(subjects.STREAM_IN, [subjects.CONSUMER_WORKER]))
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import logging
 import httpx
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
+from imrelay import subjects
 from imrelay.aibot_streams import KVStreamStore
 from imrelay.config import load_settings
 from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_streams_bucket
@@ -39,7 +40,8 @@ async def run() -> None:
         await sender.broker.stop()
         await client.aclose()
 
-    await run_until_stopped(settings.admin, nc, js, start, stop)
+    await run_until_stopped(settings.admin, nc, js, start, stop, consumers=(
+        subjects.STREAM_OUT, [subjects.sender_consumer(k) for k in range(settings.nats.out_partitions)]))
 
 
 def main() -> None:
