@@ -24,6 +24,27 @@ def free_port() -> int:
         return port
 
 
+def free_port_run(n: int) -> int:
+    """A port p such that p .. p+n-1 are all free now."""
+    import random
+
+    for _ in range(200):
+        base = random.randint(20000, 60000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no run of {n} free ports")
+
+
 class FakePublisher:
     """Records what the ingress would store; ``fail`` simulates JetStream being unavailable."""
 

@@ -12,16 +12,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ..helpers import free_port
+from ..helpers import free_port, free_port_run
 
 pytestmark = pytest.mark.nats
 
 
 def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) -> None:
+    admin = free_port_run(4)  # ingress, worker, sender, connector
     ports = {name: free_port() for name in ("ingress", "sim", "nats")}
-    admin = free_port()
     while any(p in range(admin, admin + 4) for p in ports.values()):
-        admin = free_port()
+        ports = {name: free_port() for name in ("ingress", "sim", "nats")}
     env = dict(os.environ)
     env.pop("IMRELAY_CONFIG", None)
     log = tmp_path / "dev.log"

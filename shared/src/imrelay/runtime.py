@@ -91,7 +91,11 @@ async def run_until_stopped(admin: AdminConfig, nc: NATS, js: JetStreamContext,
     try:
         await start()
         running = True
-        await stopping.wait()
+        waiter = asyncio.create_task(stopping.wait())
+        await asyncio.wait({waiter, server_task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if server_task.done():  # e.g. the admin port is taken: do not run half-alive
+            raise RuntimeError(f"the admin port :{admin.port} could not be served")
     finally:
         running = False
         if watcher is not None:
