@@ -143,6 +143,9 @@ class Sender:
         if previous is not None and now - previous < delivery.update_interval:
             return
         self._last_update[chunk.reply_id] = now
+        if len(self._last_update) > 10_000:  # replies that never finished (dead-lettered): forget the oldest
+            for stale in list(self._last_update)[:1000]:
+                del self._last_update[stale]
         labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
         try:
             await delivery.update(chunk, text)
