@@ -25,9 +25,9 @@ from .test_end_to_end import send
 
 pytestmark = pytest.mark.nats
 
-DEPLOY = Path(__file__).parents[2] / "deploy"
-DASHBOARD = json.loads((DEPLOY / "grafana" / "imrelay-dashboard.json").read_text())
-RULES = yaml.safe_load((DEPLOY / "prometheus" / "imrelay-alerts.yaml").read_text())
+FILES = Path(__file__).parents[2] / "deploy" / "helm" / "imrelay" / "files"
+DASHBOARD = json.loads((FILES / "imrelay-dashboard.json").read_text())
+RULES = yaml.safe_load((FILES / "imrelay-alerts.yaml").read_text())
 SERVICES = ("ingress", "worker", "sender", "connector")
 
 
@@ -140,11 +140,11 @@ def test_every_dashboard_query_and_alert_has_data(prometheus: tuple[Stack, str])
 def test_promtool_accepts_and_unit_tests_the_rules() -> None:
     if shutil.which("promtool") is None:
         pytest.fail("promtool is not installed (Debian package prometheus; .ci/run installs it)")
-    check = subprocess.run(["promtool", "check", "rules", str(DEPLOY / "prometheus" / "imrelay-alerts.yaml")],
+    check = subprocess.run(["promtool", "check", "rules", str(FILES / "imrelay-alerts.yaml")],
                            capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     unit = subprocess.run(["promtool", "test", "rules", "imrelay-alerts.test.yaml"],
-                          cwd=DEPLOY / "prometheus", capture_output=True, text=True, check=False)
+                          cwd=FILES, capture_output=True, text=True, check=False)
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 

@@ -1,0 +1,128 @@
+"""The Helm chart, rendered offline (helm-python-sdk) for each values file in ci/: every core manifest is
+valid for the current Kubernetes (kubernetes-validate --strict), the schema rejects typos, NOTES.txt fails
+bad installs, and the rendered config is one imrelay accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python import Chart, lint
+
+from imrelay.config import parse_settings
+
+CHART = Path(__file__).parents[2] / "deploy" / "helm" / "imrelay"
+VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+K8S = "1.33.0"
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+        ("keda.sh/v1alpha1", "ScaledObject")}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    out = Chart.load(CHART).render(values, name="imrelay", namespace="chat", is_install=True)
+    docs = []
+    for path, text in out.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def load(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+    return data
+
+
+@pytest.mark.parametrize("path", VALUES, ids=[p.stem for p in VALUES])
+def test_every_manifest_is_valid(path: Path) -> None:
+    docs = render(load(path))
+    assert docs
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CRDS:
+            assert doc["metadata"]["name"] and doc["spec"]
+            continue
+        kubernetes_validate.validate(doc, K8S, strict=True)
+    assert lint(CHART, load(path), strict=True)["errors"] == []
+
+
+def test_workloads_are_restricted_and_probed() -> None:
+    deployments = [d for d in render({}) if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {
+        "imrelay-ingress", "imrelay-llm-worker", "imrelay-sender"}
+    for d in deployments:
+        pod = d["spec"]["template"]["spec"]
+        [c] = pod["containers"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                        "capabilities": {"drop": ["ALL"]}}
+        assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+        assert "checksum/config" in d["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_a_config_change_rolls_the_pods() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        [d] = [x for x in render(values) if x["kind"] == "Deployment" and "sender" in x["metadata"]["name"]]
+        return str(d["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum({}) != checksum({"config": {"backends": {"default": {"kind": "echo"}}, "bots": [
+        {"id": "x", "platform": "wecom_group_robot", "credentials": {"token": "t",
+                                                                      "encoding_aes_key": "k" * 43}}]}})
+
+
+def test_the_rendered_config_is_one_imrelay_accepts() -> None:
+    values = load(CHART / "ci" / "external-nats-values.yaml")
+    [cm] = [d for d in render(values)
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")]
+    env = {k: "x" * 43 for k in ("OPENAI_API_KEY", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY",
+                                  "AIBOT_AES_KEY", "AIBOT_SECRET")}
+    settings = parse_settings(yaml.safe_load(cm["data"]["imrelay.yaml"]), env)
+    assert settings.nats.url == "nats://nats.messaging.svc:4222" and settings.nats.replicas == 3
+    assert [b.id for b in settings.bots] == ["hr-helper", "assistant"]
+
+
+def test_only_the_callback_port_is_exposed() -> None:
+    docs = render(load(CHART / "ci" / "external-nats-values.yaml"))
+    [ingress] = [d for d in docs if d["kind"] == "Ingress"]
+    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["path"] == "/callback" and path["backend"]["service"]["port"] == {"name": "http"}
+    [policy] = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    admin_rule, http_rule = policy["spec"]["ingress"]
+    assert admin_rule["ports"] == [{"port": 9464, "protocol": "TCP"}] and admin_rule["from"]
+    assert http_rule == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+
+
+@pytest.mark.parametrize("values", [
+    {"componets": {}},
+    {"components": {"ingress": {"enabled": True, "module": "imrelay_ingress", "replica": 3}}},
+    {"nats": {"url": ""}},
+    {"config": {"bots": [{"id": "Bad_Id", "platform": "wecom_app"}]}},
+])
+def test_the_schema_rejects_typos(values: dict[str, Any]) -> None:
+    with pytest.raises(Exception, match="(?i)schema|values|additional|pattern|length"):
+        render(values)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"keda": {"enabled": True}, "components": {"llm-worker": {
+        "enabled": True, "module": "imrelay_worker",
+        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 2,
+                        "targetCPUUtilizationPercentage": 50}}}}, "one autoscaler"),
+    ({"config": {"bots": [{"id": "ws", "platform": "wecom_aibot", "mode": "long_connection"}]}},
+     "connector.enabled"),
+])
+def test_notes_fail_bad_installs(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(Exception, match=message):
+        Chart.load(CHART).render(values, name="imrelay", namespace="chat", is_install=True)
+
+
+def test_notes_print_each_bots_callback_url() -> None:
+    out = Chart.load(CHART).render(load(CHART / "ci" / "external-nats-values.yaml"), name="imrelay",
+                                   namespace="chat", is_install=True)
+    notes = out["imrelay/templates/NOTES.txt"]
+    assert "hr-helper (wecom_app): https://imrelay.example.com/callback/hr-helper" in notes
+    assert "assistant (wecom_aibot): long connection" in notes
