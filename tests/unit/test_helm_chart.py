@@ -126,3 +126,28 @@ def test_notes_print_each_bots_callback_url() -> None:
     notes = out["imrelay/templates/NOTES.txt"]
     assert "hr-helper (wecom_app): https://imrelay.example.com/callback/hr-helper" in notes
     assert "assistant (wecom_aibot): long connection" in notes
+
+
+# Checks the chart does not meet on purpose (justified in deploy/helm/imrelay/README.md).
+CHECKOV_SKIPS = ["CKV_K8S_11", "CKV_K8S_15", "CKV_K8S_35", "CKV_K8S_43"]
+
+
+@pytest.mark.parametrize("path", VALUES, ids=[p.stem for p in VALUES])
+def test_checkov_finds_nothing(path: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+    import subprocess
+
+    checkov = shutil.which("checkov") or str(Path(__import__("sys").executable).parent / "checkov")
+    out = Chart.load(CHART).render(load(path), name="imrelay", namespace="chat", is_install=True)
+    manifest = tmp_path / "imrelay.yaml"
+    manifest.write_text("\n---\n".join(v for k, v in out.items() if not k.endswith("NOTES.txt")))
+    run = subprocess.run(
+        [checkov, "-f", str(manifest), "--framework", "kubernetes", "--skip-download", "--output", "json",
+         "--skip-check", ",".join(CHECKOV_SKIPS)],
+        capture_output=True, text=True, timeout=300, check=False)
+    report = json.loads(run.stdout)
+    summary = report["summary"]
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert summary["failed"] == 0, failed
+    assert summary["passed"] > 50

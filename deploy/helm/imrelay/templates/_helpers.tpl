@@ -18,7 +18,8 @@ app.kubernetes.io/component: {{ .name }}
 {{- end }}
 
 {{- define "imrelay.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- if .Values.image.digest }}{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else }}{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}{{ end }}
 {{- end }}
 
 {{- define "imrelay.secretName" -}}
