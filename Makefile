@@ -4,7 +4,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 CONFIG ?= .imrelay/dev.yaml
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test lint typecheck check bench clean
+.PHONY: help install run demo test lint typecheck check bench images clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,9 @@ bench: install ## ingress callbacks/s, sender deliveries/s, streaming latency, e
 	$(UV) run --frozen python bench/ingress_bench.py
 	$(UV) run --frozen python bench/sender_bench.py
 	$(UV) run --frozen python bench/stream_latency_bench.py
+
+images: install ## build the imrelay image with buildah, from scratch (needs root, buildah, debootstrap)
+	UV="$(UV)" deploy/images/build.sh
 
 clean: ## remove local state (.imrelay: NATS data and the dev config) and caches
 	rm -rf .imrelay .pytest_cache .mypy_cache .ruff_cache
