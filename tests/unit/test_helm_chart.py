@@ -151,3 +151,20 @@ def test_checkov_finds_nothing(path: Path, tmp_path: Path) -> None:
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
     assert summary["failed"] == 0, failed
     assert summary["passed"] > 50
+
+
+def test_helm_test_round_trip_pod() -> None:
+    docs = render({"helmTest": {"enabled": True}})
+    [pod] = [d for d in docs if d["kind"] == "Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    command = " ".join(pod["spec"]["containers"][0]["command"])
+    assert "imrelay_sim send --bot helm-selftest" in command and "http://imrelay-ingress:8080" in command
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")]
+    settings = parse_settings(yaml.safe_load(cm["data"]["imrelay.yaml"]),
+                              {"HELM_SELFTEST_TOKEN": "t", "HELM_SELFTEST_AES_KEY": "k" * 43})
+    bot = settings.bot("helm-selftest")
+    assert bot is not None and settings.api_base(bot) == "http://imrelay-selftest:8090"
+    assert settings.backends[bot.backend].kind.value == "echo"  # no model cost
+    [sender] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("sender")]
+    refs = [e["secretRef"]["name"] for e in sender["spec"]["template"]["spec"]["containers"][0]["envFrom"]]
+    assert "imrelay-selftest" in refs

@@ -27,9 +27,29 @@ app.kubernetes.io/component: {{ .name }}
 {{- else if .Values.secrets.values }}{{ include "imrelay.fullname" . }}-env{{ end }}
 {{- end }}
 
+{{- /* the self-test bot's secrets: random at install, kept across upgrades */ -}}
+{{- define "imrelay.selftestSecret" -}}
+{{- $name := printf "%s-selftest" (include "imrelay.fullname" .) -}}
+{{- $old := lookup "v1" "Secret" .Release.Namespace $name -}}
+{{- if $old }}{{ $old.data | toYaml }}
+{{- else }}
+HELM_SELFTEST_TOKEN: {{ randAlphaNum 24 | b64enc }}
+HELM_SELFTEST_AES_KEY: {{ randAlphaNum 43 | b64enc }}
+{{- end }}
+{{- end }}
+
 {{- define "imrelay.configYaml" -}}
+{{- $backends := deepCopy .Values.config.backends -}}
+{{- $bots := .Values.config.bots -}}
+{{- if .Values.helmTest.enabled }}
+{{- $_ := set $backends "helm-selftest" (dict "kind" "echo") }}
+{{- $selftest := dict "id" "helm-selftest" "platform" "wecom_group_robot" "backend" "helm-selftest"
+      "api_base" (printf "http://%s-selftest:8090" (include "imrelay.fullname" .))
+      "credentials" (dict "token" "${HELM_SELFTEST_TOKEN}" "encoding_aes_key" "${HELM_SELFTEST_AES_KEY}") }}
+{{- $bots = append $bots $selftest }}
+{{- end }}
 {{- $cfg := merge (dict "nats" (dict "url" .Values.nats.url "replicas" .Values.nats.streamReplicas)
-                        "backends" .Values.config.backends "bots" .Values.config.bots)
+                        "backends" $backends "bots" $bots)
                   (deepCopy .Values.config.extra) -}}
 {{ toYaml $cfg }}
 {{- end }}
