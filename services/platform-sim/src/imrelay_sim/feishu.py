@@ -89,25 +89,8 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
                           "streaming": bool(card.get("config", {}).get("streaming_mode"))}
         return JSONResponse({"code": 0, "msg": "success", "data": {"card_id": card_id}})
 
-    async def card_content(request: Request) -> Response:
-        state.stats["feishu_card_update"] += 1
-        if authorized(request) is None:
-            return fail(99991663, "Invalid access token for authorization", 400)
-        card = cards.get(request.path_params["card_id"])
-        if card is None:
-            return fail(300309, "card not found")
-        body = json.loads(await request.body() or b"{}")
-        if int(body.get("sequence", 0)) <= card["sequence"]:
-            return fail(300317, "sequence number compare failed")
-        card["sequence"], card["content"] = int(body["sequence"]), str(body.get("content", ""))
-        card["history"].append([clock(), card["content"]])
-        for m in state.messages:  # the card message shows the new content
-            if m.get("card_id") == request.path_params["card_id"]:
-                m["content"], m["updates"] = card["content"], m["updates"] + 1
-                m["history"].append([clock(), card["content"]])
-        return JSONResponse({"code": 0, "msg": "success"})
-
-    async def card_settings(request: Request) -> Response:
+    async def card_update(request: Request) -> tuple[dict[str, Any], dict[str, Any]] | Response:
+        """The checks every CardKit update passes: token, card, strictly increasing sequence."""
         if authorized(request) is None:
             return fail(99991663, "Invalid access token for authorization", 400)
         card = cards.get(request.path_params["card_id"])
@@ -117,11 +100,33 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         if int(body.get("sequence", 0)) <= card["sequence"]:
             return fail(300317, "sequence number compare failed")
         card["sequence"] = int(body["sequence"])
+        return card, body
+
+    def card_messages(card_id: str) -> list[dict[str, Any]]:
+        return [m for m in state.messages if m.get("card_id") == card_id]
+
+    async def card_content(request: Request) -> Response:
+        state.stats["feishu_card_update"] += 1
+        checked = await card_update(request)
+        if isinstance(checked, Response):
+            return checked
+        card, body = checked
+        card["content"] = str(body.get("content", ""))
+        card["history"].append([clock(), card["content"]])
+        for m in card_messages(request.path_params["card_id"]):  # the card message shows it
+            m["content"], m["updates"] = card["content"], m["updates"] + 1
+            m["history"].append([clock(), card["content"]])
+        return JSONResponse({"code": 0, "msg": "success"})
+
+    async def card_settings(request: Request) -> Response:
+        checked = await card_update(request)
+        if isinstance(checked, Response):
+            return checked
+        card, body = checked
         settings = json.loads(body.get("settings") or "{}")
         card["streaming"] = bool(settings.get("config", {}).get("streaming_mode", card["streaming"]))
-        for m in state.messages:
-            if m.get("card_id") == request.path_params["card_id"]:
-                m["streaming"] = card["streaming"]
+        for m in card_messages(request.path_params["card_id"]):
+            m["streaming"] = card["streaming"]
         return JSONResponse({"code": 0, "msg": "success"})
 
     async def reply(request: Request) -> Response:

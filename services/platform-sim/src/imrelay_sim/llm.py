@@ -18,7 +18,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,19 +91,16 @@ def routes() -> list[Route]:
         yield _chunk(None, "stop")
         yield "data: [DONE]\n\n"
 
-    async def completions(request: Request) -> Response:
-        body = await begin(request, "openai")
-        if isinstance(body, Response):
-            return body
-        question = last_user(body)
-        return StreamingResponse(openai_style(body, question), media_type="text/event-stream")
+    def openai_endpoint(api: str) -> Callable[[Request], Awaitable[Response]]:
+        """OpenAI-compatible and FastGPT answers share one wire format."""
 
-    async def fastgpt(request: Request) -> Response:
-        body = await begin(request, "fastgpt")
-        if isinstance(body, Response):
-            return body
-        question = last_user(body)
-        return StreamingResponse(openai_style(body, question), media_type="text/event-stream")
+        async def endpoint(request: Request) -> Response:
+            body = await begin(request, api)
+            if isinstance(body, Response):
+                return body
+            return StreamingResponse(openai_style(body, last_user(body)), media_type="text/event-stream")
+
+        return endpoint
 
     async def dify(request: Request) -> Response:
         body = await begin(request, "dify")
@@ -152,9 +149,9 @@ def routes() -> list[Route]:
         return JSONResponse(state.first_token_at)
 
     return [
-        Route("/v1/chat/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", openai_endpoint("openai"), methods=["POST"]),
         Route("/v1/chat-messages", dify, methods=["POST"]),
-        Route("/api/v1/chat/completions", fastgpt, methods=["POST"]),
+        Route("/api/v1/chat/completions", openai_endpoint("fastgpt"), methods=["POST"]),
         Route("/sim/llm", control, methods=["POST"]),
         Route("/sim/llm", last_requests, methods=["GET"]),
         Route("/sim/llm/first-tokens", first_tokens, methods=["GET"]),
