@@ -60,6 +60,8 @@ def test_env_default() -> None:
     ({"bots": [app_bot(backend="nope")]}, "bots.0.backend"),
     ({"bots": [app_bot(), app_bot()]}, "bots.1.id"),
     ({"nats": {"urll": "x"}}, "nats.urll"),
+    ({"nats": {"url": "nats-0:4222"}}, "nats.url"),
+    ({"nats": {"url": "nats://a:4222,,nats://b:4222"}}, "nats.url"),
     ({"backends": {"default": {"kind": "openai"}}}, "backends.default"),
     ({"ingress": {"port": 0}}, "ingress.port"),
 ])
@@ -73,6 +75,12 @@ def test_env_overrides() -> None:
     s = parse_settings({}, {"IMRELAY_NATS_URL": "nats://nats:4222", "IMRELAY_PORT": "9000",
                             "IMRELAY_ADMIN_PORT": "9999"})
     assert (s.nats.url, s.ingress.port, s.admin.port) == ("nats://nats:4222", 9000, 9999)
+
+
+def test_a_cluster_is_several_urls() -> None:
+    s = parse_settings({"nats": {"url": "nats://n0:4222, nats://n1:4222,tls://n2:4222"}}, {})
+    assert s.nats.servers == ["nats://n0:4222", "nats://n1:4222", "tls://n2:4222"]
+    assert parse_settings({}, {}).nats.servers == ["nats://127.0.0.1:4222"]
 
 
 def test_load_settings_from_file(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsB
     """A broker with tracing (trace context in NATS headers) and Prometheus middlewares; on stop it waits
     up to ``graceful_timeout`` for handlers in flight."""
     return NatsBroker(
-        cfg.url,
+        cfg.servers,
         graceful_timeout=graceful_timeout,
         max_reconnect_attempts=-1,
         log_level=logging.DEBUG,  # per-message lines only when debugging

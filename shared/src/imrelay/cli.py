@@ -50,13 +50,14 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from .dlq import format_table, list_dead_letters, redrive
 
     try:
-        url = args.nats_url or load_settings(args.config).nats.url
+        servers = (args.nats_url.split(",") if args.nats_url
+                   else load_settings(args.config).nats.servers)
     except ConfigError as exc:
         print(f"configuration error: {exc} (or pass --nats-url)", file=sys.stderr)
         return 2
 
     async def run() -> int:
-        nc = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+        nc = await nats.connect(servers, connect_timeout=5, max_reconnect_attempts=0)
         try:
             js = nc.jetstream()
             if args.action == "list":

@@ -62,15 +62,33 @@ class _Model(BaseModel):
 
 
 class NatsConfig(_Model):
+    # One URL, or several separated by commas (the nodes of a cluster without a load-balanced address).
     url: str = "nats://127.0.0.1:4222"
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
     publish_timeout_seconds: float = Field(default=2.0, gt=0)
+    # The ingress retries a publish that got no PubAck (a reconnect, a stream leader election) with the
+    # same message id until this deadline, then answers 503 so the platform retries; keep it under the
+    # platforms' answer timeouts (Feishu 3 s, WeCom 5 s).
+    ingress_publish_deadline_seconds: float = Field(default=2.5, gt=0)
     dedupe_window_seconds: int = Field(default=86400, ge=60)
     # Set to the number of nats-server cluster nodes in production (1 for the embedded server).
     replicas: int = Field(default=1, ge=1, le=5)
     # Replies are spread over this many partitions by conversation: one conversation's replies are
     # delivered strictly in order, different partitions in parallel (the sender's parallelism, cluster-wide).
     out_partitions: int = Field(default=16, ge=1, le=256)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        for server in value.split(","):
+            if not re.fullmatch(r"(nats|tls|ws|wss)://\S+", server.strip()):
+                raise ValueError(f"not a NATS URL: {server.strip()!r} (nats://host:port, comma-separated)")
+        return value
+
+    @property
+    def servers(self) -> list[str]:
+        """The server URLs to connect to (a client tries them all and fails over between them)."""
+        return [s.strip() for s in self.url.split(",")]
 
 
 class IngressConfig(_Model):

@@ -60,7 +60,7 @@ async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -
         log.info("nats: reconnected")
 
     return await nats.connect(
-        cfg.url, name=name, connect_timeout=cfg.connect_timeout_seconds,
+        cfg.servers, name=name, connect_timeout=cfg.connect_timeout_seconds,
         max_reconnect_attempts=max_reconnect_attempts, reconnect_time_wait=0.5,
         allow_reconnect=True, error_cb=on_error, disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,

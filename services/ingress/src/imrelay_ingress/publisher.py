@@ -93,17 +93,30 @@ class JetStreamPublisher:
                 and await streams_present(self.js))
 
     async def publish(self, message: InboundMessage) -> bool:
-        js, nc = self.js, self.nc
-        if js is None or nc is None or not nc.is_connected:
-            raise PublishUnavailable("not connected to NATS")
+        """Store ``message``, retrying with the same ``Nats-Msg-Id`` until the deadline: a retry of a
+        publish whose PubAck was lost is dropped by the stream as a duplicate, never stored twice."""
         headers = {subjects.HDR_MSG_ID: f"{message.bot_id}:{message.platform_message_id}"}
         inject_headers(headers)
-        try:
-            ack = await js.publish(
-                subjects.inbound_subject(message.platform.value, message.bot_id),
-                message.model_dump_json().encode(), stream=subjects.STREAM_IN, headers=headers,
-                timeout=self.cfg.publish_timeout_seconds,
-            )
-        except Exception as exc:
-            raise PublishUnavailable(type(exc).__name__) from exc
-        return bool(ack.duplicate)
+        subject = subjects.inbound_subject(message.platform.value, message.bot_id)
+        payload = message.model_dump_json().encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.ingress_publish_deadline_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            js, nc = self.js, self.nc
+            remaining = deadline - loop.time()
+            try:
+                if js is None or nc is None or nc.is_closed:
+                    raise PublishUnavailable("not connected to NATS")
+                ack = await js.publish(subject, payload, stream=subjects.STREAM_IN, headers=headers,
+                                       timeout=max(0.05, min(self.cfg.publish_timeout_seconds, remaining)))
+                if attempt > 1:
+                    log.info("stored after %d attempts", attempt)
+                return bool(ack.duplicate)
+            except Exception as exc:
+                wait = min(0.1 * 2 ** (attempt - 1), 0.5)
+                if deadline - loop.time() <= wait:
+                    reason = str(exc) if isinstance(exc, PublishUnavailable) else type(exc).__name__
+                    raise PublishUnavailable(f"{reason} after {attempt} attempt(s)") from exc
+                await asyncio.sleep(wait)

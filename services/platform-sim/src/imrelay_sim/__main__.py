@@ -136,9 +136,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         before = 0
         if args.wait:
             before = len(client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json())
-        resp = client.post(url, content=body, headers=headers)
-        print(f"callback {msg_id} -> ingress answered {resp.status_code}", flush=True)
-        if resp.status_code != 200:
+        resp = post_with_retries(client, url, body, headers, args.retries, args.retry_interval, msg_id)
+        if resp is None or resp.status_code != 200:
             return 1
         if isinstance(bot, WeComAIBot):  # WeCom polls the answer's stream instead of receiving a message
             return poll_aibot(client, args, bot, resp.content)
@@ -163,6 +162,24 @@ def cmd_send(args: argparse.Namespace) -> int:
             print("no answer arrived in time", file=sys.stderr)
             return 1
     return 0
+
+
+def post_with_retries(client: httpx.Client, url: str, body: bytes, headers: dict[str, str], retries: int,
+                      interval: float, msg_id: str) -> httpx.Response | None:
+    """Post a callback the way the platforms do: a failed or timed-out one is sent again, unchanged."""
+    resp: httpx.Response | None = None
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(interval)
+        try:
+            resp = client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            print(f"callback {msg_id} -> {type(exc).__name__}", flush=True)
+            continue
+        print(f"callback {msg_id} -> ingress answered {resp.status_code}", flush=True)
+        if resp.status_code < 500:
+            return resp
+    return resp
 
 
 def push_over_socket(args: argparse.Namespace, bot: WeComAIBot, msg_id: str) -> int:
@@ -256,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--ingress", default=DEFAULT_INGRESS)
     s.add_argument("--sim", default=DEFAULT_SIM)
     s.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the answer")
+    s.add_argument("--retries", type=int, default=0,
+                   help="send the callback again after a 5xx or no answer, as the platforms do (WeCom: 3)")
+    s.add_argument("--retry-interval", type=float, default=5.0, help="seconds between those retries")
     s = sub.add_parser("verify-url", help="perform the console's callback URL verification")
     s.add_argument("--bot", required=True)
     s.add_argument("--ingress", default=DEFAULT_INGRESS)
