@@ -14,26 +14,16 @@ from helm_python import Chart, lint
 
 from imrelay.config import parse_settings
 
-CHART = Path(__file__).parents[2] / "deploy" / "helm" / "imrelay"
+from ..chart import CHART, find, render, values_file
+
 VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 K8S = "1.33.0"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
         ("keda.sh/v1alpha1", "ScaledObject")}
 
 
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    out = Chart.load(CHART).render(values, name="imrelay", namespace="chat", is_install=True)
-    docs = []
-    for path, text in out.items():
-        if path.endswith("NOTES.txt"):
-            continue
-        docs += [d for d in yaml.safe_load_all(text) if d]
-    return docs
-
-
 def load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
-    return data
+    return values_file(path.name)
 
 
 @pytest.mark.parametrize("path", VALUES, ids=[p.stem for p in VALUES])
@@ -77,7 +67,7 @@ def test_a_config_change_rolls_the_pods() -> None:
 def test_the_rendered_config_is_one_imrelay_accepts() -> None:
     values = load(CHART / "ci" / "external-nats-values.yaml")
     [cm] = [d for d in render(values)
-            if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")]
+            if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "imrelay-config"]
     env = {k: "x" * 43 for k in ("OPENAI_API_KEY", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY",
                                   "AIBOT_AES_KEY", "AIBOT_SECRET")}
     settings = parse_settings(yaml.safe_load(cm["data"]["imrelay.yaml"]), env)
@@ -99,7 +89,9 @@ def test_only_the_callback_port_is_exposed() -> None:
 @pytest.mark.parametrize("values", [
     {"componets": {}},
     {"components": {"ingress": {"enabled": True, "module": "imrelay_ingress", "replica": 3}}},
-    {"nats": {"url": ""}},
+    {"nats": {"enabled": False, "url": "nats.example.com:4222"}},
+    {"nats": {"replica": 3}},
+    {"nats": {"replicas": 2}},
     {"config": {"bots": [{"id": "Bad_Id", "platform": "wecom_app"}]}},
 ])
 def test_the_schema_rejects_typos(values: dict[str, Any]) -> None:
@@ -114,6 +106,9 @@ def test_the_schema_rejects_typos(values: dict[str, Any]) -> None:
                         "targetCPUUtilizationPercentage": 50}}}}, "one autoscaler"),
     ({"config": {"bots": [{"id": "ws", "platform": "wecom_aibot", "mode": "long_connection"}]}},
      "connector.enabled"),
+    ({"nats": {"enabled": False}}, "nats.url is required"),
+    ({"nats": {"url": "nats://nats.messaging:4222"}}, "choose one NATS"),
+    ({"nats": {"replicas": 1}}, r"streamReplicas \(3\) cannot exceed"),
 ])
 def test_notes_fail_bad_installs(values: dict[str, Any], message: str) -> None:
     with pytest.raises(Exception, match=message):
@@ -159,7 +154,7 @@ def test_helm_test_round_trip_pod() -> None:
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     command = " ".join(pod["spec"]["containers"][0]["command"])
     assert "imrelay_sim send --bot helm-selftest" in command and "http://imrelay-ingress:8080" in command
-    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config")]
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "imrelay-config"]
     settings = parse_settings(yaml.safe_load(cm["data"]["imrelay.yaml"]),
                               {"HELM_SELFTEST_TOKEN": "t", "HELM_SELFTEST_AES_KEY": "k" * 43})
     bot = settings.bot("helm-selftest")
@@ -168,3 +163,29 @@ def test_helm_test_round_trip_pod() -> None:
     [sender] = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("sender")]
     refs = [e["secretRef"]["name"] for e in sender["spec"]["template"]["spec"]["containers"][0]["envFrom"]]
     assert "imrelay-selftest" in refs
+
+
+def test_the_bundled_nats_is_a_jetstream_cluster() -> None:
+    docs = render(values_file("keda-values.yaml"))
+    sts = find(docs, "StatefulSet", "imrelay-nats")
+    assert sts["spec"]["replicas"] == 3 and sts["spec"]["serviceName"] == "imrelay-nats-headless"
+    [claim] = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    pod = sts["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["readOnlyRootFilesystem"]
+    assert c["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "-sl=ldm=/var/run/nats/nats.pid"]
+    conf = find(docs, "ConfigMap", "imrelay-nats-config")["data"]["nats.conf"]
+    assert "nats://imrelay-nats-2.imrelay-nats-headless:6222" in conf and "store_dir: /data" in conf
+    assert find(docs, "PodDisruptionBudget", "imrelay-nats")["spec"]["maxUnavailable"] == 1
+    assert find(docs, "Service", "imrelay-nats-headless")["spec"]["publishNotReadyAddresses"] is True
+    cfg = yaml.safe_load(find(docs, "ConfigMap", "imrelay-config")["data"]["imrelay.yaml"])
+    assert cfg["nats"] == {"url": "nats://imrelay-nats:4222", "replicas": 3}
+    trigger = find(docs, "ScaledObject", "imrelay-llm-worker")["spec"]["triggers"][0]["metadata"]
+    assert trigger["natsServerMonitoringEndpoint"] == "imrelay-nats-headless.chat.svc.cluster.local:8222"
+    # a single node: no cluster block, no PDB; and none of it with a NATS of your own
+    single = render(values_file("minimal-values.yaml"))
+    assert "cluster {" not in find(single, "ConfigMap", "imrelay-nats-config")["data"]["nats.conf"]
+    assert not [d for d in single if d["kind"] == "PodDisruptionBudget" and "nats" in d["metadata"]["name"]]
+    external = render(values_file("external-nats-values.yaml"))
+    assert not [d for d in external if d["metadata"]["name"].startswith("imrelay-nats")]

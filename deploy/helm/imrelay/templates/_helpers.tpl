@@ -38,6 +38,12 @@ HELM_SELFTEST_AES_KEY: {{ randAlphaNum 43 | b64enc }}
 {{- end }}
 {{- end }}
 
+{{- /* the NATS every service connects to: the bundled cluster's client Service, or nats.url */ -}}
+{{- define "imrelay.natsUrl" -}}
+{{- if .Values.nats.enabled }}nats://{{ printf "%s-nats" .Release.Name | trunc 63 | trimSuffix "-" }}:4222
+{{- else }}{{ .Values.nats.url }}{{ end }}
+{{- end }}
+
 {{- define "imrelay.configYaml" -}}
 {{- $backends := deepCopy .Values.config.backends -}}
 {{- $bots := .Values.config.bots -}}
@@ -48,7 +54,7 @@ HELM_SELFTEST_AES_KEY: {{ randAlphaNum 43 | b64enc }}
       "credentials" (dict "token" "${HELM_SELFTEST_TOKEN}" "encoding_aes_key" "${HELM_SELFTEST_AES_KEY}") }}
 {{- $bots = append $bots $selftest }}
 {{- end }}
-{{- $cfg := merge (dict "nats" (dict "url" .Values.nats.url "replicas" .Values.nats.streamReplicas)
+{{- $cfg := merge (dict "nats" (dict "url" (include "imrelay.natsUrl" .) "replicas" .Values.nats.streamReplicas)
                         "backends" $backends "bots" $bots)
                   (deepCopy .Values.config.extra) -}}
 {{ toYaml $cfg }}
