@@ -38,8 +38,8 @@ bench: install ## ingress callbacks/s, sender deliveries/s, streaming latency, e
 	$(UV) run --frozen python bench/sender_bench.py
 	$(UV) run --frozen python bench/stream_latency_bench.py
 
-images: install ## build the imrelay image with buildah, from scratch (needs root, buildah, debootstrap)
-	UV="$(UV)" deploy/images/build.sh
+images: install ## build the imrelay image (docker/podman, else buildah from scratch); IMAGE=name:tag
+	UV="$(UV)" deploy/images/build.sh $(IMAGE)
 
 clean: ## remove local state (.imrelay: NATS data and the dev config) and caches
 	rm -rf .imrelay .pytest_cache .mypy_cache .ruff_cache

@@ -1,15 +1,36 @@
 #!/usr/bin/env bash
-# Builds the imrelay image (one image, every service: `python -m <module>`) with buildah, without pulling a
-# base image: a minimal Debian root filesystem (debootstrap, from the Debian mirror), Debian's python3, and
-# the workspace's wheels with their locked dependencies from PyPI. No compiler or package manager is left
-# in the image; it runs as user 10001. Needs root (debootstrap, chroot) and buildah.
+# Builds the imrelay image (one image, every service: `python -m <module>`) with the engine present:
+#
+# * docker or podman (a running engine that can pull python:3.11-slim): deploy/images/Dockerfile;
+# * otherwise buildah, without pulling any base image: a minimal Debian root filesystem (debootstrap, from
+#   the Debian mirror), Debian's python3, and the workspace's wheels with their locked dependencies from
+#   PyPI. Needs root (debootstrap, chroot), buildah and debootstrap.
+#
+# Either way no compiler or package manager is left in the image and it runs as user 10001.
 #
 #   deploy/images/build.sh [image name]      (default: imrelay:<version>)
+#   IMAGE_ENGINE=docker|podman|buildah       to choose the engine instead of the first one that works
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 UV=${UV:-$(command -v uv || echo "python3 -m uv")}
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' shared/pyproject.toml | head -1)
 IMAGE=${1:-imrelay:$VERSION}
+
+ENGINE=${IMAGE_ENGINE:-}
+if [ -z "$ENGINE" ]; then
+    for candidate in docker podman; do
+        if command -v "$candidate" >/dev/null && "$candidate" info >/dev/null 2>&1; then
+            ENGINE=$candidate && break
+        fi
+    done
+    ENGINE=${ENGINE:-buildah}
+fi
+if [ "$ENGINE" != buildah ]; then
+    echo "== $ENGINE build (deploy/images/Dockerfile)"
+    "$ENGINE" build -f deploy/images/Dockerfile -t "$IMAGE" .
+    echo "built $IMAGE (user $("$ENGINE" image inspect --format '{{.Config.User}}' "$IMAGE"))"
+    exit 0
+fi
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 WORK=$(mktemp -d /tmp/imrelay-image-XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
@@ -28,8 +49,8 @@ debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates boo
     >"$WORK/debootstrap.log"
 mkdir -p "$ROOT/tmp/build" && cp "$WORK"/wheels/*.whl "$WORK/requirements.txt" "$ROOT/tmp/build/"
 # the locked dependencies as wheels for the image's Python (Debian bookworm: CPython 3.11, glibc 2.36),
-# fetched with this machine's own package client; the image installs them offline
-python3 -m pip download --quiet --dest "$ROOT/tmp/build" --only-binary=:all: \
+# fetched with pip (run by uv, whatever the interpreter on PATH); the image installs them offline
+$UV tool run --quiet --from pip pip download --quiet --disable-pip-version-check --dest "$ROOT/tmp/build" --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
     --platform manylinux_2_36_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any \
