@@ -132,3 +132,50 @@ async def test_a_failing_token_endpoint_is_left_alone_by_every_replica(nats_serv
     finally:
         for c in connections:
             await c.close()
+
+
+class _LateLocker:
+    """A replica's bucket whose lock request is held back until ``go`` is set (a slow round trip)."""
+
+    def __init__(self, kv: object, go: asyncio.Event) -> None:
+        self._kv, self._go = kv, go
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._kv, name)
+
+    async def create(self, key: str, value: bytes) -> int:
+        await self._go.wait()
+        result: int = await self._kv.create(key, value)  # type: ignore[attr-defined]
+        return result
+
+
+async def test_a_replica_that_gets_the_lock_after_a_failure_backs_off_too(nats_server: EmbeddedNats) -> None:
+    """Replica B saw no cooldown, then took the lock just after replica A's attempt failed: it must see
+    A's cooldown under the lock instead of calling the failing endpoint again."""
+    from imrelay_sender.tokens import TokenUnavailable
+
+    cfg = NatsConfig(url=nats_server.url)
+    nc = await nats.connect(nats_server.url)
+    try:
+        kv = (await ensure_buckets(nc.jetstream(), cfg)).tokens
+        go = asyncio.Event()
+        a = TokenCache(kv, base_cooldown=5.0)
+        b = TokenCache(_LateLocker(kv, go), base_cooldown=5.0)  # type: ignore[arg-type]
+        calls = 0
+
+        async def broken() -> tuple[str, float]:
+            nonlocal calls
+            calls += 1
+            raise ConnectionError("token endpoint down")
+
+        key = f"test.{secrets.token_hex(4)}"
+        late = asyncio.create_task(b.get(key, broken))  # past the cooldown check, waiting for the lock
+        await asyncio.sleep(0.2)
+        with pytest.raises(ConnectionError):
+            await a.get(key, broken)  # A locks, fails, records the cooldown, unlocks
+        go.set()
+        with pytest.raises(TokenUnavailable):
+            await late
+        assert calls == 1
+    finally:
+        await nc.close()

@@ -164,24 +164,36 @@ class TokenCache:
         except (KeyNotFoundError, ValueError, TypeError):
             return 0.0, 0
 
+    async def _check_cooldown(self, key: str, rec: TokenRecord | None, now: float) -> tuple[int, str | None]:
+        """(consecutive failures, a token to use meanwhile). While the endpoint cools down: the old token
+        if it still works, else :class:`TokenUnavailable`."""
+        until, failures = await self._cooldown(key)
+        if now < until:
+            if rec is not None and is_usable(rec, now, margin=0.0):
+                return failures, rec.token
+            raise TokenUnavailable("token", "cooldown", "token endpoint failing; backing off",
+                                   retry_after=until - now)
+        return failures, None
+
     async def _refresh_or_wait(self, key: str, fetch: Fetch, renew_early: bool) -> str:
         while True:
             rec = await self.read(key)
             now = self.clock()
             if rec is not None and not needs_refresh(rec, now, self.skew):
                 return rec.token
-            until, failures = await self._cooldown(key)
-            if now < until:
-                if is_usable(rec, now, margin=0.0):
-                    assert rec is not None
-                    return rec.token
-                raise TokenUnavailable("token", "cooldown", "token endpoint failing; backing off",
-                                       retry_after=until - now)
+            failures, usable = await self._check_cooldown(key, rec, now)
+            if usable is not None:
+                return usable
             if await self._try_lock(key):
                 try:
+                    # what the previous lock holder left: a fresh token, or a failure to back off from
                     rec = await self.read(key)
-                    if rec is not None and not needs_refresh(rec, self.clock(), self.skew):
+                    now = self.clock()
+                    if rec is not None and not needs_refresh(rec, now, self.skew):
                         return rec.token
+                    failures, usable = await self._check_cooldown(key, rec, now)
+                    if usable is not None:
+                        return usable
                     try:
                         token, expires_in = await fetch()
                     except Exception:
