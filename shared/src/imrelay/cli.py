@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from .config import load_settings
+from .config import load_settings, parse_settings
 from .devconfig import DEV_CONFIG
 from .errors import ConfigError
 from .natsserver import EmbeddedNats
@@ -50,8 +50,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from .dlq import format_table, list_dead_letters, redrive
 
     try:
-        servers = (args.nats_url.split(",") if args.nats_url
-                   else load_settings(args.config).nats.servers)
+        servers = (parse_settings({"nats": {"url": args.nats_url}}, {}) if args.nats_url
+                   else load_settings(args.config)).nats.servers
     except ConfigError as exc:
         print(f"configuration error: {exc} (or pass --nats-url)", file=sys.stderr)
         return 2
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--stage", choices=["worker", "sender"], help="only this stage's dead letters")
     q.add_argument("--limit", type=int, default=100, help="list at most this many, newest")
     q.add_argument("--config", help="config file for nats.url (default: $IMRELAY_CONFIG)")
-    q.add_argument("--nats-url", help="NATS server URL (overrides the config)")
+    q.add_argument("--nats-url", help="NATS server URL, or several comma-separated (overrides the config)")
     args = p.parse_args(argv)
     handler = {"dev": cmd_dev, "check-config": cmd_check_config, "dlq": cmd_dlq}[args.cmd]
     raise SystemExit(handler(args))
