@@ -210,3 +210,17 @@ class Stack:
                 return value
             time.sleep(0.05)
         raise AssertionError(f"timed out waiting for {what}; logs in {self.root}")
+
+
+async def stored_inbound(url: str) -> int:
+    """How many messages the ingress has stored in IMRELAY_IN."""
+    import nats
+
+    from imrelay import subjects
+
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().stream_info(subjects.STREAM_IN)
+        return int(info.state.messages)
+    finally:
+        await nc.close()

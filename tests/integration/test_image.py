@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 import yaml
 
-from imrelay import subjects
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
 from imrelay_sim.__main__ import build_request
 
 from ..helpers import free_port
+from .stack import stored_inbound
 
 ROOT = Path(__file__).parents[2]
 MISSING = [t for t in ("buildah", "debootstrap", "chroot") if shutil.which(t) is None]
@@ -112,17 +111,8 @@ def test_the_images_command_is_a_working_ingress(mounted: tuple[Path, dict[str, 
         resp = httpx.post(f"http://127.0.0.1:{port}/callback/robot?{query}", content=body, headers=headers,
                           timeout=10)
         assert resp.status_code == 200, log.read_text()
-        assert asyncio.run(stored(server.url)) == 1
+        assert asyncio.run(stored_inbound(server.url)) == 1
     finally:
         proc.terminate()
         proc.wait(30)
         server.cleanup()
-
-
-async def stored(url: str) -> int:
-    nc = await nats.connect(url)
-    try:
-        info = await nc.jetstream().stream_info(subjects.STREAM_IN)
-        return int(info.state.messages)
-    finally:
-        await nc.close()

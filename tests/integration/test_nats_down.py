@@ -10,15 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import nats
 import pytest
 
-from imrelay import subjects
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
 from imrelay_sim.__main__ import build_callback
 
-from .stack import Stack
+from .stack import Stack, stored_inbound
 
 pytestmark = pytest.mark.nats
 
@@ -39,18 +37,9 @@ def post(stack: Stack, msg_id: str) -> int:
                       timeout=15).status_code
 
 
-async def stored(url: str) -> int:
-    nc = await nats.connect(url)
-    try:
-        info = await nc.jetstream().stream_info(subjects.STREAM_IN)
-        return int(info.state.messages)
-    finally:
-        await nc.close()
-
-
-def test_nats_down_means_503_and_nothing_stored(ingress_only: Stack,
+def test_nats_down_means_503_and_nothing_stored_inbound(ingress_only: Stack,
                                                 nats_server: EmbeddedNats) -> None:
-    before = asyncio.run(stored(nats_server.url))
+    before = asyncio.run(stored_inbound(nats_server.url))
     nats_server.stop()
     try:
         msg_id = str(secrets.randbelow(2**62))
@@ -59,9 +48,9 @@ def test_nats_down_means_503_and_nothing_stored(ingress_only: Stack,
         assert ready.status_code == 503
     finally:
         nats_server.start()
-    assert asyncio.run(stored(nats_server.url)) == before
+    assert asyncio.run(stored_inbound(nats_server.url)) == before
     # the platform retries: accepted once NATS is back (the ingress reconnects on its own)
     ingress_only.wait_for(lambda: post(ingress_only, msg_id) == 200, timeout=30,
                           what="the ingress to accept after NATS came back")
     assert post(ingress_only, msg_id) == 200
-    assert asyncio.run(stored(nats_server.url)) == before + 1
+    assert asyncio.run(stored_inbound(nats_server.url)) == before + 1
