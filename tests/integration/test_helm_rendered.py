@@ -9,9 +9,11 @@
 * the ``helm test`` pod's own command, which plays the self-test robot's webhook, sends a signed callback
   and waits for the answer.
 
-Then a NATS node is lost (SIGKILL, after its rendered preStop put it in lame-duck mode) and a second
-round trip still completes, answered once: the streams are replicated on the three nodes, and a callback
-that got a 503 while a stream elected a new leader is sent again, as the platforms do.
+Then the NATS StatefulSet is rolled (preStop hook, SIGTERM, restart on the node's data, the next node once
+the startup probe passes) while a platform keeps sending callbacks: each is answered exactly once. Last,
+a node is lost for good (SIGKILL after lame-duck mode) and a round trip still completes, answered once:
+the streams are replicated on the three nodes, and a callback that got a 503 while a stream elected a
+new leader is sent again, as the platforms do.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,9 @@ import httpx
 import pytest
 import yaml
 
+from imrelay.config import parse_settings
 from imrelay.natsserver import nats_server_binary
+from imrelay_sim.__main__ import build_request, post_with_retries
 
 from ..chart import find, render
 from ..helpers import free_port
@@ -75,39 +81,96 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
     raise TimeoutError(f"{url}: {last}")
 
 
+@dataclass
+class NatsNode:
+    """One NATS pod: the rendered container's arguments, environment, probes and preStop hook."""
+
+    index: int
+    root: Path
+    container: dict[str, Any]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return NODES[self.index]
+
+    def _map(self, arg: str) -> str:
+        return (arg.replace("/etc/nats-config/nats.conf", str(self.root / "nats.conf"))
+                .replace("/var/run/nats/nats.pid", str(self.root / "nats.pid")))
+
+    def start(self) -> None:
+        argv = [nats_server_binary(), *(self._map(a) for a in self.container["args"])]
+        with open(self.root / "nats.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                         env=dict(os.environ, POD_NAME=f"{FULL}-nats-{self.index}"))
+
+    def probe(self, name: str) -> str:
+        return f"http://{self.host}:8222{self.container[name]['httpGet']['path']}"
+
+    def wait_started(self) -> None:
+        """What the kubelet waits for: the startup probe (JetStream current), then ready and live."""
+        for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+            wait_http(self.probe(name))
+
+    def pre_stop(self) -> None:
+        """The rendered preStop hook: lame-duck mode."""
+        argv = [nats_server_binary() if a == "nats-server" else self._map(a)
+                for a in self.container["lifecycle"]["preStop"]["exec"]["command"]]
+        subprocess.run(argv, check=True, timeout=10)
+        deadline = time.monotonic() + 10
+        while "Entering lame duck mode" not in self.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "Entering lame duck mode" in self.log()
+
+    def terminate(self) -> None:
+        """A pod deletion: the preStop hook, then SIGTERM, then the grace period."""
+        assert self.proc is not None
+        self.pre_stop()
+        self.proc.terminate()
+        grace = self.container.get("terminationGracePeriodSeconds", 60)
+        self.proc.wait(grace)
+
+    def log(self) -> str:
+        return (self.root / "nats.log").read_text()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def nats_cluster(docs: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory,
-                 ) -> Iterator[list[subprocess.Popen[bytes]]]:
+                 ) -> Iterator[list[NatsNode]]:
     conf = find(docs, "ConfigMap", f"{FULL}-nats-config")["data"]["nats.conf"]
     sts = find(docs, "StatefulSet", f"{FULL}-nats")
     assert sts["spec"]["replicas"] == len(NODES)
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"  # every node starts at once
     [container] = sts["spec"]["template"]["spec"]["containers"]
     assert [e["name"] for e in container["env"]] == ["POD_NAME"]
-    procs = []
+    container = dict(container, terminationGracePeriodSeconds=sts["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"])
+    nodes = []
     for i in range(len(NODES)):
         root = tmp_path_factory.mktemp(f"nats-{i}")
         (root / "nats.conf").write_text(node_conf(conf, i, root))
-        args = [a.replace("/etc/nats-config/nats.conf", str(root / "nats.conf")) for a in container["args"]]
-        with open(root / "nats.log", "wb") as log:
-            procs.append(subprocess.Popen(
-                [nats_server_binary(), *args], stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, POD_NAME=f"{FULL}-nats-{i}")))
+        nodes.append(NatsNode(i, root, container))
     try:
-        for host in NODES:
-            # the pod's startup probe: JetStream is current (the meta group has a leader)
-            wait_http(f"http://{host}:8222{container['startupProbe']['httpGet']['path']}")
-            for probe in ("readinessProbe", "livenessProbe"):
-                wait_http(f"http://{host}:8222{container[probe]['httpGet']['path']}")
-        yield procs
+        for node in nodes:
+            node.start()
+        for node in nodes:
+            node.wait_started()
+        yield nodes
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
+        for node in nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.terminate()
+        for node in nodes:
             try:
-                p.wait(10)
+                if node.proc is not None:
+                    node.proc.wait(10)
             except subprocess.TimeoutExpired:
-                p.kill()
+                node.kill()
 
 
 def secret_env(docs: list[dict[str, Any]], refs: list[dict[str, Any]]) -> dict[str, str]:
@@ -120,7 +183,7 @@ def secret_env(docs: list[dict[str, Any]], refs: list[dict[str, Any]]) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def services(docs: list[dict[str, Any]], nats_cluster: list[subprocess.Popen[bytes]],
+def services(docs: list[dict[str, Any]], nats_cluster: list[NatsNode],
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("helm-services")
     hook = free_port()
@@ -191,7 +254,7 @@ def run_test_pod(docs: list[dict[str, Any]], services: dict[str, Any], text: str
 
 
 def test_helm_test_round_trip_over_the_bundled_nats_cluster(
-        docs: list[dict[str, Any]], nats_cluster: list[subprocess.Popen[bytes]],
+        docs: list[dict[str, Any]], nats_cluster: list[NatsNode],
         services: dict[str, Any]) -> None:
     out = run_test_pod(docs, services, "first round trip")
     assert "ingress answered 200" in out
@@ -204,32 +267,71 @@ def test_helm_test_round_trip_over_the_bundled_nats_cluster(
     assert len(streams["IMRELAY_IN"]["cluster"]["replicas"]) == 2  # the leader and two followers
 
 
+def test_a_rolling_restart_of_nats_loses_and_repeats_nothing(
+        docs: list[dict[str, Any]], nats_cluster: list[NatsNode], services: dict[str, Any]) -> None:
+    """kubectl rollout restart of the NATS StatefulSet while callbacks keep coming: each node in turn gets
+    its preStop hook and SIGTERM, comes back on its volume, and the next one goes only once the startup
+    probe says it caught up. The platform re-sends a callback that got a 503, as WeCom does."""
+    settings_cfg = yaml.safe_load(Path(services["config"]).read_text())
+    env = secret_env(docs, [{"secretRef": {"name": f"{FULL}-selftest"}}])
+    bot = parse_settings(settings_cfg, env).bot("helm-selftest")
+    assert bot is not None
+    hook = Service("hook", ["imrelay_sim", "serve", "--host", "127.0.0.1", "--port", str(services["hook"])],
+                   dict(os.environ, IMRELAY_CONFIG=str(services["config"]), **env),
+                   f"http://127.0.0.1:{services['hook']}/sim/stats",
+                   services["root"] / "hook.log").start()
+    sent: list[str] = []
+    failed: list[str] = []
+    stop = threading.Event()
+
+    def platform() -> None:
+        with httpx.Client(timeout=5) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                text = f"rolling {n}"
+                query, headers, body = build_request(bot, text, "alice", f"roll-{n}", time.time(),
+                                                     f"http://127.0.0.1:{services['hook']}", "wrkroll")
+                url = f"http://127.0.0.1:{services['ingress']}/callback/{bot.id}?{query}"
+                resp = post_with_retries(client, url, body, headers, 3, 2.0, f"roll-{n}")
+                (sent if resp is not None and resp.status_code == 200 else failed).append(text)
+                stop.wait(3.5)  # a group robot takes 20 messages a minute: stay under it
+
+    driver = threading.Thread(target=platform)
+    driver.start()
+    try:
+        time.sleep(1)
+        for node in reversed(nats_cluster):  # a StatefulSet rolls from the highest ordinal down
+            node.terminate()
+            node.start()
+            node.wait_started()
+        time.sleep(1)
+    finally:
+        stop.set()
+        driver.join(60)
+    try:
+        assert not failed and len(sent) >= 10
+        deadline = time.monotonic() + 60
+        answers: list[str] = []
+        messages = f"http://127.0.0.1:{services['hook']}/sim/messages"
+        while time.monotonic() < deadline:
+            listed = httpx.get(messages, params={"bot": bot.id}, timeout=5).json()
+            answers = [str(m["content"]) for m in listed]
+            if all(any(a.endswith(t) for a in answers) for t in sent):
+                break
+            time.sleep(0.5)
+        counts = {t: sum(a.endswith(t) for a in answers) for t in sent}
+        assert {t: n for t, n in counts.items() if n != 1} == {}, f"of {len(sent)} acked"
+    finally:
+        hook.stop()
+
+
 def test_a_round_trip_survives_losing_a_nats_node(
-        docs: list[dict[str, Any]], nats_cluster: list[subprocess.Popen[bytes]],
-        services: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> None:
-    sts = find(docs, "StatefulSet", f"{FULL}-nats")
-    [container] = sts["spec"]["template"]["spec"]["containers"]
-    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+        docs: list[dict[str, Any]], nats_cluster: list[NatsNode], services: dict[str, Any]) -> None:
     victim = nats_cluster[2]
-    pid_file = next(Path(p) for p in re.findall(r"pid_file: (\S+)", _conf_of(victim)))
-    # the rendered preStop hook, with the pod's pid file mapped: the node enters lame-duck mode
-    argv = [nats_server_binary() if a == "nats-server" else a.replace("/var/run/nats/nats.pid", str(pid_file))
-            for a in pre_stop]
-    subprocess.run(argv, check=True, timeout=10)
-    log = pid_file.parent / "nats.log"
-    deadline = time.monotonic() + 10
-    while "Entering lame duck mode" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "Entering lame duck mode" in log.read_text()
-    victim.send_signal(signal.SIGKILL)  # and then it is gone, without a goodbye
-    victim.wait(10)
+    victim.pre_stop()  # lame-duck mode, as the rendered preStop hook does
+    victim.kill()  # and then it is gone, without a goodbye
     out = run_test_pod(docs, services, "second round trip")
     # answered once, whether the first callback got its PubAck or a 503 while a stream elected a leader
     assert len(re.findall(r"answer to .*second round trip", out)) == 1, out
     assert "ingress answered 200" in out
-
-
-def _conf_of(proc: subprocess.Popen[bytes]) -> str:
-    args = proc.args
-    assert isinstance(args, list)
-    return Path(str(args[args.index("--config") + 1])).read_text()
