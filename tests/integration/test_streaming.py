@@ -87,3 +87,27 @@ def test_feishu_card_streams_then_stops_streaming(streaming: Stack) -> None:
     assert card["msgtype"] == "interactive" and card["updates"] >= 4
     assert_grew(card["history"], final)
     assert streaming.metric("sender", "imrelay_deliveries_total", {"outcome": "update"}) >= 4
+
+
+def test_first_sight_of_an_answer_is_counted_once_across_sender_replicas(streaming: Stack) -> None:
+    """With two sender replicas a reply's edits and its final part may be handled by different ones: the
+    end-to-end first-reply histogram still gets one observation per reply."""
+    def observed() -> float:
+        return sum(streaming.metric(name, "imrelay_first_reply_seconds_count", {})
+                   for name in ("sender", "sender2"))
+
+    [replica] = streaming.add_replicas("sender", 1)
+    streaming.start(replica)
+    try:
+        before = observed()
+        finals = []
+        for n in range(4):
+            msg_id = ask(streaming, "dc", f"{WORDS} {n}")
+            finals.append((msg_id, f"You said: {WORDS} {n}"))
+        for msg_id, final in finals:
+            streaming.wait_for(
+                lambda msg_id=msg_id, final=final: (m := streaming.messages(token=discord_token(msg_id)))
+                and m[0]["content"] == final, timeout=60, what="the final answer")
+        assert observed() - before == len(finals)
+    finally:
+        streaming.services[replica].stop()

@@ -150,9 +150,8 @@ class Sender:
         try:
             await delivery.update(chunk, text)
             DELIVERIES.labels(outcome="update", **labels).inc()
-            if previous is None and chunk.received_at is not None:  # the user's first sight of it
-                FIRST_REPLY.labels(**labels).observe(
-                    (datetime.now(UTC) - chunk.received_at).total_seconds())
+            if previous is None:
+                await self._first_shown(chunk, labels)
         except Exception as exc:  # a missed update is made good by the next one
             DELIVERIES.labels(outcome="update_failed", **labels).inc()
             log.info("reply %s: update skipped (%s)", chunk.reply_id, type(exc).__name__)
@@ -174,9 +173,16 @@ class Sender:
                 raise
             await self.claims.done(record, claim)
             DELIVERIES.labels(outcome="ok", **labels).inc()
-            if index == 0 and chunk.received_at is not None and not first_reply_shown:
-                FIRST_REPLY.labels(**labels).observe(
-                    (datetime.now(UTC) - chunk.received_at).total_seconds())
+            if index == 0 and not first_reply_shown:
+                await self._first_shown(chunk, labels)
+
+    async def _first_shown(self, chunk: ReplyChunk, labels: dict[str, str]) -> None:
+        """Observe the user's first sight of the answer once per reply, whichever replica shows it (the
+        streamed updates and the final part may be handled by different replicas)."""
+        if chunk.received_at is None:
+            return
+        if await self.claims.first(kv_key("reply", chunk.reply_id, "shown")):
+            FIRST_REPLY.labels(**labels).observe((datetime.now(UTC) - chunk.received_at).total_seconds())
 
     async def _within_limits(self, delivery: Delivery, chunk: ReplyChunk) -> None:
         """Wait until one more message keeps every limit of this platform (held across replicas)."""

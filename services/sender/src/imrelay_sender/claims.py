@@ -93,3 +93,15 @@ class DeliveryClaims:
             await delete_if_unchanged(self.kv, record, held.revision)
         except Exception as exc:  # a claim left behind goes stale and is taken over
             log.warning("could not release delivery claim %s (%s)", record, type(exc).__name__)
+
+    async def first(self, record: str) -> bool:
+        """True for the one caller, cluster-wide, that marks ``record`` first (e.g. "this reply was first
+        shown"); False for every later one, and when the bucket cannot say (best effort)."""
+        try:
+            await self.kv.create(record, b"1")
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+        except Exception as exc:
+            log.info("could not mark %s (%s)", record, type(exc).__name__)
+            return False
