@@ -1,6 +1,9 @@
 """Ingress throughput and ack latency: verified WeCom callbacks (signature + AES decrypt + XML parse +
 JetStream publish with PubAck) per second and p50/p99 latency at concurrency 64 for 10 s, beside a bare
 Starlette endpoint served the same way (uvicorn, same bodies) measured in the same run, and their ratio.
+Then the same ingress on a 3-node JetStream cluster with imrelay's streams replicated 3 times (the Helm
+chart's default), beside the single node: what replication costs (all nodes share this machine's cores,
+so the cost is overstated against nodes of their own).
 
 Prints figures; never passes or fails on time. Needs `wrk` (Debian package `wrk`).
 """
@@ -20,7 +23,7 @@ from typing import Any
 
 import nats
 import yaml
-from _common import free_port, wait_http
+from _common import free_port, start_cluster, wait_http
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
@@ -112,19 +115,40 @@ def main() -> None:
         before = asyncio.run(stored(server.url))
         ing = run_wrk(f"http://127.0.0.1:{ingress_port}", requests)
         after = asyncio.run(stored(server.url))
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        procs.clear()
+        server.cleanup()
+
+        # the same ingress on a 3-node cluster, streams replicated 3 times
+        cluster_procs, cluster_url = start_cluster(tmp / "cluster")
+        procs += cluster_procs
+        (tmp / "imrelay-r3.yaml").write_text(yaml.safe_dump(dict(config, nats={"replicas": 3})))
+        r3_port, r3_admin = free_port(), free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "imrelay_ingress"],
+            env=dict(env, IMRELAY_CONFIG=str(tmp / "imrelay-r3.yaml"), IMRELAY_NATS_URL=cluster_url,
+                     IMRELAY_PORT=str(r3_port), IMRELAY_ADMIN_PORT=str(r3_admin)),
+            stdout=log, stderr=subprocess.STDOUT))
+        wait_http(f"http://127.0.0.1:{r3_admin}/readyz", timeout=60)
+        r3 = run_wrk(f"http://127.0.0.1:{r3_port}", requests)
 
         print()
-        print(f"{'':34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+        print(f"{'':42}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
         for name, r in (("bare Starlette endpoint (200)", bare),
-                        ("imrelay ingress (verify+decrypt+PubAck)", ing)):
-            print(f"{name:34.34}{r['rps']:>10.0f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}"
+                        ("imrelay ingress (verify+decrypt+PubAck)", ing),
+                        ("imrelay ingress, 3-node cluster, R3", r3)):
+            print(f"{name:42.42}{r['rps']:>10.0f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}"
                   f"{r['errors']:>10.0f}")
         print(f"\ningress / bare throughput ratio: {ing['rps'] / bare['rps']:.2f}")
         print(f"ingress p99 / bare p99:          {ing['p99'] / bare['p99']:.2f}")
+        print(f"R3 cluster / single node:        {r3['rps'] / ing['rps']:.2f} throughput, "
+              f"{r3['p99'] / ing['p99']:.2f} p99")
         print(f"messages stored in IMRELAY_IN:   {after - before} "
               f"({ing['requests']:.0f} answered while wrk counted; requests still in flight when it "
               "stopped are stored too)")
-        print(f"machine: {os.cpu_count()} cores shared by wrk, uvicorn and nats-server")
+        print(f"machine: {os.cpu_count()} cores shared by wrk, uvicorn and nats-server (3 of them for R3)")
     finally:
         for p in procs:
             p.terminate()
