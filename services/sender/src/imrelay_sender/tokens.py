@@ -164,36 +164,33 @@ class TokenCache:
         except (KeyNotFoundError, ValueError, TypeError):
             return 0.0, 0
 
-    async def _check_cooldown(self, key: str, rec: TokenRecord | None, now: float) -> tuple[int, str | None]:
-        """(consecutive failures, a token to use meanwhile). While the endpoint cools down: the old token
-        if it still works, else :class:`TokenUnavailable`."""
+    async def _look(self, key: str) -> tuple[TokenRecord | None, int, str | None]:
+        """(record, consecutive failures of the endpoint, a token to use now): a fresh one, or the old one
+        while the endpoint cools down; None means fetch. Raises :class:`TokenUnavailable` while the
+        endpoint cools down and no token works."""
+        rec = await self.read(key)
+        now = self.clock()
+        if rec is not None and not needs_refresh(rec, now, self.skew):
+            return rec, 0, rec.token
         until, failures = await self._cooldown(key)
         if now < until:
             if rec is not None and is_usable(rec, now, margin=0.0):
-                return failures, rec.token
+                return rec, failures, rec.token
             raise TokenUnavailable("token", "cooldown", "token endpoint failing; backing off",
                                    retry_after=until - now)
-        return failures, None
+        return rec, failures, None
 
     async def _refresh_or_wait(self, key: str, fetch: Fetch, renew_early: bool) -> str:
         while True:
-            rec = await self.read(key)
-            now = self.clock()
-            if rec is not None and not needs_refresh(rec, now, self.skew):
-                return rec.token
-            failures, usable = await self._check_cooldown(key, rec, now)
-            if usable is not None:
-                return usable
+            rec, _, ready = await self._look(key)
+            if ready is not None:
+                return ready
             if await self._try_lock(key):
                 try:
-                    # what the previous lock holder left: a fresh token, or a failure to back off from
-                    rec = await self.read(key)
-                    now = self.clock()
-                    if rec is not None and not needs_refresh(rec, now, self.skew):
-                        return rec.token
-                    failures, usable = await self._check_cooldown(key, rec, now)
-                    if usable is not None:
-                        return usable
+                    # again under the lock: what the previous holder left, a token or a failure
+                    rec, failures, ready = await self._look(key)
+                    if ready is not None:
+                        return ready
                     try:
                         token, expires_in = await fetch()
                     except Exception:
@@ -212,7 +209,7 @@ class TokenCache:
                 finally:
                     await self._unlock(key)
             # Another replica is refreshing. An early refresh leaves the old token usable.
-            if is_usable(rec, now, margin=0.0):
+            if is_usable(rec, self.clock(), margin=0.0):
                 assert rec is not None
                 return rec.token
             await asyncio.sleep(self.poll_interval)
