@@ -301,16 +301,18 @@ def test_a_rolling_restart_of_nats_loses_and_repeats_nothing(
     driver.start()
     try:
         time.sleep(1)
+        rolling = time.monotonic()
         for node in reversed(nats_cluster):  # a StatefulSet rolls from the highest ordinal down
             node.terminate()
             node.start()
             node.wait_started()
+        rolled = time.monotonic() - rolling
         time.sleep(1)
     finally:
         stop.set()
         driver.join(60)
     try:
-        assert not failed and len(sent) >= 10
+        assert not failed and len(sent) >= 6  # one every 3.5 s through a roll of 30 s or more
         deadline = time.monotonic() + 60
         answers: list[str] = []
         messages = f"http://127.0.0.1:{services['hook']}/sim/messages"
@@ -322,6 +324,7 @@ def test_a_rolling_restart_of_nats_loses_and_repeats_nothing(
             time.sleep(0.5)
         counts = {t: sum(a.endswith(t) for a in answers) for t in sent}
         assert {t: n for t, n in counts.items() if n != 1} == {}, f"of {len(sent)} acked"
+        print(f"\nNATS rolled in {rolled:.1f}s; {len(sent)} callbacks, each answered once")
     finally:
         hook.stop()
 
