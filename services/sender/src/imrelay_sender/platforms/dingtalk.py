@@ -26,7 +26,7 @@ from imrelay.subjects import kv_key
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
-from .http import call, counted_token_fetch, json_or_none, retry_after, with_token
+from .http import call, json_or_none, post_for_token, retry_after, with_token
 
 PLATFORM = "dingtalk"
 TEXT_LIMIT_BYTES = 5000
@@ -104,15 +104,11 @@ class DingTalkDelivery:
         return [("dingtalk.per_robot", kv_key(self.app_key))]
 
     async def _fetch_token(self) -> tuple[str, float]:
-        async def fetch() -> tuple[str, float]:
-            resp = await self.client.post(f"{self.api_base}/v1.0/oauth2/accessToken",
-                                          json={"appKey": self.app_key, "appSecret": self.app_secret},
-                                          timeout=self.timeout)
-            payload = json_or_none(resp)
-            check(payload, resp.status_code, retry_after(resp), self.rate_limit_backoff)
-            return str(payload["accessToken"]), float(payload.get("expireIn", 7200))
-
-        return await counted_token_fetch(PLATFORM, self.bot_id, fetch)
+        return await post_for_token(
+            self.client, f"{self.api_base}/v1.0/oauth2/accessToken",
+            {"appKey": self.app_key, "appSecret": self.app_secret}, platform=PLATFORM, bot=self.bot_id,
+            http_timeout=self.timeout, check=lambda p, s, w: check(p, s, w, self.rate_limit_backoff),
+            answer_keys=("accessToken", "expireIn"))
 
     async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         resp = await call(self.client, "POST", url, platform=PLATFORM, bot=self.bot_id,

@@ -35,7 +35,7 @@ from imrelay.subjects import kv_key
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
-from .http import call, counted_token_fetch, json_or_none, retry_after, with_token
+from .http import call, json_or_none, post_for_token, retry_after, with_token
 
 log = logging.getLogger("imrelay.sender.feishu")
 
@@ -121,15 +121,12 @@ class FeishuDelivery:
                 ("feishu.per_chat", kv_key(self.platform, self.app_id, chunk.chat.id))]
 
     async def _fetch_token(self) -> tuple[str, float]:
-        async def fetch() -> tuple[str, float]:
-            resp = await self.client.post(
-                f"{self.api_base}/open-apis/auth/v3/tenant_access_token/internal",
-                json={"app_id": self.app_id, "app_secret": self.app_secret}, timeout=self.timeout)
-            payload = json_or_none(resp)
-            check(self.platform, payload, resp.status_code, retry_after(resp), self.rate_limit_backoff)
-            return str(payload["tenant_access_token"]), float(payload.get("expire", 7200))
-
-        return await counted_token_fetch(self.platform, self.bot_id, fetch)
+        return await post_for_token(
+            self.client, f"{self.api_base}/open-apis/auth/v3/tenant_access_token/internal",
+            {"app_id": self.app_id, "app_secret": self.app_secret}, platform=self.platform,
+            bot=self.bot_id, http_timeout=self.timeout,
+            check=lambda p, s, w: check(self.platform, p, s, w, self.rate_limit_backoff),
+            answer_keys=("tenant_access_token", "expire"))
 
     async def _api(self, method: str, path: str, body: dict[str, Any]) -> Any:
         """One authorized Feishu API call (refreshing the token once if Feishu says it is invalid)."""

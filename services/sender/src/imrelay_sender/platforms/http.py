@@ -73,6 +73,23 @@ async def counted_token_fetch(platform: str, bot: str,
     return result
 
 
+async def post_for_token(client: httpx.AsyncClient, url: str, body: dict[str, Any], *, platform: str,
+                         bot: str, http_timeout: float, check: Callable[[Any, int, float | None], None],
+                         answer_keys: tuple[str, str]) -> tuple[str, float]:
+    """A JSON token endpoint: POST ``body``, ``check(payload, status, retry_after)`` raises what a failed
+    answer means, and ``answer_keys`` name the token and its lifetime in seconds (7200 when absent).
+    Counted like every token fetch."""
+    token_key, lifetime_key = answer_keys
+
+    async def fetch() -> tuple[str, float]:
+        resp = await client.post(url, json=body, timeout=http_timeout)
+        payload = json_or_none(resp)
+        check(payload, resp.status_code, retry_after(resp))
+        return str(payload[token_key]), float(payload.get(lifetime_key, 7200))
+
+    return await counted_token_fetch(platform, bot, fetch)
+
+
 async def with_token(tokens: TokenCache, key: str, fetch: Callable[[], Awaitable[tuple[str, float]]],
                      use: Callable[[str], Awaitable[T]], *, renew_early: bool) -> T:
     """Call ``use(token)``; if the platform says the token is invalid, forget it cluster-wide, fetch a new

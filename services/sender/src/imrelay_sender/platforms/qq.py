@@ -24,7 +24,7 @@ from imrelay.subjects import kv_key
 
 from ..chunking import split_utf8
 from ..tokens import TokenCache
-from .http import call, counted_token_fetch, json_or_none, retry_after, window_closed, with_token
+from .http import call, json_or_none, post_for_token, retry_after, window_closed, with_token
 
 PLATFORM = "qq"
 TEXT_LIMIT_BYTES = 4000
@@ -97,15 +97,11 @@ class QQDelivery:
         return []
 
     async def _fetch_token(self) -> tuple[str, float]:
-        async def fetch() -> tuple[str, float]:
-            resp = await self.client.post(f"{self.auth_base}/app/getAppAccessToken",
-                                          json={"appId": self.app_id, "clientSecret": self.app_secret},
-                                          timeout=self.timeout)
-            payload = json_or_none(resp)
-            check(payload, resp.status_code, retry_after(resp), self.rate_limit_backoff)
-            return str(payload["access_token"]), float(payload.get("expires_in", 7200))
-
-        return await counted_token_fetch(PLATFORM, self.bot_id, fetch)
+        return await post_for_token(
+            self.client, f"{self.auth_base}/app/getAppAccessToken",
+            {"appId": self.app_id, "clientSecret": self.app_secret}, platform=PLATFORM, bot=self.bot_id,
+            http_timeout=self.timeout, check=lambda p, s, w: check(p, s, w, self.rate_limit_backoff),
+            answer_keys=("access_token", "expires_in"))
 
     async def _post(self, token: str, url: str, body: dict[str, Any]) -> None:
         resp = await call(self.client, "POST", url, platform=PLATFORM, bot=self.bot_id,
