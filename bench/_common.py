@@ -50,3 +50,10 @@ def start_cluster(root: Path, size: int = 3) -> tuple[list[subprocess.Popen[byte
     for host in hosts:
         wait_http(f"http://{host}:{monitor}/healthz", timeout=60)
     return procs, ",".join(f"nats://{h}:{client}" for h in hosts)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the benchmark's processes, the last started first."""
+    for p in reversed(procs):
+        p.terminate()
+        p.wait(10)

@@ -23,7 +23,7 @@ from typing import Any
 
 import nats
 import yaml
-from _common import free_port, start_cluster, wait_http
+from _common import free_port, start_cluster, stop_all, wait_http
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
@@ -115,9 +115,7 @@ def main() -> None:
         before = asyncio.run(stored(server.url))
         ing = run_wrk(f"http://127.0.0.1:{ingress_port}", requests)
         after = asyncio.run(stored(server.url))
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        stop_all(procs)
         procs.clear()
         server.cleanup()
 
@@ -150,9 +148,7 @@ def main() -> None:
               "stopped are stored too)")
         print(f"machine: {os.cpu_count()} cores shared by wrk, uvicorn and nats-server (3 of them for R3)")
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        stop_all(procs)
         server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import nats
 import yaml
-from _common import free_port, wait_http
+from _common import free_port, stop_all, wait_http
 
 from imrelay import subjects
 from imrelay.config import Platform
@@ -136,9 +136,7 @@ def main() -> None:
               f"{elapsed:.1f}s, {PARTITIONS} partitions, {os.cpu_count()} cores shared with nats-server "
               "and the simulator)")
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        stop_all(procs)
         log.close()
         server.cleanup()
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import nats
 import yaml
-from _common import free_port, wait_http
+from _common import free_port, stop_all, wait_http
 from nats.js.api import StreamConfig
 
 from imrelay.config import parse_settings
@@ -143,9 +143,7 @@ def main() -> None:
         print(f"\nimrelay / minimal relay (p50): {pct(added, 50) / pct(base, 50):.1f}   "
               f"(mean {statistics.mean(added) * 1e3:.1f} ms over {len(added)} conversations)")
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            p.wait(10)
+        stop_all(procs)
         log.close()
         server.cleanup()
 
