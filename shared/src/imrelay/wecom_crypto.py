@@ -20,6 +20,7 @@ import hmac
 import os
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from Crypto.Cipher import AES
 
@@ -142,3 +143,21 @@ class WeComCrypto:
             f"<TimeStamp>{timestamp}</TimeStamp>"
             f"<Nonce><![CDATA[{nonce}]]></Nonce></xml>"
         )
+
+
+class _Secret(Protocol):
+    def get_secret_value(self) -> str: ...
+
+
+class WeComCallbackCredentials(Protocol):
+    @property
+    def token(self) -> _Secret: ...
+    @property
+    def encoding_aes_key(self) -> _Secret: ...
+
+
+def crypto_for(credentials: WeComCallbackCredentials) -> WeComCrypto:
+    """The crypto of a WeCom bot's callbacks: an app's receive id is its corp id; a group robot's and an
+    AI bot's is empty."""
+    return WeComCrypto(credentials.token.get_secret_value(), credentials.encoding_aes_key.get_secret_value(),
+                       str(getattr(credentials, "corp_id", "")))

@@ -31,7 +31,7 @@ from imrelay.config import (
     load_settings,
 )
 from imrelay.errors import ConfigError
-from imrelay.wecom_crypto import WeComCrypto
+from imrelay.wecom_crypto import WeComCrypto, crypto_for
 
 from . import dingtalk, discord, feishu, qq, wecom_aibot
 from .wecom_callbacks import app_text_xml, encrypted_post, robot_text_xml, url_verification
@@ -41,13 +41,8 @@ DEFAULT_INGRESS = "http://127.0.0.1:8080"
 
 
 def _crypto(bot: BotConfig) -> WeComCrypto:
-    if isinstance(bot, WeComAppBot):
-        c = bot.credentials
-        return WeComCrypto(c.token.get_secret_value(), c.encoding_aes_key.get_secret_value(),
-                           c.corp_id)
-    if isinstance(bot, WeComGroupRobotBot | WeComAIBot):
-        c2 = bot.credentials
-        return WeComCrypto(c2.token.get_secret_value(), c2.encoding_aes_key.get_secret_value(), "")
+    if isinstance(bot, WeComAppBot | WeComGroupRobotBot | WeComAIBot):
+        return crypto_for(bot.credentials)
     raise SystemExit(f"imrelay-sim: platform {bot.platform.value} cannot be simulated yet")
 
 

@@ -10,12 +10,11 @@ from urllib.parse import urlencode
 
 from imrelay.config import WeComAIBot
 from imrelay.errors import VerifyError
-from imrelay.wecom_crypto import WeComCrypto
+from imrelay.wecom_crypto import WeComCrypto, crypto_for
 
 
 def crypto(bot: WeComAIBot) -> WeComCrypto:
-    c = bot.credentials
-    return WeComCrypto(c.token.get_secret_value(), c.encoding_aes_key.get_secret_value(), "")
+    return crypto_for(bot.credentials)
 
 
 def _signed(bot: WeComAIBot, payload: dict[str, Any], now: float) -> tuple[str, dict[str, str], bytes]:

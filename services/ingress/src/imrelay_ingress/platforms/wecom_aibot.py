@@ -20,7 +20,7 @@ from imrelay.aibot_streams import StreamRecord, stream_id
 from imrelay.config import BotConfig, Platform, WeComAIBot
 from imrelay.errors import ParseError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
-from imrelay.wecom_crypto import WeComCrypto
+from imrelay.wecom_crypto import WeComCrypto, crypto_for
 
 from . import CallbackRequest, CallbackResult, json_body, parse_json
 from .wecom import query_params, verify_url
@@ -87,10 +87,7 @@ class WeComAIBotAdapter:
     @classmethod
     def from_bot(cls, bot: BotConfig) -> WeComAIBotAdapter:
         assert isinstance(bot, WeComAIBot)
-        c = bot.credentials
-        return cls(bot_id=bot.id, crypto=WeComCrypto(
-            token=c.token.get_secret_value(),
-            encoding_aes_key=c.encoding_aes_key.get_secret_value(), receive_id=""))
+        return cls(bot_id=bot.id, crypto=crypto_for(bot.credentials))
 
     def encrypted(self, request: CallbackRequest, reply: dict[str, Any]) -> bytes:
         """The encrypted JSON envelope WeCom expects, signed with the request's timestamp and nonce."""

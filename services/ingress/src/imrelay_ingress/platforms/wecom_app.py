@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from imrelay.config import BotConfig, Platform, WeComAppBot
 from imrelay.errors import ParseError, VerifyError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
-from imrelay.wecom_crypto import WeComCrypto
+from imrelay.wecom_crypto import WeComCrypto, crypto_for
 
 from . import CallbackRequest, CallbackResult
 from .wecom import decrypt_post, verify_url
@@ -75,10 +75,7 @@ class WeComAppAdapter:
     @classmethod
     def from_bot(cls, bot: BotConfig) -> WeComAppAdapter:
         assert isinstance(bot, WeComAppBot)
-        c = bot.credentials
-        return cls(bot_id=bot.id, agent_id=c.agent_id, crypto=WeComCrypto(
-            token=c.token.get_secret_value(),
-            encoding_aes_key=c.encoding_aes_key.get_secret_value(), receive_id=c.corp_id))
+        return cls(bot_id=bot.id, agent_id=bot.credentials.agent_id, crypto=crypto_for(bot.credentials))
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method == "GET":

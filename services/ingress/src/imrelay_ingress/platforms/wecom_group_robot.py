@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from imrelay.config import BotConfig, Platform, WeComGroupRobotBot
 from imrelay.errors import ParseError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
-from imrelay.wecom_crypto import WeComCrypto
+from imrelay.wecom_crypto import WeComCrypto, crypto_for
 
 from . import CallbackRequest, CallbackResult
 from .wecom import decrypt_post, verify_url
@@ -66,10 +66,7 @@ class WeComGroupRobotAdapter:
     @classmethod
     def from_bot(cls, bot: BotConfig) -> WeComGroupRobotAdapter:
         assert isinstance(bot, WeComGroupRobotBot)
-        c = bot.credentials
-        return cls(bot_id=bot.id, crypto=WeComCrypto(
-            token=c.token.get_secret_value(),
-            encoding_aes_key=c.encoding_aes_key.get_secret_value(), receive_id=""))
+        return cls(bot_id=bot.id, crypto=crypto_for(bot.credentials))
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method == "GET":
