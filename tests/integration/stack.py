@@ -3,11 +3,13 @@ ingress, llm-worker and sender, each a subprocess on free ports, stopped with SI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +178,17 @@ class Stack:
     def stop(self) -> None:
         for svc in reversed(list(self.services.values())):
             svc.stop()
+
+    @contextlib.contextmanager
+    def running(self, *names: str) -> Iterator[Stack]:
+        """Write the config, start the named services (all by default), and stop them all at the end,
+        also when one fails to start."""
+        self.rewrite_config()
+        try:
+            self.start(*names)
+            yield self
+        finally:
+            self.stop()
 
     # ---- talking to it ------------------------------------------------------------------------
 

@@ -37,14 +37,10 @@ def conn_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
     s.config["connector"] = {"heartbeat_seconds": 2, "ack_timeout_seconds": 3,  # default lease: 10 s
                              "reconnect_max_seconds": 4}
     s.config["sender"]["max_attempts"] = 8
-    s.rewrite_config()
     for name in ("connector1", "connector2"):
         s.add_service(name, ["imrelay_ingress.connector"])
-    s.start("sim", "worker", "sender", "connector1", "connector2")
-    try:
+    with s.running("sim", "worker", "sender", "connector1", "connector2"):
         yield s
-    finally:
-        s.stop()
 
 
 def connections(stack: Stack) -> dict[str, int]:

@@ -39,12 +39,8 @@ def conv_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
     }
     s.config["bots"] = [wecom_bot("app", AGENT, "openai", sim), wecom_bot("dify", "1000003", "dify", sim),
                         wecom_bot("fastgpt", "1000004", "fastgpt", sim)]
-    s.rewrite_config()
-    s.start()
-    try:
+    with s.running():
         yield s
-    finally:
-        s.stop()
 
 
 def ask(stack: Stack, bot: str, who: str, text: str) -> str:

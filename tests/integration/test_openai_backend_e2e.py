@@ -32,12 +32,8 @@ def llm_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactor
     s.config["bots"].append(slow)
     s.config["worker"]["answer_timeout_seconds"] = 20
     s.config["worker"]["ack_wait_seconds"] = 2  # answers below take longer than this
-    s.rewrite_config()
-    s.start()
-    try:
+    with s.running():
         yield s
-    finally:
-        s.stop()
 
 
 def test_answer_comes_from_the_model(llm_stack: Stack) -> None:

@@ -46,12 +46,8 @@ def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -
         {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
             "application_id": "998877", "public_key": public_key_for(SEED), "bot_token": "unused"}},
     ]
-    s.rewrite_config()
-    s.start()
-    try:
+    with s.running():
         yield s
-    finally:
-        s.stop()
 
 
 def post(stack: Stack, bot_id: str, text: str, user: str, msg_id: str, chat: str = "") -> httpx.Response:

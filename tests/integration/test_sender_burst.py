@@ -31,14 +31,10 @@ def burst_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFact
     s.config["sender"]["rate_limits"] = {
         "wecom_group_robot.per_webhook": {"limit": LIMIT, "window_seconds": WINDOW}}
     s.config["sender"]["rate_limit_margin_seconds"] = 0.1
-    s.rewrite_config()
     s.add_replicas("sender", 2)
-    s.start("sim", "sender", "sender2", "sender3")
-    s.control(webhook_limit=LIMIT, webhook_window=WINDOW)
-    try:
+    with s.running("sim", "sender", "sender2", "sender3"):
+        s.control(webhook_limit=LIMIT, webhook_window=WINDOW)
         yield s
-    finally:
-        s.stop()
 
 
 async def publish_burst(stack: Stack, chat: str, webhook: str) -> None:

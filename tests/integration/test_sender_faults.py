@@ -34,13 +34,9 @@ def faulty(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) 
     s.config["sender"].update({
         "http_timeout_seconds": 0.5, "ack_wait_seconds": 2, "claim_timeout_seconds": 2,
         "max_attempts": 6, "max_deliver": 20, "rate_limit_backoff_seconds": 0.1})
-    s.rewrite_config()
     s.add_replicas("sender", 2)
-    s.start("sim", "sender", "sender2", "sender3")
-    try:
+    with s.running("sim", "sender", "sender2", "sender3"):
         yield s
-    finally:
-        s.stop()
 
 
 def chunk(run: str, i: int, user: str) -> ReplyChunk:

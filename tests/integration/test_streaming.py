@@ -41,13 +41,9 @@ def streaming(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactor
         {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
             "application_id": "4242", "public_key": public_key_for(SEED), "bot_token": "unused"}},
     ]
-    s.rewrite_config()
-    s.start()
-    httpx.post(f"{sim}/sim/llm", json={"token_delay": 0.25}).raise_for_status()
-    try:
+    with s.running():
+        httpx.post(f"{sim}/sim/llm", json={"token_delay": 0.25}).raise_for_status()
         yield s
-    finally:
-        s.stop()
 
 
 def ask(stack: Stack, bot_id: str, text: str) -> str:

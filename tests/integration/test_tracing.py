@@ -72,12 +72,8 @@ def traced(nats_server: EmbeddedNats,
         s = Stack.create(root, nats_server, extra_env=env)
         s.config["backends"] = {"default": {"kind": "openai", "base_url": f"{s.sim_url}/v1",
                                             "api_key": "sk-sim", "model": "sim"}}
-        s.rewrite_config()
-        s.start()
-        try:
+        with s.running():
             yield s, receiver
-        finally:
-            s.stop()
 
 
 def test_one_trace_spans_every_hop(traced: tuple[Stack, Receiver]) -> None:

@@ -28,12 +28,8 @@ def aibot_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFact
                                         "model": "m"}}
     s.config["bots"] = [{"id": "ai", "platform": "wecom_aibot", "credentials": {
         "token": "aibottoken", "encoding_aes_key": KEY}}]
-    s.rewrite_config()
-    s.start()
-    try:
+    with s.running():
         yield s
-    finally:
-        s.stop()
 
 
 def bot(stack: Stack) -> WeComAIBot:
