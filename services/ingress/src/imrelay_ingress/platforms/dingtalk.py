@@ -4,7 +4,7 @@ one-hour window), then the message JSON. Replies go to the message's ``sessionWe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +52,7 @@ def normalize(body: dict[str, Any], bot_id: str, now: float) -> InboundMessage:
 @dataclass(frozen=True, slots=True)
 class DingTalkAdapter:
     bot_id: str
-    app_secret: str
+    app_secret: str = field(repr=False)
 
     @classmethod
     def from_bot(cls, bot: BotConfig) -> DingTalkAdapter:

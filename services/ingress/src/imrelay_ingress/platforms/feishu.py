@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,8 +76,8 @@ def normalize(payload: dict[str, Any], platform: Platform, bot_id: str, now: flo
 class FeishuAdapter:
     bot_id: str
     platform: Platform
-    encrypt_key: str
-    verification_token: str
+    encrypt_key: str = field(repr=False)
+    verification_token: str = field(repr=False)
     replay_window: float
 
     @classmethod
