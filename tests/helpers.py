@@ -89,3 +89,13 @@ class FakeStreamStore:
         from imrelay.aibot_streams import StreamRecord
 
         self.records[(bot_id, sid)] = StreamRecord(content, finish, 0.0)
+
+
+class FakeReplayGuard:
+    """Once-only signatures in a dict (unit tests of the ingress)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    async def claim(self, key: str, fingerprint: str) -> bool:
+        return self.seen.setdefault(key, fingerprint) == fingerprint

@@ -5,7 +5,6 @@ is answered once."""
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +28,8 @@ SEED = secrets.token_hex(32)
 
 @pytest.fixture(scope="module")
 def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    os.environ["DISCORD_SIM_SEED"] = SEED
+    env = pytest.MonkeyPatch()  # the seed is this module's own: later tests must not see it
+    env.setenv("DISCORD_SIM_SEED", SEED)
     root: Path = tmp_path_factory.mktemp("platforms")
     s = Stack.create(root, nats_server, extra_env={"DISCORD_SIM_SEED": SEED})
     sim = s.sim_url
@@ -38,7 +38,8 @@ def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -
             "app_id": "cli_sim01", "app_secret": "fs-secret", "encrypt_key": "sim-encrypt-key",
             "verification_token": "sim-verification-token"}},
         {"id": "lk", "platform": "lark", "api_base": sim, "credentials": {
-            "app_id": "cli_sim02", "app_secret": "lk-secret", "verification_token": "lark-token"}},
+            "app_id": "cli_sim02", "app_secret": "lk-secret", "encrypt_key": "lark-encrypt-key",
+            "verification_token": "lark-token"}},
         {"id": "dt", "platform": "dingtalk", "api_base": sim, "credentials": {
             "app_key": "dingsim01", "app_secret": "dt-secret"}},
         {"id": "qqbot", "platform": "qq", "api_base": sim, "auth_base": sim, "credentials": {
@@ -46,8 +47,11 @@ def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -
         {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
             "application_id": "998877", "public_key": public_key_for(SEED), "bot_token": "unused"}},
     ]
-    with s.running():
-        yield s
+    try:
+        with s.running():
+            yield s
+    finally:
+        env.undo()
 
 
 def post(stack: Stack, bot_id: str, text: str, user: str, msg_id: str, chat: str = "") -> httpx.Response:

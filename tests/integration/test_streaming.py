@@ -3,7 +3,6 @@ duplicated or lost), and a final text equal to the backend's whole answer."""
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -29,7 +28,8 @@ WORDS = "streaming answers should grow smoothly in front of the reader word by w
 
 @pytest.fixture(scope="module")
 def streaming(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    os.environ["DISCORD_SIM_SEED"] = SEED
+    env = pytest.MonkeyPatch()  # the seed is this module's own: later tests must not see it
+    env.setenv("DISCORD_SIM_SEED", SEED)
     root: Path = tmp_path_factory.mktemp("streaming")
     s = Stack.create(root, nats_server, extra_env={"DISCORD_SIM_SEED": SEED})
     sim = s.sim_url
@@ -41,9 +41,12 @@ def streaming(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactor
         {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
             "application_id": "4242", "public_key": public_key_for(SEED), "bot_token": "unused"}},
     ]
-    with s.running():
-        httpx.post(f"{sim}/sim/llm", json={"token_delay": 0.25}).raise_for_status()
-        yield s
+    try:
+        with s.running():
+            httpx.post(f"{sim}/sim/llm", json={"token_delay": 0.25}).raise_for_status()
+            yield s
+    finally:
+        env.undo()
 
 
 def ask(stack: Stack, bot_id: str, text: str) -> str:

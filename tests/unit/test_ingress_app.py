@@ -128,17 +128,19 @@ async def test_signed_garbage_is_400_not_500() -> None:
     rng = random.Random(7)
     import base64
 
+    ts = str(int(time.time()))
+
     for _ in range(50):
         raw = bytes(rng.randrange(256) for _ in range(rng.choice([16, 32, 48, 64])))
         enc = base64.b64encode(raw).decode()
-        sig = CRYPTO.sign("1", "2", enc)
+        sig = CRYPTO.sign(ts, "2", enc)
         body = f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode()
-        resp = await post(pub, f"msg_signature={sig}&timestamp=1&nonce=2", body)
+        resp = await post(pub, f"msg_signature={sig}&timestamp={ts}&nonce=2", body)
         assert resp.status_code in (400, 401)
     # a correctly encrypted but non-XML plaintext
     enc = CRYPTO.encrypt(b"\xff\xfe not xml")
-    sig = CRYPTO.sign("1", "2", enc)
-    resp = await post(pub, f"msg_signature={sig}&timestamp=1&nonce=2",
+    sig = CRYPTO.sign(ts, "2", enc)
+    resp = await post(pub, f"msg_signature={sig}&timestamp={ts}&nonce=2",
                       f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode())
     assert resp.status_code == 400 and pub.published == []
 

@@ -237,6 +237,12 @@ class FeishuCredentials(_Model):
 class DingTalkCredentials(_Model):
     app_key: str
     app_secret: SecretStr
+    # The robot's code, checked against every callback's ``robotCode``; an app robot's code is its AppKey.
+    robot_code: str | None = None
+
+    @property
+    def expected_robot_code(self) -> str:
+        return self.robot_code or self.app_key
 
 
 class QQCredentials(_Model):
@@ -277,6 +283,10 @@ class _BotBase(_Model):
     # markdown: answers go out as the platform's markdown message where it has one (WeCom app and group
     # robot, Feishu/Lark cards); text is the safe default (markdown shows only in the WeCom client)
     reply_format: Literal["text", "markdown"] = "text"
+    # Callbacks whose signed timestamp is further than this from the ingress's clock are refused as replays
+    # (WeCom, Feishu/Lark, DingTalk, QQ and Discord sign a timestamp). 0 turns the check off where the
+    # platform has no window of its own; DingTalk's own one-hour window always applies.
+    replay_window_seconds: float = Field(default=300.0, ge=0)
 
 
 class WeComAppBot(_BotBase):
@@ -305,8 +315,19 @@ class WeComAIBot(_BotBase):
 class FeishuBot(_BotBase):
     platform: Literal[Platform.FEISHU, Platform.LARK]
     credentials: FeishuCredentials
-    # Signed requests older (or newer) than this are refused as replays; 0 turns the check off.
-    replay_window_seconds: float = Field(default=300.0, ge=0)
+    # Without an Encrypt Key, Feishu/Lark neither signs nor encrypts events: anyone who learns the
+    # verification token can post any event, and a body altered in transit goes unnoticed. Such a bot is
+    # refused unless this is set explicitly (and then a warning is logged at start).
+    allow_unsigned_events: bool = False
+
+    @model_validator(mode="after")
+    def _signed_events(self) -> FeishuBot:
+        if not self.credentials.encrypt_key.get_secret_value() and not self.allow_unsigned_events:
+            raise _PathValueError(
+                "credentials.encrypt_key",
+                "an Encrypt Key is required (Feishu/Lark signs events only when one is set); "
+                "set allow_unsigned_events: true to accept unsigned events anyway")
+        return self
 
 
 class DingTalkBot(_BotBase):
@@ -439,7 +460,9 @@ def parse_settings(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -
         err = exc.errors(include_url=False, include_input=False)[0]
         ctx_err = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_err, _PathValueError):
-            raise ConfigError(ctx_err.path, str(ctx_err)) from None
+            prefix = _loc_to_path(tuple(err["loc"]))  # where the model that raised it sits
+            path = f"{prefix}.{ctx_err.path}" if prefix else ctx_err.path
+            raise ConfigError(path, str(ctx_err)) from None
         msg = err["msg"].removeprefix("Value error, ")
         loc = tuple(err["loc"])
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):

@@ -41,7 +41,8 @@ bots:
   - id: demo-lark
     platform: lark
     api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
-    credentials: {app_id: cli_demo0002, app_secret: demo-secret, verification_token: demo-lark-token}
+    credentials: {app_id: cli_demo0002, app_secret: demo-secret, encrypt_key: demo-lark-encrypt-key,
+                  verification_token: demo-lark-token}
   - id: demo-dingtalk
     platform: dingtalk
     api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}

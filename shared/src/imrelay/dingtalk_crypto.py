@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from urllib.parse import quote
 
-from .errors import VerifyError
+from .errors import ReplayError, VerifyError
 
 __all__ = ["WINDOW_MS", "sign", "signed_query", "verify"]
 
@@ -24,15 +24,15 @@ def sign(timestamp: str, secret: str) -> str:
     return base64.b64encode(mac.digest()).decode("ascii")
 
 
-def verify(timestamp: str | None, received: str | None, secret: str, now_ms: int) -> None:
+def verify(timestamp: str | None, received: str | None, secret: str, now_ms: int,
+           window_ms: int = WINDOW_MS) -> None:
+    """Check ``sign`` and that ``timestamp`` is within ``window_ms`` of ``now_ms`` (at most one hour)."""
     if not timestamp or not received:
         raise VerifyError("missing timestamp or sign header")
-    try:
-        ts = int(timestamp)
-    except ValueError as exc:
-        raise VerifyError("timestamp is not a number") from exc
-    if abs(now_ms - ts) > WINDOW_MS:
-        raise VerifyError("timestamp outside the one-hour window")
+    if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 16:
+        raise VerifyError("timestamp is not a number")
+    if abs(now_ms - int(timestamp)) > min(window_ms, WINDOW_MS):
+        raise ReplayError("timestamp outside the replay window")
     try:
         got = base64.b64decode(received.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:

@@ -4,6 +4,7 @@
     ├── ConfigError                 bad configuration file (carries the dotted path of the bad key)
     ├── CallbackError               a platform callback we refuse (mapped to a 4xx by the ingress)
     │   ├── VerifyError             signature / token / receive-id mismatch           -> 401
+    │   │   ├── ReplayError         signed timestamp outside the window, signature reused -> 401
     │   │   └── UnknownBotError     no bot with that id                               -> 404
     │   ├── DecryptError            ciphertext that does not decrypt cleanly          -> 400
     │   └── ParseError              well-signed but malformed payload                 -> 400
@@ -28,6 +29,7 @@ __all__ = [
     "ParseError",
     "PermanentUpstreamError",
     "RateLimitedError",
+    "ReplayError",
     "TokenExpiredError",
     "TransientUpstreamError",
     "UnknownBotError",
@@ -92,6 +94,11 @@ class VerifyError(CallbackError):
     """Signature, token or receive-id mismatch: the request is not from the platform we expect."""
 
     status_code = 401
+
+
+class ReplayError(VerifyError):
+    """An authentic request replayed: its signed timestamp is outside the window, or its signature was
+    already used with another body."""
 
 
 class UnknownBotError(VerifyError):

@@ -146,6 +146,18 @@ async def ensure_streams_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyVal
     ))
 
 
+# A signed DingTalk header pair is accepted for one hour either way at most: kept this long, it is never
+# accepted twice with different bodies.
+REPLAY_TTL_SECONDS = 2 * 3600.0
+
+
+async def ensure_replay_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
+    return await _bucket(js, KeyValueConfig(
+        bucket=s.KV_REPLAY, history=1, ttl=REPLAY_TTL_SECONDS, storage=StorageType.FILE,
+        replicas=cfg.replicas, description="callback signatures seen once (key: digest, value: body digest)",
+    ))
+
+
 async def ensure_leases_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
     return await _bucket(js, KeyValueConfig(
         bucket=s.KV_LEASES, history=1, storage=StorageType.FILE, replicas=cfg.replicas,

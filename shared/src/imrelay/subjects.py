@@ -12,6 +12,7 @@ KV_TOKENS          imrelay_tokens                   platform access tokens share
 KV_MEMORY          imrelay_memory                   conversation memory
 KV_LEASES          imrelay_leases                   connector socket leases
 KV_DELIVERIES      imrelay_deliveries               delivery records (reply id + part) for idempotency
+KV_REPLAY          imrelay_replay                   signatures seen once (DingTalk callback headers)
 =================  ===============================  =====================================================
 """
 
@@ -41,6 +42,7 @@ KV_LEASES = "imrelay_leases"
 KV_DELIVERIES = "imrelay_deliveries"
 KV_RATELIMITS = "imrelay_ratelimits"
 KV_STREAMS = "imrelay_streams"
+KV_REPLAY = "imrelay_replay"
 
 # Headers
 HDR_MSG_ID = "Nats-Msg-Id"

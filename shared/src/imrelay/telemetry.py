@@ -19,9 +19,9 @@ imrelay_connector_lease_held             gauge      platform, bot            1 w
 imrelay_connector_events_total           counter    platform, bot, outcome   connect/kicked/lost/...
 =======================================  =========  =======================  ==========================
 
-Outcomes: callbacks ``accepted | duplicate | rejected_signature | rejected_malformed | rejected_oversize |
-unknown_bot | unavailable``; LLM ``ok | error | timeout``; deliveries ``ok | retry | duplicate_skipped |
-failed``; tokens ``ok | error``.
+Outcomes: callbacks ``accepted | duplicate | rejected_signature | rejected_replay | rejected_malformed |
+rejected_oversize | unknown_bot | unavailable``; LLM ``ok | error | timeout``; deliveries ``ok | retry |
+duplicate_skipped | failed``; tokens ``ok | error``.
 
 Tracing: W3C trace context travels in NATS headers (``traceparent``/``tracestate``). OTLP export is
 configured by the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on).

@@ -21,7 +21,7 @@ async def run() -> None:
     settings = load_settings()
     publisher = JetStreamPublisher(settings.nats)
     await publisher.start()
-    app = create_app(settings, publisher, streams=publisher.streams)
+    app = create_app(settings, publisher, streams=publisher.streams, replay=publisher.replay)
     public = EmbeddedServer(uvicorn.Config(
         app, host=settings.ingress.host, port=settings.ingress.port, log_level="warning",
         access_log=False, proxy_headers=True, server_header=False, timeout_graceful_shutdown=10,

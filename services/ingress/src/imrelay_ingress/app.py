@@ -13,12 +13,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from imrelay.aibot_streams import StreamStore
-from imrelay.config import Settings
-from imrelay.errors import CallbackError, UnknownBotError, VerifyError
+from imrelay.config import FeishuBot, Settings
+from imrelay.errors import CallbackError, ReplayError, UnknownBotError, VerifyError
 from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
 
 from .platforms import Adapter, CallbackRequest, StreamingAdapter, adapter_for
-from .publisher import Publisher, PublishUnavailable
+from .publisher import Publisher, PublishUnavailable, ReplayGuard
 
 log = logging.getLogger("imrelay.ingress")
 tracer = trace.get_tracer("imrelay.ingress")
@@ -45,19 +45,28 @@ async def read_body(request: Request, limit: int) -> bytes:
 def _outcome_for(exc: CallbackError) -> str:
     if isinstance(exc, UnknownBotError):
         return "unknown_bot"
-    return "rejected_signature" if isinstance(exc, VerifyError) else "rejected_malformed"
+    if isinstance(exc, VerifyError):
+        return "rejected_replay" if isinstance(exc, ReplayError) else "rejected_signature"
+    return "rejected_malformed"
 
 
 def create_app(settings: Settings, publisher: Publisher, *,
                clock: Callable[[], float] = time.time,
                adapters: Mapping[str, Adapter] | None = None,
-               streams: StreamStore | None = None) -> Starlette:
+               streams: StreamStore | None = None,
+               replay: ReplayGuard | None = None) -> Starlette:
     """Build the ingress app. ``publisher`` stores messages (JetStream in production, a fake in unit
-    tests); ``streams`` holds WeCom AI-bot answer streams; ``clock`` is injectable for timestamp windows."""
+    tests); ``streams`` holds WeCom AI-bot answer streams; ``replay`` remembers once-only signatures
+    (a platform whose signature does not cover the body is refused without it); ``clock`` is injectable
+    for timestamp windows."""
     table: dict[str, Adapter] = dict(adapters) if adapters is not None else {
         bot.id: adapter_for(bot) for bot in settings.bots
     }
     platform_of = {bot.id: bot.platform.value for bot in settings.bots}
+    for bot in settings.bots:
+        if isinstance(bot, FeishuBot) and bot.allow_unsigned_events:
+            log.warning("bot %s accepts unsigned events (allow_unsigned_events): anyone who learns its "
+                        "verification token can post events; set an Encrypt Key", bot.id)
     limit = settings.ingress.max_body_bytes
 
     async def callback(request: Request) -> Response:
@@ -94,11 +103,27 @@ def create_app(settings: Settings, publisher: Publisher, *,
                 log.warning("callback rejected bot=%s reason=%s code=%s", bot_id, exc.reason, exc.code)
                 span.set_attribute("imrelay.outcome", _outcome_for(exc))
                 return done(exc.status_code, _outcome_for(exc))
-            except (ValueError, KeyError, UnicodeError) as exc:
-                # Input the adapter did not foresee is still bad input: 400, never a 500.
-                log.warning("callback rejected bot=%s reason=unparseable (%s)", bot_id,
-                            type(exc).__name__)
+            except Exception as exc:
+                # Input the adapter did not foresee is still bad input: 400, never a 500. Adapters raise
+                # CallbackError for everything they check, so this is logged as a defect to fix.
+                log.error("callback rejected bot=%s reason=unexpected %s while parsing", bot_id,
+                          type(exc).__name__)
                 return done(400, "rejected_malformed")
+            if result.replay_claim is not None:
+                claim = result.replay_claim
+                try:
+                    if replay is None:
+                        raise PublishUnavailable("no replay record")
+                    first_use = await replay.claim(claim.key, claim.fingerprint)
+                except Exception as exc:
+                    log.error("callback not checked bot=%s: replay record unavailable (%s); answering 503",
+                              bot_id, type(exc).__name__)
+                    return done(503, "unavailable", headers={"Retry-After": "1"})
+                if not first_use:
+                    log.warning("callback rejected bot=%s reason=signature already used with another body",
+                                bot_id)
+                    span.set_attribute("imrelay.outcome", "rejected_replay")
+                    return done(401, "rejected_replay")
             outcome = "accepted"
             if result.stream_poll is not None:
                 if streams is None or not isinstance(adapter, StreamingAdapter):

@@ -14,7 +14,13 @@ from imrelay import subjects
 from imrelay.aibot_streams import KVStreamStore, StreamRecord
 from imrelay.config import NatsConfig
 from imrelay.events import InboundMessage
-from imrelay.jetstream import connect_until_ready, ensure_streams_bucket, streams_present
+from imrelay.jetstream import (
+    connect_until_ready,
+    ensure_replay_bucket,
+    ensure_streams_bucket,
+    streams_present,
+)
+from imrelay.replay import KVReplayGuard
 from imrelay.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,24 @@ class LazyStreamStore:
         await self._store().put(bot_id, sid, content, finish)
 
 
+class ReplayGuard(Protocol):
+    async def claim(self, key: str, fingerprint: str) -> bool:
+        """Record a once-only signature; True if new or seen with the same body fingerprint."""
+        ...
+
+
+class LazyReplayGuard:
+    """The replay record, usable once the publisher has connected (until then: unavailable)."""
+
+    def __init__(self) -> None:
+        self.guard: KVReplayGuard | None = None
+
+    async def claim(self, key: str, fingerprint: str) -> bool:
+        if self.guard is None:
+            raise PublishUnavailable("not connected to NATS")
+        return await self.guard.claim(key, fingerprint)
+
+
 class JetStreamPublisher:
     """Publishes to ``imrelay.in.<platform>.<bot>`` with ``Nats-Msg-Id`` = bot + dedupe key, so the
     stream's duplicate window (24 h by default) drops platform retries across replicas and restarts."""
@@ -63,6 +87,7 @@ class JetStreamPublisher:
         self.js: JetStreamContext | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self.streams = LazyStreamStore()
+        self.replay = LazyReplayGuard()
 
     async def start(self) -> None:
         """Connect in the background: until NATS answers, callbacks get 503 and readyz says no."""
@@ -71,6 +96,7 @@ class JetStreamPublisher:
     async def _connect_loop(self) -> None:
         nc, js = await connect_until_ready(self.cfg, "imrelay-ingress")
         self.streams.kv = await ensure_streams_bucket(js, self.cfg)
+        self.replay.guard = KVReplayGuard(await ensure_replay_bucket(js, self.cfg))
         self.nc, self.js = nc, js
         log.info("connected to NATS")
 

@@ -29,7 +29,7 @@ def callback(bot: DingTalkBot, text: str, user: str, conversation: str, group: b
         "msgId": msg_id, "msgtype": "text", "text": {"content": (" " if group else "") + text},
         "conversationId": conversation, "conversationType": "2" if group else "1",
         "conversationTitle": "sim group" if group else "", "senderId": "$:LWCP:" + user,
-        "senderStaffId": user, "senderNick": user, "chatbotUserId": "bot", "robotCode": c.app_key,
+        "senderStaffId": user, "senderNick": user, "chatbotUserId": "bot", "robotCode": c.expected_robot_code,
         "isInAtList": True, "createAt": now_ms,
         "sessionWebhook": f"{sim_url}/robot/sendBySession?session={bot.id}.{conversation}",
         "sessionWebhookExpiredTime": now_ms + int(session_minutes * 60_000),

@@ -13,7 +13,15 @@ from imrelay.config import BotConfig, DiscordBot, Platform
 from imrelay.errors import ParseError
 from imrelay.events import Chat, ChatType, InboundMessage, Sender, inbound_id
 
-from . import CallbackRequest, CallbackResult, json_body, parse_json
+from . import (
+    CallbackRequest,
+    CallbackResult,
+    Payload,
+    check_timestamp,
+    json_body,
+    parse_json,
+    parse_model,
+)
 
 PING, APPLICATION_COMMAND = 1, 2
 PONG = json_body({"type": 1})
@@ -22,29 +30,64 @@ UNSUPPORTED = json_body({"type": 4, "data": {"content": "This interaction is not
                                              "flags": 64}})
 
 
-def command_text(data: dict[str, Any]) -> str:
+class User(Payload):
+    id: str
+    username: str | None = None
+    global_name: str | None = None
+
+
+class Member(Payload):
+    user: User | None = None
+
+
+class Channel(Payload):
+    id: str | None = None
+
+
+class Option(Payload):
+    value: Any = None
+
+
+class CommandData(Payload):
+    options: list[Option] | None = None
+
+
+class Interaction(Payload):
+    id: str
+    token: str
+    application_id: str
+    type: int
+    guild_id: str | None = None
+    channel_id: str | None = None
+    channel: Channel | None = None
+    member: Member | None = None
+    user: User | None = None
+    data: CommandData | None = None
+
+
+class Kind(Payload):
+    type: int
+
+
+def command_text(data: CommandData | None) -> str:
     """The text of a slash command: its string options joined (``/ask q:<question>``)."""
-    parts = [str(o.get("value", "")) for o in data.get("options") or []
-             if isinstance(o, dict) and isinstance(o.get("value"), str)]
+    parts = [o.value for o in (data.options if data else None) or [] if isinstance(o.value, str)]
     return " ".join(p for p in parts if p).strip()
 
 
 def normalize(payload: dict[str, Any], bot_id: str, now: float) -> InboundMessage:
-    interaction, token = payload.get("id"), payload.get("token")
-    application = payload.get("application_id")
-    member = payload.get("member") or {}
-    user = member.get("user") or payload.get("user") or {}
-    if not interaction or not token or not application or not user.get("id"):
+    i = parse_model(Interaction, payload, "interaction")
+    user = (i.member.user if i.member else None) or i.user
+    if not i.id or not i.token or not i.application_id or user is None or not user.id:
         raise ParseError("interaction lacks id, token, application_id or user")
-    channel = payload.get("channel_id") or (payload.get("channel") or {}).get("id") or user["id"]
-    in_guild = bool(payload.get("guild_id"))
-    key = f"discord:interaction:{interaction}"
+    channel = i.channel_id or (i.channel.id if i.channel else None) or user.id
+    key = f"discord:interaction:{i.id}"
     return InboundMessage(
         id=inbound_id(bot_id, key), platform=Platform.DISCORD, bot_id=bot_id, platform_message_id=key,
-        chat=Chat(id=str(channel), type=ChatType.GROUP if in_guild else ChatType.DIRECT),
-        sender=Sender(id=str(user["id"]), name=str(user.get("global_name") or user.get("username") or "")),
-        text=command_text(payload.get("data") or {}), mentioned=True,
-        reply_handle={"application_id": str(application), "interaction_token": str(token)},
+        chat=Chat(id=channel, type=ChatType.GROUP if i.guild_id else ChatType.DIRECT),
+        sender=Sender(id=user.id, name=user.global_name or user.username or ""),
+        text=command_text(i.data), mentioned=True,
+        reply_handle={"application_id": i.application_id, "interaction_token": i.token},
         received_at=datetime.fromtimestamp(now, UTC),
     )
 
@@ -53,11 +96,13 @@ def normalize(payload: dict[str, Any], bot_id: str, now: float) -> InboundMessag
 class DiscordAdapter:
     bot_id: str
     public_key: bytes
+    replay_window: float = 300.0
 
     @classmethod
     def from_bot(cls, bot: BotConfig) -> DiscordAdapter:
         assert isinstance(bot, DiscordBot)
-        return cls(bot_id=bot.id, public_key=bytes.fromhex(bot.credentials.public_key))
+        return cls(bot_id=bot.id, public_key=bytes.fromhex(bot.credentials.public_key),
+                   replay_window=bot.replay_window_seconds)
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method != "POST":
@@ -65,8 +110,9 @@ class DiscordAdapter:
         ts = request.headers.get("x-signature-timestamp") or ""
         ed25519.verify(self.public_key, ts.encode("utf-8") + request.body,
                        request.headers.get("x-signature-ed25519"))
+        check_timestamp(ts, request.now, self.replay_window)
         payload = parse_json(request.body)
-        kind = payload.get("type")
+        kind = parse_model(Kind, payload, "interaction").type
         if kind == PING:
             return CallbackResult(body=PONG, content_type="application/json")
         if kind != APPLICATION_COMMAND:

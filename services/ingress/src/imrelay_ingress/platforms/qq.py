@@ -1,21 +1,36 @@
-"""QQ bot webhooks (QQ 开放平台): op 13 URL validation (signed with the key derived from the bot secret),
-op 0 dispatches verified with Ed25519 over ``X-Signature-Timestamp + raw body`` and acked with op 12."""
+"""QQ bot webhooks (QQ 开放平台): every request, op 13 URL validation included, is verified first with
+Ed25519 over ``X-Signature-Timestamp + raw body`` (the key derived from the bot secret) and its timestamp
+checked against the replay window; op 0 dispatches are acked with op 12.
+
+The op 13 answer signs ``event_ts + plain_token`` with the same key that signs events (``timestamp +
+body``). So that the answer can never serve as an event signature, only a verified request is answered and
+only a ``plain_token`` of letters and digits is signed: an event body is a JSON object and starts with
+``{``."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from Crypto.PublicKey import ECC
+from pydantic import Field
 
 from imrelay import ed25519
 from imrelay.config import BotConfig, Platform, QQBot
 from imrelay.errors import ParseError, VerifyError
 from imrelay.events import Chat, ChatType, InboundMessage, Sender, inbound_id
 
-from . import CallbackRequest, CallbackResult, json_body, parse_json
+from . import (
+    CallbackRequest,
+    CallbackResult,
+    Payload,
+    check_timestamp,
+    json_body,
+    parse_json,
+    parse_model,
+)
 
 ACK = json_body({"op": 12})
 _MENTION = re.compile(r"<@!?\w+>\s*")
@@ -29,49 +44,75 @@ EVENTS: dict[str, tuple[ChatType, str, str, tuple[str, ...]]] = {
 }
 
 
-def normalize(payload: dict[str, Any], bot_id: str, now: float) -> InboundMessage | None:
-    event = payload.get("t")
-    spec = EVENTS.get(str(event))
+class Envelope(Payload):
+    op: int
+    t: str | None = None
+    d: Any = None
+
+
+class Validation(Payload):
+    plain_token: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+    event_ts: Annotated[str, Field(pattern=r"^[0-9]{1,16}$")]
+
+
+class Author(Payload):
+    id: str | None = None
+    member_openid: str | None = None
+    user_openid: str | None = None
+    username: str | None = None
+
+
+class Message(Payload):
+    id: str
+    content: str | None = None
+    group_openid: str | None = None
+    channel_id: str | None = None
+    guild_id: str | None = None
+    author: Author
+
+
+def normalize(envelope: Envelope, bot_id: str, now: float) -> InboundMessage | None:
+    spec = EVENTS.get(envelope.t or "")
     if spec is None:
         return None
     chat_type, reply_kind, chat_field, author_fields = spec
-    d = payload.get("d") or {}
-    author = d.get("author") or {}
-    user = next((author.get(f) for f in author_fields if author.get(f)), None)
-    msg_id = d.get("id")
-    if not msg_id or not user:
+    d = parse_model(Message, envelope.d, "QQ message")
+    user = next((v for f in author_fields if (v := getattr(d.author, f))), None)
+    if not d.id or not user:
         raise ParseError("QQ message lacks id or author")
-    chat_id = str(d.get(chat_field) if chat_field else user)
-    if not chat_id or chat_id == "None":
+    chat_id = getattr(d, chat_field) if chat_field else user
+    if not chat_id:
         raise ParseError(f"QQ message lacks {chat_field}")
-    text = _MENTION.sub("", str(d.get("content", ""))).strip()
-    key = f"qq:msg:{msg_id}"
+    text = _MENTION.sub("", d.content or "").strip()
+    key = f"qq:msg:{d.id}"
     return InboundMessage(
         id=inbound_id(bot_id, key), platform=Platform.QQ, bot_id=bot_id, platform_message_id=key,
-        chat=Chat(id=chat_id, type=chat_type),
-        sender=Sender(id=str(user), name=str(author.get("username", ""))),
+        chat=Chat(id=chat_id, type=chat_type), sender=Sender(id=user, name=d.author.username or ""),
         text=text, mentioned=True,
-        reply_handle={"kind": reply_kind, "target": chat_id, "msg_id": str(msg_id),
-                      "guild_id": str(d.get("guild_id", ""))},
+        reply_handle={"kind": reply_kind, "target": chat_id, "msg_id": d.id, "guild_id": d.guild_id or ""},
         received_at=datetime.fromtimestamp(now, UTC),
     )
+
+
+def validation_answer(key: ECC.EccKey, plain_token: str, event_ts: str) -> bytes:
+    """The op 13 answer: ``plain_token`` and the hex Ed25519 signature of ``event_ts + plain_token``."""
+    signature = ed25519.sign(key, (event_ts + plain_token).encode("utf-8"))
+    return json_body({"plain_token": plain_token, "signature": signature})
 
 
 @dataclass(frozen=True, slots=True)
 class QQAdapter:
     bot_id: str
     app_id: str
-    key: ECC.EccKey
+    key: ECC.EccKey = field(repr=False)
+    replay_window: float = 300.0
 
     @classmethod
     def from_bot(cls, bot: BotConfig) -> QQAdapter:
         assert isinstance(bot, QQBot)
         secret = bot.credentials.app_secret.get_secret_value()
         return cls(bot_id=bot.id, app_id=bot.credentials.app_id,
-                   key=ed25519.signing_key(ed25519.qq_seed(secret)))
-
-    def __repr__(self) -> str:
-        return f"QQAdapter(bot_id={self.bot_id!r}, app_id={self.app_id!r}, key=***)"
+                   key=ed25519.signing_key(ed25519.qq_seed(secret)), replay_window=bot.replay_window_seconds)
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method != "POST":
@@ -79,21 +120,17 @@ class QQAdapter:
         appid = request.headers.get("x-bot-appid")
         if appid is not None and appid != self.app_id:
             raise VerifyError("callback for another app id")
-        payload = parse_json(request.body)
-        op = payload.get("op")
-        if op == 13:
-            d = payload.get("d") or {}
-            plain, event_ts = d.get("plain_token"), d.get("event_ts")
-            if not isinstance(plain, str) or not isinstance(event_ts, str):
-                raise ParseError("validation request lacks plain_token or event_ts")
-            signature = ed25519.sign(self.key, (event_ts + plain).encode("utf-8"))
-            return CallbackResult(body=json_body({"plain_token": plain, "signature": signature}),
-                                  content_type="application/json")
         ts = request.headers.get("x-signature-timestamp") or ""
         ed25519.verify(self.key.public_key(), ts.encode("utf-8") + request.body,
                        request.headers.get("x-signature-ed25519"))
-        if op != 0:
+        check_timestamp(ts, request.now, self.replay_window)
+        envelope = parse_model(Envelope, parse_json(request.body), "QQ payload")
+        if envelope.op == 13:
+            v = parse_model(Validation, envelope.d, "QQ validation request")
+            return CallbackResult(body=validation_answer(self.key, v.plain_token, v.event_ts),
+                                  content_type="application/json")
+        if envelope.op != 0:
             return CallbackResult(body=ACK, content_type="application/json")
-        msg = normalize(payload, self.bot_id, request.now)
+        msg = normalize(envelope, self.bot_id, request.now)
         return CallbackResult(body=ACK, content_type="application/json", message=msg,
                               dedupe_key=msg.platform_message_id if msg else None)

@@ -15,7 +15,12 @@ from defusedxml.ElementTree import fromstring
 from imrelay.errors import DecryptError, ParseError, VerifyError, WeComCode
 from imrelay.wecom_crypto import WeComCrypto
 
-__all__ = ["decrypt_post", "parse_xml", "query_params", "verify_url"]
+from . import check_timestamp
+
+__all__ = ["decrypt_post", "parse_xml", "query_params", "verify_url", "verify_signed"]
+
+# WeCom's documents are two or three levels deep; deeper ones are refused rather than walked.
+MAX_XML_DEPTH = 8
 
 
 def parse_xml(data: bytes | str) -> dict[str, str]:
@@ -30,14 +35,16 @@ def parse_xml(data: bytes | str) -> dict[str, str]:
         raise ParseError("malformed XML", WeComCode.PARSE_XML) from exc
     out: dict[str, str] = {}
 
-    def walk(el: Element, prefix: str) -> None:
+    def walk(el: Element, prefix: str, depth: int) -> None:
+        if depth > MAX_XML_DEPTH:
+            raise ParseError(f"XML nested deeper than {MAX_XML_DEPTH} levels", WeComCode.PARSE_XML)
         for child in el:
             key = f"{prefix}{child.tag}"
             if len(child):
-                walk(child, key + ".")
+                walk(child, key + ".", depth + 1)
             elif key not in out:
                 out[key] = child.text or ""
-    walk(root, "")
+    walk(root, "", 1)
     return out
 
 
@@ -51,20 +58,33 @@ def query_params(query: Mapping[str, str], *names: str) -> list[str]:
     return values
 
 
-def verify_url(crypto: WeComCrypto, query: Mapping[str, str]) -> bytes:
-    """GET URL verification: check the signature over ``echostr`` and return its plaintext."""
-    sig, ts, nonce, echostr = query_params(query, "msg_signature", "timestamp", "nonce", "echostr")
-    return crypto.verify_and_decrypt(sig, ts, nonce, echostr)
-
-
-def decrypt_post(crypto: WeComCrypto, query: Mapping[str, str], body: bytes) -> dict[str, str]:
-    """POST callback: read ``<Encrypt>`` from the envelope, verify, decrypt, parse the inner XML."""
+def verify_signed(crypto: WeComCrypto, query: Mapping[str, str], data: str, now: float,
+                  window: float) -> str:
+    """Check ``msg_signature`` over ``data`` and the signed ``timestamp`` against the replay window;
+    return the timestamp."""
     sig, ts, nonce = query_params(query, "msg_signature", "timestamp", "nonce")
+    crypto.verify(sig, ts, nonce, data)
+    check_timestamp(ts, now, window)
+    return ts
+
+
+def verify_url(crypto: WeComCrypto, query: Mapping[str, str], now: float, window: float) -> bytes:
+    """GET URL verification: check the signature over ``echostr`` and return its plaintext."""
+    [echostr] = query_params(query, "echostr")
+    verify_signed(crypto, query, echostr, now, window)
+    return crypto.decrypt(echostr)
+
+
+def decrypt_post(crypto: WeComCrypto, query: Mapping[str, str], body: bytes, now: float,
+                 window: float) -> dict[str, str]:
+    """POST callback: read ``<Encrypt>`` from the envelope, verify, decrypt, parse the inner XML."""
+    query_params(query, "msg_signature", "timestamp", "nonce")
     envelope = parse_xml(body)
     encrypted = envelope.get("Encrypt")
     if not encrypted:
         raise ParseError("envelope has no Encrypt element", WeComCode.PARSE_XML)
-    plaintext = crypto.verify_and_decrypt(sig, ts, nonce, encrypted)
+    verify_signed(crypto, query, encrypted, now, window)
+    plaintext = crypto.decrypt(encrypted)
     try:
         plaintext.decode("utf-8")
     except UnicodeDecodeError as exc:

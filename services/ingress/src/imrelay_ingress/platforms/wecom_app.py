@@ -71,16 +71,20 @@ class WeComAppAdapter:
     bot_id: str
     agent_id: str
     crypto: WeComCrypto
+    replay_window: float = 300.0
 
     @classmethod
     def from_bot(cls, bot: BotConfig) -> WeComAppAdapter:
         assert isinstance(bot, WeComAppBot)
-        return cls(bot_id=bot.id, agent_id=bot.credentials.agent_id, crypto=crypto_for(bot.credentials))
+        return cls(bot_id=bot.id, agent_id=bot.credentials.agent_id, crypto=crypto_for(bot.credentials),
+                   replay_window=bot.replay_window_seconds)
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method == "GET":
-            return CallbackResult(body=verify_url(self.crypto, request.query))
-        fields = decrypt_post(self.crypto, request.query, request.body)
+            return CallbackResult(body=verify_url(self.crypto, request.query, request.now,
+                                                  self.replay_window))
+        fields = decrypt_post(self.crypto, request.query, request.body, request.now,
+                              self.replay_window)
         msg = normalize(fields, self.bot_id, self.agent_id, request.now)
         # Empty 200 body: "no passive reply"; the answer goes out through message/send.
         return CallbackResult(message=msg, dedupe_key=msg.platform_message_id)

@@ -62,15 +62,19 @@ def normalize(fields: dict[str, str], bot_id: str, now: float) -> InboundMessage
 class WeComGroupRobotAdapter:
     bot_id: str
     crypto: WeComCrypto
+    replay_window: float = 300.0
 
     @classmethod
     def from_bot(cls, bot: BotConfig) -> WeComGroupRobotAdapter:
         assert isinstance(bot, WeComGroupRobotBot)
-        return cls(bot_id=bot.id, crypto=crypto_for(bot.credentials))
+        return cls(bot_id=bot.id, crypto=crypto_for(bot.credentials),
+                   replay_window=bot.replay_window_seconds)
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method == "GET":
-            return CallbackResult(body=verify_url(self.crypto, request.query))
-        fields = decrypt_post(self.crypto, request.query, request.body)
+            return CallbackResult(body=verify_url(self.crypto, request.query, request.now,
+                                                  self.replay_window))
+        fields = decrypt_post(self.crypto, request.query, request.body, request.now,
+                              self.replay_window)
         msg = normalize(fields, self.bot_id, request.now)
         return CallbackResult(message=msg, dedupe_key=msg.platform_message_id)

@@ -1,0 +1,28 @@
+"""Signatures that may be used once only, remembered cluster-wide in the ``imrelay_replay`` KV bucket.
+
+DingTalk signs a callback's timestamp, not its body: without this record, one observed ``(timestamp,
+sign)`` pair would carry any body for as long as the timestamp is accepted. The first request with a pair
+records the digest of its body; a later request with the same pair is accepted only with the same body (the
+platform retrying, which the message store then drops as a duplicate).
+"""
+
+from __future__ import annotations
+
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+__all__ = ["KVReplayGuard"]
+
+
+class KVReplayGuard:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def claim(self, key: str, fingerprint: str) -> bool:
+        """Record ``key`` with ``fingerprint``; True if it is new or was recorded with that fingerprint."""
+        try:
+            await self.kv.create(key, fingerprint.encode("ascii"))
+            return True
+        except KeyWrongLastSequenceError:
+            entry = await self.kv.get(key)
+            return entry.value == fingerprint.encode("ascii")
