@@ -23,8 +23,11 @@ __all__ = ["durable_consumer", "in_progress", "make_broker"]
 def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsBroker:
     """A broker with tracing (trace context in NATS headers) and Prometheus middlewares; on stop it waits
     up to ``graceful_timeout`` for handlers in flight."""
+    from .jetstream import security
+
     return NatsBroker(
         cfg.servers,
+        security=security(cfg),
         graceful_timeout=graceful_timeout,
         max_reconnect_attempts=-1,
         log_level=logging.DEBUG,  # per-message lines only when debugging

@@ -6,7 +6,10 @@ variable, a bad value or an unknown key raises :class:`~imrelay.errors.ConfigErr
 the bad key. Secrets are :class:`pydantic.SecretStr`: they never show up in reprs, logs or exceptions.
 
 Environment overrides: ``IMRELAY_CONFIG`` (file path, default ``./imrelay.yaml``), ``IMRELAY_NATS_URL``,
-``IMRELAY_PORT`` (ingress public port), ``IMRELAY_ADMIN_PORT`` (admin port of whichever service reads it).
+``IMRELAY_PORT`` (ingress public port), ``IMRELAY_ADMIN_PORT`` (admin port of whichever service reads it),
+and a service's own NATS credentials: ``IMRELAY_NATS_USER`` + ``IMRELAY_NATS_PASSWORD``,
+``IMRELAY_NATS_TOKEN``, ``IMRELAY_NATS_NKEY_SEED_FILE`` or ``IMRELAY_NATS_CREDS_FILE`` (these replace
+``nats.auth`` from the file).
 """
 
 from __future__ import annotations
@@ -61,9 +64,57 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class NatsAuth(_Model):
+    """How a client proves who it is to NATS: user + password, a token, an NKey seed file or a ``.creds``
+    (JWT) file; at most one of them. Each service may get its own through ``IMRELAY_NATS_*`` variables."""
+
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one_method(self) -> NatsAuth:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("user and password go together")
+        methods = [m for m, v in (("user/password", self.user), ("token", self.token),
+                                  ("nkey_seed_file", self.nkey_seed_file), ("creds_file", self.creds_file))
+                   if v is not None]
+        if len(methods) > 1:
+            raise ValueError(f"choose one way to authenticate, not {' and '.join(methods)}")
+        return self
+
+    @property
+    def method(self) -> str:
+        for name, value in (("user", self.user), ("token", self.token), ("nkey", self.nkey_seed_file),
+                            ("creds", self.creds_file)):
+            if value is not None:
+                return name
+        return "none"
+
+
+class NatsTLS(_Model):
+    """TLS to NATS: the CA that signed the servers' certificates, and a client certificate for mTLS."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None  # the name to verify, if not the URL's host
+
+    @model_validator(mode="after")
+    def _pair(self) -> NatsTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class NatsConfig(_Model):
     # One URL, or several separated by commas (the nodes of a cluster without a load-balanced address).
     url: str = "nats://127.0.0.1:4222"
+    auth: NatsAuth = NatsAuth()
+    # TLS settings; ``tls://`` URLs turn TLS on with the system's CAs when this is not set.
+    tls: NatsTLS | None = None
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
     publish_timeout_seconds: float = Field(default=2.0, gt=0)
     # The ingress retries a publish that got no PubAck (a reconnect, a stream leader election) with the
@@ -89,6 +140,10 @@ class NatsConfig(_Model):
     def servers(self) -> list[str]:
         """The server URLs to connect to (a client tries them all and fails over between them)."""
         return [s.strip() for s in self.url.split(",")]
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls is not None or any(u.startswith(("tls://", "wss://")) for u in self.servers)
 
 
 class IngressConfig(_Model):
@@ -440,20 +495,34 @@ def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts)
 
 
+_ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "IMRELAY_NATS_URL": ("nats", "url"),
+    "IMRELAY_PORT": ("ingress", "port"),
+    "IMRELAY_ADMIN_PORT": ("admin", "port"),
+    "IMRELAY_NATS_USER": ("nats", "auth", "user"),
+    "IMRELAY_NATS_PASSWORD": ("nats", "auth", "password"),
+    "IMRELAY_NATS_TOKEN": ("nats", "auth", "token"),
+    "IMRELAY_NATS_NKEY_SEED_FILE": ("nats", "auth", "nkey_seed_file"),
+    "IMRELAY_NATS_CREDS_FILE": ("nats", "auth", "creds_file"),
+}
+_ENV_AUTH = [e for e, path in _ENV_OVERRIDES.items() if path[:2] == ("nats", "auth")]
+
+
 def parse_settings(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -> Settings:
     """Validate an already-loaded YAML mapping, applying ``${ENV}`` and the IMRELAY_* overrides."""
     raw: dict[str, Any] = dict(_interpolate(dict(data or {}), environ, ""))
-    overrides = {
-        "IMRELAY_NATS_URL": ("nats", "url"),
-        "IMRELAY_PORT": ("ingress", "port"),
-        "IMRELAY_ADMIN_PORT": ("admin", "port"),
-    }
-    for env, (section, key) in overrides.items():
+    for env, keys in _ENV_OVERRIDES.items():
         if environ.get(env):
-            sect = raw.get(section)
-            sect = dict(sect) if isinstance(sect, dict) else {}
-            sect[key] = environ[env]
-            raw[section] = sect
+            node = raw
+            for key in keys[:-1]:
+                child = node.get(key)
+                node[key] = child = dict(child) if isinstance(child, dict) else {}
+                node = child
+            node[keys[-1]] = environ[env]
+    if any(environ.get(env) for env in _ENV_AUTH):  # a service's own credentials replace the file's
+        nats = raw["nats"]
+        nats["auth"] = {k: v for k, v in nats["auth"].items()
+                        if k in {_ENV_OVERRIDES[e][-1] for e in _ENV_AUTH if environ.get(e)}}
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:

@@ -2,6 +2,7 @@
 
     ImrelayError
     ├── ConfigError                 bad configuration file (carries the dotted path of the bad key)
+    │   └── NatsRefusedError        NATS refused the credentials or the TLS handshake
     ├── CallbackError               a platform callback we refuse (mapped to a 4xx by the ingress)
     │   ├── VerifyError             signature / token / receive-id mismatch           -> 401
     │   │   ├── ReplayError         signed timestamp outside the window, signature reused -> 401
@@ -26,6 +27,7 @@ __all__ = [
     "ConfigError",
     "DecryptError",
     "ImrelayError",
+    "NatsRefusedError",
     "ParseError",
     "PermanentUpstreamError",
     "RateLimitedError",
@@ -77,6 +79,14 @@ class ConfigError(ImrelayError):
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class NatsRefusedError(ConfigError):
+    """NATS refused this service's credentials or TLS settings: a configuration error, not an outage."""
+
+    def __init__(self, servers: str, reason: str) -> None:
+        super().__init__("nats", f"{servers} refused the connection: {reason} "
+                                 "(check nats.auth / IMRELAY_NATS_* and nats.tls)")
 
 
 class CallbackError(ImrelayError):

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import ssl
 from dataclasses import dataclass
+from typing import Any
 
 import nats
+from faststream.nats.security import (
+    NatsCredentials,
+    NatsNKey,
+    NatsSecurity,
+    NatsToken,
+    NatsUserPassword,
+    parse_security,
+)
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -20,10 +32,12 @@ from nats.js.kv import KeyValue
 
 from . import subjects as s
 from .config import NatsConfig
+from .errors import NatsRefusedError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Buckets", "connect", "ensure_buckets", "ensure_streams", "stream_configs"]
+__all__ = ["Buckets", "connect", "connect_options", "ensure_buckets", "ensure_streams", "security",
+           "stream_configs"]
 
 DAY = 86400.0
 
@@ -47,10 +61,49 @@ def stream_configs(cfg: NatsConfig) -> list[StreamConfig]:
     ]
 
 
+def security(cfg: NatsConfig) -> NatsSecurity | None:
+    """The client side of ``nats.auth`` and ``nats.tls``, for nats-py and FastStream alike."""
+    ctx: ssl.SSLContext | None = None
+    tls = cfg.tls
+    if cfg.uses_tls:
+        ctx = ssl.create_default_context(cafile=tls.ca_file if tls else None)
+        if tls and tls.cert_file and tls.key_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    opts: dict[str, Any] = {"ssl_context": ctx, "tls_hostname": tls.server_name if tls else None}
+    auth = cfg.auth
+    if auth.user is not None and auth.password is not None:
+        return NatsUserPassword(auth.user, auth.password.get_secret_value(), **opts)
+    if auth.token is not None:
+        return NatsToken(auth.token.get_secret_value(), **opts)
+    if auth.nkey_seed_file is not None:
+        return NatsNKey.from_file(auth.nkey_seed_file, **opts)
+    if auth.creds_file is not None:
+        return NatsCredentials.from_file(auth.creds_file, **opts)
+    return NatsSecurity(**opts) if ctx is not None else None
+
+
+def connect_options(cfg: NatsConfig) -> dict[str, Any]:
+    """Keyword arguments for ``nats.connect``: credentials and TLS."""
+    return {k: v for k, v in parse_security(security(cfg)).items() if v is not None}
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """A server's answer that trying again will not change: bad credentials, or a TLS failure."""
+    text = str(exc).lower()
+    return isinstance(exc, ssl.SSLError) or any(
+        w in text for w in ("authorization violation", "authentication", "user authentication expired",
+                            "account authentication expired"))
+
+
 async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1) -> NATS:
-    """Connect with endless reconnects (a service keeps running through a NATS restart)."""
+    """Connect, then keep reconnecting (for ever by default: a service keeps running through a NATS
+    restart). A first connection refused for its credentials or TLS raises :class:`NatsRefusedError` at
+    once; one that finds no server raises the client's error (callers retry)."""
+    refused: list[BaseException] = []
 
     async def on_error(e: Exception) -> None:
+        if is_refusal(e):
+            refused.append(e)
         log.warning("nats: %s", type(e).__name__)
 
     async def on_disconnect() -> None:
@@ -59,18 +112,46 @@ async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
 
-    return await nats.connect(
+    attempt = asyncio.ensure_future(nats.connect(
         cfg.servers, name=name, connect_timeout=cfg.connect_timeout_seconds,
-        max_reconnect_attempts=max_reconnect_attempts, reconnect_time_wait=0.5,
+        # two tries per server, then an error: nats-py's 0 would mean "for ever"
+        max_reconnect_attempts=1, reconnect_time_wait=0.5,
         allow_reconnect=True, error_cb=on_error, disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-    )
+        reconnected_cb=on_reconnect, **connect_options(cfg),
+    ))
+    try:
+        # a refusal is final at once (the client itself may go on retrying a failed TLS handshake)
+        while not refused:
+            done, _ = await asyncio.wait([attempt], timeout=0.05)
+            if done:
+                break
+    except BaseException:
+        attempt.cancel()
+        raise
+    if refused and not attempt.done():
+        attempt.cancel()
+        with contextlib.suppress(BaseException):
+            await attempt
+        raise NatsRefusedError(cfg.url, _reason(refused[-1]))
+    try:
+        nc = attempt.result()
+    except Exception as exc:
+        if refused or is_refusal(exc):
+            raise NatsRefusedError(cfg.url, _reason(refused[-1] if refused else exc)) from None
+        raise
+    nc.options["max_reconnect_attempts"] = max_reconnect_attempts  # the first connection is made
+    return nc
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or type(exc).__name__}"
+    return str(exc).removeprefix("nats: ").strip("'")
 
 
 async def connect_until_ready(cfg: NatsConfig, name: str) -> tuple[NATS, JetStreamContext]:
-    """Connect and declare the streams, retrying with backoff until NATS answers."""
-    import asyncio
-
+    """Connect and declare the streams, retrying with backoff until NATS answers; credentials or TLS
+    that the server refuses raise :class:`NatsRefusedError` (retrying would not help)."""
     delay = 0.2
     while True:
         try:
@@ -78,16 +159,21 @@ async def connect_until_ready(cfg: NatsConfig, name: str) -> tuple[NATS, JetStre
             js = nc.jetstream(timeout=cfg.publish_timeout_seconds)
             await ensure_streams(js, cfg)
             return nc, js
+        except NatsRefusedError:
+            raise
         except Exception as exc:
-            log.warning("NATS not reachable yet (%s); retrying", type(exc).__name__)
+            log.warning("NATS at %s not reachable yet (%s); retrying in %.1f s", cfg.url,
+                        type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
 
 async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
+    """Create the streams that are missing; update one whose settings differ from the configuration. A
+    service whose NATS user may not update streams (least privilege) logs the difference and goes on."""
     for conf in stream_configs(cfg):
         try:
-            await js.stream_info(conf.name or "")
+            info = await js.stream_info(conf.name or "")
         except NotFoundError:
             try:
                 await js.add_stream(conf)
@@ -96,7 +182,19 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
                 # another replica created it at the same moment
                 await js.stream_info(conf.name or "")
             continue
-        await js.update_stream(conf)
+        if not _stream_differs(info.config, conf):
+            continue
+        try:
+            await js.update_stream(conf)
+            log.info("updated stream %s", conf.name)
+        except Exception as exc:
+            log.warning("stream %s differs from the configuration but could not be updated (%s): "
+                        "run `imrelay nats setup` with an admin user", conf.name, type(exc).__name__)
+
+
+def _stream_differs(have: StreamConfig, want: StreamConfig) -> bool:
+    fields = ("subjects", "max_age", "duplicate_window", "num_replicas", "storage", "retention", "discard")
+    return any(getattr(have, f) != getattr(want, f) for f in fields)
 
 
 @dataclass(frozen=True, slots=True)

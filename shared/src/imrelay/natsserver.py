@@ -32,23 +32,27 @@ class EmbeddedNats:
     """A nats-server process with JetStream on 127.0.0.1.
 
     ``port=None`` picks a free port (read from the server's ports file). ``store_dir`` keeps JetStream
-    data; the same directory after a restart keeps every stream and KV bucket.
+    data; the same directory after a restart keeps every stream and KV bucket. ``config`` is extra
+    nats-server configuration (``authorization``, ``tls`` blocks ...), written beside the data; ``scheme``
+    is the URL scheme clients use (``tls`` for a server that requires TLS).
     """
 
     def __init__(self, store_dir: str | os.PathLike[str] | None = None, port: int | None = None,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", config: str | None = None, scheme: str = "nats") -> None:
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="imrelay-nats-"))
         self.requested_port = port
         self.host = host
         self.port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.config = config
+        self.scheme = scheme
 
     @property
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError("nats-server not started")
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -57,9 +61,14 @@ class EmbeddedNats:
         for old in ports_dir.glob("*.ports"):
             old.unlink()
         port = str(self.requested_port) if self.requested_port else "-1"
+        extra: list[str] = []
+        if self.config is not None:
+            conf = self.store_dir / "nats.conf"
+            conf.write_text(self.config, encoding="utf-8")
+            extra = ["-c", str(conf)]
         log = open(self.store_dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, binary from our own venv
-            [nats_server_binary(), "-js", "-a", self.host, "-p", port,
+            [nats_server_binary(), *extra, "-js", "-a", self.host, "-p", port,
              "-sd", str(self.store_dir / "jetstream"), "--ports_file_dir", str(ports_dir)],
             stdout=log, stderr=subprocess.STDOUT,
             # Its own session: a terminal's Ctrl-C reaches the supervisor, which stops NATS last.

@@ -9,6 +9,7 @@ import uvicorn
 
 from imrelay.admin import serve_admin
 from imrelay.config import load_settings
+from imrelay.errors import ConfigError
 from imrelay.runtime import EmbeddedServer, service_main, stop_event
 
 from .app import create_app
@@ -28,19 +29,29 @@ async def run() -> None:
     ))
     admin = serve_admin(settings.admin.host, settings.admin.port, publisher.ready)
     stop = stop_event()
+
+    async def refused() -> None:
+        """Ends only if NATS refuses the credentials or TLS: the service then stops with the reason."""
+        await publisher.connected()
+        await asyncio.Event().wait()
+
     tasks = [asyncio.create_task(public.serve()), asyncio.create_task(admin.serve())]
+    watch = asyncio.create_task(refused())
     log.info("ingress listening on :%d (admin :%d), %d bot(s)", settings.ingress.port,
              settings.admin.port, len(settings.bots))
     waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([waiter, watch, *tasks], return_when=asyncio.FIRST_COMPLETED)
     public.should_exit = True
     admin.should_exit = True
+    watch.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     waiter.cancel()
     await publisher.close()
-    for t in tasks:
-        if t in done and t.exception():
-            raise SystemExit(f"server failed: {t.exception()}")
+    for t in [watch, *tasks]:
+        if t in done and (exc := t.exception()):
+            if isinstance(exc, ConfigError):
+                raise exc
+            raise SystemExit(f"server failed: {exc}")
 
 
 def main() -> None:
