@@ -45,19 +45,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     import asyncio
 
-    import nats
-
     from .dlq import format_table, list_dead_letters, redrive
+    from .jetstream import connect
 
     try:
-        servers = (parse_settings({"nats": {"url": args.nats_url}}, {}) if args.nats_url
-                   else load_settings(args.config)).nats.servers
+        cfg = (parse_settings({"nats": {"url": args.nats_url}}, os.environ) if args.nats_url
+               else load_settings(args.config)).nats
     except ConfigError as exc:
         print(f"configuration error: {exc} (or pass --nats-url)", file=sys.stderr)
         return 2
 
     async def run() -> int:
-        nc = await nats.connect(servers, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            nc = await connect(cfg, "imrelay-cli", max_reconnect_attempts=1)
+        except ConfigError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
         try:
             js = nc.jetstream()
             if args.action == "list":
@@ -213,8 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--limit", type=int, default=100, help="list at most this many, newest")
     q.add_argument("--config", help="config file for nats.url (default: $IMRELAY_CONFIG)")
     q.add_argument("--nats-url", help="NATS server URL, or several comma-separated (overrides the config)")
+    from . import natsadmin
+
+    natsadmin.add_parser(sub)
     args = p.parse_args(argv)
-    handler = {"dev": cmd_dev, "check-config": cmd_check_config, "dlq": cmd_dlq}[args.cmd]
+    handler = {"dev": cmd_dev, "check-config": cmd_check_config, "dlq": cmd_dlq,
+               "nats": natsadmin.run}[args.cmd]
     raise SystemExit(handler(args))
 
 
