@@ -28,11 +28,12 @@ from imrelay_sim import discord
 from imrelay_sim.__main__ import build_request
 
 from ..helpers import free_port
-from .stack import Service, Stack
+from .stack import KEY, Service, Stack
 
 pytestmark = pytest.mark.nats
 
 PASSWORDS = {svc: secrets.token_urlsafe(18) for svc in SERVICES}
+WS_BOT = "aibSecureConn01"
 SEED = discord.DEMO_SEED
 
 
@@ -87,8 +88,12 @@ def stack(secure_nats: EmbeddedNats, pki: dict[str, str],
             "app_id": "1020305", "app_secret": "qqsecret0123456789"}},
         {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
             "application_id": "998878", "public_key": discord.public_key_for(SEED), "bot_token": "unused"}},
+        {"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
+         "ws_url": sim.replace("http://", "ws://") + "/ws/aibot",
+         "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": WS_BOT, "secret": "ws-secret"}},
     ]
-    for name in ("ingress", "worker", "sender"):
+    s.add_service("connector", ["imrelay_ingress.connector"])
+    for name in ("ingress", "worker", "sender", "connector"):
         s.services[name].env = as_service(s.services[name].env, name)
     with s.running():
         yield s
@@ -121,6 +126,17 @@ def test_every_platform_answers_through_tls_and_per_service_users(stack: Stack, 
                            what=f"the answer on {bot_id}")
     assert [m["content"] for m in found] == [text]
     assert violations(stack.nats) == []  # no service needed a subject its user lacks
+
+
+def test_the_long_connection_answers_through_the_connector_user(stack: Stack) -> None:
+    stack.wait_for(lambda: httpx.get(f"{stack.sim_url}/sim/aibot/connections").json().get(WS_BOT) == 1,
+                   what="the bot's socket")
+    text = f"secure socket {secrets.token_hex(3)}"
+    httpx.post(f"{stack.sim_url}/sim/aibot/push", json={"bot_id": WS_BOT, "text": text, "user": "bob"},
+               timeout=5).raise_for_status()
+    stack.wait_for(lambda: [m for m in stack.messages(bot="ws") if m["content"] == text and m["finish"]],
+                   what="the answer on the socket")
+    assert violations(stack.nats) == []
 
 
 def client_config(secure_nats: EmbeddedNats, pki: dict[str, str], **auth: Any) -> NatsConfig:
