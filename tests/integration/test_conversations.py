@@ -91,7 +91,8 @@ def test_dify_gets_its_conversation_id_back(conv_stack: Stack) -> None:
     [first] = backend_requests(conv_stack, "dify", "first dify question")
     [second] = backend_requests(conv_stack, "dify", "second dify question")
     assert first["conversation_id"] == "" and second["conversation_id"]
-    assert first["user"] == second["user"] == f"wecom_app:dify:{who}"
+    # one stable pseudonym per user: the provider never sees the platform's user id
+    assert first["user"] == second["user"] and first["user"].startswith("u_") and who not in first["user"]
 
 
 def test_fastgpt_keeps_one_chat_id(conv_stack: Stack) -> None:
@@ -100,5 +101,5 @@ def test_fastgpt_keeps_one_chat_id(conv_stack: Stack) -> None:
     ask(conv_stack, "fastgpt", who, "second fastgpt question")
     [first] = backend_requests(conv_stack, "fastgpt", "first fastgpt question")
     [second] = backend_requests(conv_stack, "fastgpt", "second fastgpt question")
-    assert first["chatId"] == second["chatId"]
+    assert first["chatId"] == second["chatId"] and who not in first["chatId"]
     assert second["messages"] == [{"role": "user", "content": "second fastgpt question"}]

@@ -219,9 +219,16 @@ def main(argv: list[str] | None = None) -> None:
     from . import natsadmin
 
     natsadmin.add_parser(sub)
+    handlers = {"dev": cmd_dev, "check-config": cmd_check_config, "dlq": cmd_dlq, "nats": natsadmin.run}
+    try:  # erasing memory needs the worker's package (installed beside this one in the image)
+        from imrelay_worker import forget
+    except ImportError:
+        pass
+    else:
+        forget.add_parser(sub)
+        handlers["forget"] = forget.run
     args = p.parse_args(argv)
-    handler = {"dev": cmd_dev, "check-config": cmd_check_config, "dlq": cmd_dlq,
-               "nats": natsadmin.run}[args.cmd]
+    handler = handlers[args.cmd]
     raise SystemExit(handler(args))
 
 

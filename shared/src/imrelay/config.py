@@ -164,6 +164,11 @@ class WorkerConfig(_Model):
     answer_timeout_seconds: float = Field(default=120.0, gt=0)
     # Deltas are coalesced for this long before one reply chunk is published.
     delta_interval_seconds: float = Field(default=0.2, ge=0)
+    # Model providers see a keyed hash of the user (and of the conversation), stable per user and bot,
+    # never the platform's own user id. The key is derived from each bot's credentials unless set here
+    # (set it to keep the pseudonyms when credentials are rotated).
+    pseudonymize_users: bool = True
+    pseudonym_key: SecretStr | None = None
 
 
 class RateLimitConfig(_Model):

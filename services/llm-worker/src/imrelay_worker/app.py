@@ -26,6 +26,7 @@ from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TTFT
 from .answer import produce_answer
 from .backends import Backend, ChatMessage, ChatRequest, Piece, build_backend
 from .memory import Conversation, MemoryStore, Turn, conversation_key
+from .privacy import Pseudonyms
 
 log = logging.getLogger("imrelay.worker")
 
@@ -116,14 +117,15 @@ class Worker:
             stream = _once(NON_TEXT_REPLY)
         else:
             backend = self.backends[bot.backend]
+            names = Pseudonyms(self.settings.worker, bot)
             conv = await self.memory.load(key) if self.memory is not None else Conversation()
             system = bot.system_prompt or cfg.system_prompt
             history = [] if backend.keeps_history else conv.messages()
             request = ChatRequest(
                 messages=([ChatMessage("system", system)] if system else []) + history
                 + [ChatMessage("user", text)],
-                user=f"{inbound.platform.value}:{inbound.bot_id}:{inbound.sender.id}",
-                conversation=key, session=dict(conv.session), model=bot.model,
+                user=names.user(f"{inbound.platform.value}:{inbound.bot_id}:{inbound.sender.id}"),
+                conversation=names.conversation(key), session=dict(conv.session), model=bot.model,
                 temperature=bot.temperature,
             )
             stream = backend.stream(request)
@@ -144,7 +146,7 @@ class Worker:
             log.warning("backend %s failed for inbound %s: %s", bot.backend, inbound.id, result.error)
         elif self.memory is not None:
             # only a complete answer becomes memory
-            await self.memory.remember(key, Turn(text, result.text), request.session)
+            await self.memory.remember(key, Turn(text, result.text, inbound.sender.id), request.session)
 
 
 async def _once(text: str) -> AsyncIterator[Piece]:

@@ -5,6 +5,7 @@ A conversation is a chat (and, in groups, one member's thread with the bot unles
 Its record holds the last turns — trimmed to ``max_turns`` and ``max_chars``, oldest first out — and the
 backend's session (e.g. Dify's ``conversation_id``). The bucket's TTL forgets idle conversations. A turn is
 written only once its answer is complete, with compare-and-set so concurrent answers do not lose turns.
+Each turn records who asked, so that one user's turns can be erased (``imrelay forget``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from imrelay.config import MemoryConfig
@@ -28,6 +29,7 @@ __all__ = ["Conversation", "MemoryStore", "Turn", "conversation_key", "trim"]
 class Turn:
     user: str
     assistant: str
+    sender: str = ""  # the platform user who asked (records written before it was kept: unknown)
 
 
 @dataclass(slots=True)
@@ -36,14 +38,14 @@ class Conversation:
     session: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return json.dumps({"turns": [[t.user, t.assistant] for t in self.turns],
+        return json.dumps({"turns": [[t.user, t.assistant, t.sender] for t in self.turns],
                            "session": self.session}, ensure_ascii=False).encode()
 
     @classmethod
     def from_json(cls, data: bytes | None) -> Conversation:
         try:
             d = json.loads(data or b"{}")
-            return cls(turns=[Turn(str(u), str(a)) for u, a in d.get("turns", [])],
+            return cls(turns=[Turn(*(str(x) for x in t[:3])) for t in d.get("turns", [])],
                        session={str(k): str(v) for k, v in (d.get("session") or {}).items()})
         except (ValueError, TypeError, AttributeError):
             return cls()
@@ -109,3 +111,39 @@ class MemoryStore:
             await self.kv.delete(key)
         except KeyNotFoundError:
             pass
+
+    async def forget_user(self, platform: str, bot_id: str, user: str) -> int:
+        """Erase what the bot remembers of ``user``: their one-to-one conversations and their own threads
+        in groups whole, their turns in shared group conversations. Returns how many records changed."""
+        prefix = kv_key("conv", platform, bot_id) + "."
+        token = kv_key(user)
+        try:
+            keys = [k for k in await self.kv.keys() if k.startswith(prefix)]
+        except NoKeysError:
+            return 0
+        changed = 0
+        for key in keys:
+            if key == prefix + token or key.endswith("." + token):  # the user's own conversation
+                await self.forget(key)
+                changed += 1
+                continue
+            for _ in range(10):
+                try:
+                    entry = await self.kv.get(key)
+                except KeyNotFoundError:
+                    break
+                conv = Conversation.from_json(entry.value)
+                kept = [t for t in conv.turns if t.sender != user]
+                if len(kept) == len(conv.turns):
+                    break
+                try:
+                    if kept:
+                        conv.turns = kept
+                        await self.kv.update(key, conv.to_json(), last=entry.revision)
+                    else:
+                        await self.kv.delete(key, last=entry.revision)
+                    changed += 1
+                    break
+                except KeyWrongLastSequenceError:
+                    continue
+        return changed
