@@ -98,11 +98,14 @@ class NatsNode:
         return (arg.replace("/etc/nats-config/nats.conf", str(self.root / "nats.conf"))
                 .replace("/var/run/nats/nats.pid", str(self.root / "nats.pid")))
 
+    env: dict[str, str] | None = None
+
     def start(self) -> None:
         argv = [nats_server_binary(), *(self._map(a) for a in self.container["args"])]
         with open(self.root / "nats.log", "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         env=dict(os.environ, POD_NAME=f"{FULL}-nats-{self.index}"))
+                                         env={**os.environ, **(self.env or {}),
+                                              "POD_NAME": f"{FULL}-nats-{self.index}"})
 
     def probe(self, name: str) -> str:
         return f"http://{self.host}:8222{self.container[name]['httpGet']['path']}"
@@ -147,14 +150,16 @@ def nats_cluster(docs: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFa
     assert sts["spec"]["replicas"] == len(NODES)
     assert sts["spec"]["podManagementPolicy"] == "Parallel"  # every node starts at once
     [container] = sts["spec"]["template"]["spec"]["containers"]
-    assert [e["name"] for e in container["env"]] == ["POD_NAME"]
+    env = container_env(docs, container)  # the users' passwords and the encryption key, from the Secret
+    assert env["POD_NAME"] == "<metadata.name>" and len(env["NATS_JETSTREAM_KEY"]) == 48
+    assert "cipher: chachapoly" in conf and '"user": "imrelay-worker"' in conf
     container = dict(container, terminationGracePeriodSeconds=sts["spec"]["template"]["spec"][
         "terminationGracePeriodSeconds"])
     nodes = []
     for i in range(len(NODES)):
         root = tmp_path_factory.mktemp(f"nats-{i}")
         (root / "nats.conf").write_text(node_conf(conf, i, root))
-        nodes.append(NatsNode(i, root, container))
+        nodes.append(NatsNode(i, root, container, env=env))
     try:
         for node in nodes:
             node.start()
@@ -171,6 +176,21 @@ def nats_cluster(docs: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFa
                     node.proc.wait(10)
             except subprocess.TimeoutExpired:
                 node.kill()
+
+
+def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
+    """A container's ``env``: plain values, and ``secretKeyRef`` values read from the rendered Secret."""
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif ref := e["valueFrom"].get("secretKeyRef"):
+            secret = find(docs, "Secret", ref["name"])
+            env[e["name"]] = (base64.b64decode(secret["data"][ref["key"]]).decode() if ref["key"] in
+                              secret.get("data", {}) else secret["stringData"][ref["key"]])
+        else:
+            env[e["name"]] = f"<{e['valueFrom']['fieldRef']['fieldPath']}>"
+    return env
 
 
 def secret_env(docs: list[dict[str, Any]], refs: list[dict[str, Any]]) -> dict[str, str]:
@@ -204,9 +224,10 @@ def services(docs: list[dict[str, Any]], nats_cluster: list[NatsNode],
         [c] = dep["spec"]["template"]["spec"]["containers"]
         assert c["args"][:2] == ["python", "-m"]
         admin = free_port()
-        env = dict(os.environ, **{e["name"]: e["value"] for e in c["env"]},
-                   **secret_env(docs, c.get("envFrom", [])))
+        env = dict(os.environ, **container_env(docs, c), **secret_env(docs, c.get("envFrom", [])))
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        user = "worker" if name == "llm-worker" else name  # each connects as its own least-privilege user
+        assert env["IMRELAY_NATS_USER"] == f"imrelay-{user}" and env["IMRELAY_NATS_PASSWORD"]
         # the pod's paths and ports, mapped to this machine
         assert env["IMRELAY_CONFIG"] == "/etc/imrelay/imrelay.yaml"
         env.update(IMRELAY_CONFIG=str(config), IMRELAY_ADMIN_PORT=str(admin))
@@ -236,8 +257,7 @@ def run_test_pod(docs: list[dict[str, Any]], services: dict[str, Any], text: str
               .replace(f"http://{FULL}-selftest:8090", f"http://127.0.0.1:{hook}")
               .replace('"helm test round trip"', f'"{text}"'))
     assert mapped.count("127.0.0.1") == 3 and text in mapped
-    env = dict(os.environ, **{e["name"]: e["value"] for e in c["env"]},
-               **secret_env(docs, c["envFrom"]))
+    env = dict(os.environ, **container_env(docs, c), **secret_env(docs, c["envFrom"]))
     env["IMRELAY_CONFIG"] = str(services["config"])
     # the pod ends with its shell, the webhook server in its background with it (its process group here)
     log: Path = services["root"] / f"roundtrip-{text.replace(' ', '-')}.log"
@@ -265,6 +285,16 @@ def test_helm_test_round_trip_over_the_bundled_nats_cluster(
     streams = {s["name"]: s for d in info["account_details"] for s in d["stream_detail"]}
     assert streams["IMRELAY_IN"]["config"]["num_replicas"] == 3
     assert len(streams["IMRELAY_IN"]["cluster"]["replicas"]) == 2  # the leader and two followers
+    # JetStream's files are encrypted at rest: the message is stored, its text is nowhere on disk
+    stored = b"".join(f.read_bytes() for n in nats_cluster for f in (n.root / "data").rglob("*")
+                      if f.is_file())
+    assert len(stored) > 10_000 and b"first round trip" not in stored
+    # and nobody gets in without a user
+    anonymous = subprocess.run(
+        [sys.executable, "-c", "import asyncio, nats; asyncio.run(nats.connect("
+         f"'nats://{NODES[0]}:4222', max_reconnect_attempts=1, reconnect_time_wait=0.1))"],
+        capture_output=True, text=True, timeout=30)
+    assert anonymous.returncode != 0 and "Authorization Violation" in anonymous.stderr
 
 
 def test_a_rolling_restart_of_nats_loses_and_repeats_nothing(

@@ -19,7 +19,7 @@ from ..chart import CHART, find, render, values_file
 VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 K8S = "1.33.0"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
-        ("keda.sh/v1alpha1", "ScaledObject")}
+        ("keda.sh/v1alpha1", "ScaledObject"), ("cert-manager.io/v1", "Certificate")}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -189,3 +189,56 @@ def test_the_bundled_nats_is_a_jetstream_cluster() -> None:
     assert not [d for d in single if d["kind"] == "PodDisruptionBudget" and "nats" in d["metadata"]["name"]]
     external = render(values_file("external-nats-values.yaml"))
     assert not [d for d in external if d["metadata"]["name"].startswith("imrelay-nats")]
+
+
+def component_env(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    [container] = find(docs, "Deployment", f"imrelay-{name}")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_the_bundled_nats_has_a_user_per_service_and_encrypts_its_files() -> None:
+    from imrelay.permissions import chart_template
+
+    generated = CHART / "charts" / "nats" / "templates" / "_imrelay_authorization.tpl"
+    assert generated.read_text() == chart_template(), "run: imrelay nats permissions --chart"
+    docs = render({})
+    conf = find(docs, "ConfigMap", "imrelay-nats-config")["data"]["nats.conf"]
+    assert "authorization {" in conf and "cipher: chachapoly" in conf
+    assert "key: $NATS_JETSTREAM_KEY" in conf
+    secret = find(docs, "Secret", "imrelay-nats-auth")
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    services = ("INGRESS", "CONNECTOR", "WORKER", "SENDER", "CLI")
+    assert set(secret["data"]) == {f"IMRELAY_NATS_PASSWORD_{s}" for s in services} | {"NATS_JETSTREAM_KEY"}
+    for component, user in (("ingress", "ingress"), ("llm-worker", "worker"), ("sender", "sender")):
+        env = component_env(docs, component)
+        assert env["IMRELAY_NATS_USER"] == f"imrelay-{user}"
+        assert env["IMRELAY_NATS_PASSWORD"] == {"secretKeyRef": {
+            "name": "imrelay-nats-auth", "key": f"IMRELAY_NATS_PASSWORD_{user.upper()}"}}
+    # both can be turned off (a NATS you secure some other way)
+    off = render({"nats": {"auth": {"enabled": False}, "encryption": {"enabled": False}}})
+    conf = find(off, "ConfigMap", "imrelay-nats-config")["data"]["nats.conf"]
+    assert "authorization" not in conf and "cipher" not in conf
+    assert "IMRELAY_NATS_USER" not in component_env(off, "sender")
+
+
+def test_tls_for_the_bundled_and_for_your_own_nats() -> None:
+    docs = render(values_file("nats-tls-values.yaml"))
+    conf = find(docs, "ConfigMap", "imrelay-nats-config")["data"]["nats.conf"]
+    assert "cert_file: /etc/nats-tls/tls.crt" in conf
+    cert = find(docs, "Certificate", "imrelay-nats")["spec"]
+    assert cert["secretName"] == "imrelay-nats-tls" and cert["issuerRef"]["name"] == "cluster-ca"
+    sts = find(docs, "StatefulSet", "imrelay-nats")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "imrelay-nats-tls"}} in sts["volumes"]
+    cfg = yaml.safe_load(find(docs, "ConfigMap", "imrelay-config")["data"]["imrelay.yaml"])
+    assert cfg["nats"]["url"] == "tls://imrelay-nats:4222"
+    assert cfg["nats"]["tls"] == {"ca_file": "/etc/imrelay-nats-tls/ca.crt"}
+    parse_settings(cfg, {})
+    pod = find(docs, "Deployment", "imrelay-sender")["spec"]["template"]["spec"]
+    ca = {"secretName": "imrelay-nats-tls", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert {"name": "nats-tls", "secret": ca} in pod["volumes"]
+    own = render(values_file("external-nats-secure-values.yaml"))
+    assert not [d for d in own if d["metadata"]["name"].startswith("imrelay-nats")]
+    env = component_env(own, "llm-worker")
+    assert env["IMRELAY_NATS_PASSWORD"]["secretKeyRef"]["name"] == "imrelay-nats-passwords"
+    cfg = yaml.safe_load(find(own, "ConfigMap", "imrelay-config")["data"]["imrelay.yaml"])
+    assert cfg["nats"]["url"].startswith("tls://") and cfg["nats"]["tls"]["ca_file"].endswith("ca.crt")

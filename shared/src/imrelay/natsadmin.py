@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from . import subjects as s
 from .config import Settings, load_settings
 from .errors import ConfigError
-from .permissions import SERVICES, authorization_block, markdown
+from .permissions import SERVICES, authorization_block, chart_template, markdown, password_variable
 
 __all__ = ["add_parser", "run"]
 
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     n.add_argument("action", choices=["setup", "server-config", "permissions"])
     n.add_argument("--config", help="config file (setup; default: $IMRELAY_CONFIG)")
     n.add_argument("--markdown", action="store_true", help="permissions as the docs page")
+    n.add_argument("--chart", action="store_true", help="permissions as the Helm chart's template")
 
 
 async def setup(settings: Settings) -> list[str]:
@@ -61,8 +62,8 @@ async def setup(settings: Settings) -> list[str]:
 
 
 def server_config(environ: Mapping[str, str]) -> str:
-    passwords = {svc: environ[f"IMRELAY_NATS_PASSWORD_{svc.upper()}"] for svc in SERVICES
-                 if environ.get(f"IMRELAY_NATS_PASSWORD_{svc.upper()}")}
+    passwords = {svc: environ[password_variable(svc)] for svc in SERVICES
+                 if environ.get(password_variable(svc))}
     if not passwords:
         raise ConfigError("", "set IMRELAY_NATS_PASSWORD_<SERVICE> for the services to authorize "
                               f"({', '.join(s.upper() for s in SERVICES)})")
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "permissions":
             if args.markdown:
                 print(markdown(), end="")
+            elif args.chart:
+                print(chart_template(), end="")
             else:
                 print(authorization_block({svc: "<password>" for svc in SERVICES}), end="")
             return 0

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from . import subjects as s
 
-__all__ = ["PERMISSIONS", "SERVICES", "Permissions", "authorization_block", "markdown"]
+__all__ = ["PERMISSIONS", "SERVICES", "Permissions", "authorization_block", "authorization_from_environment",
+           "chart_template", "markdown", "password_variable"]
 
 API = "$JS.API"
 INBOX = "_INBOX.>"  # replies to requests, JetStream API answers and PubAcks
@@ -97,6 +98,29 @@ def authorization_block(passwords: Mapping[str, str], usernames: Mapping[str, st
               "permissions": PERMISSIONS[svc].as_server_permissions()}
              for svc, pw in passwords.items()]
     return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
+
+
+def password_variable(service: str) -> str:
+    """The environment variable that holds ``service``'s NATS password (server and chart side)."""
+    return f"IMRELAY_NATS_PASSWORD_{service.upper()}"
+
+
+def authorization_from_environment() -> str:
+    """The ``authorization`` block with every service's password read by nats-server from its environment
+    (``$IMRELAY_NATS_PASSWORD_<SERVICE>``): what the chart's bundled NATS runs with."""
+    marker = "\x00{}\x00"
+    block = authorization_block({svc: marker.format(svc) for svc in SERVICES})
+    for svc in SERVICES:
+        block = block.replace(json.dumps(marker.format(svc)), "$" + password_variable(svc))
+    return block
+
+
+def chart_template() -> str:
+    """``charts/nats/templates/_imrelay_authorization.tpl`` of the Helm chart."""
+    return ("{{- /* Generated from shared/src/imrelay/permissions.py by `imrelay nats permissions --chart`; "
+            "a test fails when they differ. */ -}}\n"
+            '{{- define "nats.imrelayAuthorization" -}}\n' + authorization_from_environment()
+            + "{{- end }}\n")
 
 
 def _code(items: Iterable[str]) -> str:

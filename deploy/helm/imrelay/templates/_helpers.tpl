@@ -40,9 +40,24 @@ HELM_SELFTEST_AES_KEY: {{ randAlphaNum 43 | b64enc }}
 
 {{- /* the NATS every service connects to: the bundled cluster's client Service, or nats.url */ -}}
 {{- define "imrelay.natsUrl" -}}
-{{- if .Values.nats.enabled }}nats://{{ printf "%s-nats" .Release.Name | trunc 63 | trimSuffix "-" }}:4222
+{{- if .Values.nats.enabled }}{{ ternary "tls" "nats" .Values.nats.tls.enabled }}://{{ printf "%s-nats" .Release.Name | trunc 63 | trimSuffix "-" }}:4222
 {{- else }}{{ .Values.nats.url }}{{ end }}
 {{- end }}
+
+{{- /* where each service's NATS password is: the bundled NATS's generated Secret, or nats.auth.existingSecret */ -}}
+{{- define "imrelay.natsAuthSecret" -}}
+{{- if .Values.nats.auth.existingSecret }}{{ .Values.nats.auth.existingSecret }}
+{{- else if and .Values.nats.enabled .Values.nats.auth.enabled }}{{ printf "%s-nats-auth" .Release.Name | trunc 63 | trimSuffix "-" }}{{ end }}
+{{- end }}
+
+{{- /* the Secret holding the CA (ca.crt) that signed the NATS servers' certificates */ -}}
+{{- define "imrelay.natsTlsSecret" -}}
+{{- if .Values.nats.tls.caSecret }}{{ .Values.nats.tls.caSecret }}
+{{- else if and .Values.nats.enabled .Values.nats.tls.enabled }}{{ .Values.nats.tls.secretName | default (printf "%s-nats-tls" .Release.Name | trunc 63 | trimSuffix "-") }}{{ end }}
+{{- end }}
+
+{{- /* a component's NATS user: llm-worker connects as the worker */ -}}
+{{- define "imrelay.natsService" -}}{{ ternary "worker" . (eq . "llm-worker") }}{{- end }}
 
 {{- define "imrelay.configYaml" -}}
 {{- $backends := deepCopy .Values.config.backends -}}
@@ -54,7 +69,9 @@ HELM_SELFTEST_AES_KEY: {{ randAlphaNum 43 | b64enc }}
       "credentials" (dict "token" "${HELM_SELFTEST_TOKEN}" "encoding_aes_key" "${HELM_SELFTEST_AES_KEY}") }}
 {{- $bots = append $bots $selftest }}
 {{- end }}
-{{- $cfg := merge (dict "nats" (dict "url" (include "imrelay.natsUrl" .) "replicas" .Values.nats.streamReplicas)
+{{- $nats := dict "url" (include "imrelay.natsUrl" .) "replicas" .Values.nats.streamReplicas -}}
+{{- if include "imrelay.natsTlsSecret" . }}{{ $_ := set $nats "tls" (dict "ca_file" "/etc/imrelay-nats-tls/ca.crt") }}{{ end }}
+{{- $cfg := merge (dict "nats" $nats
                         "backends" $backends "bots" $bots)
                   (deepCopy .Values.config.extra) -}}
 {{ toYaml $cfg }}

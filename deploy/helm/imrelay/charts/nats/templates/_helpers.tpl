@@ -34,7 +34,22 @@ jetstream {
   store_dir: /data
   max_file_store: {{ .Values.jetstream.maxFileStore }}
   max_memory_store: {{ .Values.jetstream.maxMemoryStore }}
+  {{- if .Values.encryption.enabled }}
+  # files at rest encrypted; the key comes from the auth Secret through the environment
+  cipher: chachapoly
+  key: $NATS_JETSTREAM_KEY
+  {{- end }}
 }
+{{- if .Values.tls.enabled }}
+tls {
+  cert_file: /etc/nats-tls/tls.crt
+  key_file: /etc/nats-tls/tls.key
+  timeout: 3
+}
+{{- end }}
+{{- if .Values.auth.enabled }}
+{{ include "nats.imrelayAuthorization" . }}
+{{- end }}
 {{- if gt (int .Values.replicas) 1 }}
 cluster {
   name: {{ $full }}
@@ -46,5 +61,20 @@ cluster {
     {{- end }}
   ]
 }
+{{- end }}
+{{- end }}
+
+{{- define "nats.authSecretName" -}}{{ include "nats.fullname" . }}-auth{{- end }}
+{{- define "nats.tlsSecretName" -}}{{ .Values.tls.secretName | default (printf "%s-tls" (include "nats.fullname" .)) }}{{- end }}
+
+{{- /* the auth Secret's data: random at install, kept across upgrades */ -}}
+{{- define "nats.authSecretData" -}}
+{{- $old := lookup "v1" "Secret" .Release.Namespace (include "nats.authSecretName" .) -}}
+{{- if $old }}{{ $old.data | toYaml }}
+{{- else }}
+{{- range $svc := list "INGRESS" "CONNECTOR" "WORKER" "SENDER" "CLI" }}
+IMRELAY_NATS_PASSWORD_{{ $svc }}: {{ randAlphaNum 32 | b64enc }}
+{{- end }}
+NATS_JETSTREAM_KEY: {{ randAlphaNum 48 | b64enc }}
 {{- end }}
 {{- end }}
