@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
-from imrelay.config import Platform
+import httpx
+import pytest
+
+from imrelay.config import BackendConfig, Platform
 from imrelay.errors import BackendError
 from imrelay.events import Chat, ChatType, InboundMessage, ReplyChunk, Sender
 from imrelay_worker.answer import produce_answer
+from imrelay_worker.backends import ChatMessage, ChatRequest, Piece
+from imrelay_worker.backends.openai import OpenAIBackend
 
 MSG = InboundMessage(id="m1", platform=Platform.WECOM_APP, bot_id="b", platform_message_id="k",
                      chat=Chat(id="u", type=ChatType.DIRECT), sender=Sender(id="u"), text="hi")
@@ -32,7 +38,8 @@ class Ticker:
         return self.t
 
 
-async def run(stream: AsyncIterator[str], **kw: object) -> tuple[list[ReplyChunk], object]:
+async def run(stream: AsyncIterator[str] | AsyncIterator[Piece],
+              **kw: object) -> tuple[list[ReplyChunk], object]:
     out: list[ReplyChunk] = []
 
     async def publish(c: ReplyChunk) -> None:
@@ -92,3 +99,80 @@ async def test_empty_answer_is_an_error() -> None:
     chunks, res = await run(pieces("", "  "))
     assert chunks[-1].full_text == "sorry"
     assert res.outcome == "error"  # type: ignore[attr-defined]
+
+
+class ModelBody(httpx.AsyncByteStream):
+    """A model's streamed HTTP body (OpenAI wire format) that records when it is closed."""
+
+    def __init__(self, words: int) -> None:
+        self.words, self.closed = words, False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(self.words):
+            yield ("data: " + json.dumps({"choices": [{"delta": {"content": f"w{i} "}}]}) + "\n\n").encode()
+            await asyncio.sleep(0.001)
+        yield b"data: [DONE]\n\n"
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def model(body: ModelBody, requests: list[httpx.Request]) -> OpenAIBackend:
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                              stream=body)
+    conf = BackendConfig.model_validate({"kind": "openai", "base_url": "http://llm/v1", "model": "m",
+                                         "api_key": "k"})
+    return OpenAIBackend("default", conf, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+
+
+REQ = ChatRequest(messages=[ChatMessage("user", "hi")], user="u", conversation="c")
+
+
+async def test_a_failed_publish_mid_answer_neither_stops_the_answer_nor_asks_again() -> None:
+    body, requests, published = ModelBody(20), list[httpx.Request](), list[ReplyChunk]()
+    calls = 0
+
+    async def publish(c: ReplyChunk) -> None:
+        nonlocal calls
+        calls += 1
+        if calls in (3, 4):  # the broker loses its leader for a moment
+            raise ConnectionError("no responders")
+        published.append(c)
+
+    res = await produce_answer(MSG, model(body, requests).stream(REQ), publish, deadline_seconds=5,
+                               error_message="sorry", coalesce_seconds=0.0)
+    whole = "".join(f"w{i} " for i in range(20))
+    assert res.outcome == "ok" and res.text == whole
+    assert published[-1].final and published[-1].full_text == whole
+    assert all(whole.startswith(c.text or "") for c in published)
+    assert len(requests) == 1  # the model was asked once
+    assert body.closed
+
+
+async def test_the_model_stream_is_closed_when_the_final_cannot_be_published() -> None:
+    body, requests = ModelBody(20), list[httpx.Request]()
+    seen: list[ReplyChunk] = []
+
+    async def publish(c: ReplyChunk) -> None:
+        seen.append(c)
+        if len(seen) == 2:  # the broker fails for good: abandon the answer (the message is redelivered)
+            raise ConnectionError("no responders")
+        if c.final:
+            raise ConnectionError("no responders")
+
+    with pytest.raises(ConnectionError):
+        await produce_answer(MSG, model(body, requests).stream(REQ), publish, deadline_seconds=5,
+                             error_message="sorry", coalesce_seconds=0.0,
+                             final_publish_delays=(0.01, 0.01))
+    assert body.closed  # closed by us, not by the garbage collector later
+    assert sum(1 for c in seen if c.final) == 3  # tried, and tried again twice
+
+
+async def test_the_stream_is_closed_when_reading_stops_early() -> None:
+    body, requests = ModelBody(1000), list[httpx.Request]()
+    chunks, res = await run(model(body, requests).stream(REQ), deadline_seconds=0.05,
+                            coalesce_seconds=0.0)
+    assert res.outcome == "timeout"  # type: ignore[attr-defined]
+    assert body.closed

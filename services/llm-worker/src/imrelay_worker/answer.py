@@ -2,13 +2,17 @@
 
 Pure orchestration over injected callables (backend stream, publish, clock), so it is unit-tested without a
 broker. Backend failures never leave the user in silence: the final chunk then carries a polite message (and
-whatever was already streamed) with ``error`` set.
+whatever was already streamed) with ``error`` set. A chunk that cannot be published while the answer is
+being written (the broker electing a leader, say) is skipped — the next one, and the final chunk, carry the
+whole text so far — so the model is not asked again; the final chunk is tried a few times before giving
+up. The backend's stream is always closed here, whatever happens, not left to the garbage collector.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +22,10 @@ from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
 
 from .backends import Piece, Replace
 
+log = logging.getLogger("imrelay.worker")
+
 Publish = Callable[[ReplyChunk], Awaitable[None]]
+FINAL_PUBLISH_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of the final chunk (a leader election)
 
 
 @dataclass(slots=True)
@@ -47,9 +54,11 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
                          error_message: str, timeout_notice: str = "(answer cut short: timed out)",
                          placeholder: str | None = None, placeholder_after: float = 3.0,
                          fmt: ReplyFormat = ReplyFormat.TEXT,
+                         final_publish_delays: tuple[float, ...] = FINAL_PUBLISH_DELAYS,
                          clock: Callable[[], float] = time.monotonic) -> AnswerOutcome:
     """Stream ``stream`` as reply chunks. With ``placeholder``, a chunk carrying it is published when no
-    answer text has come after ``placeholder_after`` seconds (platforms that cannot edit show it first)."""
+    answer text has come after ``placeholder_after`` seconds (platforms that cannot edit show it first).
+    Raises only when the final chunk cannot be published (then nothing of the answer is stored for sure)."""
     started = clock()
     parts: list[str] = []
     pending: list[str] = []
@@ -63,10 +72,15 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
         nonlocal seq, last_flush, pending, sent
         if pending:
             delta = "".join(pending)
-            sent += delta
-            await publish(_chunk(msg, seq, delta, text=sent, fmt=fmt))
-            seq += 1
-            pending = []
+            try:
+                await publish(_chunk(msg, seq, delta, text=sent + delta, fmt=fmt))
+            except Exception as exc:  # best effort: the next chunk carries this text too
+                log.info("reply %s: chunk %d not published (%s); continuing", msg.id, seq,
+                         type(exc).__name__)
+            else:
+                sent += delta
+                seq += 1
+                pending = []
         last_flush = clock()
 
     async def announce() -> None:
@@ -97,6 +111,11 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
     except BackendError as exc:
         outcome, error = "error", str(exc)
     finally:
+        # Close the model's HTTP stream now, on this task, also when we stopped reading it early.
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
         if announcer is not None:
             announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -113,7 +132,17 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
         final_text = f"{text}\n\n{timeout_notice}"
     else:
         final_text = f"{text}\n\n{error_message}"
-    await publish(_chunk(msg, seq, final_text[len(sent):] if final_text.startswith(sent) else "",
-                         final=True, full_text=final_text, error=error, fmt=fmt))
+    final = _chunk(msg, seq, final_text[len(sent):] if final_text.startswith(sent) else "",
+                   final=True, full_text=final_text, error=error, fmt=fmt)
+    for delay in (*final_publish_delays, None):
+        try:
+            await publish(final)
+            break
+        except Exception as exc:
+            if delay is None:
+                raise
+            log.warning("reply %s: final chunk not published (%s); trying again in %.1fs", msg.id,
+                        type(exc).__name__, delay)
+            await asyncio.sleep(delay)
     return AnswerOutcome(text=text, outcome=outcome, first_token_seconds=first,
                          duration_seconds=clock() - started, chunks=seq + 1, error=error)

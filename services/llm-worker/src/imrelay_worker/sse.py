@@ -6,8 +6,9 @@ become a :class:`~imrelay.errors.BackendError` (retryable where trying again may
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -37,7 +38,7 @@ def error_message(resp: httpx.Response) -> str:
 
 async def stream_events(client: httpx.AsyncClient, name: str, url: str, *, body: dict[str, Any],
                         headers: dict[str, str], request_timeout: float,
-                        idle_timeout: float) -> AsyncIterator[ServerSentEvent]:
+                        idle_timeout: float) -> AsyncGenerator[ServerSentEvent, None]:
     """POST ``body`` and yield the events of the answer's stream."""
     try:
         async with aconnect_sse(client, "POST", url, headers={"Accept": "text/event-stream", **headers},
@@ -48,16 +49,16 @@ async def stream_events(client: httpx.AsyncClient, name: str, url: str, *, body:
                 await resp.aread()
                 raise BackendError(name, error_message(resp), status=resp.status_code,
                                    retryable=resp.status_code in RETRYABLE_STATUS)
-            events = source.aiter_sse()
-            while True:
-                try:
-                    async with asyncio.timeout(idle_timeout):
-                        event = await anext(events)
-                except StopAsyncIteration:
-                    return
-                except TimeoutError as exc:
-                    raise BackendError(name, "stream stalled (idle timeout)", retryable=True) from exc
-                yield event
+            async with contextlib.aclosing(source.aiter_sse()) as events:
+                while True:
+                    try:
+                        async with asyncio.timeout(idle_timeout):
+                            event = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                    except TimeoutError as exc:
+                        raise BackendError(name, "stream stalled (idle timeout)", retryable=True) from exc
+                    yield event
     except SSEError as exc:
         raise BackendError(name, "response is not an event stream") from exc
     except httpx.TimeoutException as exc:

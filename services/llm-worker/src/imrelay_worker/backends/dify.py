@@ -9,8 +9,9 @@ Dify no longer knows (404) is started afresh once.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
@@ -52,37 +53,40 @@ class DifyBackend:
     async def stream(self, request: ChatRequest) -> AsyncIterator[Piece]:
         conversation = request.session.get(SESSION_KEY, "")
         try:
-            async for piece in self._stream(request, conversation):
-                yield piece
+            async with contextlib.aclosing(self._stream(request, conversation)) as pieces:
+                async for piece in pieces:
+                    yield piece
         except BackendError as exc:
             if exc.status != 404 or not conversation:
                 raise
             request.session.pop(SESSION_KEY, None)  # Dify forgot it: start a new conversation
-            async for piece in self._stream(request, ""):
-                yield piece
+            async with contextlib.aclosing(self._stream(request, "")) as pieces:
+                async for piece in pieces:
+                    yield piece
 
-    async def _stream(self, request: ChatRequest, conversation: str) -> AsyncIterator[Piece]:
+    async def _stream(self, request: ChatRequest, conversation: str) -> AsyncGenerator[Piece, None]:
         headers = {"Content-Type": "application/json"}
         if self.cfg.api_key is not None:
             headers["Authorization"] = f"Bearer {self.cfg.api_key.get_secret_value()}"
-        async for sse in stream_events(self.client, self.name, self.url,
-                                       body=request_body(request, conversation), headers=headers,
-                                       request_timeout=self.cfg.timeout_seconds,
-                                       idle_timeout=self.cfg.idle_timeout_seconds):
-            event = parse_event(sse.data)
-            if event is None:
-                continue
-            if event.get("conversation_id"):
-                request.session[SESSION_KEY] = str(event["conversation_id"])
-            kind = event.get("event")
-            if kind in TEXT_EVENTS and event.get("answer"):
-                yield str(event["answer"])
-            elif kind == "message_replace":
-                yield Replace(str(event.get("answer", "")))
-            elif kind == "message_end":
-                return
-            elif kind == "error":
-                raise BackendError(self.name, f"{event.get('code', 'error')}: "
-                                              f"{str(event.get('message', ''))[:300]}",
-                                   status=int(event.get("status") or 0) or None)
+        async with contextlib.aclosing(stream_events(
+                self.client, self.name, self.url, body=request_body(request, conversation),
+                headers=headers, request_timeout=self.cfg.timeout_seconds,
+                idle_timeout=self.cfg.idle_timeout_seconds)) as events:
+            async for sse in events:
+                event = parse_event(sse.data)
+                if event is None:
+                    continue
+                if event.get("conversation_id"):
+                    request.session[SESSION_KEY] = str(event["conversation_id"])
+                kind = event.get("event")
+                if kind in TEXT_EVENTS and event.get("answer"):
+                    yield str(event["answer"])
+                elif kind == "message_replace":
+                    yield Replace(str(event.get("answer", "")))
+                elif kind == "message_end":
+                    return
+                elif kind == "error":
+                    raise BackendError(self.name, f"{event.get('code', 'error')}: "
+                                                  f"{str(event.get('message', ''))[:300]}",
+                                       status=int(event.get("status") or 0) or None)
         raise BackendError(self.name, "stream ended without message_end", retryable=True)

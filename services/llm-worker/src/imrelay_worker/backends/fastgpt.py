@@ -7,6 +7,7 @@ imrelay sends just the new question with a ``chatId`` bound to the conversation 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -47,16 +48,18 @@ class FastGPTBackend:
         headers = {"Content-Type": "application/json"}
         if self.cfg.api_key is not None:
             headers["Authorization"] = f"Bearer {self.cfg.api_key.get_secret_value()}"
-        async for event in stream_events(self.client, self.name, self.url, body=request_body(request),
-                                         headers=headers, request_timeout=self.cfg.timeout_seconds,
-                                         idle_timeout=self.cfg.idle_timeout_seconds):
-            if event.event == "error":
-                raise BackendError(self.name, f"error event: {event.data[:300]}")
-            if event.data.strip() == "[DONE]":
-                return
-            if event.event not in ("", "message", "answer", "fastAnswer") or not event.data:
-                continue  # flowNodeStatus and the like
-            piece = delta_of(event.data)
-            if piece:
-                yield piece
+        async with contextlib.aclosing(stream_events(
+                self.client, self.name, self.url, body=request_body(request), headers=headers,
+                request_timeout=self.cfg.timeout_seconds,
+                idle_timeout=self.cfg.idle_timeout_seconds)) as events:
+            async for event in events:
+                if event.event == "error":
+                    raise BackendError(self.name, f"error event: {event.data[:300]}")
+                if event.data.strip() == "[DONE]":
+                    return
+                if event.event not in ("", "message", "answer", "fastAnswer") or not event.data:
+                    continue  # flowNodeStatus and the like
+                piece = delta_of(event.data)
+                if piece:
+                    yield piece
         raise BackendError(self.name, "stream ended without [DONE]", retryable=True)
