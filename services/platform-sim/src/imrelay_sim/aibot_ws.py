@@ -8,6 +8,19 @@ had authenticated at once (``aibot_ws_peak``), which must stay 1. ``POST /sim/ai
 message to the bot's current socket; ``aibot_respond_msg`` frames (stream updates) and ``aibot_send_msg``
 (proactive) are what the user sees, recorded in ``/sim/messages``. A ``req_id`` from an earlier connection
 is refused with 846605, as a reply must travel on the socket its message came on.
+
+Stream updates are held to the live gateway's limits, as WeCom's SDKs and measurements of the live gateway
+describe them, on the strict side where the live behaviour is not documented:
+
+* ``content`` over 20,480 UTF-8 bytes is refused (45002, WeCom's "content size out of limit"); so is a
+  proactive ``aibot_send_msg`` over the same size.
+* a stream not updated for ``expiry_seconds`` (default 360, set with ``POST /sim/aibot/streams``) has
+  expired: that update and every later one is refused with 846608, and the user keeps what was shown;
+* a stream that was finished takes no more updates (846608);
+* a reply to an event's ``req_id`` (``POST /sim/aibot/event``, e.g. ``enter_chat``) is refused with 846605.
+
+One ``req_id`` may carry several streams (each its own id, each finished): that is how an answer over the
+size limit is shown. Each stream is one entry in ``/sim/messages`` carrying its ``req_id``.
 """
 
 from __future__ import annotations
@@ -30,11 +43,38 @@ if TYPE_CHECKING:
     from .server import SimState
 
 
+CONTENT_LIMIT_BYTES = 20480
+TOO_LARGE, INVALID_REQ_ID, STREAM_EXPIRED = 45002, 846605, 846608
+
+
 @dataclass
 class Conn:
     ws: WebSocket
     bot: str = ""
     req_ids: set[str] = field(default_factory=set)  # messages pushed on this socket
+    event_req_ids: set[str] = field(default_factory=set)  # events pushed on this socket
+
+
+@dataclass
+class StreamLimits:
+    expiry_seconds: float = 360.0  # a stream not updated for this long has expired
+    last_update: dict[str, float] = field(default_factory=dict)  # stream id -> when last updated
+    closed: dict[str, int] = field(default_factory=dict)  # stream id -> why it takes no more updates
+
+    def refusal(self, sid: str, now: float) -> int | None:
+        """Why an update of stream ``sid`` is refused now, if it is."""
+        if sid in self.closed:
+            return self.closed[sid]
+        last = self.last_update.get(sid)
+        if last is not None and now - last > self.expiry_seconds:
+            self.closed[sid] = STREAM_EXPIRED
+            return STREAM_EXPIRED
+        return None
+
+    def updated(self, sid: str, finish: bool, now: float) -> None:
+        self.last_update[sid] = now
+        if finish:
+            self.closed[sid] = STREAM_EXPIRED
 
 
 def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Route | WebSocketRoute]:
@@ -45,6 +85,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
     current: dict[str, Conn] = {}  # bot_id -> the authenticated socket
     authenticated: dict[str, int] = {}
     streams: dict[str, dict[str, Any]] = {}  # stream id -> the message the user sees
+    limits = StreamLimits()
 
     async def ack(conn: Conn, req_id: str, errcode: int = 0, errmsg: str = "ok") -> None:
         await conn.ws.send_text(json.dumps({"headers": {"req_id": req_id}, "errcode": errcode,
@@ -82,16 +123,32 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
                     state.stats["aibot_ws_pings"] += 1
                     await ack(conn, req_id)
                 elif cmd == "aibot_respond_msg":
-                    if req_id not in conn.req_ids:
-                        await ack(conn, req_id, 846605, "invalid req_id")
+                    if req_id not in conn.req_ids:  # unknown, from another socket, or an event's
+                        await ack(conn, req_id, INVALID_REQ_ID, "invalid req_id")
                         continue
                     stream = body.get("stream") or {}
-                    record(conn.bot, str(stream.get("id", "")), str(stream.get("content", "")),
-                           bool(stream.get("finish")), "stream")
+                    sid, content = str(stream.get("id", "")), str(stream.get("content", ""))
+                    if len(content.encode()) > CONTENT_LIMIT_BYTES:
+                        state.stats["aibot_ws_too_large"] += 1
+                        await ack(conn, req_id, TOO_LARGE, "content size out of limit")
+                        continue
+                    refused = limits.refusal(sid, clock())
+                    if refused is not None:
+                        state.stats["aibot_ws_stream_refused"] += 1
+                        if sid in streams:
+                            streams[sid]["expired"] = True
+                        await ack(conn, req_id, refused, "stream message update expired")
+                        continue
+                    limits.updated(sid, bool(stream.get("finish")), clock())
+                    record(conn.bot, sid, content, bool(stream.get("finish")), "stream", req_id=req_id)
                     await ack(conn, req_id)
                 elif cmd == "aibot_send_msg":
-                    content = (body.get("markdown") or {}).get("content", "")
-                    record(conn.bot, f"send-{secrets.token_hex(4)}", str(content), True, "send",
+                    content = str((body.get("markdown") or {}).get("content", ""))
+                    if len(content.encode()) > CONTENT_LIMIT_BYTES:
+                        state.stats["aibot_ws_too_large"] += 1
+                        await ack(conn, req_id, TOO_LARGE, "content size out of limit")
+                        continue
+                    record(conn.bot, f"send-{secrets.token_hex(4)}", content, True, "send",
                            chat=str(body.get("chatid", "")))
                     await ack(conn, req_id)
                 else:
@@ -113,12 +170,13 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         except Exception:  # already gone: nothing to kick
             state.stats["aibot_ws_kick_failed"] += 1
 
-    def record(bot_id: str, sid: str, content: str, finish: bool, via: str, chat: str = "") -> None:
+    def record(bot_id: str, sid: str, content: str, finish: bool, via: str, chat: str = "",
+               req_id: str = "") -> None:
         bot = secrets_by_bot.get(bot_id, ("", ""))[1]
         entry = streams.get(sid)
         if entry is None:
             state.record({"platform": "wecom_aibot", "bot": bot, "via": via, "stream_id": sid,
-                          "chat": chat, "content": content, "finish": finish,
+                          "req_id": req_id, "chat": chat, "content": content, "finish": finish,
                           "history": [[clock(), content]]}, clock())
             streams[sid] = state.messages[-1]
         else:
@@ -143,6 +201,27 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
                                             "body": msg}, ensure_ascii=False))
         return JSONResponse({"req_id": req_id, "msgid": msg["msgid"]})
 
+    async def event(request: Request) -> Response:
+        """Push an event (``eventtype``, default ``enter_chat``) to the bot's current socket."""
+        body = json.loads(await request.body() or b"{}")
+        conn = current.get(str(body.get("bot_id")))
+        if conn is None:
+            return JSONResponse({"error": "no connection for this bot"}, status_code=409)
+        req_id = f"event_{secrets.token_hex(8)}"
+        conn.event_req_ids.add(req_id)
+        msg = {"msgid": secrets.token_hex(16), "aibotid": str(body["bot_id"]), "chattype": "single",
+               "from": {"userid": str(body.get("user", "alice"))}, "create_time": int(clock()),
+               "msgtype": "event", "event": {"eventtype": str(body.get("eventtype", "enter_chat"))}}
+        await conn.ws.send_text(json.dumps({"cmd": "aibot_event_callback", "headers": {"req_id": req_id},
+                                            "body": msg}, ensure_ascii=False))
+        return JSONResponse({"req_id": req_id, "msgid": msg["msgid"]})
+
+    async def stream_limits(request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        if "expiry_seconds" in body:
+            limits.expiry_seconds = float(body["expiry_seconds"])
+        return JSONResponse({"expiry_seconds": limits.expiry_seconds})
+
     async def connections(_: Request) -> Response:
         return JSONResponse({b: authenticated.get(b, 0) for b in secrets_by_bot} | {
             "peak": state.stats.get("aibot_ws_peak", 0)})
@@ -151,4 +230,6 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         WebSocketRoute("/ws/aibot", socket),
         Route("/sim/aibot/push", push, methods=["POST"]),
         Route("/sim/aibot/connections", connections, methods=["GET"]),
+        Route("/sim/aibot/event", event, methods=["POST"]),
+        Route("/sim/aibot/streams", stream_limits, methods=["POST"]),
     ]

@@ -7,8 +7,10 @@ word:
 * ``POST /api/v1/chat/completions``: FastGPT (OpenAI-style chunks; ``chatId`` names the conversation).
 
 ``POST /sim/llm`` controls them all: ``token_delay`` (seconds between chunks), ``fail_next`` (HTTP statuses
-for the next requests), ``stall_after`` (chunks before the stream goes silent). ``GET /sim/llm`` lists the
-recent requests (with ``_api`` naming which one), and ``first_token_at``, when each first piece was sent.
+for the next requests), ``stall_after`` (chunks before the stream goes silent), ``pause_after`` +
+``pause_seconds`` (after that many chunks the model says nothing for a while, then goes on).
+``GET /sim/llm`` lists the recent requests (with ``_api`` naming which one), and ``first_token_at``, when
+each first piece was sent.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class LLMState:
     token_delay: float = 0.0
     fail_next: list[int] = field(default_factory=list)
     stall_after: int | None = None
+    pause_after: int | None = None
+    pause_seconds: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     conversations: dict[str, int] = field(default_factory=dict)  # Dify conversation id -> turns
     first_token_at: list[tuple[str, float]] = field(default_factory=list)  # (question, time)
@@ -54,6 +58,8 @@ def routes() -> list[Route]:
         for i, piece in enumerate(pieces):
             if state.stall_after is not None and i >= state.stall_after:
                 await asyncio.sleep(3600)
+            if state.pause_after is not None and i == state.pause_after:
+                await asyncio.sleep(state.pause_seconds)
             if state.token_delay:
                 await asyncio.sleep(state.token_delay)
             if i == 0:
@@ -140,6 +146,10 @@ def routes() -> list[Route]:
             state.fail_next = [int(s) for s in body["fail_next"]]
         if "stall_after" in body:
             state.stall_after = None if body["stall_after"] is None else int(body["stall_after"])
+        if "pause_after" in body:
+            state.pause_after = None if body["pause_after"] is None else int(body["pause_after"])
+        if "pause_seconds" in body:
+            state.pause_seconds = float(body["pause_seconds"])
         return JSONResponse({"ok": True})
 
     async def last_requests(_: Request) -> Response:
