@@ -42,6 +42,9 @@ from .publisher import JetStreamPublisher
 log = logging.getLogger("imrelay.connector")
 PLATFORM = "wecom_aibot"
 INVALID_REQ_ID = 846605
+STREAM_EXPIRED = 846608
+GONE = (INVALID_REQ_ID, STREAM_EXPIRED)  # the message's socket or stream is gone: later frames are moot
+KEEPALIVE_GIVE_UP_SECONDS = 3600.0  # a stream the sender has not updated for this long is let go
 
 
 class Kicked(Exception):
@@ -60,6 +63,15 @@ def frame(cmd: str, rid: str, body: dict[str, Any] | None = None) -> str:
 
 
 @dataclass
+class OpenStream:
+    """An answer stream shown on this socket and not finished yet."""
+
+    content: str
+    updated_at: float  # when the sender last updated it (monotonic)
+    sent_at: float  # when it was last sent to WeCom, update or keepalive (monotonic)
+
+
+@dataclass
 class BotSocket:
     """The socket of one bot, while this replica holds its lease."""
 
@@ -70,6 +82,7 @@ class BotSocket:
     acks: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     reply_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    open_streams: dict[tuple[str, str], OpenStream] = field(default_factory=dict)  # (req_id, stream id)
     ws: ClientConnection | None = None
 
     @property
@@ -117,7 +130,7 @@ class BotSocket:
                 sub = await self.nc.subscribe(subjects.connector_subject(PLATFORM, self.bot.id),
                                               queue="connector", cb=self._reply)
                 try:
-                    await asyncio.gather(reader, self._heartbeat())
+                    await asyncio.gather(reader, self._heartbeat(), self._keep_streams_alive())
                 finally:
                     await sub.unsubscribe()
             finally:
@@ -137,6 +150,38 @@ class BotSocket:
                 missed += 1
                 if missed >= 2:
                     raise ConnectionError("heartbeat unanswered") from None
+
+    async def _keep_streams_alive(self) -> None:
+        """Show each open stream again, unchanged, once it has not been sent for
+        ``stream_keepalive_seconds``, so that a model pausing longer than WeCom's expiry loses nothing."""
+        every = self.cfg.stream_keepalive_seconds
+        while True:
+            await asyncio.sleep(min(every / 4, 5.0))
+            now = time.monotonic()
+            for key, stream in list(self.open_streams.items()):
+                if now - stream.updated_at > KEEPALIVE_GIVE_UP_SECONDS:
+                    self.open_streams.pop(key, None)
+                elif now - stream.sent_at >= every:
+                    await self._keepalive(key, stream)
+
+    async def _keepalive(self, key: tuple[str, str], stream: OpenStream) -> None:
+        rid, sid = key
+        async with self.reply_locks.setdefault(rid, asyncio.Lock()):
+            if self.open_streams.get(key) is not stream:
+                return  # updated or finished meanwhile
+            try:
+                ack = await self.request("aibot_respond_msg", {"msgtype": "stream", "stream": {
+                    "id": sid, "finish": False, "content": stream.content}}, rid=rid)
+            except Exception as exc:  # the next round tries again; a dead socket ends the loop anyway
+                log.info("bot %s: stream keepalive not sent (%s)", self.bot.id, type(exc).__name__)
+                return
+        if ack.get("errcode") == 0:
+            stream.sent_at = time.monotonic()
+            CONNECTOR_EVENTS.labels(outcome="stream_keepalive", **self.labels).inc()
+        else:
+            self.open_streams.pop(key, None)
+            log.info("bot %s: stream keepalive refused (%s); letting it go", self.bot.id,
+                     ack.get("errcode"))
 
     async def _read(self, ws: ClientConnection) -> None:
         async for raw in ws:
@@ -176,18 +221,25 @@ class BotSocket:
         try:
             req = json.loads(nats_msg.data)
             rid, content, finish = str(req["req_id"]), str(req["content"]), bool(req["finish"])
+            key = (rid, str(req["stream_id"]))
             lock = self.reply_locks.setdefault(rid, asyncio.Lock())
             async with lock:  # one message's frames go one at a time, each acked
                 ack = await self.request("aibot_respond_msg", {"msgtype": "stream", "stream": {
-                    "id": req["stream_id"], "finish": finish, "content": content}}, rid=rid)
-                if ack.get("errcode") == INVALID_REQ_ID and finish:
-                    # the message came on a socket that is gone: send the answer proactively
+                    "id": key[1], "finish": finish, "content": content}}, rid=rid)
+                if ack.get("errcode") == 0 and not finish:
+                    now = time.monotonic()
+                    self.open_streams[key] = OpenStream(content, updated_at=now, sent_at=now)
+                elif ack.get("errcode") == 0 or ack.get("errcode") in GONE:
+                    self.open_streams.pop(key, None)
+                if ack.get("errcode") in GONE and finish:
+                    # the message came on a socket that is gone, or its stream expired: send this
+                    # part of the answer proactively
                     ack = await self.request("aibot_send_msg", {
                         "chatid": req.get("chatid", ""), "msgtype": "markdown",
                         "markdown": {"content": content}})
             if finish:
                 self.reply_locks.pop(rid, None)
-            ok = ack.get("errcode") in (0, INVALID_REQ_ID)  # an update for a lost socket is moot
+            ok = ack.get("errcode") == 0 or ack.get("errcode") in GONE  # an update of a lost stream is moot
             await nats_msg.respond(json.dumps({"ok": ok, "code": ack.get("errcode")}).encode())
         except Exception as exc:
             with contextlib.suppress(Exception):
@@ -278,7 +330,8 @@ async def run() -> None:
 
     for b in bots:  # every replica reports 0 until it owns a socket: "no owner" is a sum of 0
         CONNECTOR_LEASE.labels(platform=PLATFORM, bot=b.id).set(0)
-        for outcome in ("connected", "kicked", "lease_lost", "reconnect"):  # series exist from zero
+        for outcome in ("connected", "kicked", "lease_lost", "reconnect",
+                        "stream_keepalive"):  # series exist from zero
             CONNECTOR_EVENTS.labels(platform=PLATFORM, bot=b.id, outcome=outcome)
 
     async def start() -> None:

@@ -65,7 +65,7 @@ def delivery_for(bot: BotConfig, settings: Settings, client: httpx.AsyncClient,
     if bot.platform is Platform.WECOM_GROUP_ROBOT:
         return WeComGroupRobotDelivery.from_bot(bot, api, client, cfg)
     if bot.platform is Platform.WECOM_AIBOT:
-        return WeComAIBotDelivery.from_bot(bot, aibot_streams, client, cfg, requester)
+        return WeComAIBotDelivery.from_bot(bot, aibot_streams, client, cfg, requester, streams)
     if bot.platform in (Platform.FEISHU, Platform.LARK):
         return FeishuDelivery.from_bot(bot, api, client, tokens, cfg, streams)
     if bot.platform is Platform.DINGTALK:
