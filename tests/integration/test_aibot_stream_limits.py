@@ -1,11 +1,13 @@
 """The WeCom AI bot's answer streams against a simulator that enforces the live gateway's stream limits:
 no update over 20,480 bytes, a stream expires when not updated for a while (846608) and takes nothing after
 ``finish``. A long answer arrives in full as several finished streams on the message's ``req_id``; an answer
-whose model goes quiet for longer than the expiry is kept alive and still shown in full."""
+whose model goes quiet for longer than the expiry is kept alive and still shown in full. In callback mode
+no poll answer is over the limit either, and the rest of a long answer comes through ``response_url``."""
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from imrelay.config import WeComAIBot, parse_settings
 from imrelay.natsserver import EmbeddedNats
+from imrelay_sim import wecom_aibot as sim_aibot
 
 from .stack import KEY, Stack
 
@@ -33,11 +37,13 @@ def limits_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFac
     s.config["bots"] = [{"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
                          "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
                          "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": BOT_ID,
-                                         "secret": SECRET}}]
+                                         "secret": SECRET}},
+                        {"id": "cb", "platform": "wecom_aibot", "credentials": {
+                            "token": "aibottoken", "encoding_aes_key": KEY}}]
     s.config["connector"] = {"heartbeat_seconds": 2, "ack_timeout_seconds": 3,
                              "stream_keepalive_seconds": KEEPALIVE}
     s.add_service("connector", ["imrelay_ingress.connector"])
-    with s.running("sim", "worker", "sender", "connector"):
+    with s.running("sim", "ingress", "worker", "sender", "connector"):
         s.wait_for(lambda: httpx.get(f"{s.sim_url}/sim/aibot/connections").json().get(BOT_ID) == 1,
                    what="the bot's socket")
         yield s
@@ -110,3 +116,37 @@ def test_an_answer_whose_model_pauses_past_the_stream_expiry_is_still_shown_in_f
     assert times[-1] - times[0] > 40  # the pause really happened, and the stream outlived it
     assert limits_stack.metric("connector", "imrelay_connector_events_total",
                                {"outcome": "stream_keepalive"}) >= 3
+
+
+def test_callback_polls_stay_within_the_limit_and_the_rest_comes_through_response_url(
+        limits_stack: Stack) -> None:
+    bot = parse_settings(limits_stack.config, {}).bot("cb")
+    assert isinstance(bot, WeComAIBot)
+
+    def post(query: str, headers: dict[str, str], body: bytes) -> httpx.Response:
+        return httpx.post(f"{limits_stack.ingress_url}/callback/cb?{query}", content=body, headers=headers,
+                          timeout=10)
+
+    question = long_text(30 * 1024)
+    final = f"You said: {question}"
+    user = f"u{secrets.token_hex(3)}"
+    first = post(*sim_aibot.message_callback(bot, question, user, secrets.token_hex(16), "", time.time(),
+                                             limits_stack.sim_url))
+    sid = sim_aibot.read_reply(bot, first.content)["stream"]["id"]
+    polled: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        # read_reply refuses a stream over 20,480 bytes, as WeCom would
+        stream = sim_aibot.read_reply(bot, post(*sim_aibot.refresh_callback(bot, sid, user, time.time()))
+                                      .content)["stream"]
+        polled.append(stream["content"])
+        if stream["finish"]:
+            break
+        time.sleep(0.2)
+    shown = polled[-1]
+    assert final.startswith(shown) and 0 < len(shown.encode()) <= LIMIT and shown.endswith("\n\n")
+    rest = limits_stack.wait_for(
+        lambda: [m for m in limits_stack.messages(platform="wecom_aibot")
+                 if m.get("via") == "response_url" and final.endswith(m["content"])
+                 and shown + m["content"] == final], what="the rest through response_url")
+    assert len(rest) == 1

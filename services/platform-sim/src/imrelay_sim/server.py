@@ -245,9 +245,11 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     async def aibot_response(request: Request) -> Response:
         """The AI bot's response_url: a proactive markdown answer to one message."""
         body = json.loads(await request.body() or b"{}")
+        content = str((body.get("markdown") or {}).get("content", ""))
+        if len(content.encode()) > 20480:
+            return err(45002, "content size out of limit")
         state.record({"platform": "wecom_aibot", "via": "response_url",
-                      "chat": request.query_params.get("response_code", ""),
-                      "content": (body.get("markdown") or {}).get("content", "")}, clock())
+                      "chat": request.query_params.get("response_code", ""), "content": content}, clock())
         return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
     async def list_messages(request: Request) -> Response:

@@ -43,11 +43,21 @@ def refresh_callback(bot: WeComAIBot, sid: str, user: str, now: float) -> tuple[
                          "from": {"userid": user}, "msgtype": "stream", "stream": {"id": sid}}, now)
 
 
+CONTENT_LIMIT_BYTES = 20480
+
+
+class ReplyRefused(ValueError):
+    """A reply WeCom would not show (a stream ``content`` over 20,480 UTF-8 bytes)."""
+
+
 def read_reply(bot: WeComAIBot, body: bytes) -> dict[str, Any]:
-    """Verify and decrypt the ingress's reply envelope."""
+    """Verify and decrypt the ingress's reply envelope; refuse a stream over WeCom's size limit."""
     env = json.loads(body)
     cr = crypto(bot)
     if cr.sign(env["timestamp"], env["nonce"], env["encrypt"]) != env["msgsignature"]:
         raise VerifyError("reply signature mismatch")
     result: dict[str, Any] = json.loads(cr.decrypt(env["encrypt"]))
+    content = str((result.get("stream") or {}).get("content", ""))
+    if len(content.encode()) > CONTENT_LIMIT_BYTES:
+        raise ReplyRefused(f"stream content of {len(content.encode())} bytes")
     return result
