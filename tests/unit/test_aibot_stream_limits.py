@@ -1,6 +1,6 @@
 """AI-bot answer streams and their limits: the simulator's gateway refuses what the live one refuses (over
 20,480 bytes, an expired or finished stream, a reply to an event), and the sender cuts a long answer into
-finished streams that each fit, finishing each one once."""
+finished streams that each fit, finishing each one once; the connector keeps a silent stream alive."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import httpx
 import uvicorn
 from websockets.asyncio.client import connect
 
-from imrelay.config import Platform, parse_settings
+from imrelay.config import ConnectorConfig, Platform, WeComAIBot, parse_settings
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
+from imrelay_ingress.connector import BotSocket
 from imrelay_sender.platforms.wecom_aibot import WeComAIBotDelivery, part_stream_id, parts_of
 from imrelay_sim.server import create_app
 
@@ -162,3 +163,73 @@ async def test_callback_polls_never_see_more_than_the_first_part() -> None:
     record = store.records[("ws", "sid")]
     assert record.content == parts_of(text)[0] and not record.finish
     assert len(record.content.encode()) <= LIMIT
+
+
+class FakeGateway:
+    """Stands in for the bot's socket: records each frame and acknowledges it with ``codes`` by command."""
+
+    def __init__(self, sock: BotSocket, codes: dict[str, list[int]] | None = None) -> None:
+        self.sock, self.codes, self.frames = sock, codes or {}, list[dict[str, Any]]()
+
+    async def send(self, raw: str) -> None:
+        frame = json.loads(raw)
+        self.frames.append(frame)
+        queue = self.codes.get(frame["cmd"])
+        code = queue.pop(0) if queue else 0
+        self.sock._resolve({"headers": frame["headers"], "errcode": code})
+
+
+class FakeMsg:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.data, self.answer = json.dumps(body).encode(), dict[str, Any]()
+
+    async def respond(self, data: bytes) -> None:
+        self.answer = json.loads(data)
+
+
+def bot_socket(keepalive: float) -> BotSocket:
+    bot = SETTINGS.bot("ws")
+    assert isinstance(bot, WeComAIBot)
+    cfg = ConnectorConfig(stream_keepalive_seconds=keepalive, ack_timeout_seconds=1)
+    return BotSocket(bot, cfg, publisher=None, nc=None)  # type: ignore[arg-type]
+
+
+async def reply(sock: BotSocket, sid: str, content: str, finish: bool) -> dict[str, Any]:
+    msg = FakeMsg({"req_id": "rq", "stream_id": sid, "content": content, "finish": finish,
+                   "chatid": "alice"})
+    await sock._reply(msg)  # type: ignore[arg-type]
+    return msg.answer
+
+
+async def test_the_connector_keeps_an_open_stream_alive_until_it_is_finished() -> None:
+    sock = bot_socket(keepalive=0.1)
+    gateway = FakeGateway(sock)
+    sock.ws = gateway  # type: ignore[assignment]
+    keeper = asyncio.create_task(sock._keep_streams_alive())
+    try:
+        assert (await reply(sock, "sid", "so far", False))["ok"]
+        async with asyncio.timeout(10):
+            while len(gateway.frames) < 3:  # noqa: ASYNC110 - polling a fake's record
+                await asyncio.sleep(0.05)
+        assert all(f["body"]["stream"] == {"id": "sid", "finish": False, "content": "so far"}
+                   for f in gateway.frames)  # the same content, shown again while the model is silent
+        assert (await reply(sock, "sid", "so far, and done", True))["ok"]
+        sent = len(gateway.frames)
+        await asyncio.sleep(0.5)  # several keepalive rounds
+        assert len(gateway.frames) == sent  # a finished stream is not touched again
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+
+
+async def test_a_part_finishing_an_expired_stream_is_sent_proactively() -> None:
+    sock = bot_socket(keepalive=240)
+    gateway = FakeGateway(sock, {"aibot_respond_msg": [846608, 846608]})
+    sock.ws = gateway  # type: ignore[assignment]
+    assert (await reply(sock, "sid", "partial", False))["ok"]  # moot: the stream is gone
+    assert (await reply(sock, "sid", "the whole part", True))["ok"]
+    assert [f["cmd"] for f in gateway.frames] == ["aibot_respond_msg", "aibot_respond_msg", "aibot_send_msg"]
+    assert gateway.frames[-1]["body"] == {"chatid": "alice", "msgtype": "markdown",
+                                          "markdown": {"content": "the whole part"}}
+    assert not sock.open_streams
