@@ -64,6 +64,7 @@ def test_env_default() -> None:
     ({"nats": {"url": "nats://a:4222,,nats://b:4222"}}, "nats.url"),
     ({"backends": {"default": {"kind": "openai"}}}, "backends.default"),
     ({"ingress": {"port": 0}}, "ingress.port"),
+    ({"connector": {"stream_keepalive_seconds": 400}}, "connector.stream_keepalive_seconds"),
 ])
 def test_bad_keys_are_named(data: dict[str, object], path: str) -> None:
     with pytest.raises(ConfigError) as err:

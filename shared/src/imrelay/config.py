@@ -225,8 +225,8 @@ class ConnectorConfig(_Model):
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     ack_timeout_seconds: float = Field(default=5.0, gt=0)
     # An answer stream not updated for about 6 minutes expires on WeCom's side: while the model is silent,
-    # the stream is shown again (unchanged) after this long. Keep it well below the expiry.
-    stream_keepalive_seconds: float = Field(default=240.0, gt=0)
+    # the stream is shown again (unchanged) after this long, so it must stay below the expiry.
+    stream_keepalive_seconds: float = Field(default=240.0, gt=0, lt=360)
 
 
 class BackendKind(StrEnum):
