@@ -1,5 +1,6 @@
 """The admin port every service serves: ``/metrics``, ``/healthz`` (alive), ``/readyz`` (NATS up, streams
-present). Metrics never appear on the public port."""
+present, and whatever the service adds: each reason it gives is listed in the 503 answer). Metrics never
+appear on the public port."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from .runtime import EmbeddedServer
 from .telemetry import registry
 
 ReadyCheck = Callable[[], Awaitable[bool]]
+Reasons = Callable[[], list[str]]  # why the service is not ready beyond NATS; empty when it is
 
 __all__ = ["admin_app", "serve_admin"]
 
 
-def admin_app(ready: ReadyCheck) -> Starlette:
+def admin_app(ready: ReadyCheck, reasons: Reasons | None = None) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
 
@@ -33,15 +35,18 @@ def admin_app(ready: ReadyCheck) -> Starlette:
             ok = await asyncio.wait_for(ready(), timeout=2.0)
         except Exception:
             ok = False
-        return PlainTextResponse("ready" if ok else "not ready", status_code=200 if ok else 503)
+        why = reasons() if reasons is not None else []
+        if ok and not why:
+            return PlainTextResponse("ready")
+        return PlainTextResponse("; ".join(["not ready", *why]), status_code=503)
 
     return Starlette(routes=[
         Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz),
     ])
 
 
-def serve_admin(host: str, port: int, ready: ReadyCheck) -> EmbeddedServer:
+def serve_admin(host: str, port: int, ready: ReadyCheck, reasons: Reasons | None = None) -> EmbeddedServer:
     """A uvicorn server for the admin app; run it with ``await server.serve()``."""
-    config = uvicorn.Config(admin_app(ready), host=host, port=port, log_level="warning",
+    config = uvicorn.Config(admin_app(ready, reasons), host=host, port=port, log_level="warning",
                             access_log=False, lifespan="off")
     return EmbeddedServer(config)

@@ -72,10 +72,11 @@ async def watch_consumers(js: JetStreamContext, stream: str, consumers: list[str
 async def run_until_stopped(admin: AdminConfig, nc: NATS, js: JetStreamContext,
                             start: Callable[[], Awaitable[None]],
                             stop: Callable[[], Awaitable[None]],
-                            consumers: tuple[str, list[str]] | None = None) -> None:
+                            consumers: tuple[str, list[str]] | None = None,
+                            reasons: Callable[[], list[str]] | None = None) -> None:
     """Serve the admin port, ``start`` the consumers, wait for SIGINT/SIGTERM, then ``stop`` them (which
     finishes in-flight work) before closing the admin port and the NATS connection. ``consumers`` (stream,
-    names) are watched for the backlog metrics."""
+    names) are watched for the backlog metrics; ``reasons`` adds the service's own readiness reasons."""
     from .admin import serve_admin
     from .jetstream import streams_present
 
@@ -85,7 +86,7 @@ async def run_until_stopped(admin: AdminConfig, nc: NATS, js: JetStreamContext,
     async def ready() -> bool:
         return running and nc.is_connected and await streams_present(js)
 
-    server = serve_admin(admin.host, admin.port, ready)
+    server = serve_admin(admin.host, admin.port, ready, reasons)
     server_task = asyncio.create_task(server.serve())
     watcher = asyncio.create_task(watch_consumers(js, *consumers)) if consumers else None
     try:
