@@ -3,21 +3,31 @@
 A replica takes a lease that is absent or expired with compare-and-set, renews it (again compare-and-set on
 the revision it wrote) well before it expires, and gives it up when it stops. A replica that dies simply
 stops renewing: the lease expires after ``ttl`` and another replica takes it. Two replicas never both
-believe they hold it past a renewal: a failed renewal means the lease is lost and the socket is closed.
+believe they hold it past a renewal: a refused renewal means the lease is lost and the socket is closed.
+
+The broker may fail any call for a while (a leader election in a NATS cluster answers "no responders" or
+times out for seconds). Such an error never ends anything: acquiring counts as "not taken, try again", and
+renewing counts as "not renewed yet" for as long as the last write is still valid (with a margin for clock
+skew between replicas), so a short election does not cost the socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 __all__ = ["Lease", "lease_state"]
+
+T = TypeVar("T")
+VALID_SHARE = 0.8  # our write counts as held for this share of the ttl: the rest covers clock skew
 
 
 def lease_state(value: bytes | None, now: float, owner: str) -> str:
@@ -39,35 +49,77 @@ class Lease:
     owner: str
     ttl: float
     clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
     revision: int | None = None
+    valid_until: float = 0.0  # monotonic time our last write stops counting as held
+    error: str = ""  # the broker error of the last call, "" when it succeeded
+
+    @property
+    def failing(self) -> bool:
+        return bool(self.error)
 
     def _body(self) -> bytes:
         return json.dumps({"owner": self.owner, "expires": self.clock() + self.ttl}).encode()
 
+    async def _call(self, call: Awaitable[T]) -> T:
+        return await asyncio.wait_for(call, timeout=max(0.5, self.ttl / 5))
+
+    async def _write(self, last: int | None) -> None:
+        started = self.monotonic()
+        if last is None:
+            self.revision = await self._call(self.kv.create(self.key, self._body()))
+        else:
+            self.revision = await self._call(self.kv.update(self.key, self._body(), last=last))
+        self.valid_until = started + self.ttl * VALID_SHARE
+        self.error = ""
+
+    async def peek(self) -> str:
+        """The lease as the bucket shows it now: ``mine``, ``taken``, ``free``; raises on a broker error."""
+        try:
+            entry = await self._call(self.kv.get(self.key))
+        except KeyNotFoundError:
+            return "free"
+        return lease_state(entry.value, self.clock(), self.owner)
+
     async def acquire(self) -> bool:
         try:
-            entry = await self.kv.get(self.key)
-            state, rev = lease_state(entry.value, self.clock(), self.owner), entry.revision
-        except KeyNotFoundError:
-            state, rev = "free", None
-        if state == "taken":
-            return False
-        try:
-            if rev is None:
-                self.revision = await self.kv.create(self.key, self._body())
-            else:
-                self.revision = await self.kv.update(self.key, self._body(), last=rev)
+            try:
+                entry = await self._call(self.kv.get(self.key))
+                state, rev = lease_state(entry.value, self.clock(), self.owner), entry.revision
+            except KeyNotFoundError:
+                state, rev = "free", None
+            if state == "taken":
+                self.error = ""
+                return False
+            await self._write(rev)
             return True
-        except (KeyWrongLastSequenceError, APIError):
+        except KeyWrongLastSequenceError:
+            self.error = ""
             return False  # someone else was quicker
+        except Exception as exc:  # the broker is away or electing a leader: not taken, try again
+            self.revision, self.error = None, type(exc).__name__ or "error"
+            return False
 
     async def renew(self) -> bool:
+        """True while the lease is held: renewed now, or not renewable just now but still valid."""
         if self.revision is None:
             return False
         try:
-            self.revision = await self.kv.update(self.key, self._body(), last=self.revision)
+            await self._write(self.revision)
             return True
-        except (KeyWrongLastSequenceError, APIError):
+        except KeyWrongLastSequenceError:
+            # A write of ours may have gone through although its answer was lost: the record is still ours.
+            with contextlib.suppress(Exception):
+                entry = await self._call(self.kv.get(self.key))
+                if entry.revision and lease_state(entry.value, self.clock(), self.owner) == "mine":
+                    await self._write(entry.revision)
+                    return True
+            self.revision = None
+            return False
+        except Exception as exc:  # a broker error: held until the last write runs out
+            self.error = type(exc).__name__ or "error"
+            if self.monotonic() < self.valid_until:
+                return True
             self.revision = None
             return False
 
