@@ -227,6 +227,9 @@ class ConnectorConfig(_Model):
     # An answer stream not updated for about 6 minutes expires on WeCom's side: while the model is silent,
     # the stream is shown again (unchanged) after this long, so it must stay below the expiry.
     stream_keepalive_seconds: float = Field(default=240.0, gt=0, lt=360)
+    healthy_seconds: float = Field(default=5.0, ge=0)  # a socket up this long starts the backoff anew
+    kick_holdoff_seconds: float = Field(default=600.0, ge=0)  # down this long after another instance
+    refused_retry_seconds: float = Field(default=300.0, gt=0)  # after WeCom refuses bot_id/secret
 
 
 class BackendKind(StrEnum):

@@ -17,6 +17,8 @@ imrelay_consumer_pending_messages        gauge      consumer                 sto
 imrelay_consumer_ack_pending_messages    gauge      consumer                 delivered, not yet acked
 imrelay_connector_lease_held             gauge      platform, bot            1 while this replica owns
 imrelay_connector_events_total           counter    platform, bot, outcome   connect/kicked/lost/...
+imrelay_connector_standing_down          gauge      platform, bot, reason    1 while kept down on purpose
+imrelay_connector_bot_owned              gauge      platform, bot            0: no owner cluster-wide
 =======================================  =========  =======================  ==========================
 
 Outcomes: callbacks ``accepted | duplicate | rejected_signature | rejected_replay | rejected_malformed |
@@ -105,7 +107,18 @@ CONNECTOR_LEASE = Gauge(
 )
 CONNECTOR_EVENTS = Counter(
     "imrelay_connector_events", "Connector socket events: connected, kicked (replaced by a newer "
-    "connection), lease_lost, reconnect", ["platform", "bot", "outcome"],
+    "connection), refused (bot id or secret refused), lease_lost, reconnect, crashed (restarted)",
+    ["platform", "bot", "outcome"],
+)
+CONNECTOR_STANDING_DOWN = Gauge(
+    "imrelay_connector_standing_down", "1 while this replica owns the bot's lease but keeps its socket "
+    "down on purpose: reason kicked (the bot was taken by another instance) or refused (WeCom refused "
+    "the bot id or secret)", ["platform", "bot", "reason"],
+)
+CONNECTOR_BOT_OWNED = Gauge(
+    "imrelay_connector_bot_owned", "1 while some connector replica holds the bot's lease, as this replica "
+    "reads the lease bucket; 0 when the bot has no owner cluster-wide (or the bucket cannot be read)",
+    ["platform", "bot"],
 )
 FIRST_REPLY = Histogram(
     "imrelay_first_reply_seconds", "End to end: callback received to first reply delivered",
