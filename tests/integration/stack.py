@@ -34,7 +34,8 @@ class Service:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> Service:
+    def start(self, timeout: float = 30.0, status: int = 200) -> Service:
+        """Start the process and wait until its readiness URL answers ``status`` (200: ready)."""
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", *self.argv], env=self.env, stdout=out,
@@ -44,7 +45,7 @@ class Service:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(self.ready_url, timeout=1).status_code == 200:
+                if httpx.get(self.ready_url, timeout=1).status_code == status:
                     return self
             except httpx.HTTPError:
                 pass
