@@ -344,14 +344,17 @@ class BotSocket:
 async def guard(task: asyncio.Task[None], lease: Lease, ttl: float) -> bool:
     """Renew the lease while ``task`` runs; cancel it and return False when the lease is lost. Renewal is
     retried every half second while the broker fails, up to the lease's end."""
-    while not task.done():
-        done, _ = await asyncio.wait({task}, timeout=min(0.5, ttl / 10) if lease.failing else ttl / 3)
-        if not done and not await lease.renew():
+    try:
+        while not task.done():
+            done, _ = await asyncio.wait({task}, timeout=min(0.5, ttl / 10) if lease.failing else ttl / 3)
+            if not done and not await lease.renew():
+                return False
+        return True
+    finally:  # lost, or we are cancelled ourselves: the task never outlives the lease
+        if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            return False
-    return True
 
 
 async def keep(lease: Lease, seconds: float, ttl: float) -> bool:
