@@ -1,0 +1,174 @@
+"""The connector's pure parts and the lease against a fake bucket: the backoff starts anew after a healthy
+socket, a kick and a refused secret wait long, /readyz names every bot without a working socket, and a
+broker error never ends a lease task (a renewal rides out an election while its last write is valid)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from nats.errors import NoRespondersError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from imrelay.admin import admin_app
+from imrelay.config import ConnectorConfig
+from imrelay_ingress.connector import BotStatus, next_pause, readiness, supervise
+from imrelay_ingress.lease import Lease
+
+CFG = ConnectorConfig(reconnect_max_seconds=30, healthy_seconds=5, kick_holdoff_seconds=600,
+                      refused_retry_seconds=300)
+
+
+def test_backoff_doubles_to_the_cap_and_starts_anew_after_a_healthy_socket() -> None:
+    attempt, pauses = 0, []
+    for _ in range(7):  # sockets that never got healthy
+        pause, attempt = next_pause("ended", 0.5, attempt, CFG, rand=lambda: 1.0)
+        pauses.append(pause)
+    assert pauses == [1, 2, 4, 8, 16, 30, 30]
+    pause, attempt = next_pause("ended", 8.0, attempt, CFG, rand=lambda: 1.0)  # up 8 s: healthy
+    assert (pause, attempt) == (1.0, 1)
+    assert next_pause("ended", 8.0, 5, CFG, rand=lambda: 0.0)[0] == 0.5  # jitter only shortens
+
+
+def test_a_kick_and_a_refused_secret_wait_long_and_reset_the_count() -> None:
+    assert next_pause("kicked", 100.0, 4, CFG) == (600, 0)
+    assert next_pause("refused", 0.0, 4, CFG) == (300, 0)
+
+
+def test_readiness_names_every_bot_without_a_working_socket() -> None:
+    now = 1000.0
+    statuses = [
+        BotStatus("up", owner=True, socket="up", view="mine"),
+        BotStatus("elsewhere", view="taken"),
+        BotStatus("kicked", owner=True, socket="kicked", until=now + 590),
+        BotStatus("refused", owner=True, socket="refused", detail="errcode 853000 invalid", until=now + 30),
+        BotStatus("orphan", view="free"),
+        BotStatus("electing", view="unknown", detail="TimeoutError"),
+        BotStatus("flapping", owner=True, socket="down", detail="reconnecting: ConnectionClosedError"),
+    ]
+    reasons = readiness(statuses, now)
+    assert reasons == [
+        "bot kicked: taken by another instance (disconnected_event); standing down for 590s",
+        "bot refused: subscription refused (errcode 853000 invalid); check credentials.bot_id and "
+        "credentials.secret; next try in 30s",
+        "bot orphan: no owner (no connector holds its lease)",
+        "bot electing: owner unknown (lease bucket unreadable: TimeoutError)",
+        "bot flapping: socket down (reconnecting: ConnectionClosedError)",
+    ]
+    assert readiness(statuses[:2], now) == []
+
+
+async def test_readyz_answers_503_with_the_reasons() -> None:
+    async def ok() -> bool:
+        return True
+
+    why: list[str] = []
+    app = admin_app(ok, lambda: why)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as c:
+        assert (await c.get("/readyz")).status_code == 200
+        why.append("bot ws: no owner (no connector holds its lease)")
+        resp = await c.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.text == "not ready; bot ws: no owner (no connector holds its lease)"
+
+
+@dataclass
+class Entry:
+    value: bytes
+    revision: int
+
+
+@dataclass
+class FakeKV:
+    """A one-key bucket with compare-and-set, that fails on demand like a cluster electing a leader."""
+
+    entry: Entry | None = None
+    failing: bool = False
+    calls: list[str] = field(default_factory=list)
+
+    def _check(self, op: str) -> None:
+        self.calls.append(op)
+        if self.failing:
+            raise NoRespondersError
+
+    async def get(self, key: str) -> Entry:
+        self._check("get")
+        if self.entry is None:
+            raise KeyNotFoundError
+        return self.entry
+
+    async def create(self, key: str, value: bytes) -> int:
+        self._check("create")
+        if self.entry is not None:
+            raise KeyWrongLastSequenceError
+        self.entry = Entry(value, 1)
+        return 1
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        self._check("update")
+        if self.entry is None or self.entry.revision != last:
+            raise KeyWrongLastSequenceError
+        self.entry = Entry(value, last + 1)
+        return last + 1
+
+
+def lease(kv: FakeKV, owner: str, clock: list[float]) -> Lease:
+    return Lease(kv, "k", owner, ttl=10.0, clock=lambda: clock[0], monotonic=lambda: clock[0])  # type: ignore[arg-type]
+
+
+async def test_a_broker_error_means_not_taken_and_never_raises() -> None:
+    kv, now = FakeKV(failing=True), [100.0]
+    a = lease(kv, "a", now)
+    assert await a.acquire() is False and a.error == "NoRespondersError"
+    kv.failing = False
+    assert await a.acquire() is True and not a.failing
+
+
+async def test_a_renewal_rides_out_an_election_while_its_last_write_is_valid() -> None:
+    kv, now = FakeKV(), [100.0]
+    a, b = lease(kv, "a", now), lease(kv, "b", now)
+    assert await a.acquire()
+    kv.failing = True
+    now[0] += 7.9  # 79 % of the ttl: still held although the bucket does not answer
+    assert await a.renew() is True and a.failing
+    now[0] += 0.2  # past 80 %: given up, before anyone else could take it (at 100 %)
+    assert await a.renew() is False and a.revision is None
+    kv.failing = False
+    assert await b.acquire() is False  # not expired yet for the others
+    now[0] += 2.0
+    assert await b.acquire() is True
+
+
+async def test_a_renewal_whose_answer_was_lost_is_adopted() -> None:
+    kv, now = FakeKV(), [100.0]
+    a = lease(kv, "a", now)
+    assert await a.acquire()
+    assert kv.entry is not None
+    kv.entry = Entry(json.dumps({"owner": "a", "expires": now[0] + 10}).encode(), kv.entry.revision + 1)
+    assert await a.renew() is True and a.revision == kv.entry.revision  # our own write, answer lost
+    kv.entry = Entry(json.dumps({"owner": "b", "expires": now[0] + 10}).encode(), kv.entry.revision + 1)
+    assert await a.renew() is False  # someone else's: lost
+
+
+async def test_a_task_that_fails_is_logged_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    runs: list[Any] = []
+    third = asyncio.Event()
+
+    async def flaky() -> None:
+        runs.append(1)
+        if len(runs) < 3:
+            raise RuntimeError("boom")
+        third.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.create_task(supervise("ws", flaky, pause=0.01))
+    await asyncio.wait_for(third.wait(), 10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(runs) == 3
+    assert sum("connector task failed; restarting" in r.getMessage() for r in caplog.records) == 2
