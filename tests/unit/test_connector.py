@@ -1,6 +1,7 @@
 """The connector's pure parts and the lease against a fake bucket: the backoff starts anew after a healthy
-socket, a kick and a refused secret wait long, /readyz names every bot without a working socket, and a
-broker error never ends a lease task (a renewal rides out an election while its last write is valid)."""
+socket, a kick and a refused secret wait long, /readyz names every bot without a working socket, a
+broker error never ends a lease task (a renewal rides out an election while its last write is valid), and
+a stand-down after a kick passes to the next owner."""
 
 from __future__ import annotations
 
@@ -108,6 +109,10 @@ class FakeKV:
         self.entry = Entry(value, 1)
         return 1
 
+    async def delete(self, key: str, last: int) -> None:
+        self._check("delete")
+        self.entry = None
+
     async def update(self, key: str, value: bytes, last: int) -> int:
         self._check("update")
         if self.entry is None or self.entry.revision != last:
@@ -172,3 +177,19 @@ async def test_a_task_that_fails_is_logged_and_restarted(caplog: pytest.LogCaptu
         await task
     assert len(runs) == 3
     assert sum("connector task failed; restarting" in r.getMessage() for r in caplog.records) == 2
+
+
+async def test_a_stand_down_passes_to_the_next_owner() -> None:
+    kv, now = FakeKV(), [100.0]
+    a, b = lease(kv, "a", now), lease(kv, "b", now)
+    assert await a.acquire() and a.inherited == 0
+    a.down_until = now[0] + 600  # kicked: down for ten minutes
+    assert await a.renew()
+    await a.release()  # stopping: the record stays, to expire
+    assert kv.entry is not None and "delete" not in kv.calls
+    now[0] += 10.0
+    assert await b.acquire() and b.inherited == 700  # b waits out the rest (590 s more)
+    now[0] += 600
+    assert await b.renew() and b"down_until" not in kv.entry.value
+    await b.release()
+    assert kv.entry is None  # no stand-down: handed over at once

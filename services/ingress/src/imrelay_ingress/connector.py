@@ -13,7 +13,8 @@ never lost silently.
 The reconnect backoff (1 s doubling up to ``reconnect_max_seconds``, with jitter) starts anew after a
 socket that was subscribed for ``healthy_seconds``. A socket replaced by a newer connection of the same bot
 (``disconnected_event``: another instance runs the bot) is closed by us at once, and the replica keeps the
-lease but stays down for ``kick_holdoff_seconds``, so it never kicks back in a loop. A subscription refused
+lease but stays down for ``kick_holdoff_seconds`` (written into the lease, so a replica taking over waits
+out the rest), so it never kicks back in a loop. A subscription refused
 with 853000 (wrong bot id or secret) is a configuration error: logged, retried every
 ``refused_retry_seconds``. Both show in ``imrelay_connector_standing_down`` and in ``/readyz``, which also
 says when a bot has no owner cluster-wide (``imrelay_connector_bot_owned``).
@@ -412,6 +413,14 @@ async def own(bot: WeComAIBot, cfg: ConnectorConfig, lease: Lease, publisher: Je
     """While the lease holds: run the socket, reconnect with backoff and jitter when it ends."""
     labels = {"platform": PLATFORM, "bot": bot.id}
     attempt = 0
+    left = lease.down_until - lease.clock()
+    if left > 0:  # the previous owner was standing down after a kick: the hold-off is the bot's, not ours
+        CONNECTOR_STANDING_DOWN.labels(reason="kicked", **labels).set(1)
+        status.socket, status.detail, status.until = "kicked", "", time.monotonic() + left
+        log.error("bot %s: taken by another instance (as the previous owner was told); standing down "
+                  "for %.0fs more", bot.id, left)
+        if not await keep(lease, left, cfg.lease_ttl_seconds):
+            return
     while True:
         sock = BotSocket(bot, cfg, publisher, nc, status=status)
         if status.socket not in STAND_DOWN_REASONS:
@@ -428,6 +437,9 @@ async def own(bot: WeComAIBot, cfg: ConnectorConfig, lease: Lease, publisher: Je
             # stay down for the hold-off: one attempt per hold-off, cluster-wide.
             CONNECTOR_EVENTS.labels(outcome="kicked", **labels).inc()
             CONNECTOR_STANDING_DOWN.labels(reason="kicked", **labels).set(1)
+            lease.down_until = lease.clock() + pause  # in the lease record: a next owner waits too
+            if not await lease.renew():
+                return
             log.error("bot %s: taken by another instance (WeCom sent disconnected_event); socket closed, "
                       "standing down for %.0fs. Stop the other instance running this bot.", bot.id, pause)
         elif outcome == "refused":

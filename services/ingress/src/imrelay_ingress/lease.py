@@ -9,6 +9,11 @@ The broker may fail any call for a while (a leader election in a NATS cluster an
 times out for seconds). Such an error never ends anything: acquiring counts as "not taken, try again", and
 renewing counts as "not renewed yet" for as long as the last write is still valid (with a margin for clock
 skew between replicas), so a short election does not cost the socket.
+
+The record also carries the owner's stand-down after a kick (``down_until``, wall-clock seconds): the next
+owner reads it when it takes the lease (``inherited``) and keeps standing down, and a replica that stops
+during a stand-down leaves the record to expire instead of deleting it. So neither a failover nor a
+rolling restart takes the bot back from another instance before the hold-off is over.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -42,6 +47,13 @@ def lease_state(value: bytes | None, now: float, owner: str) -> str:
     return "mine" if holder == owner else "taken"
 
 
+def _down_until(value: bytes | None) -> float:
+    try:
+        return float(json.loads(value or b"{}").get("down_until", 0.0))
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+
+
 @dataclass
 class Lease:
     kv: KeyValue
@@ -53,13 +65,18 @@ class Lease:
     revision: int | None = None
     valid_until: float = 0.0  # monotonic time our last write stops counting as held
     error: str = ""  # the broker error of the last call, "" when it succeeded
+    down_until: float = 0.0  # wall clock: the socket stays down until then (written into the record)
+    inherited: float = 0.0  # the ``down_until`` of the record this replica took over
 
     @property
     def failing(self) -> bool:
         return bool(self.error)
 
     def _body(self) -> bytes:
-        return json.dumps({"owner": self.owner, "expires": self.clock() + self.ttl}).encode()
+        body: dict[str, Any] = {"owner": self.owner, "expires": self.clock() + self.ttl}
+        if self.down_until > self.clock():
+            body["down_until"] = self.down_until
+        return json.dumps(body).encode()
 
     async def _call(self, call: Awaitable[T]) -> T:
         return await asyncio.wait_for(call, timeout=max(0.5, self.ttl / 5))
@@ -86,12 +103,15 @@ class Lease:
             try:
                 entry = await self._call(self.kv.get(self.key))
                 state, rev = lease_state(entry.value, self.clock(), self.owner), entry.revision
+                previous = entry.value
             except KeyNotFoundError:
-                state, rev = "free", None
+                state, rev, previous = "free", None, None
             if state == "taken":
                 self.error = ""
                 return False
+            self.down_until = max(self.down_until, _down_until(previous))
             await self._write(rev)
+            self.inherited = self.down_until
             return True
         except KeyWrongLastSequenceError:
             self.error = ""
@@ -124,7 +144,7 @@ class Lease:
             return False
 
     async def release(self) -> None:
-        if self.revision is None:
+        if self.revision is None or self.down_until > self.clock():  # a stand-down outlives us
             return
         with contextlib.suppress(Exception):  # not released: it expires on its own
             await self.kv.delete(self.key, last=self.revision)
