@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from . import subjects as s
+from .redact import redact
 
 
 def dlq_headers(stage: str, reason: str, *, code: str | int | None = None,
@@ -17,7 +18,7 @@ def dlq_headers(stage: str, reason: str, *, code: str | int | None = None,
                 msg_id: str | None = None) -> dict[str, str]:
     headers = {
         s.HDR_DLQ_STAGE: stage,
-        s.HDR_DLQ_REASON: reason.replace("\r", " ").replace("\n", " ")[:500],
+        s.HDR_DLQ_REASON: redact(reason).replace("\r", " ").replace("\n", " ")[:500],
         s.HDR_DLQ_SUBJECT: original_subject,
     }
     if code is not None:

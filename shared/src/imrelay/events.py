@@ -12,11 +12,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from .config import Platform
+from .redact import protect_reply_handle
 
 SCHEMA_VERSION = 1
 _ID_NAMESPACE = uuid.UUID("5b0a7c52-8c1e-4f53-9d0a-6e1f4d2c9a11")
@@ -65,6 +66,16 @@ class Attachment(_Event):
     url: str | None = None
 
 
+def _protected(handle: dict[str, str]) -> dict[str, str]:
+    protect_reply_handle(handle)
+    return handle
+
+
+# Where to reply. It may carry credentials (a DingTalk session webhook, a Discord interaction token, a
+# group robot's webhook key): every process that reads one masks them in its logs and traces.
+ReplyHandle = Annotated[dict[str, str], AfterValidator(_protected)]
+
+
 def inbound_id(bot_id: str, dedupe_key: str) -> str:
     """A stable id for an inbound message: the same platform message always gets the same id."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{bot_id}\x00{dedupe_key}"))
@@ -87,7 +98,7 @@ class InboundMessage(_Event):
     text: str = ""
     mentioned: bool = False
     attachments: list[Attachment] = Field(default_factory=list)
-    reply_handle: dict[str, str] = Field(default_factory=dict)
+    reply_handle: ReplyHandle = Field(default_factory=dict)
     received_at: datetime = Field(default_factory=utcnow)
 
 
@@ -99,7 +110,7 @@ class ReplyChunk(_Event):
     bot_id: str
     chat: Chat
     recipient: Sender
-    reply_handle: dict[str, str] = Field(default_factory=dict)
+    reply_handle: ReplyHandle = Field(default_factory=dict)
     seq: int = Field(ge=0)
     delta: str = ""
     text: str | None = None  # the answer so far (deltas 0..seq), for platforms that edit in place

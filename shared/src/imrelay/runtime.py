@@ -50,8 +50,10 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]]) -> 
     try:
         asyncio.run(run())
     except (ConfigError, ValueError) as exc:
+        from .redact import redact
+
         kind = "configuration error: " if isinstance(exc, ConfigError) else ""
-        print(f"imrelay-{service}: {kind}{exc}", file=sys.stderr)
+        print(f"imrelay-{service}: {kind}{redact(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

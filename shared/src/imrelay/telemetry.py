@@ -26,7 +26,12 @@ rejected_oversize | unknown_bot | unavailable``; LLM ``ok | error | timeout``; d
 duplicate_skipped | failed``; tokens ``ok | error``.
 
 Tracing: W3C trace context travels in NATS headers (``traceparent``/``tracestate``). OTLP export is
-configured by the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on).
+configured by the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on). HTTP client
+spans follow the stable HTTP semantic conventions; every span is scrubbed of credentials before export (see
+:mod:`imrelay.redact`), and so is every log record.
+
+Labels carry only names from the configuration (platform, bot id, consumer) and fixed outcome words, never
+a value from a request or a secret.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -41,6 +47,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from .redact import RedactingSpanExporter, httpx_request_hook, install_log_redaction
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "CALLBACKS",
@@ -55,6 +66,8 @@ __all__ = [
     "TOKEN_REFRESHES",
     "extract_context",
     "inject_headers",
+    "instrument_httpx",
+    "setup_logging",
     "setup_tracing",
 ]
 
@@ -139,6 +152,7 @@ def setup_tracing(service_name: str) -> None:
     if _tracing_ready:
         return
     _tracing_ready = True
+    use_stable_http_semconv()
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
     provider = TracerProvider(resource=resource)
     wants_otlp = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
@@ -147,8 +161,24 @@ def setup_tracing(service_name: str) -> None:
     if wants_otlp and os.environ.get("OTEL_TRACES_EXPORTER", "otlp") != "none":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(RedactingSpanExporter(OTLPSpanExporter())))
     trace.set_tracer_provider(provider)
+
+
+def use_stable_http_semconv() -> None:
+    """Opt in to the stable HTTP semantic conventions (``url.full``, ``http.request.method`` ...) unless
+    the operator already chose an HTTP mode in ``OTEL_SEMCONV_STABILITY_OPT_IN``."""
+    modes = [m.strip() for m in os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",") if m.strip()]
+    if not any(m in ("http", "http/dup") for m in modes):
+        os.environ["OTEL_SEMCONV_STABILITY_OPT_IN"] = ",".join([*modes, "http"])
+
+
+def instrument_httpx(client: httpx.AsyncClient) -> None:
+    """Trace ``client``'s requests (stable HTTP conventions), their URLs without credentials."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+    use_stable_http_semconv()
+    HTTPXClientInstrumentor().instrument_client(client, request_hook=httpx_request_hook)
 
 
 def inject_headers(headers: MutableMapping[str, str], context: Context | None = None) -> None:
@@ -166,5 +196,7 @@ def setup_logging(service: str) -> None:
         level=getattr(logging, level, logging.INFO),
         format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
     )
+    # No secret and no control character from an untrusted value in any record, whoever writes it.
+    install_log_redaction()
     # httpx logs full request URLs at INFO, and WeCom puts the access token in the query string.
     logging.getLogger("httpx").setLevel(logging.WARNING)

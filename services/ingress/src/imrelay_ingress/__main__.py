@@ -10,6 +10,7 @@ import uvicorn
 from imrelay.admin import serve_admin
 from imrelay.config import load_settings
 from imrelay.errors import ConfigError
+from imrelay.redact import protect_settings
 from imrelay.runtime import EmbeddedServer, service_main, stop_event
 
 from .app import create_app
@@ -20,6 +21,7 @@ log = logging.getLogger("imrelay.ingress")
 
 async def run() -> None:
     settings = load_settings()
+    protect_settings(settings)
     publisher = JetStreamPublisher(settings.nats)
     await publisher.start()
     app = create_app(settings, publisher, streams=publisher.streams, replay=publisher.replay)

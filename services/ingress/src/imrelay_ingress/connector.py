@@ -43,6 +43,7 @@ from imrelay import subjects
 from imrelay.aibot_streams import stream_id
 from imrelay.config import ConnectorConfig, Settings, WeComAIBot, load_settings
 from imrelay.jetstream import connect_until_ready, ensure_leases_bucket
+from imrelay.redact import protect_settings
 from imrelay.runtime import run_until_stopped, service_main
 from imrelay.telemetry import (
     CONNECTOR_BOT_OWNED,
@@ -477,6 +478,7 @@ async def watch_owners(statuses: list[BotStatus], leases: list[Lease], interval:
 
 async def run() -> None:
     settings = load_settings()
+    protect_settings(settings)
     bots = [b for b in settings.bots if isinstance(b, WeComAIBot) and b.mode == "long_connection"]
     if not bots:
         raise ValueError("no bot with mode: long_connection in the config: nothing to connect")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-
 from imrelay import subjects
 from imrelay.config import load_settings
 from imrelay.jetstream import connect_until_ready, ensure_memory_bucket
+from imrelay.redact import protect_settings
 from imrelay.runtime import run_until_stopped, service_main
+from imrelay.telemetry import instrument_httpx
 
 from .app import build_worker
 from .memory import MemoryStore
@@ -19,8 +19,9 @@ log = logging.getLogger("imrelay.worker")
 
 async def run() -> None:
     settings = load_settings()
+    protect_settings(settings)
     worker = build_worker(settings)
-    HTTPXClientInstrumentor().instrument_client(worker.client)
+    instrument_httpx(worker.client)
     nc, js = await connect_until_ready(settings.nats, "imrelay-worker-control")
     if settings.memory.enabled:
         kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from imrelay.errors import BackendError
 from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
+from imrelay.redact import redact
 
 from .backends import Piece, Replace
 
@@ -109,7 +110,7 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
     except TimeoutError:
         outcome, error = "timeout", "answer deadline exceeded"
     except BackendError as exc:
-        outcome, error = "error", str(exc)
+        outcome, error = "error", redact(str(exc))  # it travels on NATS: no echoed API key
     finally:
         # Close the model's HTTP stream now, on this task, also when we stopped reading it early.
         aclose = getattr(stream, "aclose", None)

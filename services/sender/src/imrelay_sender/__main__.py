@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 import httpx
-from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
 from imrelay import subjects
 from imrelay.aibot_streams import KVStreamStore
 from imrelay.config import load_settings
 from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_streams_bucket
+from imrelay.redact import protect_settings
 from imrelay.runtime import run_until_stopped, service_main
+from imrelay.telemetry import instrument_httpx
 
 from .app import build_sender
 
@@ -20,10 +21,11 @@ log = logging.getLogger("imrelay.sender")
 
 async def run() -> None:
     settings = load_settings()
+    protect_settings(settings)
     nc, js = await connect_until_ready(settings.nats, "imrelay-sender-control")
     buckets = await ensure_buckets(js, settings.nats)
     client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
-    HTTPXClientInstrumentor().instrument_client(client)
+    instrument_httpx(client)
     async def request(subject: str, body: bytes, wait: float) -> bytes:
         return (await nc.request(subject, body, timeout=wait)).data
 

@@ -12,6 +12,8 @@
 * When the token endpoint itself fails, every replica backs off together: a ``<key>.cooldown`` entry holds
   the time before which nobody asks again (exponential, up to ``max_cooldown``), and callers get a
   :class:`TokenUnavailable` at once instead of hammering the endpoint.
+* Every token the cache hands out, fetched here or by another replica, is masked in this process's logs
+  and traces from then on (:func:`imrelay.redact.protect_obtained`).
 * :meth:`TokenCache.invalidate` drops a token the platform rejected (40014/42001), only if the record
   still holds that very token, so one bad answer causes one refresh cluster-wide.
 """
@@ -30,6 +32,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from imrelay.errors import TransientUpstreamError
+from imrelay.redact import protect_obtained
 
 log = logging.getLogger("imrelay.sender.tokens")
 
@@ -145,7 +148,10 @@ class TokenCache:
             entry = await self.kv.get(key)
         except KeyNotFoundError:
             return None
-        return TokenRecord.from_json(entry.value or b"")
+        rec = TokenRecord.from_json(entry.value or b"")
+        if rec is not None:
+            protect_obtained(rec.token)
+        return rec
 
     async def get(self, key: str, fetch: Fetch, *, renew_early: bool = True) -> str:
         rec = await self.read(key)
@@ -193,6 +199,7 @@ class TokenCache:
                         return ready
                     try:
                         token, expires_in = await fetch()
+                        protect_obtained(token)
                     except Exception:
                         pause = cooldown_after(failures + 1, self.base_cooldown, self.max_cooldown)
                         body = {"until": self.clock() + pause, "failures": failures + 1}
