@@ -255,3 +255,11 @@ def test_http_client_spans_carry_no_credentials(monkeypatch: pytest.MonkeyPatch)
     assert http[0]["url.full"] == f"https://qyapi.weixin.qq.com/cgi-bin/gettoken?corpid=ww1&corpsecret={MASK}"
     assert http[1]["http.request.header.x_acs_dingtalk_access_token"] == (MASK,)
     assert http[1]["http.request.header.content_type"] == ("application/json",)
+
+
+def test_credential_fields_in_json_text_are_redacted() -> None:
+    text = json.dumps({"interaction_token": "aW50ZXJhY3Rpb24abc", "max_tokens": 5, "api_key": "sk-1",
+                       "session_webhook": "https://x/robot?session=s1", "text": "hello"})
+    out = redact.redact(text + " " + repr({"app_secret": "plain"}))
+    assert all(s not in out for s in ("aW50ZXJhY3Rpb24abc", "sk-1", "session=s1", "plain"))
+    assert '"max_tokens": 5' in out and '"text": "hello"' in out

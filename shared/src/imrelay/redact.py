@@ -5,7 +5,8 @@ One process-wide :data:`MASKER` knows every secret value the process holds: the 
 (access tokens, DingTalk session webhooks, Discord interaction tokens, WeCom AI-bot reply URLs:
 :func:`protect_reply_handle`). :func:`redact` replaces each of them, and every credential a URL can carry
 by its shape (``access_token=``, ``corpsecret=``, ``key=``, ``session=`` ... query values, the token in
-Discord's ``/webhooks/{application}/{token}`` paths), with ``[REDACTED]``.
+Discord's ``/webhooks/{application}/{token}`` paths, JSON fields named ``*token``, ``*secret`` ...), with
+``[REDACTED]``.
 
 The rule for short values: a secret of :data:`MIN_SUBSTRING` (6) characters or more is masked wherever it
 occurs, also inside a longer word; one of 3 to 5 characters only where it stands alone (not preceded or
@@ -70,6 +71,10 @@ _PARAM_RE = re.compile(
     r"(?i)([?&;](?:" + "|".join(_SECRET_PARAMS) + r")=)[^&#\s\"'<>]+")
 # Discord: POST /interactions/{id}/{token}/callback, /webhooks/{application_id}/{token}[/messages/...]
 _PATH_RE = re.compile(r"(/(?:webhooks|interactions)/[^/?#\s\"']+/)[^/?#\s\"']+")
+# JSON or a Python dict shown as text: the string value of a field named like a credential.
+_FIELD_RE = re.compile(
+    r"""(?i)(["'][\w.-]*(?:token|secret|password|api_?key|session_?webhook|webhook_?url)["']\s*:\s*["'])"""
+    r"""[^"'\\]+""")
 _SECRET_HEADER_RE = re.compile(r"(?i)auth|token|secret|key|sign|cookie|session|password|credential")
 _HEADER_ATTR_RE = re.compile(r"^http\.(?:request|response)\.header\.(.+)$")
 # Secret values handed out per message: the newest ones are kept (their platforms expire them anyway).
@@ -188,7 +193,10 @@ MASKER = Masker()
 
 
 def redact_url(text: str) -> str:
-    """Credentials a URL carries by its shape: secret query values and Discord's path tokens."""
+    """Credentials by their shape: secret query values and Discord's path tokens in URLs, and the value of
+    a JSON field named like a credential (``"interaction_token": "..."``)."""
+    if ":" in text:
+        text = _FIELD_RE.sub(lambda m: m.group(1) + MASK, text)
     if "=" in text:
         text = _PARAM_RE.sub(lambda m: m.group(1) + MASK, text)
     if "/webhooks/" in text or "/interactions/" in text:
