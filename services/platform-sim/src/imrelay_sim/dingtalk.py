@@ -31,7 +31,9 @@ def callback(bot: DingTalkBot, text: str, user: str, conversation: str, group: b
         "conversationTitle": "sim group" if group else "", "senderId": "$:LWCP:" + user,
         "senderStaffId": user, "senderNick": user, "chatbotUserId": "bot", "robotCode": c.expected_robot_code,
         "isInAtList": True, "createAt": now_ms,
-        "sessionWebhook": f"{sim_url}/robot/sendBySession?session={bot.id}.{conversation}",
+        # opaque to the robot, as DingTalk's: who and where, and a random part
+        "sessionWebhook": f"{sim_url}/robot/sendBySession?session={bot.id}.{conversation}."
+                          f"{secrets.token_hex(12)}",
         "sessionWebhookExpiredTime": now_ms + int(session_minutes * 60_000),
     }
     ts = str(now_ms)
@@ -68,7 +70,8 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
     async def session_send(request: Request) -> Response:
         state.stats["dingtalk_session"] += 1
         body = json.loads(await request.body() or b"{}")
-        bot, _, conversation = request.query_params.get("session", "").partition(".")
+        bot, _, rest = request.query_params.get("session", "").partition(".")
+        conversation = rest.rpartition(".")[0] or rest
         if limited(bot):
             return JSONResponse({"errcode": 130101, "errmsg": "send too fast"})
         state.record({"platform": "dingtalk", "bot": bot, "chat": conversation, "via": "session",
@@ -83,6 +86,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
             return JSONResponse({"code": "invalidClientSecret", "message": "bad secret"}, status_code=400)
         tok = secrets.token_hex(16)
         tokens[tok] = (str(body["appKey"]), clock() + state.token_lifetime)
+        state.issued.append(tok)
         return JSONResponse({"accessToken": tok, "expireIn": int(state.token_lifetime)})
 
     async def robot_send(request: Request) -> Response:

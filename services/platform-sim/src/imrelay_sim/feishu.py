@@ -72,6 +72,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
             return fail(10014, "app secret invalid")
         tok = "t-" + secrets.token_hex(16)
         tokens[tok] = (str(body["app_id"]), clock() + state.token_lifetime)
+        state.issued.append(tok)
         return JSONResponse({"code": 0, "msg": "ok", "tenant_access_token": tok,
                              "expire": int(state.token_lifetime)})
 

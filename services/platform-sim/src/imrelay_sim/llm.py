@@ -7,10 +7,11 @@ word:
 * ``POST /api/v1/chat/completions``: FastGPT (OpenAI-style chunks; ``chatId`` names the conversation).
 
 ``POST /sim/llm`` controls them all: ``token_delay`` (seconds between chunks), ``fail_next`` (HTTP statuses
-for the next requests), ``stall_after`` (chunks before the stream goes silent), ``pause_after`` +
-``pause_seconds`` (after that many chunks the model says nothing for a while, then goes on).
-``GET /sim/llm`` lists the recent requests (with ``_api`` naming which one), and ``first_token_at``, when
-each first piece was sent.
+for the next requests), ``reject_key_next`` (how many next requests get the 401 an OpenAI-style API gives a
+wrong key, which quotes the key: ``Incorrect API key provided: sk-...``), ``stall_after`` (chunks before
+the stream goes silent), ``pause_after`` + ``pause_seconds`` (after that many chunks the model says nothing
+for a while, then goes on). ``GET /sim/llm`` lists the recent requests (with ``_api`` naming which one),
+and ``first_token_at``, when each first piece was sent.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from starlette.routing import Route
 class LLMState:
     token_delay: float = 0.0
     fail_next: list[int] = field(default_factory=list)
+    reject_key_next: int = 0
     stall_after: int | None = None
     pause_after: int | None = None
     pause_seconds: float = 0.0
@@ -79,6 +81,14 @@ def routes() -> list[Route]:
             return JSONResponse({"error": {"message": "expected an object"}}, status_code=400)
         state.requests.append({"_api": api, **body})
         del state.requests[:-200]
+        if state.reject_key_next > 0:
+            state.reject_key_next -= 1
+            key = request.headers["authorization"].removeprefix("Bearer ")
+            return JSONResponse({"error": {
+                "message": f"Incorrect API key provided: {key}. You can find your API key at "
+                           "https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
+                status_code=401)
         if state.fail_next:
             status = state.fail_next.pop(0)
             text = f"simulated {status}"
@@ -144,6 +154,8 @@ def routes() -> list[Route]:
             state.token_delay = float(body["token_delay"])
         if "fail_next" in body:
             state.fail_next = [int(s) for s in body["fail_next"]]
+        if "reject_key_next" in body:
+            state.reject_key_next = int(body["reject_key_next"])
         if "stall_after" in body:
             state.stall_after = None if body["stall_after"] is None else int(body["stall_after"])
         if "pause_after" in body:

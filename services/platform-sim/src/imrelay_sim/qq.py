@@ -55,6 +55,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
             return JSONResponse({"code": 100016, "message": "invalid appid or secret"}, status_code=400)
         tok = secrets.token_hex(16)
         tokens[tok] = (str(body["appId"]), clock() + state.token_lifetime)
+        state.issued.append(tok)
         return JSONResponse({"access_token": tok, "expires_in": str(int(state.token_lifetime))})
 
     async def send(request: Request) -> Response:

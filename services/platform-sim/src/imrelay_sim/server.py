@@ -7,8 +7,9 @@
 * ``POST /cgi-bin/webhook/send?key=`` -> the group-robot webhook (limit per key per window).
 * ``POST /v1/chat/completions``: a streaming OpenAI-compatible model (see :mod:`imrelay_sim.llm`).
 * ``GET /sim/messages`` lists what was delivered (filters: ``bot``, ``touser``, ``chat``);
-  ``DELETE /sim/messages`` clears it; ``GET /sim/stats`` counts calls; ``POST /sim/control`` changes limits
-  and lifetimes, expires every token, or injects faults: ``fail_next`` (errcodes / HTTP statuses /
+  ``DELETE /sim/messages`` clears it; ``GET /sim/stats`` counts calls; ``GET /sim/tokens`` lists the
+  access tokens every platform handed out; ``POST /sim/control`` changes limits and lifetimes, expires
+  every token, or injects faults: ``fail_next`` (errcodes / HTTP statuses /
   "timeout" for the next send calls), ``fault_rate`` + ``fault_kinds`` (a random share of send calls),
   ``send_delay`` (slow answers), ``invalid_users`` (81013). A fault is answered before anything is recorded.
 * ``message/send`` honours ``enable_duplicate_check`` as WeCom does (an identical request within the
@@ -52,6 +53,7 @@ class SimState:
     apps: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # corpid:agent -> (...)
     secrets_by_corp: dict[str, dict[str, str]] = field(default_factory=dict)  # corp -> secret->agent
     tokens: dict[str, tuple[str, str, float]] = field(default_factory=dict)  # token -> corp, agent, exp
+    issued: list[str] = field(default_factory=list)  # every access token any platform handed out
     current: dict[tuple[str, str], str] = field(default_factory=dict)
     bot_of_agent: dict[tuple[str, str], str] = field(default_factory=dict)
     webhook_keys: dict[str, str] = field(default_factory=dict)  # key -> bot id
@@ -136,6 +138,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             token = secrets.token_urlsafe(48)
             state.tokens[token] = (corp, agent, now + state.token_lifetime)
             state.current[key] = token
+            state.issued.append(token)
             state.stats["tokens_issued"] += 1
         expires_in = max(int(state.tokens[token][2] - now), 1)
         return JSONResponse({"errcode": 0, "errmsg": "ok", "access_token": token,
@@ -266,6 +269,9 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     async def stats(_: Request) -> Response:
         return JSONResponse(dict(state.stats))
 
+    async def issued(_: Request) -> Response:
+        return JSONResponse(state.issued)
+
     async def control(request: Request) -> Response:
         try:
             body = json.loads(await request.body() or b"{}")
@@ -300,6 +306,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         Route("/sim/messages", list_messages, methods=["GET"]),
         Route("/sim/messages", clear_messages, methods=["DELETE"]),
         Route("/sim/stats", stats, methods=["GET"]),
+        Route("/sim/tokens", issued, methods=["GET"]),
         Route("/sim/control", control, methods=["POST"]),
         *llm_routes(),
         *feishu_routes(state, clock),
