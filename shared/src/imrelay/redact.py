@@ -230,8 +230,13 @@ def _secret_values(node: Any) -> Iterable[str]:
 
 def protect_settings(settings: Settings) -> None:
     """Mask every ``SecretStr`` of the configuration (bots' credentials, backends' API keys ...)."""
+    tiny = 0
     for value in _secret_values(settings):
         MASKER.add(value)
+        tiny += 0 < len(value) < MIN_WORD
+    if tiny:
+        logging.getLogger("imrelay").warning(
+            "%d configured secret(s) shorter than %d characters cannot be masked in logs", tiny, MIN_WORD)
 
 
 _URL_SECRET_RE = re.compile(r"(?i)[?&;](?:" + "|".join(_SECRET_PARAMS) + r")=([^&#\s\"'<>]+)")
