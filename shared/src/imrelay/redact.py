@@ -52,11 +52,14 @@ __all__ = [
     "RedactingFilter",
     "RedactingSpanExporter",
     "escape_controls",
+    "httpx_request_hook",
     "install_log_redaction",
+    "protect_obtained",
     "protect_reply_handle",
     "protect_settings",
     "redact",
     "redact_url",
+    "scrub_span",
 ]
 
 MASK = "[REDACTED]"
