@@ -19,13 +19,14 @@ import trustme
 from nats.js.errors import KeyNotFoundError
 
 from imrelay import subjects
-from imrelay.config import NatsConfig, parse_settings
+from imrelay.config import NatsConfig, WeComAIBot, WeComGroupRobotBot, parse_settings
 from imrelay.errors import NatsRefusedError
 from imrelay.jetstream import connect, connect_options
 from imrelay.natsserver import EmbeddedNats
 from imrelay.permissions import SERVICES, authorization_block
 from imrelay_sim import discord
-from imrelay_sim.__main__ import build_request
+from imrelay_sim import wecom_aibot as sim_aibot
+from imrelay_sim.__main__ import build_callback, build_request
 
 from ..helpers import free_port
 from .stack import KEY, Service, Stack
@@ -88,6 +89,8 @@ def stack(secure_nats: EmbeddedNats, pki: dict[str, str],
             "app_id": "1020305", "app_secret": "qqsecret0123456789"}},
         {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
             "application_id": "998878", "public_key": discord.public_key_for(SEED), "bot_token": "unused"}},
+        {"id": "ai", "platform": "wecom_aibot",
+         "credentials": {"token": "aibottoken", "encoding_aes_key": KEY}},
         {"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
          "ws_url": sim.replace("http://", "ws://") + "/ws/aibot",
          "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": WS_BOT, "secret": "ws-secret"}},
@@ -126,6 +129,34 @@ def test_every_platform_answers_through_tls_and_per_service_users(stack: Stack, 
                            what=f"the answer on {bot_id}")
     assert [m["content"] for m in found] == [text]
     assert violations(stack.nats) == []  # no service needed a subject its user lacks
+
+
+def test_group_robot_and_ai_bot_callbacks_answer(stack: Stack) -> None:
+    """The two WeCom bots without access tokens: the robot's webhook, and the AI bot's answer stream read
+    back from NATS by the ingress when WeCom polls for it."""
+    settings = parse_settings(stack.config, {})
+    robot, ai = settings.bot("robot"), settings.bot("ai")
+    assert isinstance(robot, WeComGroupRobotBot) and isinstance(ai, WeComAIBot)
+    who, chat = f"u{secrets.token_hex(4)}", f"wrk{secrets.token_hex(4)}"
+    query, body = build_callback(robot, "robot over tls", who, str(secrets.randbelow(2**40)),
+                                 int(time.time()), stack.sim_url, chat=chat)
+    resp = httpx.post(f"{stack.ingress_url}/callback/robot?{query}", content=body, timeout=10)
+    assert resp.status_code == 200
+    stack.wait_for(lambda: [m for m in stack.messages(bot="robot") if who in m.get("mentioned_list", [])
+                            and m["content"] == "robot over tls"], what="the robot's answer")
+    query, headers, body = sim_aibot.message_callback(ai, "ai bot over tls", who, secrets.token_hex(16), "",
+                                                      time.time(), stack.sim_url)
+    first = httpx.post(f"{stack.ingress_url}/callback/ai?{query}", content=body, headers=headers, timeout=10)
+    sid = sim_aibot.read_reply(ai, first.content)["stream"]["id"]
+
+    def finished() -> str:
+        q, h, b = sim_aibot.refresh_callback(ai, sid, who, time.time())
+        reply = httpx.post(f"{stack.ingress_url}/callback/ai?{q}", content=b, headers=h, timeout=10)
+        stream = sim_aibot.read_reply(ai, reply.content)["stream"]
+        return str(stream["content"]) if stream["finish"] else ""
+
+    assert stack.wait_for(finished, what="the AI bot's finished stream") == "ai bot over tls"
+    assert violations(stack.nats) == []
 
 
 def test_the_long_connection_answers_through_the_connector_user(stack: Stack) -> None:
