@@ -14,6 +14,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from .config import AdminConfig, ConnectionLimitsConfig
+from .connlimits import ConnectionGuard
 from .runtime import EmbeddedServer
 from .telemetry import registry
 
@@ -45,8 +47,12 @@ def admin_app(ready: ReadyCheck, reasons: Reasons | None = None) -> Starlette:
     ])
 
 
-def serve_admin(host: str, port: int, ready: ReadyCheck, reasons: Reasons | None = None) -> EmbeddedServer:
-    """A uvicorn server for the admin app; run it with ``await server.serve()``."""
+def serve_admin(host: str, port: int, ready: ReadyCheck, reasons: Reasons | None = None,
+                connections: ConnectionLimitsConfig | None = None) -> EmbeddedServer:
+    """A uvicorn server for the admin app, with the admin port's connection limits; run it with
+    ``await server.serve()``."""
+    limits = (connections or AdminConfig().connections).limits()
     config = uvicorn.Config(admin_app(ready, reasons), host=host, port=port, log_level="warning",
-                            access_log=False, lifespan="off")
+                            access_log=False, lifespan="off",
+                            **ConnectionGuard("admin", limits).uvicorn_options())
     return EmbeddedServer(config)

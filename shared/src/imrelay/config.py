@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -34,6 +34,9 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .connlimits import Limits
 
 __all__ = [
     "BackendConfig",
@@ -146,15 +149,44 @@ class NatsConfig(_Model):
         return self.tls is not None or any(u.startswith(("tls://", "wss://")) for u in self.servers)
 
 
+class ConnectionLimitsConfig(_Model):
+    """Limits on one HTTP port, so slow or idle clients cannot hold it open (see README "Connection
+    limits"). A request cut off by a deadline gets a 408 and the connection is closed."""
+
+    # The request line and headers must arrive within this long of the connection's first byte (or of the
+    # end of the previous answer on a kept-alive connection).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A body must arrive within this long after the headers, plus its size at the floor rate below.
+    body_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_min_rate_bytes_per_second: float = Field(default=16384.0, gt=0)
+    # A connection with no request in progress (never used, or after an answer) is closed after this long.
+    keep_alive_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Connections beyond this many (per process) get a 503 and are closed at once. Lowered automatically
+    # to leave room under the process's descriptor limit (ulimit -n).
+    max_connections: int = Field(default=4096, ge=1)
+
+    def limits(self, max_body_bytes: int | None = None) -> Limits:
+        from .connlimits import Limits
+
+        return Limits(header_timeout=self.header_timeout_seconds, body_timeout=self.body_timeout_seconds,
+                      body_min_rate=self.body_min_rate_bytes_per_second,
+                      keep_alive_timeout=self.keep_alive_timeout_seconds,
+                      max_connections=self.max_connections, max_body_bytes=max_body_bytes)
+
+
 class IngressConfig(_Model):
     host: str = "0.0.0.0"  # noqa: S104 - the public callback port listens on all interfaces
     port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    connections: ConnectionLimitsConfig = Field(default_factory=ConnectionLimitsConfig)
 
 
 class AdminConfig(_Model):
     host: str = "0.0.0.0"  # noqa: S104 - probes and Prometheus scrape from outside the pod
     port: int = Field(default=9464, ge=1, le=65535)
+    # Only Prometheus and the probes talk to the admin port: a small cap is plenty.
+    connections: ConnectionLimitsConfig = Field(
+        default_factory=lambda: ConnectionLimitsConfig(max_connections=64))
 
 
 class WorkerConfig(_Model):

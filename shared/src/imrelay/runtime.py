@@ -88,7 +88,7 @@ async def run_until_stopped(admin: AdminConfig, nc: NATS, js: JetStreamContext,
     async def ready() -> bool:
         return running and nc.is_connected and await streams_present(js)
 
-    server = serve_admin(admin.host, admin.port, ready, reasons)
+    server = serve_admin(admin.host, admin.port, ready, reasons, admin.connections)
     server_task = asyncio.create_task(server.serve())
     watcher = asyncio.create_task(watch_consumers(js, *consumers)) if consumers else None
     try:

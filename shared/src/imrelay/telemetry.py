@@ -19,11 +19,16 @@ imrelay_connector_lease_held             gauge      platform, bot            1 w
 imrelay_connector_events_total           counter    platform, bot, outcome   connect/kicked/lost/...
 imrelay_connector_standing_down          gauge      platform, bot, reason    1 while kept down on purpose
 imrelay_connector_bot_owned              gauge      platform, bot            0: no owner cluster-wide
+imrelay_http_connections_open            gauge      listener                 open HTTP connections
+imrelay_http_connections_timed_out_total counter    listener, reason         closed by a deadline
+imrelay_http_connections_refused_total   counter    listener                 refused at the cap (503)
 =======================================  =========  =======================  ==========================
 
 Outcomes: callbacks ``accepted | duplicate | rejected_signature | rejected_replay | rejected_malformed |
 rejected_oversize | unknown_bot | unavailable``; LLM ``ok | error | timeout``; deliveries ``ok | retry |
-duplicate_skipped | failed``; tokens ``ok | error``.
+duplicate_skipped | failed``; tokens ``ok | error``. HTTP listeners ``public | admin``; timeout reasons
+``idle`` (no byte sent), ``header``, ``body`` (408) and ``keep_alive`` (idle after an answer: the normal end
+of a connection).
 
 Tracing: W3C trace context travels in NATS headers (``traceparent``/``tracestate``). OTLP export is
 configured by the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on). HTTP client
@@ -56,6 +61,9 @@ if TYPE_CHECKING:
 __all__ = [
     "CALLBACKS",
     "CALLBACK_ACK",
+    "CONNECTIONS_OPEN",
+    "CONNECTIONS_REFUSED",
+    "CONNECTIONS_TIMED_OUT",
     "DELIVERIES",
     "DELIVERY_SECONDS",
     "DLQ",
@@ -132,6 +140,17 @@ CONNECTOR_BOT_OWNED = Gauge(
     "imrelay_connector_bot_owned", "1 while some connector replica holds the bot's lease, as this replica "
     "reads the lease bucket; 0 when the bot has no owner cluster-wide (or the bucket cannot be read)",
     ["platform", "bot"],
+)
+CONNECTIONS_OPEN = Gauge(
+    "imrelay_http_connections_open", "Open connections on an HTTP port", ["listener"],
+)
+CONNECTIONS_TIMED_OUT = Counter(
+    "imrelay_http_connections_timed_out", "HTTP connections closed by a deadline, by reason "
+    "(idle, header, body, keep_alive)", ["listener", "reason"],
+)
+CONNECTIONS_REFUSED = Counter(
+    "imrelay_http_connections_refused", "HTTP connections refused with a 503 at the connection cap",
+    ["listener"],
 )
 FIRST_REPLY = Histogram(
     "imrelay_first_reply_seconds", "End to end: callback received to first reply delivered",

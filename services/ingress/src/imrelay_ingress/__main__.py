@@ -11,6 +11,7 @@ from imrelay.admin import serve_admin
 from imrelay.config import load_settings
 from imrelay.errors import ConfigError
 from imrelay.redact import protect_settings
+from imrelay.connlimits import ConnectionGuard
 from imrelay.runtime import EmbeddedServer, service_main, stop_event
 
 from .app import create_app
@@ -25,11 +26,14 @@ async def run() -> None:
     publisher = JetStreamPublisher(settings.nats)
     await publisher.start()
     app = create_app(settings, publisher, streams=publisher.streams, replay=publisher.replay)
+    limits = settings.ingress.connections.limits(max_body_bytes=settings.ingress.max_body_bytes)
     public = EmbeddedServer(uvicorn.Config(
         app, host=settings.ingress.host, port=settings.ingress.port, log_level="warning",
         access_log=False, proxy_headers=True, server_header=False, timeout_graceful_shutdown=10,
+        **ConnectionGuard("public", limits).uvicorn_options(),
     ))
-    admin = serve_admin(settings.admin.host, settings.admin.port, publisher.ready)
+    admin = serve_admin(settings.admin.host, settings.admin.port, publisher.ready,
+                        connections=settings.admin.connections)
     stop = stop_event()
 
     async def refused() -> None:

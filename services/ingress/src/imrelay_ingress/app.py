@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 from opentelemetry import trace
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -95,6 +95,8 @@ def create_app(settings: Settings, publisher: Publisher, *,
             except BodyTooLarge:
                 log.warning("callback rejected bot=%s reason=body over %d bytes", bot_id, limit)
                 return done(413, "rejected_oversize")
+            except ClientDisconnect:  # gone, or cut off by the body deadline: nobody to answer
+                return Response(status_code=408)
             cb = CallbackRequest(method=request.method, query=request.query_params,
                                  headers=request.headers, body=body, now=clock())
             try:
