@@ -134,7 +134,7 @@ def test_every_dashboard_query_and_alert_has_data(prometheus: tuple[Stack, str])
         stack.wait_for(all_have_data, timeout=60, what="data for every query")
     except AssertionError as exc:
         raise AssertionError(f"no data for: {missing}") from exc
-    assert len(dashboard_queries()) >= 13 and len(alert_rules()) == 9
+    assert len(dashboard_queries()) >= 16 and len(alert_rules()) == 10
 
 
 def test_promtool_accepts_and_unit_tests_the_rules() -> None:
