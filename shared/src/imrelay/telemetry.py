@@ -20,7 +20,7 @@ imrelay_connector_events_total           counter    platform, bot, outcome   con
 imrelay_connector_standing_down          gauge      platform, bot, reason    1 while kept down on purpose
 imrelay_connector_bot_owned              gauge      platform, bot            0: no owner cluster-wide
 imrelay_http_connections_open            gauge      listener                 open HTTP connections
-imrelay_http_connections_timed_out_total counter    listener, reason         closed by a deadline
+imrelay_http_connection_timeouts_total   counter    listener, reason         closed by a deadline
 imrelay_http_connections_refused_total   counter    listener                 refused at the cap (503)
 =======================================  =========  =======================  ==========================
 
@@ -145,7 +145,7 @@ CONNECTIONS_OPEN = Gauge(
     "imrelay_http_connections_open", "Open connections on an HTTP port", ["listener"],
 )
 CONNECTIONS_TIMED_OUT = Counter(
-    "imrelay_http_connections_timed_out", "HTTP connections closed by a deadline, by reason "
+    "imrelay_http_connection_timeouts", "HTTP connections closed by a deadline, by reason "
     "(idle, header, body, keep_alive)", ["listener", "reason"],
 )
 CONNECTIONS_REFUSED = Counter(
