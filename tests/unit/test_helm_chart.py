@@ -73,6 +73,8 @@ def test_the_rendered_config_is_one_imrelay_accepts() -> None:
     settings = parse_settings(yaml.safe_load(cm["data"]["imrelay.yaml"]), env)
     assert settings.nats.url == "nats://nats.messaging.svc:4222" and settings.nats.replicas == 3
     assert [b.id for b in settings.bots] == ["hr-helper", "assistant"]
+    assert settings.ingress.connections.keep_alive_timeout_seconds == 75
+    assert settings.ingress.connections.max_connections == 8192
 
 
 def test_only_the_callback_port_is_exposed() -> None:
@@ -93,6 +95,8 @@ def test_only_the_callback_port_is_exposed() -> None:
     {"nats": {"replica": 3}},
     {"nats": {"replicas": 2}},
     {"config": {"bots": [{"id": "Bad_Id", "platform": "wecom_app"}]}},
+    {"config": {"extra": {"ingress": {"connections": {"header_timeout": 10}}}}},
+    {"config": {"extra": {"ingress": {"connections": {"max_connections": 0}}}}},
 ])
 def test_the_schema_rejects_typos(values: dict[str, Any]) -> None:
     with pytest.raises(Exception, match="(?i)schema|values|additional|pattern|length"):
