@@ -13,7 +13,14 @@ import pytest
 import uvicorn
 
 from imrelay.config import AdminConfig, IngressConfig, parse_settings
-from imrelay.connlimits import ConnectionGuard, Limits, body_deadline, connection_cap, declared_length
+from imrelay.connlimits import (
+    LINGER_SECONDS,
+    ConnectionGuard,
+    Limits,
+    body_deadline,
+    connection_cap,
+    declared_length,
+)
 from imrelay.runtime import EmbeddedServer
 from imrelay.telemetry import CONNECTIONS_REFUSED, CONNECTIONS_TIMED_OUT
 
@@ -76,12 +83,18 @@ LIMITS = Limits(header_timeout=0.6, body_timeout=0.6, body_min_rate=2000, keep_a
                 max_connections=3)
 SLACK = 3.0  # how late a close may come on a busy machine (the check runs every 60 ms)
 
+Server = tuple[int, str, ConnectionGuard]
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["path"] == "/big":  # 16 MiB in one piece: more than the socket buffers hold
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % (16 << 20))]})
+        await send({"type": "http.response.body", "body": b"z" * (16 << 20)})
+        return
     size = 0
     more = True
     while more:
@@ -97,7 +110,7 @@ async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @pytest.fixture(params=["httptools", "h11"])
-async def server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[int, str]]:
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[int, str, ConnectionGuard]]:
     port = free_port()
     listener = f"test-{request.param}"
     guard = ConnectionGuard(listener, LIMITS)
@@ -110,7 +123,7 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[int, str
             break
         await asyncio.sleep(0.01)
     try:
-        yield port, listener
+        yield port, listener, guard
     finally:
         srv.should_exit = True
         await task
@@ -124,8 +137,8 @@ async def until_closed(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), timeout=10)
 
 
-async def test_a_connection_that_sends_nothing_is_closed(server: tuple[int, str]) -> None:
-    port, listener = server
+async def test_a_connection_that_sends_nothing_is_closed(server: Server) -> None:
+    port, listener, _ = server
     before = timed_out(listener, "idle")
     started = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -136,8 +149,8 @@ async def test_a_connection_that_sends_nothing_is_closed(server: tuple[int, str]
     writer.close()
 
 
-async def test_slow_headers_get_a_408(server: tuple[int, str]) -> None:
-    port, listener = server
+async def test_slow_headers_get_a_408(server: Server) -> None:
+    port, listener, _ = server
     before = timed_out(listener, "header")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.monotonic()
@@ -158,8 +171,8 @@ async def test_slow_headers_get_a_408(server: tuple[int, str]) -> None:
     writer.close()
 
 
-async def test_a_slow_body_gets_a_408(server: tuple[int, str]) -> None:
-    port, listener = server
+async def test_a_slow_body_gets_a_408(server: Server) -> None:
+    port, listener, _ = server
     before = timed_out(listener, "body")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 1000\r\n\r\n")
@@ -181,8 +194,8 @@ async def test_a_slow_body_gets_a_408(server: tuple[int, str]) -> None:
     writer.close()
 
 
-async def test_a_slow_chunked_body_gets_a_408(server: tuple[int, str]) -> None:
-    port, _ = server
+async def test_a_slow_chunked_body_gets_a_408(server: Server) -> None:
+    port, _, _ = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /x HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n")
 
@@ -198,8 +211,8 @@ async def test_a_slow_chunked_body_gets_a_408(server: tuple[int, str]) -> None:
     writer.close()
 
 
-async def test_a_large_body_at_a_modest_rate_within_the_limits_succeeds(server: tuple[int, str]) -> None:
-    port, _ = server
+async def test_a_large_body_at_a_modest_rate_within_the_limits_succeeds(server: Server) -> None:
+    port, _, _ = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     # 3000 bytes may take 0.6 + 1.5 s; they take about 1 s (longer than any single timeout)
     writer.write(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 3000\r\n\r\n")
@@ -212,8 +225,8 @@ async def test_a_large_body_at_a_modest_rate_within_the_limits_succeeds(server: 
     writer.close()
 
 
-async def test_a_kept_alive_connection_serves_again_then_closes_when_idle(server: tuple[int, str]) -> None:
-    port, listener = server
+async def test_a_kept_alive_connection_serves_again_then_closes_when_idle(server: Server) -> None:
+    port, listener, _ = server
     before = timed_out(listener, "keep_alive")
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for body in (b"one", b"three"):
@@ -227,8 +240,8 @@ async def test_a_kept_alive_connection_serves_again_then_closes_when_idle(server
     writer.close()
 
 
-async def test_connections_beyond_the_cap_get_a_503(server: tuple[int, str]) -> None:
-    port, listener = server
+async def test_connections_beyond_the_cap_get_a_503(server: Server) -> None:
+    port, listener, _ = server
     refused = CONNECTIONS_REFUSED.labels(listener=listener)
     before = refused._value.get()
     held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(LIMITS.max_connections)]
@@ -248,4 +261,22 @@ async def test_connections_beyond_the_cap_get_a_503(server: tuple[int, str]) -> 
     writer.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
     assert head.startswith(b"HTTP/1.1 200 ")
+    writer.close()
+
+
+async def test_a_client_that_does_not_read_its_answer_is_reset(server: Server) -> None:
+    port, _, guard = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.transport.pause_reading()  # type: ignore[attr-defined]
+    writer.write(b"GET /big HTTP/1.1\r\nhost: a\r\n\r\n")
+    started = time.monotonic()
+    await asyncio.sleep(0.3)
+    assert len(guard.open) == 1
+    # closed when idle after the answer, which cannot be flushed; reset after the linger time
+    for _ in range(int((LIMITS.keep_alive_timeout + LINGER_SECONDS + SLACK) / 0.05)):
+        if not guard.open:
+            break
+        await asyncio.sleep(0.05)
+    assert not guard.open
+    assert time.monotonic() - started >= LIMITS.keep_alive_timeout
     writer.close()

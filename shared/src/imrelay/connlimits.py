@@ -17,6 +17,7 @@ body       headers complete + ``body_timeout`` + size /           408 unless the
            ``body_min_rate`` (size: declared or received bytes)   (reason ``body``)
 busy       none: the application is answering                     -
 idle       end of response + ``keep_alive_timeout``               closed (reason ``keep_alive``)
+closing    closed + ``LINGER_SECONDS``                            reset (its answer could not be sent)
 =========  =====================================================  =========================================
 
 Deadlines are checked by one timer per listener every ``tick`` seconds (nothing is armed per request), so a
@@ -54,10 +55,11 @@ REASONS = ("idle", "header", "body", "keep_alive")
 FD_RESERVE = 256
 
 # After a 408 the write side is shut and what the client still sends is read and dropped for this long
-# before the close, so its pending bytes do not turn the close into a reset that loses the 408.
+# before the close, so its pending bytes do not turn the close into a reset that loses the 408. A closed
+# connection whose answer cannot be flushed (a client that does not read) is reset after this long too.
 LINGER_SECONDS = 2.0
 
-_FRESH, _HEADERS, _BODY, _BUSY, _IDLE, _REFUSED, _LINGER = range(7)
+_FRESH, _HEADERS, _BODY, _BUSY, _IDLE, _LINGER, _CLOSING, _REFUSED = range(8)
 _NEVER = math.inf
 
 _RESPONSE_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -236,7 +238,7 @@ class _Guarded(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
-        if phase == _LINGER:
+        if phase >= _LINGER:
             return
         if phase == _FRESH or phase == _IDLE:
             self._phase = _HEADERS
@@ -248,7 +250,7 @@ class _Guarded(asyncio.Protocol):
 
     def _keep_alive_expired(self) -> None:  # uvicorn's own keep-alive timer fired
         if not self.transport.is_closing():
-            self._deadline = _NEVER
+            self._closing(self.loop.time())
             self.guard.timed_out(self, "keep_alive")
 
     # -- phase changes --
@@ -275,8 +277,12 @@ class _Guarded(asyncio.Protocol):
 
     def _expire(self, now: float) -> None:
         phase = self._phase
-        if self.transport.is_closing():
+        if phase == _CLOSING:  # closed, but the answer could not be flushed: the client does not read
             self._deadline = _NEVER
+            self.transport.abort()
+            return
+        if self.transport.is_closing():  # closed by uvicorn or the application
+            self._closing(now)
             return
         if phase == _BODY:
             deadline = body_deadline(self._since, declared_length(self.headers), self._received,
@@ -302,6 +308,11 @@ class _Guarded(asyncio.Protocol):
         elif phase != _LINGER:  # pragma: no cover - busy connections have no deadline
             return
         self.transport.close()
+        self._closing(now)
+
+    def _closing(self, now: float) -> None:
+        self._phase = _CLOSING
+        self._deadline = now + LINGER_SECONDS
 
     def _answer_408(self, now: float) -> None:
         self.transport.write(_RESPONSE_408)
