@@ -190,7 +190,7 @@ class ConnectionGuard:
         if reason in ("header", "body"):
             peer = f"{conn.client[0]}:{conn.client[1]}" if conn.client else "unknown peer"
             log.info("%s port: closed the connection from %s: request %s not received within its "
-                     "deadline (408)", self.listener, peer, "headers" if reason == "header" else "body")
+                     "deadline", self.listener, peer, "headers" if reason == "header" else "body")
 
     # -- internals --
 
