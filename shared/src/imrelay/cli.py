@@ -2,9 +2,14 @@
 
     imrelay dev            run everything on this machine: embedded nats-server, ingress, llm-worker,
                            sender and the platform simulator (Ctrl-C stops it all)
-    imrelay check-config   validate the config file and print a summary (secrets masked)
+    imrelay check-config   validate the config file and print a summary (secrets masked); --online also
+                           reaches NATS, fetches each bot's access token and calls each backend once
+    imrelay status         streams, consumer lag, each bot's token expiry and connector lease, dead letters
     imrelay dlq list       list dead letters (imrelay.dlq.*) with the reason and the platform's code
+    imrelay dlq show N     every header and the body of dead letter N
     imrelay dlq redrive N  send dead letter N back to where it failed (--all for every one)
+    imrelay config schema     the JSON Schema of the config file (for editors)
+    imrelay config reference  every config key with its default and meaning (Markdown)
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 
-from .config import load_settings, parse_settings
+from . import __version__
+from .config import Settings, load_settings, parse_settings
 from .devconfig import DEV_CONFIG
 from .errors import ConfigError
 from .natsserver import EmbeddedNats
@@ -38,15 +45,110 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for bot in settings.bots:
         print(f"bot {bot.id}: {bot.platform.value} -> backend {bot.backend}, "
               f"callback path /callback/{bot.id}")
-    print("ok")
-    return 0
+    if not args.online:
+        print("ok")
+        return 0
+    import asyncio
+
+    from .ops import run_checks
+
+    print("\nonline checks:")
+    results = asyncio.run(run_checks(online_checks(settings)))
+    for r in results:
+        print(r.line(), flush=True)
+    failed = sum(not r.ok for r in results)
+    print(f"{failed} check(s) failed" if failed else "ok: ready to go live")
+    return 1 if failed else 0
+
+
+def online_checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
+    """NATS reachable with JetStream; each bot's access token fetched through the sender's own token code
+    (proving the secret and, for WeCom, that this host's IP is trusted); each backend answering once."""
+    from typing import Any, cast
+
+    from .jetstream import connect, streams_present
+    from .ops import explain_exception
+
+    async def check_nats() -> str:
+        nc = await connect(settings.nats, "imrelay-cli", max_reconnect_attempts=1)
+        try:
+            js = nc.jetstream()
+            await js.account_info()
+            where = nc.connected_url.netloc if nc.connected_url else "?"
+            present = await streams_present(js)
+            return f"connected to {where}, JetStream enabled, streams " + (
+                "present" if present else "not created yet (the services create them at start)")
+        finally:
+            await nc.close()
+
+    checks: list[tuple[str, Callable[[], Awaitable[str]]]] = [("nats", check_nats)]
+    client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
+    try:
+        from imrelay_sender.platforms import delivery_for
+    except ImportError:
+        async def no_sender() -> str:
+            raise RuntimeError("imrelay-sender is not installed here: tokens cannot be checked")
+
+        checks.append(("tokens", no_sender))
+    else:
+        for bot in settings.bots:
+            delivery = delivery_for(bot, settings, client, cast(Any, None), settings.sender, cast(Any, None),
+                                    cast(Any, None))
+            fetch = getattr(delivery, "_fetch_token", None)
+
+            async def check_token(fetch: Any = fetch, platform: str = bot.platform.value,
+                                  api: str = settings.auth_base(bot)) -> str:
+                if fetch is None:
+                    return "no access token needed (webhook or reply token)"
+                try:
+                    _, expires_in = await fetch()
+                except Exception as exc:
+                    if getattr(exc, "code", None) == "token":  # the endpoint could not be reached
+                        raise RuntimeError(f"cannot reach {api}: {getattr(exc, 'message', exc)}") from exc
+                    raise RuntimeError(explain_exception(platform, exc)) from exc
+                return f"access token fetched (valid {int(expires_in)}s): credentials and this host accepted"
+
+            checks.append((f"bot {bot.id} ({bot.platform.value}) token", check_token))
+    try:
+        from imrelay_worker.backends import ChatMessage, ChatRequest, Replace, build_backend
+    except ImportError:
+        async def no_worker() -> str:
+            raise RuntimeError("imrelay-worker is not installed here: backends cannot be checked")
+
+        checks.append(("backends", no_worker))
+    else:
+        for name, cfg in settings.backends.items():
+            async def check_backend(name: str = name, cfg: Any = cfg) -> str:
+                backend = build_backend(name, cfg, client)
+                request = ChatRequest(messages=[ChatMessage("user", "Reply with the word: ok")],
+                                      user="imrelay-check-config", conversation="imrelay-check-config")
+                started = time.monotonic()
+                first: float | None = None
+                chars = 0
+                async for piece in backend.stream(request):
+                    if first is None:
+                        first = time.monotonic() - started
+                    chars += len(piece.text if isinstance(piece, Replace) else piece)
+                if not chars:
+                    raise RuntimeError("the backend answered with no text")
+                return (f"{cfg.kind.value} answered ({chars} characters, first words after "
+                        f"{first or 0:.2f}s, whole answer {time.monotonic() - started:.2f}s)")
+
+            checks.append((f"backend {name}", check_backend))
+
+    async def close_client() -> str:
+        await client.aclose()
+        return "done"
+
+    return [*checks, ("http client closed", close_client)]
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .dlq import format_table, list_dead_letters, redrive
+    from .dlq import format_table, get_dead_letter, list_dead_letters, redrive
     from .jetstream import connect
+    from .ops import format_dead_letter
 
     try:
         cfg = (parse_settings({"nats": {"url": args.nats_url}}, os.environ) if args.nats_url
@@ -63,6 +165,16 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             return 2
         try:
             js = nc.jetstream()
+            if args.action == "show":
+                if len(args.seq) != 1:
+                    print("name one dead letter to show: imrelay dlq show SEQ", file=sys.stderr)
+                    return 2
+                letter = await get_dead_letter(js, args.seq[0])
+                if letter is None:
+                    print(f"no dead letter {args.seq[0]}", file=sys.stderr)
+                    return 1
+                print(format_dead_letter(letter))
+                return 0
             if args.action == "list":
                 letters = await list_dead_letters(js, args.stage, args.limit)
                 print(format_table(letters) if letters else "no dead letters")
@@ -86,6 +198,61 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             await nc.close()
 
     return asyncio.run(run())
+
+
+def _servers(args: argparse.Namespace) -> tuple[Settings | None, int]:
+    try:
+        if args.nats_url:
+            base = load_settings(args.config) if args.config else parse_settings({}, {})
+            return base.model_copy(update={"nats": parse_settings({"nats": {"url": args.nats_url}},
+                                                                  os.environ).nats}), 0
+        return load_settings(args.config), 0
+    except ConfigError as exc:
+        print(f"configuration error: {exc} (or pass --nats-url)", file=sys.stderr)
+        return None, 2
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .jetstream import connect
+    from .ops import collect_status, format_status
+
+    settings, code = _servers(args)
+    if settings is None:
+        return code
+
+    async def run() -> int:
+        try:
+            nc = await connect(settings.nats, "imrelay-cli", max_reconnect_attempts=1)
+        except ConfigError as exc:  # credentials or TLS refused
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            print(f"cannot reach NATS at {', '.join(settings.nats.servers)}: {type(exc).__name__} "
+                  "(see docs/troubleshooting.md#nats-unreachable)", file=sys.stderr)
+            return 1
+        try:
+            status = await collect_status(nc.jetstream(), settings)
+        finally:
+            await nc.close()
+        print(json.dumps(status, indent=2) if args.output == "json" else format_status(status))
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import json
+
+    from .configdoc import config_reference, config_schema
+
+    if args.action == "schema":
+        print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+    else:
+        print(config_reference(), end="")
+    return 0
 
 
 SERVICES = [
@@ -198,6 +365,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="imrelay", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"imrelay {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dev", help="run the whole stack on this machine")
     d.add_argument("--config", help="config file (default: a generated demo config)")
@@ -208,9 +376,17 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--nats-port", type=int, default=4222)
     c = sub.add_parser("check-config", help="validate the config file")
     c.add_argument("--config", help="default: $IMRELAY_CONFIG or ./imrelay.yaml")
-    q = sub.add_parser("dlq", help="list or re-drive dead letters")
-    q.add_argument("action", choices=["list", "redrive"])
-    q.add_argument("seq", nargs="*", type=int, help="dead-letter sequence numbers (redrive)")
+    c.add_argument("--online", action="store_true",
+                   help="also reach NATS, fetch each bot's access token, and call each backend once")
+    st = sub.add_parser("status", help="streams, consumer lag, tokens, connector leases, dead letters")
+    st.add_argument("--config", help="default: $IMRELAY_CONFIG or ./imrelay.yaml")
+    st.add_argument("--nats-url", help="NATS server URL, or several comma-separated (overrides the config)")
+    st.add_argument("--output", choices=["text", "json"], default="text")
+    g = sub.add_parser("config", help="the config file's JSON Schema, or its reference in Markdown")
+    g.add_argument("action", choices=["schema", "reference"])
+    q = sub.add_parser("dlq", help="list, show or re-drive dead letters")
+    q.add_argument("action", choices=["list", "show", "redrive"])
+    q.add_argument("seq", nargs="*", type=int, help="dead-letter sequence numbers (show, redrive)")
     q.add_argument("--all", action="store_true", help="redrive every dead letter (of --stage)")
     q.add_argument("--stage", choices=["worker", "sender"], help="only this stage's dead letters")
     q.add_argument("--limit", type=int, default=100, help="list at most this many, newest")
@@ -228,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
         forget.add_parser(sub)
         handlers["forget"] = forget.run
     args = p.parse_args(argv)
+    handlers.update(status=cmd_status, config=cmd_config)
     handler = handlers[args.cmd]
     raise SystemExit(handler(args))
 

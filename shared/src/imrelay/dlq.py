@@ -79,6 +79,14 @@ async def list_dead_letters(js: JetStreamContext, stage: str | None = None,
     return list(reversed(out))
 
 
+async def get_dead_letter(js: JetStreamContext, seq: int) -> DeadLetter | None:
+    try:
+        raw = await js.get_msg(s.STREAM_DLQ, seq)
+    except NotFoundError:
+        return None
+    return DeadLetter.from_raw(seq, raw.time, raw.headers, raw.data or b"")
+
+
 async def redrive(js: JetStreamContext, seq: int) -> str:
     """Publish dead letter ``seq`` to its original subject again and remove it from the DLQ; returns the
     subject. The message gets a new ``Nats-Msg-Id`` so the stream's duplicate window lets it through."""

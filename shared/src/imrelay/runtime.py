@@ -3,10 +3,14 @@ signal handling to the service that embeds it."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import logging
+import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +22,47 @@ if TYPE_CHECKING:
 
     from .config import AdminConfig
 
-__all__ = ["EmbeddedServer", "run_until_stopped", "service_main", "stop_event"]
+__all__ = ["EmbeddedServer", "run_until_stopped", "service_main", "service_parser", "stop_event"]
+
+log = logging.getLogger("imrelay.runtime")
+
+SERVICES = {
+    "ingress": "The public callback server: verifies and decrypts platform callbacks, stores them in NATS "
+               "JetStream and answers the platform once they are stored.",
+    "worker": "The llm-worker: consumes stored messages, calls each bot's model and streams the answer "
+              "back into JetStream.",
+    "sender": "Delivery to the platforms: access tokens, rate limits, splitting, retries, dead letters.",
+    "connector": "Holds the long connections (WeCom AI bot mode: long_connection), one owner per bot, and "
+                 "stores what arrives on them in JetStream.",
+}
+
+ENVIRONMENT_HELP = """\
+environment:
+  IMRELAY_CONFIG              config file (default ./imrelay.yaml; --config overrides it)
+  IMRELAY_NATS_URL            overrides nats.url (one URL or several, comma-separated)
+  IMRELAY_PORT                overrides ingress.port (the ingress's public port)
+  IMRELAY_ADMIN_PORT          overrides admin.port (/metrics, /healthz, /readyz)
+  IMRELAY_LOG_LEVEL           DEBUG, INFO (default), WARNING or ERROR
+  IMRELAY_LOG_FORMAT          text (default) or json (one object a line, with trace_id and span_id)
+  OTEL_EXPORTER_OTLP_ENDPOINT send traces over OTLP/HTTP (the standard OTEL_* variables apply)
+
+Configuration reference: docs/configuration.md; problems: docs/troubleshooting.md."""
+
+
+def version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def service_parser(service: str) -> argparse.ArgumentParser:
+    """The command line every service shares: ``--help``, ``--version`` and ``--config``."""
+    p = argparse.ArgumentParser(prog=f"imrelay-{service}", description=SERVICES.get(service),
+                                epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"imrelay-{service} {version()}")
+    p.add_argument("--config", metavar="PATH", help="the config file (default: $IMRELAY_CONFIG or "
+                                                    "./imrelay.yaml)")
+    return p
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -29,25 +73,47 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
+_stop_requested: float | None = None  # monotonic time of the first SIGINT/SIGTERM
+
+
 def stop_event() -> asyncio.Event:
-    """An event set on SIGINT or SIGTERM (call from inside the running loop)."""
+    """An event set on SIGINT or SIGTERM (call from inside the running loop). The signal is logged: the
+    service then drains its in-flight work, and :func:`service_main` logs how long that took."""
     event = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        global _stop_requested
+        if _stop_requested is None:
+            _stop_requested = time.monotonic()
+            log.info("%s received: draining in-flight work, then stopping", sig.name)
+        event.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, event.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     return event
 
 
-def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """The ``main()`` of every imrelay service: logging, tracing, then ``run``; a bad configuration exits 2
-    with the message (the path of the bad key), never a traceback."""
+def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
+                 argv: list[str] | None = None) -> None:
+    """The ``main()`` of every imrelay service: the command line (``--help``, ``--version``,
+    ``--config``), logging, tracing, a start line, then ``run``; a bad configuration exits 2 with the
+    message (the path of the bad key), never a traceback."""
+    from .config import DEFAULT_CONFIG_PATH, load_settings
     from .errors import ConfigError
     from .telemetry import setup_logging, setup_tracing
 
+    args = service_parser(service).parse_args(sys.argv[1:] if argv is None else argv)
+    if args.config:
+        os.environ["IMRELAY_CONFIG"] = args.config
     setup_logging(service)
     setup_tracing(f"imrelay-{service}")
     try:
+        config = os.environ.get("IMRELAY_CONFIG") or DEFAULT_CONFIG_PATH
+        settings = load_settings(config)
+        log.info("imrelay-%s %s starting: config %s, NATS %s", service, version(),
+                 os.path.abspath(config), ", ".join(_redact_url(u) for u in settings.nats.servers))
         asyncio.run(run())
     except (ConfigError, ValueError) as exc:
         from .redact import redact
@@ -55,6 +121,19 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]]) -> 
         kind = "configuration error: " if isinstance(exc, ConfigError) else ""
         print(f"imrelay-{service}: {kind}{redact(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
+    if _stop_requested is not None:
+        log.info("imrelay-%s stopped: drained in-flight work in %.2fs", service,
+                 time.monotonic() - _stop_requested)
+
+
+def _redact_url(url: str) -> str:
+    """``nats://user:password@host`` without the password (a token in place of the user, likewise)."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = creds.split(":", 1)[0] if ":" in creds else "***"
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
 
 
 async def watch_consumers(js: JetStreamContext, stream: str, consumers: list[str],

@@ -18,6 +18,7 @@ import time
 
 import httpx
 
+from imrelay import __version__
 from imrelay.config import (
     BotConfig,
     DingTalkBot,
@@ -250,6 +251,7 @@ def cmd_messages(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="imrelay-sim", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"imrelay-sim {__version__}")
     p.add_argument("--config", help="imrelay config file (default: $IMRELAY_CONFIG or ./imrelay.yaml)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="play the platform APIs")

@@ -12,6 +12,8 @@
   every token, or injects faults: ``fail_next`` (errcodes / HTTP statuses /
   "timeout" for the next send calls), ``fault_rate`` + ``fault_kinds`` (a random share of send calls),
   ``send_delay`` (slow answers), ``invalid_users`` (81013). A fault is answered before anything is recorded.
+  ``trusted_ips`` (a list, or null for none) makes ``gettoken`` and ``message/send`` answer 60020 to any
+  other caller IP, as WeCom does for an app whose trusted IPs (企业可信IP) do not include the caller.
 * ``message/send`` honours ``enable_duplicate_check`` as WeCom does (an identical request within the
   interval is dropped with errcode 0); ``/sim/stats`` counts those as ``duplicates_suppressed``.
 """
@@ -68,6 +70,7 @@ class SimState:
     timeout_delay: float = 5.0  # a "timeout" fault answers this late, having done nothing
     send_delay: float = 0.0  # every send call answers this late
     invalid_users: set[str] = field(default_factory=set)  # message/send answers 81013 for these
+    trusted_ips: set[str] | None = None  # None: every caller IP is trusted
     seen: dict[str, float] = field(default_factory=dict)  # WeCom duplicate check: request -> time
     rng: random.Random = field(default_factory=lambda: random.Random(1))  # noqa: S311
     settings: Settings | None = None
@@ -123,7 +126,16 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         finally:
             state.gettoken_in_flight -= 1
 
+    def untrusted(request: Request) -> Response | None:
+        ip = request.client.host if request.client else ""
+        if state.trusted_ips is None or ip in state.trusted_ips:
+            return None
+        return err(60020, f"not allow to access from your ip, hint: [sim], from ip: {ip}, more info at "
+                          "https://open.work.weixin.qq.com/devtool/query?e=60020")
+
     def issue_token(request: Request) -> Response:
+        if (refused := untrusted(request)) is not None:
+            return refused
         corp = request.query_params.get("corpid", "")
         secret = request.query_params.get("corpsecret", "")
         if corp not in state.secrets_by_corp:
@@ -174,6 +186,8 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         token = request.query_params.get("access_token", "")
         info = state.tokens.get(token)
         now = clock()
+        if (refused := untrusted(request)) is not None:
+            return refused
         if info is None:
             return err(40014, "invalid access_token")
         corp, agent, expires = info
@@ -289,6 +303,9 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             state.fault_kinds = [str(k) for k in body["fault_kinds"]]
         if "invalid_users" in body:
             state.invalid_users = {str(u) for u in body["invalid_users"]}
+        if "trusted_ips" in body:
+            ips = body["trusted_ips"]
+            state.trusted_ips = None if ips is None else {str(ip) for ip in ips}
         if "seed" in body:
             state.rng.seed(int(body["seed"]))
         if body.get("expire_tokens"):

@@ -1,0 +1,303 @@
+"""The configuration's JSON Schema and its Markdown reference, both generated from the models in
+:mod:`imrelay.config` (``imrelay config schema``, ``imrelay config reference > docs/configuration.md``).
+
+A key's meaning is its ``Field(description=...)``, else its entry in :data:`MEANINGS` below, else the
+comment written beside or above it in ``config.py``. Every key has one (a test checks it, and that
+docs/configuration.md is what this module generates).
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import re
+import tokenize
+import types
+from enum import Enum
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, SecretStr
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from . import config as c
+
+__all__ = ["MEANINGS", "config_reference", "config_schema", "iter_keys"]
+
+# Meanings of keys that carry no comment in config.py, by "Model.field".
+MEANINGS: dict[str, str] = {
+    "NatsConfig.connect_timeout_seconds": "Seconds to wait for a NATS server to accept a connection.",
+    "NatsConfig.publish_timeout_seconds": "Seconds to wait for JetStream to confirm a publish (PubAck) or "
+                                          "answer an API request.",
+    "NatsConfig.dedupe_window_seconds": "A platform's retry of a message already stored within this many "
+                                        "seconds is recognised by its message id and stored once.",
+    "IngressConfig.host": "Address the public callback port listens on.",
+    "IngressConfig.port": "The public callback port (`/callback/<bot id>`); `IMRELAY_PORT` overrides it.",
+    "IngressConfig.max_body_bytes": "Callbacks with a larger body are answered 413.",
+    "AdminConfig.host": "Address the admin port (`/metrics`, `/healthz`, `/readyz`) listens on.",
+    "AdminConfig.port": "The admin port; `IMRELAY_ADMIN_PORT` overrides it (one per service on a host).",
+    "WorkerConfig.concurrency": "Answers one llm-worker replica produces at the same time.",
+    "WorkerConfig.ack_wait_seconds": "A message not acknowledged (nor marked in progress) this long is "
+                                     "redelivered to another worker.",
+    "WorkerConfig.max_deliver": "Deliveries of one inbound message before it goes to the dead letters.",
+    "WorkerConfig.answer_timeout_seconds": "An answer still streaming after this long is cut short (the "
+                                           "user gets what came, with a notice).",
+    "RateLimitConfig.limit": "Messages allowed per window.",
+    "RateLimitConfig.window_seconds": "The window's length in seconds.",
+    "SenderConfig.ack_wait_seconds": "A reply not acknowledged (nor marked in progress) this long is "
+                                     "redelivered to another sender.",
+    "SenderConfig.max_deliver": "Deliveries of one reply chunk before it goes to the dead letters.",
+    "SenderConfig.max_attempts": "Platform calls per delivery before it is given back for redelivery.",
+    "SenderConfig.backoff_base_seconds": "First pause between retries of a failed platform call "
+                                         "(doubled each time, with jitter).",
+    "SenderConfig.backoff_max_seconds": "Longest pause between retries of a failed platform call.",
+    "SenderConfig.http_timeout_seconds": "Timeout of one platform API call.",
+    "SenderConfig.token_refresh_skew_seconds": "Access tokens are renewed this long before they expire, "
+                                               "where the platform hands out a new one early.",
+    "MemoryConfig.enabled": "Remember conversations (recent turns) between messages.",
+    "MemoryConfig.max_turns": "Turns of a conversation sent to the model with a new message.",
+    "MemoryConfig.max_chars": "Characters of remembered conversation sent to the model at most.",
+    "ConnectorConfig.heartbeat_seconds": "Seconds between heartbeats on a long connection.",
+    "ConnectorConfig.reconnect_max_seconds": "Longest pause between reconnection attempts (backoff).",
+    "ConnectorConfig.ack_timeout_seconds": "Seconds to wait for the platform to acknowledge a frame.",
+    "BackendConfig.kind": "The backend's API: `echo` (answers with the message, for trying things "
+                          "out), `openai` (any OpenAI-compatible chat completions API), `dify` or `fastgpt`.",
+    "BackendConfig.base_url": "The API's base URL (e.g. `https://api.openai.com/v1`); required except "
+                              "for `echo`.",
+    "BackendConfig.api_key": "The API key (write it as `${VAR}` and put the value in the environment).",
+    "BackendConfig.model": "The model name (required for `openai`).",
+    "BackendConfig.system_prompt": "A system prompt sent before the conversation.",
+    "BackendConfig.temperature": "Sampling temperature (the backend's default when unset).",
+    "BackendConfig.timeout_seconds": "Timeout of the whole backend request.",
+    "BackendConfig.idle_timeout_seconds": "An answer stream silent this long is treated as failed.",
+    "BackendConfig.error_message": "What the user is told when the backend fails.",
+    "_BotBase.id": "The bot's id: lowercase letters, digits and `-`; its callback URL is "
+                   "`/callback/<id>`.",
+    "_BotBase.backend": "The name of the backend (under `backends`) that answers this bot.",
+    "_BotBase.api_base": "The platform API's base URL, if not the platform's public one (private "
+                         "deployments, the simulator).",
+    "_BotBase.mode": "`callback` (the platform posts to the ingress) or `long_connection` (the connector "
+                     "dials the platform; WeCom AI bot).",
+    "_BotBase.system_prompt": "Overrides the backend's system prompt for this bot.",
+    "_BotBase.temperature": "Overrides the backend's temperature for this bot.",
+    "WeComAppCredentials.corp_id": "The CorpID (我的企业 → 企业信息).",
+    "WeComAppCredentials.agent_id": "The app's AgentId.",
+    "WeComAppCredentials.secret": "The app's Secret (fetches access tokens).",
+    "WeComAppCredentials.token": "The callback Token (接收消息 → API 接收).",
+    "WeComAppCredentials.encoding_aes_key": "The callback EncodingAESKey (43 characters).",
+    "WeComBotCredentials.token": "The callback Token.",
+    "WeComBotCredentials.encoding_aes_key": "The callback EncodingAESKey (43 characters).",
+    "WeComBotCredentials.bot_id": "The AI bot's BotID (long_connection mode).",
+    "WeComBotCredentials.secret": "The AI bot's Secret (long_connection mode).",
+    "FeishuCredentials.app_id": "The app's App ID.",
+    "FeishuCredentials.app_secret": "The app's App Secret (fetches tenant access tokens).",
+    "FeishuCredentials.encrypt_key": "The event subscription's Encrypt Key (events are signed and "
+                                     "encrypted only when it is set).",
+    "FeishuCredentials.verification_token": "The event subscription's Verification Token.",
+    "DingTalkCredentials.app_key": "The app's AppKey (Client ID).",
+    "DingTalkCredentials.app_secret": "The app's AppSecret (Client Secret): checks callback signatures "
+                                      "and fetches access tokens.",
+    "QQCredentials.app_id": "The bot's AppID.",
+    "QQCredentials.app_secret": "The bot's AppSecret: checks callback signatures and fetches access tokens.",
+    "DiscordCredentials.application_id": "The application's ID.",
+    "DiscordCredentials.bot_token": "The bot's token.",
+    "_BotBase.thinking_after_seconds": "Seconds without answer text before `thinking_message` is shown.",
+    "_BotBase.answer_timeout_seconds": "Overrides `worker.answer_timeout_seconds` for this bot.",
+    "SenderConfig.rate_limits": "Platform rate limits by scope (see the section's introduction); an entry "
+                                "replaces the default of the same scope.",
+    "Settings.bots": "The bots, one per platform app or robot (see `bots` below).",
+    "*.platform": "The bot's platform; it decides which `credentials` and other keys apply.",
+}
+
+
+def config_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (point an editor's YAML language server at it)."""
+    schema = c.Settings.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "imrelay configuration", **{k: v for k, v in schema.items() if k != "title"}}
+
+
+def _comments(model: type[BaseModel]) -> dict[str, str]:
+    """Field name -> the comment above its line or at its end, in the model's source."""
+    out: dict[str, str] = {}
+    try:
+        source = inspect.getsource(model)
+    except (OSError, TypeError):
+        return out
+    above: list[str] = []
+    trailing: dict[int, str] = {}
+    line_comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            text = re.sub(r"^noqa: *[A-Z0-9, ]+(- *)?", "", text).strip()
+            if tok.line.strip().startswith("#"):
+                line_comments[tok.start[0]] = text
+            else:
+                trailing[tok.start[0]] = text
+    for i, line in enumerate(source.splitlines(), start=1):
+        m = re.match(r"^    ([a-z_][a-z0-9_]*)\s*:", line)
+        if i in line_comments:
+            above.append(line_comments[i])
+            continue
+        if m:
+            parts = [" ".join(above)] if above else []
+            if trailing.get(i):
+                parts.append(trailing[i])
+            if parts:
+                out[m.group(1)] = " ".join(p[:1].upper() + p[1:] for p in parts)
+        above = []
+    return out
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a.value if isinstance(a, Enum) else a}`" for a in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return " \\| ".join(_type_name(a) for a in args)
+    if origin is not None and getattr(annotation, "__metadata__", None) is not None:
+        return _type_name(get_args(annotation)[0])
+    if origin is list:
+        return f"list of {_type_name(get_args(annotation)[0])}"
+    if origin is dict:
+        return f"map of {_type_name(get_args(annotation)[1])}"
+    if annotation is SecretStr:
+        return "secret"
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return " \\| ".join(f"`{m.value}`" for m in annotation)
+    if isinstance(annotation, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
+            annotation.__name__, annotation.__name__)
+    return str(annotation)
+
+
+def _default(field: FieldInfo) -> str:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "**required**"
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "unset"
+    if isinstance(value, SecretStr):
+        return "`\"\"`" if not value.get_secret_value() else "(secret)"
+    if isinstance(value, Enum):
+        return f"`{value.value}`"
+    if isinstance(value, BaseModel):
+        return "see below"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, dict | list) and not value:
+        return "empty"
+    if isinstance(value, str):
+        return f"`{value}`" if value else "`\"\"`"
+    return f"`{value}`"
+
+
+def _meaning(model: type[BaseModel], name: str, field: FieldInfo) -> str:
+    for cls in model.__mro__:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or name not in cls.__annotations__:
+            continue
+        if field.description:
+            return field.description
+        if f"{cls.__name__}.{name}" in MEANINGS:
+            return MEANINGS[f"{cls.__name__}.{name}"]
+        comment = _comments(cls).get(name)
+        if comment:
+            return comment
+    return MEANINGS.get(f"*.{name}", "")
+
+
+def _constraints(field: FieldInfo) -> str:
+    bits = []
+    for m in field.metadata:
+        for attr, sign in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
+            if getattr(m, attr, None) is not None:
+                bits.append(f"{sign} {getattr(m, attr)}")
+    return f" ({', '.join(bits)})" if bits else ""
+
+
+def _nested(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (dict, list):
+        return _nested(get_args(annotation)[-1])
+    return None
+
+
+def iter_keys(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, meaning) of every key of ``model`` under ``prefix``, nested models expanded."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        nested = _nested(field.annotation)
+        if nested is not None and name != "rate_limits":
+            sub = f"{key}.<name>" if get_origin(field.annotation) is dict else key
+            rows += iter_keys(nested, sub)
+            continue
+        rows.append((key, _type_name(field.annotation) + _constraints(field), _default(field),
+                     _meaning(model, name, field)))
+    return rows
+
+
+_BOTS: list[tuple[str, type[BaseModel]]] = [
+    ("WeCom self-built app (`wecom_app`)", c.WeComAppBot),
+    ("WeCom group robot (`wecom_group_robot`)", c.WeComGroupRobotBot),
+    ("WeCom AI bot (`wecom_aibot`)", c.WeComAIBot),
+    ("Feishu / Lark (`feishu`, `lark`)", c.FeishuBot),
+    ("DingTalk (`dingtalk`)", c.DingTalkBot),
+    ("QQ (`qq`)", c.QQBot),
+    ("Discord (`discord`)", c.DiscordBot),
+]
+
+_SECTIONS: list[tuple[str, type[BaseModel], str]] = [
+    ("nats", c.NatsConfig, "The NATS JetStream connection and the streams' settings."),
+    ("ingress", c.IngressConfig, "The public callback server."),
+    ("admin", c.AdminConfig, "Every service's admin port."),
+    ("worker", c.WorkerConfig, "The llm-worker."),
+    ("sender", c.SenderConfig, "Delivery to the platforms. `rate_limits` maps a scope (`wecom_app.per_user`, "
+     "`wecom_group_robot.per_webhook`, `feishu.per_app`, `feishu.per_chat`, `dingtalk.per_robot`, "
+     "`qq.per_channel`) to `{limit, window_seconds}`, replacing that scope's default."),
+    ("memory", c.MemoryConfig, "Conversation memory (kept in NATS KV)."),
+    ("connector", c.ConnectorConfig, "Long connections (`imrelay-connector`)."),
+]
+
+
+def _table(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    pipe = "\\|"
+    out += [f"| `{k}` | {t} | {d} | {m.replace('|', pipe)} |" for k, t, d, m in rows]
+    return out
+
+
+def config_reference() -> str:
+    """docs/configuration.md: every key, its type, default and meaning."""
+    out = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by `imrelay config reference` from the configuration models; do not edit. -->",
+        "",
+        "One YAML file configures every service: `IMRELAY_CONFIG` names it (default `./imrelay.yaml`), or "
+        "`--config`. `${VAR}` and `${VAR:-default}` are replaced from the environment in every string "
+        "value; put secrets there. `IMRELAY_NATS_URL`, `IMRELAY_PORT` and `IMRELAY_ADMIN_PORT` override "
+        "`nats.url`, `ingress.port` and `admin.port`. An unknown key or a bad value stops the service "
+        "with the key's path. `imrelay config schema` prints the JSON Schema (for editors), "
+        "`imrelay check-config [--online]` checks a file.",
+        "",
+    ]
+    for name, model, intro in _SECTIONS:
+        out += [f"## `{name}`", "", intro, ""] + _table(iter_keys(model, name)) + [""]
+    out += ["## `backends`", "",
+            "Named LLM backends (`backends.<name>`); bots choose one by name. Default: one `echo` backend "
+            "named `default`.", ""]
+    out += _table(iter_keys(c.BackendConfig, "backends.<name>")) + [""]
+    out += ["## `bots`", "",
+            "A list of bots; each has a `platform` and that platform's `credentials`. Keys every bot has:",
+            ""]
+    out += _table(iter_keys(c._BotBase, "bots[]")) + [""]
+    common = set(c._BotBase.model_fields)
+    for title, model in _BOTS:
+        rows = [r for r in iter_keys(model, "bots[]") if r[0].split(".")[1] not in common
+                or r[0] == "bots[].platform"]
+        out += [f"### {title}", ""] + _table(rows) + [""]
+    return "\n".join(out)
