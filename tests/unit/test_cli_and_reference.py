@@ -14,8 +14,8 @@ from pydantic import BaseModel
 from imrelay import __version__
 from imrelay import config as c
 from imrelay.configdoc import config_reference, config_schema, iter_keys
+from imrelay.natslog import redact_url as _redact_url
 from imrelay.ops import explain_platform_error, format_status, lease_summary, token_key, token_summary
-from imrelay.runtime import _redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,14 +22,21 @@ __all__ = ["durable_consumer", "in_progress", "make_broker"]
 
 def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsBroker:
     """A broker with tracing (trace context in NATS headers) and Prometheus middlewares; on stop it waits
-    up to ``graceful_timeout`` for handlers in flight."""
+    up to ``graceful_timeout`` for handlers in flight. A NATS outage is logged at a falling rate; the
+    broker logs through the service's own handlers (so ``IMRELAY_LOG_FORMAT`` applies to its lines too)."""
     from .jetstream import security
+    from .natslog import OutageLog
 
+    outage = OutageLog(logging.getLogger(f"imrelay.{service}.broker"), cfg.servers)
     return NatsBroker(
         cfg.servers,
         security=security(cfg),
         graceful_timeout=graceful_timeout,
         max_reconnect_attempts=-1,
+        error_cb=outage.error_cb,
+        disconnected_cb=outage.disconnected_cb,
+        reconnected_cb=outage.reconnected_cb,
+        logger=logging.getLogger(f"imrelay.{service}.faststream"),
         log_level=logging.DEBUG,  # per-message lines only when debugging
         middlewares=[
             NatsTelemetryMiddleware(),

@@ -97,27 +97,26 @@ def is_refusal(exc: BaseException) -> bool:
 
 async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1) -> NATS:
     """Connect, then keep reconnecting (for ever by default: a service keeps running through a NATS
-    restart). A first connection refused for its credentials or TLS raises :class:`NatsRefusedError` at
-    once; one that finds no server raises the client's error (callers retry)."""
+    restart); an outage is logged with the servers' URLs at a falling rate
+    (:class:`~imrelay.natslog.OutageLog`). A first connection refused for its credentials or TLS raises
+    :class:`NatsRefusedError` at once; one that finds no server raises the client's error (callers
+    retry)."""
+    from .natslog import OutageLog
+
+    outage = OutageLog(log, cfg.servers)
     refused: list[BaseException] = []
 
     async def on_error(e: Exception) -> None:
         if is_refusal(e):
             refused.append(e)
-        log.warning("nats: %s", type(e).__name__)
-
-    async def on_disconnect() -> None:
-        log.info("nats: disconnected")
-
-    async def on_reconnect() -> None:
-        log.info("nats: reconnected")
+        await outage.error_cb(e)
 
     attempt = asyncio.ensure_future(nats.connect(
         cfg.servers, name=name, connect_timeout=cfg.connect_timeout_seconds,
         # two tries per server, then an error: nats-py's 0 would mean "for ever"
         max_reconnect_attempts=1, reconnect_time_wait=0.5,
-        allow_reconnect=True, error_cb=on_error, disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect, **connect_options(cfg),
+        allow_reconnect=True, error_cb=on_error, disconnected_cb=outage.disconnected_cb,
+        reconnected_cb=outage.reconnected_cb, **connect_options(cfg),
     ))
     try:
         # a refusal is final at once (the client itself may go on retrying a failed TLS handshake)
@@ -140,6 +139,7 @@ async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -
             raise NatsRefusedError(cfg.url, _reason(refused[-1] if refused else exc)) from None
         raise
     nc.options["max_reconnect_attempts"] = max_reconnect_attempts  # the first connection is made
+    outage.connected()
     return nc
 
 
@@ -152,7 +152,10 @@ def _reason(exc: BaseException) -> str:
 async def connect_until_ready(cfg: NatsConfig, name: str) -> tuple[NATS, JetStreamContext]:
     """Connect and declare the streams, retrying with backoff until NATS answers; credentials or TLS
     that the server refuses raise :class:`NatsRefusedError` (retrying would not help)."""
+    from .natslog import TROUBLESHOOTING, redact_url, should_log
+
     delay = 0.2
+    attempt = 0
     while True:
         try:
             nc = await connect(cfg, name)
@@ -162,8 +165,11 @@ async def connect_until_ready(cfg: NatsConfig, name: str) -> tuple[NATS, JetStre
         except NatsRefusedError:
             raise
         except Exception as exc:
-            log.warning("NATS at %s not reachable yet (%s); retrying in %.1f s", cfg.url,
-                        type(exc).__name__, delay)
+            attempt += 1
+            if should_log(attempt, every=12):
+                log.warning("NATS at %s not reachable yet: %s (attempt %d; retrying, up to every 5s; see %s)",
+                            ", ".join(redact_url(u) for u in cfg.servers), type(exc).__name__, attempt,
+                            TROUBLESHOOTING)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

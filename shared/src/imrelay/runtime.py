@@ -102,6 +102,7 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
     message (the path of the bad key), never a traceback."""
     from .config import DEFAULT_CONFIG_PATH, load_settings
     from .errors import ConfigError
+    from .natslog import redact_url
     from .telemetry import setup_logging, setup_tracing
 
     args = service_parser(service).parse_args(sys.argv[1:] if argv is None else argv)
@@ -113,7 +114,7 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
         config = os.environ.get("IMRELAY_CONFIG") or DEFAULT_CONFIG_PATH
         settings = load_settings(config)
         log.info("imrelay-%s %s starting: config %s, NATS %s", service, version(),
-                 os.path.abspath(config), ", ".join(_redact_url(u) for u in settings.nats.servers))
+                 os.path.abspath(config), ", ".join(redact_url(u) for u in settings.nats.servers))
         asyncio.run(run())
     except (ConfigError, ValueError) as exc:
         from .redact import redact
@@ -124,16 +125,6 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
     if _stop_requested is not None:
         log.info("imrelay-%s stopped: drained in-flight work in %.2fs", service,
                  time.monotonic() - _stop_requested)
-
-
-def _redact_url(url: str) -> str:
-    """``nats://user:password@host`` without the password (a token in place of the user, likewise)."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user = creds.split(":", 1)[0] if ":" in creds else "***"
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://{user}@{host}"
 
 
 async def watch_consumers(js: JetStreamContext, stream: str, consumers: list[str],

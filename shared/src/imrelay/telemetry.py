@@ -219,3 +219,34 @@ def setup_logging(service: str) -> None:
     install_log_redaction()
     # httpx logs full request URLs at INFO, and WeCom puts the access token in the query string.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if os.environ.get("IMRELAY_LOG_FORMAT", "text").strip().lower() == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter(service))
+
+
+class JsonFormatter(logging.Formatter):
+    """``IMRELAY_LOG_FORMAT=json``: one JSON object a line, with the current trace's ``trace_id`` and
+    ``span_id`` (hex, as OpenTelemetry backends show them) when a span is active."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import UTC, datetime
+
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "service": f"imrelay-{self.service}",
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            entry["trace_id"] = format(ctx.trace_id, "032x")
+            entry["span_id"] = format(ctx.span_id, "016x")
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
