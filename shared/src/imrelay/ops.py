@@ -202,11 +202,13 @@ _TOKEN_CODES: dict[tuple[str, str], str] = {
 
 def explain_platform_error(platform: str, code: str, message: str) -> str:
     """A token or API error in words an operator can act on, with the troubleshooting anchor."""
+    from .hints import platform_hint
+
     family = "wecom" if platform.startswith("wecom") else "feishu" if platform in ("feishu", "lark") \
         else platform
     hint = _TOKEN_CODES.get((family, code))
-    where = f" (see {TROUBLESHOOTING}#{family}-{code})" if hint else f" (see {TROUBLESHOOTING})"
-    return f"{platform} error {code}: {hint or message}{where}"
+    return f"{platform} error {code}: {hint or message}" + (platform_hint(platform, code)
+                                                           or f" (see {TROUBLESHOOTING})")
 
 
 def explain_exception(platform: str, exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from imrelay.aibot_streams import StreamStore
 from imrelay.config import FeishuBot, Settings
 from imrelay.errors import CallbackError, ReplayError, UnknownBotError, VerifyError
+from imrelay.hints import callback_hint
 from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
 
 from .platforms import Adapter, CallbackRequest, StreamingAdapter, adapter_for
@@ -102,7 +103,8 @@ def create_app(settings: Settings, publisher: Publisher, *,
             try:
                 result = adapter.handle(cb)
             except CallbackError as exc:
-                log.warning("callback rejected bot=%s reason=%s code=%s", bot_id, exc.reason, exc.code)
+                log.warning("callback rejected bot=%s reason=%s code=%s%s", bot_id, exc.reason, exc.code,
+                            callback_hint(_outcome_for(exc)))
                 span.set_attribute("imrelay.outcome", _outcome_for(exc))
                 return done(exc.status_code, _outcome_for(exc))
             except Exception as exc:

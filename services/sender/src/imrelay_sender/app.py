@@ -28,6 +28,7 @@ from imrelay.config import Settings
 from imrelay.dlq import dlq_headers
 from imrelay.errors import PermanentUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk
+from imrelay.hints import platform_hint
 from imrelay.jetstream import Buckets
 from imrelay.subjects import kv_key
 from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT
@@ -60,7 +61,7 @@ class Sender:
             stream=subjects.STREAM_DLQ,
         )
         DLQ.labels(platform=platform, bot=bot, stage="sender").inc()
-        log.error("dead-lettered reply %s (%s): %s", msg_id, code, reason)
+        log.error("dead-lettered reply %s (%s): %s%s", msg_id, code, reason, platform_hint(platform, code))
 
     async def handle(self, msg: NatsMessage) -> None:
         raw = msg.raw_message
@@ -116,8 +117,8 @@ class Sender:
                 delay = backoff_delay(delivered, self.settings.sender.backoff_base_seconds * 4,
                                       self.settings.sender.backoff_max_seconds,
                                       retry_after=retry_after)
-                log.warning("reply %s delivery %d failed (%s); redelivering in %.1fs",
-                            chunk.msg_id, delivered, code, delay)
+                log.warning("reply %s delivery %d failed (%s); redelivering in %.1fs%s",
+                            chunk.msg_id, delivered, code, delay, platform_hint(chunk.platform.value, code))
                 await msg.nack(delay=delay)
         else:
             await msg.ack()

@@ -32,6 +32,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from imrelay.errors import TransientUpstreamError
+from imrelay.hints import platform_hint
 from imrelay.redact import protect_obtained
 
 log = logging.getLogger("imrelay.sender.tokens")
@@ -200,12 +201,14 @@ class TokenCache:
                     try:
                         token, expires_in = await fetch()
                         protect_obtained(token)
-                    except Exception:
+                    except Exception as exc:
                         pause = cooldown_after(failures + 1, self.base_cooldown, self.max_cooldown)
                         body = {"until": self.clock() + pause, "failures": failures + 1}
                         await self.kv.put(f"{key}.cooldown", json.dumps(body).encode())
-                        log.warning("token endpoint for %s failed (%d in a row); pausing %.1fs",
-                                    key, failures + 1, pause)
+                        code = getattr(exc, "code", type(exc).__name__)
+                        log.warning("token endpoint for %s failed (%s, %d in a row); pausing %.1fs%s",
+                                    key, code, failures + 1, pause,
+                                    platform_hint(key.split(".", 1)[0], code))
                         raise
                     if failures:
                         await self.kv.delete(f"{key}.cooldown")
