@@ -56,8 +56,9 @@ def test_without_uv_make_uses_a_private_copy(tmp_path: Path) -> None:
         (bin_dir / tool).symlink_to(found)
     (bin_dir / "python3").write_text(f"#!/bin/sh\nexec {python} -I \"$@\"\n", encoding="utf-8")
     (bin_dir / "python3").chmod(0o755)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
     commands = subprocess.run(["make", "-n", "install"], cwd=ROOT, capture_output=True, text=True,
-                              check=True, timeout=60, env={"PATH": str(bin_dir), "HOME": str(tmp_path)}).stdout
+                              check=True, timeout=60, env=env).stdout
     if "python3 -m uv" in commands:
         pytest.skip("this python3 has uv installed as a module")
     assert 'python3 -m venv ".uv"' in commands
