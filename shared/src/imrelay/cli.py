@@ -50,10 +50,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 0
     import asyncio
 
-    from .ops import run_checks
+    from .ops import Check, run_checks
 
     print("\nonline checks:")
-    results = asyncio.run(run_checks(online_checks(settings)))
+
+    async def run() -> list[Check]:
+        async with httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds) as client:
+            return await run_checks(online_checks(settings, client))
+
+    results = asyncio.run(run())
     for r in results:
         print(r.line(), flush=True)
     failed = sum(not r.ok for r in results)
@@ -61,7 +66,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def online_checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
+def online_checks(settings: Settings,
+                  client: httpx.AsyncClient) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
     """NATS reachable with JetStream; each bot's access token fetched through the sender's own token code
     (proving the secret and, for WeCom, that this host's IP is trusted); each backend answering once."""
     from typing import Any, cast
@@ -82,7 +88,6 @@ def online_checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[
             await nc.close()
 
     checks: list[tuple[str, Callable[[], Awaitable[str]]]] = [("nats", check_nats)]
-    client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
     try:
         from imrelay_sender.platforms import delivery_for
     except ImportError:
@@ -136,11 +141,7 @@ def online_checks(settings: Settings) -> list[tuple[str, Callable[[], Awaitable[
 
             checks.append((f"backend {name}", check_backend))
 
-    async def close_client() -> str:
-        await client.aclose()
-        return "done"
-
-    return [*checks, ("http client closed", close_client)]
+    return checks
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
