@@ -9,9 +9,9 @@ import uvicorn
 
 from imrelay.admin import serve_admin
 from imrelay.config import load_settings
+from imrelay.connlimits import ConnectionGuard
 from imrelay.errors import ConfigError
 from imrelay.redact import protect_settings
-from imrelay.connlimits import ConnectionGuard
 from imrelay.runtime import EmbeddedServer, service_main, stop_event
 
 from .app import create_app
