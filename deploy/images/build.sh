@@ -50,11 +50,22 @@ debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates boo
 mkdir -p "$ROOT/tmp/build" && cp "$WORK"/wheels/*.whl "$WORK/requirements.txt" "$ROOT/tmp/build/"
 # the locked dependencies as wheels for the image's Python (Debian bookworm: CPython 3.11, glibc 2.36),
 # fetched with pip (run by uv, whatever the interpreter on PATH); the image installs them offline
+# Pure-Python dependencies published only as source (nkeys) are built into wheels here first.
+SOURCE_ONLY="nkeys"
+for name in $SOURCE_ONLY; do
+    grep -i "^$name==" "$WORK/requirements.txt" >>"$WORK/source-only.txt" || true
+done
+grep -v -i -f <(sed 's/==.*//; s/^/^/; s/$/==/' "$WORK/source-only.txt") "$WORK/requirements.txt" \
+    >"$WORK/binary.txt" || true
+if [ -s "$WORK/source-only.txt" ]; then
+    $UV tool run --quiet --from pip pip wheel --quiet --disable-pip-version-check --no-deps \
+        --wheel-dir "$ROOT/tmp/build" -r "$WORK/source-only.txt"
+fi
 $UV tool run --quiet --from pip pip download --quiet --disable-pip-version-check --dest "$ROOT/tmp/build" --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 --abi abi3 --abi none \
     --platform manylinux_2_36_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform linux_x86_64 --platform any \
-    -r "$WORK/requirements.txt"
+    -r "$WORK/binary.txt"
 
 echo "== python environment /opt/imrelay"
 chroot "$ROOT" /usr/bin/python3 -m venv /opt/imrelay
