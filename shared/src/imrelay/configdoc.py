@@ -26,6 +26,21 @@ __all__ = ["MEANINGS", "config_reference", "config_schema", "iter_keys"]
 
 # Meanings of keys that carry no comment in config.py, by "Model.field".
 MEANINGS: dict[str, str] = {
+    "NatsAuth.user": "NATS user name (with `password`); `IMRELAY_NATS_USER` gives a service its own.",
+    "NatsAuth.password": "NATS password (with `user`); `IMRELAY_NATS_PASSWORD`.",
+    "NatsAuth.token": "A NATS token instead of a user; `IMRELAY_NATS_TOKEN`.",
+    "NatsAuth.nkey_seed_file": "File holding an NKey seed to authenticate with; "
+                               "`IMRELAY_NATS_NKEY_SEED_FILE`.",
+    "NatsAuth.creds_file": "A `.creds` file (user JWT and NKey seed); `IMRELAY_NATS_CREDS_FILE`.",
+    "NatsTLS.ca_file": "PEM file of the CA that signed the NATS servers' certificates (else the system's).",
+    "NatsTLS.cert_file": "Client certificate for mutual TLS (with `key_file`).",
+    "NatsTLS.key_file": "Private key of the client certificate.",
+    "NatsTLS.server_name": "Name to verify in the servers' certificates, if not the URL's host.",
+    "ConnectionLimitsConfig.body_min_rate_bytes_per_second": "The slowest transfer rate a body is allowed: "
+                                                             "its deadline grows by its size at this rate.",
+    "WorkerConfig.pseudonym_key": "Key of the pseudonyms model providers see (derived from each bot's "
+                                  "credentials when unset; set it to keep them through a credential "
+                                  "rotation).",
     "NatsConfig.connect_timeout_seconds": "Seconds to wait for a NATS server to accept a connection.",
     "NatsConfig.publish_timeout_seconds": "Seconds to wait for JetStream to confirm a publish (PubAck) or "
                                           "answer an API request.",
