@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 from . import subjects as s
 from .config import NatsConfig
 from .errors import NatsRefusedError
+from .natslog import TROUBLESHOOTING, OutageLog, redact_url, should_log
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +96,14 @@ def is_refusal(exc: BaseException) -> bool:
                             "account authentication expired"))
 
 
-async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1) -> NATS:
+async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1,
+                  outage: OutageLog | None = None) -> NATS:
     """Connect, then keep reconnecting (for ever by default: a service keeps running through a NATS
     restart); an outage is logged with the servers' URLs at a falling rate
     (:class:`~imrelay.natslog.OutageLog`). A first connection refused for its credentials or TLS raises
     :class:`NatsRefusedError` at once; one that finds no server raises the client's error (callers
-    retry)."""
-    from .natslog import OutageLog
-
-    outage = OutageLog(log, cfg.servers)
+    retry, passing the same ``outage`` so that the log counts every attempt of the outage)."""
+    outage = outage or OutageLog(log, cfg.servers)
     refused: list[BaseException] = []
 
     async def on_error(e: Exception) -> None:
@@ -151,25 +151,33 @@ def _reason(exc: BaseException) -> str:
 
 async def connect_until_ready(cfg: NatsConfig, name: str) -> tuple[NATS, JetStreamContext]:
     """Connect and declare the streams, retrying with backoff until NATS answers; credentials or TLS
-    that the server refuses raise :class:`NatsRefusedError` (retrying would not help)."""
-    from .natslog import TROUBLESHOOTING, redact_url, should_log
-
+    that the server refuses raise :class:`NatsRefusedError` (retrying would not help). Failed connection
+    attempts are logged by one :class:`~imrelay.natslog.OutageLog` at a falling rate."""
+    outage = OutageLog(log, cfg.servers)
     delay = 0.2
     attempt = 0
     while True:
         try:
-            nc = await connect(cfg, name)
+            nc = await connect(cfg, name, outage=outage)
+        except NatsRefusedError:
+            raise
+        except Exception:  # no server answered: the outage log said so
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        try:
             js = nc.jetstream(timeout=cfg.publish_timeout_seconds)
             await ensure_streams(js, cfg)
             return nc, js
-        except NatsRefusedError:
-            raise
         except Exception as exc:
             attempt += 1
             if should_log(attempt, every=12):
-                log.warning("NATS at %s not reachable yet: %s (attempt %d; retrying, up to every 5s; see %s)",
-                            ", ".join(redact_url(u) for u in cfg.servers), type(exc).__name__, attempt,
+                urls = ", ".join(redact_url(u) for u in cfg.servers)
+                log.warning("NATS at %s answers, but its streams could not be set up: %s (attempt %d; "
+                            "retrying, up to every 5s; see %s)", urls, type(exc).__name__, attempt,
                             TROUBLESHOOTING)
+            with contextlib.suppress(Exception):
+                await nc.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
