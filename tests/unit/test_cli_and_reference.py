@@ -4,6 +4,7 @@ generated from the models and up to date; what ``imrelay status`` shows of token
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,19 @@ def test_help(command: str) -> None:
     assert r.stdout.startswith(f"usage: {command} ")
     if command not in ("imrelay", "imrelay-sim"):
         assert "IMRELAY_CONFIG" in r.stdout and "IMRELAY_LOG_FORMAT" in r.stdout
+
+
+def test_output_to_a_closed_pipe_ends_quietly() -> None:
+    # `imrelay config schema | head`: the reader has gone before the schema is written
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "imrelay.cli", "config", "schema"], stdout=write,
+                           stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert r.returncode == 1
+    assert r.stderr == ""
 
 
 def test_a_service_refuses_an_unknown_argument() -> None:

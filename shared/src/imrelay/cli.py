@@ -407,7 +407,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     handlers.update(status=cmd_status, config=cmd_config)
     handler = handlers[args.cmd]
-    raise SystemExit(handler(args))
+    try:
+        code = handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`imrelay config schema | head`): stop quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
