@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
     from .config import AdminConfig
 
-__all__ = ["EmbeddedServer", "run_until_stopped", "service_main", "service_parser", "stop_event"]
+__all__ = ["Connected", "EmbeddedServer", "run_until_stopped", "service_main", "service_parser", "stop_event"]
 
 log = logging.getLogger("imrelay.runtime")
 
@@ -141,39 +142,75 @@ async def watch_consumers(js: JetStreamContext, stream: str, consumers: list[str
         await asyncio.sleep(interval)
 
 
-async def run_until_stopped(admin: AdminConfig, nc: NATS, js: JetStreamContext,
-                            start: Callable[[], Awaitable[None]],
-                            stop: Callable[[], Awaitable[None]],
+@dataclass
+class Connected:
+    """What a service has once NATS answered and its streams and buckets are set up: the connection, and
+    how to start and stop its work."""
+
+    nc: NATS
+    js: JetStreamContext
+    start: Callable[[], Awaitable[None]]
+    stop: Callable[[], Awaitable[None]]
+
+
+WAITING_FOR_NATS = "waiting for NATS (connecting, setting up the streams)"
+
+
+async def run_until_stopped(admin: AdminConfig, connect: Callable[[], Coroutine[Any, Any, Connected]],
                             consumers: tuple[str, list[str]] | None = None,
                             reasons: Callable[[], list[str]] | None = None) -> None:
-    """Serve the admin port, ``start`` the consumers, wait for SIGINT/SIGTERM, then ``stop`` them (which
-    finishes in-flight work) before closing the admin port and the NATS connection. ``consumers`` (stream,
-    names) are watched for the backlog metrics; ``reasons`` adds the service's own readiness reasons."""
+    """Serve the admin port at once (``/healthz`` answers while NATS is still away; ``/readyz`` says 503
+    until it is up), then ``connect`` (retrying until NATS answers), ``start`` the consumers, wait for
+    SIGINT/SIGTERM, then ``stop`` them (which finishes in-flight work) before closing the admin port and
+    the NATS connection. A signal while still connecting stops the service at once. ``consumers``
+    (stream, names) are watched for the backlog metrics; ``reasons`` adds the service's own readiness
+    reasons."""
     from .admin import serve_admin
     from .jetstream import streams_present
 
     stopping = stop_event()
     running = False
+    service: Connected | None = None
 
     async def ready() -> bool:
-        return running and nc.is_connected and await streams_present(js)
+        return (running and service is not None and service.nc.is_connected
+                and await streams_present(service.js))
 
-    server = serve_admin(admin.host, admin.port, ready, reasons, admin.connections)
+    def why() -> list[str]:
+        own = reasons() if reasons is not None else []
+        return own if service is not None else [WAITING_FOR_NATS, *own]
+
+    server = serve_admin(admin.host, admin.port, ready, why, admin.connections)
     server_task = asyncio.create_task(server.serve())
-    watcher = asyncio.create_task(watch_consumers(js, *consumers)) if consumers else None
+    waiter = asyncio.create_task(stopping.wait())
+    connecting = asyncio.create_task(connect())
+    watcher: asyncio.Task[None] | None = None
+    started = False
     try:
-        await start()
-        running = True
-        waiter = asyncio.create_task(stopping.wait())
-        await asyncio.wait({waiter, server_task}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if server_task.done():  # e.g. the admin port is taken: do not run half-alive
+        await asyncio.wait({waiter, server_task, connecting}, return_when=asyncio.FIRST_COMPLETED)
+        if not connecting.done():  # stopped (or the admin port failed) before NATS answered
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connecting
+        else:
+            service = connecting.result()  # raises what made connecting fail (e.g. NATS refused us)
+            if consumers:
+                watcher = asyncio.create_task(watch_consumers(service.js, *consumers))
+            if not waiter.done() and not server_task.done():
+                started = True
+                await service.start()
+                running = True
+                await asyncio.wait({waiter, server_task}, return_when=asyncio.FIRST_COMPLETED)
+        if server_task.done() and not waiter.done():  # e.g. the admin port is taken: do not run half-alive
             raise RuntimeError(f"the admin port :{admin.port} could not be served")
     finally:
         running = False
+        waiter.cancel()
         if watcher is not None:
             watcher.cancel()
-        await stop()
+        if service is not None and started:
+            await service.stop()
         server.should_exit = True
         await server_task
-        await nc.close()
+        if service is not None:
+            await service.nc.close()

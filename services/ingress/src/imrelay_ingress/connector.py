@@ -44,7 +44,7 @@ from imrelay.aibot_streams import stream_id
 from imrelay.config import ConnectorConfig, Settings, WeComAIBot, load_settings
 from imrelay.jetstream import connect_until_ready, ensure_leases_bucket
 from imrelay.redact import protect_settings
-from imrelay.runtime import run_until_stopped, service_main
+from imrelay.runtime import Connected, run_until_stopped, service_main
 from imrelay.telemetry import (
     CONNECTOR_BOT_OWNED,
     CONNECTOR_EVENTS,
@@ -482,13 +482,8 @@ async def run() -> None:
     bots = [b for b in settings.bots if isinstance(b, WeComAIBot) and b.mode == "long_connection"]
     if not bots:
         raise ValueError("no bot with mode: long_connection in the config: nothing to connect")
-    publisher = JetStreamPublisher(settings.nats)
-    await publisher.start()
-    nc, js = await connect_until_ready(settings.nats, "imrelay-connector")
-    kv = await ensure_leases_bucket(js, settings.nats)
     owner = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     ttl = settings.connector.lease_ttl_seconds
-    leases = [Lease(kv, subjects.kv_key("wecom_aibot", b.id), owner, ttl) for b in bots]
     statuses = [BotStatus(b.id) for b in bots]
     tasks: list[asyncio.Task[None]] = []
 
@@ -501,25 +496,38 @@ async def run() -> None:
                         "stream_keepalive"):
             CONNECTOR_EVENTS.labels(platform=PLATFORM, bot=b.id, outcome=outcome)  # series exist from 0
 
-    def holder(b: WeComAIBot, lease: Lease, st: BotStatus) -> Callable[[], Awaitable[None]]:
-        return lambda: hold(b, settings, lease, publisher, nc, st)
+    async def connect() -> Connected:
+        publisher = JetStreamPublisher(settings.nats)
+        await publisher.start()
+        try:
+            nc, js = await connect_until_ready(settings.nats, "imrelay-connector")
+            kv = await ensure_leases_bucket(js, settings.nats)
+        except BaseException:
+            await publisher.close()
+            raise
+        leases = [Lease(kv, subjects.kv_key("wecom_aibot", b.id), owner, ttl) for b in bots]
 
-    async def start() -> None:
-        await publisher.connected()  # never take a socket whose messages could not be stored
-        tasks.append(asyncio.create_task(watch_owners(statuses, leases, min(1.0, ttl / 5))))
-        tasks.extend(asyncio.create_task(supervise(b.id, holder(b, lease, st)))
-                     for b, lease, st in zip(bots, leases, statuses, strict=True))
-        log.info("connector for %d bot(s), owner %s", len(bots), owner)
+        def holder(b: WeComAIBot, lease: Lease, st: BotStatus) -> Callable[[], Awaitable[None]]:
+            return lambda: hold(b, settings, lease, publisher, nc, st)
 
-    async def stop() -> None:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for lease in leases:  # hand the sockets over at once instead of after the lease expires
-            await lease.release()
-        await publisher.close()
+        async def start() -> None:
+            await publisher.connected()  # never take a socket whose messages could not be stored
+            tasks.append(asyncio.create_task(watch_owners(statuses, leases, min(1.0, ttl / 5))))
+            tasks.extend(asyncio.create_task(supervise(b.id, holder(b, lease, st)))
+                         for b, lease, st in zip(bots, leases, statuses, strict=True))
+            log.info("connector for %d bot(s), owner %s", len(bots), owner)
 
-    await run_until_stopped(settings.admin, nc, js, start, stop,
+        async def stop() -> None:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for lease in leases:  # hand the sockets over at once instead of after the lease expires
+                await lease.release()
+            await publisher.close()
+
+        return Connected(nc, js, start, stop)
+
+    await run_until_stopped(settings.admin, connect,
                             reasons=lambda: readiness(statuses, time.monotonic()))
 
 

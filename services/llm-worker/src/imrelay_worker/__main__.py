@@ -8,7 +8,7 @@ from imrelay import subjects
 from imrelay.config import load_settings
 from imrelay.jetstream import connect_until_ready, ensure_memory_bucket
 from imrelay.redact import protect_settings
-from imrelay.runtime import run_until_stopped, service_main
+from imrelay.runtime import Connected, run_until_stopped, service_main
 from imrelay.telemetry import instrument_httpx
 
 from .app import build_worker
@@ -22,10 +22,6 @@ async def run() -> None:
     protect_settings(settings)
     worker = build_worker(settings)
     instrument_httpx(worker.client)
-    nc, js = await connect_until_ready(settings.nats, "imrelay-worker-control")
-    if settings.memory.enabled:
-        kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)
-        worker.memory = MemoryStore(kv, settings.memory)
 
     async def start() -> None:
         await worker.broker.start()
@@ -37,7 +33,14 @@ async def run() -> None:
         await worker.broker.stop()
         await worker.client.aclose()
 
-    await run_until_stopped(settings.admin, nc, js, start, stop,
+    async def connect() -> Connected:
+        nc, js = await connect_until_ready(settings.nats, "imrelay-worker-control")
+        if settings.memory.enabled:
+            kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)
+            worker.memory = MemoryStore(kv, settings.memory)
+        return Connected(nc, js, start, stop)
+
+    await run_until_stopped(settings.admin, connect,
                             consumers=(subjects.STREAM_IN, [subjects.CONSUMER_WORKER]))
 
 

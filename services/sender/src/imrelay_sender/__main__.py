@@ -11,7 +11,7 @@ from imrelay.aibot_streams import KVStreamStore
 from imrelay.config import load_settings
 from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_streams_bucket
 from imrelay.redact import protect_settings
-from imrelay.runtime import run_until_stopped, service_main
+from imrelay.runtime import Connected, run_until_stopped, service_main
 from imrelay.telemetry import instrument_httpx
 
 from .app import build_sender
@@ -22,27 +22,31 @@ log = logging.getLogger("imrelay.sender")
 async def run() -> None:
     settings = load_settings()
     protect_settings(settings)
-    nc, js = await connect_until_ready(settings.nats, "imrelay-sender-control")
-    buckets = await ensure_buckets(js, settings.nats)
-    client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
-    instrument_httpx(client)
-    async def request(subject: str, body: bytes, wait: float) -> bytes:
-        return (await nc.request(subject, body, timeout=wait)).data
 
+    async def connect() -> Connected:
+        nc, js = await connect_until_ready(settings.nats, "imrelay-sender-control")
+        buckets = await ensure_buckets(js, settings.nats)
+        client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
+        instrument_httpx(client)
 
-    sender = build_sender(settings, buckets, client,
-                          KVStreamStore(await ensure_streams_bucket(js, settings.nats)), request)
+        async def request(subject: str, body: bytes, wait: float) -> bytes:
+            return (await nc.request(subject, body, timeout=wait)).data
 
-    async def start() -> None:
-        await sender.broker.start()
-        log.info("sender delivering for %d bot(s) over %d partitions (admin :%d)",
-                 len(sender.deliveries), settings.nats.out_partitions, settings.admin.port)
+        sender = build_sender(settings, buckets, client,
+                              KVStreamStore(await ensure_streams_bucket(js, settings.nats)), request)
 
-    async def stop() -> None:
-        await sender.broker.stop()
-        await client.aclose()
+        async def start() -> None:
+            await sender.broker.start()
+            log.info("sender delivering for %d bot(s) over %d partitions (admin :%d)",
+                     len(sender.deliveries), settings.nats.out_partitions, settings.admin.port)
 
-    await run_until_stopped(settings.admin, nc, js, start, stop, consumers=(
+        async def stop() -> None:
+            await sender.broker.stop()
+            await client.aclose()
+
+        return Connected(nc, js, start, stop)
+
+    await run_until_stopped(settings.admin, connect, consumers=(
         subjects.STREAM_OUT, [subjects.sender_consumer(k) for k in range(settings.nats.out_partitions)]))
 
 
