@@ -149,7 +149,7 @@ def nats_cluster(docs: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFa
     sts = find(docs, "StatefulSet", f"{FULL}-nats")
     assert sts["spec"]["replicas"] == len(NODES)
     assert sts["spec"]["podManagementPolicy"] == "Parallel"  # every node starts at once
-    [container] = sts["spec"]["template"]["spec"]["containers"]
+    [container] = [c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "nats"]
     env = container_env(docs, container)  # the users' passwords and the encryption key, from the Secret
     assert env["POD_NAME"] == "<metadata.name>" and len(env["NATS_JETSTREAM_KEY"]) == 48
     assert "cipher: chachapoly" in conf and '"user": "imrelay-worker"' in conf

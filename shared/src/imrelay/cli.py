@@ -8,7 +8,8 @@
     imrelay dlq list       list dead letters (imrelay.dlq.*) with the reason and the platform's code
     imrelay dlq show N     every header and the body of dead letter N
     imrelay dlq redrive N  send dead letter N back to where it failed (--all for every one)
-    imrelay config schema     the JSON Schema of the config file (for editors)
+    imrelay config schema     the JSON Schema of the config file (for editors); --chart PATH regenerates
+                              the bot schema embedded in the Helm chart's values.schema.json
     imrelay config reference  every config key with its default and meaning (Markdown)
 """
 
@@ -247,10 +248,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import json
 
-    from .configdoc import config_reference, config_schema
+    from .configdoc import config_reference, config_schema, with_chart_bots_schema
 
-    if args.action == "schema":
+    if args.action == "schema" and args.chart:
+        with open(args.chart, encoding="utf-8") as f:
+            values_schema = json.load(f)
+        with open(args.chart, "w", encoding="utf-8") as f:
+            f.write(json.dumps(with_chart_bots_schema(values_schema), indent=2, ensure_ascii=False) + "\n")
+    elif args.action == "schema":
         print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+    elif args.chart:
+        raise SystemExit("imrelay: --chart goes with `config schema`")
     else:
         print(config_reference(), end="")
     return 0
@@ -385,6 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--output", choices=["text", "json"], default="text")
     g = sub.add_parser("config", help="the config file's JSON Schema, or its reference in Markdown")
     g.add_argument("action", choices=["schema", "reference"])
+    g.add_argument("--chart", metavar="PATH", help="schema: regenerate the bot schema embedded in this "
+                                                   "Helm chart values.schema.json (in place)")
     q = sub.add_parser("dlq", help="list, show or re-drive dead letters")
     q.add_argument("action", choices=["list", "show", "redrive"])
     q.add_argument("seq", nargs="*", type=int, help="dead-letter sequence numbers (show, redrive)")

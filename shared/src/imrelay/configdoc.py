@@ -22,7 +22,8 @@ from pydantic_core import PydanticUndefined
 
 from . import config as c
 
-__all__ = ["MEANINGS", "config_reference", "config_schema", "iter_keys"]
+__all__ = ["MEANINGS", "chart_bots_schema", "config_reference", "config_schema", "iter_keys",
+           "with_chart_bots_schema"]
 
 # Meanings of keys that carry no comment in config.py, by "Model.field".
 MEANINGS: dict[str, str] = {
@@ -130,6 +131,31 @@ def config_schema() -> dict[str, Any]:
     schema = c.Settings.model_json_schema(mode="validation")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "imrelay configuration", **{k: v for k, v in schema.items() if k != "title"}}
+
+
+# Where the bot entries' schema sits in the Helm chart's values.schema.json.
+CHART_BOTS_REF = "#/definitions/bots"
+
+
+def chart_bots_schema() -> dict[str, Any]:
+    """The JSON Schema of ``bots`` (the config's own union of bot models, whatever it holds), with its
+    references pointing into the Helm chart's ``values.schema.json`` where it is embedded: a bad bot
+    in the chart's values fails ``helm install``."""
+    from pydantic import TypeAdapter
+
+    annotation = c.Settings.model_fields["bots"].annotation
+    assert annotation is not None
+    schema: dict[str, Any] = TypeAdapter(annotation).json_schema(
+        mode="validation", ref_template=CHART_BOTS_REF + "/$defs/{model}")
+    return schema
+
+
+def with_chart_bots_schema(values_schema: dict[str, Any]) -> dict[str, Any]:
+    """The chart's ``values.schema.json`` with its bot schema generated afresh (``imrelay config schema
+    --chart PATH``)."""
+    out = dict(values_schema)
+    out["definitions"] = {**values_schema.get("definitions", {}), "bots": chart_bots_schema()}
+    return out
 
 
 def _comments(model: type[BaseModel]) -> dict[str, str]:

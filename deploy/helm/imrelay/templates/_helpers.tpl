@@ -1,10 +1,43 @@
+{{- define "imrelay.name" -}}{{ .Values.nameOverride | default .Chart.Name | trunc 63 | trimSuffix "-" }}{{- end }}
+
 {{- define "imrelay.fullname" -}}
-{{- if contains .Chart.Name .Release.Name }}{{ .Release.Name | trunc 63 | trimSuffix "-" }}
-{{- else }}{{ printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}{{ end }}
+{{- if .Values.fullnameOverride }}{{ .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "imrelay.name" . }}
+{{- if contains $name .Release.Name }}{{ .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}{{ printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{- define "imrelay.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}{{ .Values.serviceAccount.name | default (include "imrelay.fullname" .) }}
+{{- else }}{{ .Values.serviceAccount.name | default "default" }}{{ end }}
+{{- end }}
+
+{{- /* Objects of an API a cluster may lack (CRDs): rendered only where the cluster serves it, else the
+       install fails naming the value that asked for it. Call with (dict "root" $ "api" "group/version"
+       "kind" "Kind" "value" "the.value.enabled" "from" "who provides it"). */ -}}
+{{- define "imrelay.requireApi" -}}
+{{- $caps := .root.Capabilities.APIVersions -}}
+{{- if not (or ($caps.Has (printf "%s/%s" .api .kind)) ($caps.Has .api)) -}}
+{{- fail (printf "%s=true needs the %s API (%s), which this cluster does not serve: install %s first, or set %s=false (helm template: pass --api-versions %s/%s)" .value .kind .api .from .value .api .kind) -}}
+{{- end -}}
+{{- end }}
+
+{{- /* The checksum of the Secrets the pods read: a changed secret rolls them. The chart's own Secret
+       from its values; an existing Secret as the cluster has it (on install and upgrade; nothing offline). */ -}}
+{{- define "imrelay.secretsChecksum" -}}
+{{- $parts := list (toYaml .Values.secrets.values) -}}
+{{- with .Values.secrets.existingSecret }}
+{{- $found := lookup "v1" "Secret" $.Release.Namespace . -}}
+{{- $parts = append $parts (printf "%s:%s" . (toYaml (($found | default dict).data | default dict))) -}}
+{{- end }}
+{{- if .Values.helmTest.enabled }}{{ $parts = append $parts (include "imrelay.selftestSecret" .) }}{{ end }}
+{{- join "\n" $parts | sha256sum -}}
 {{- end }}
 
 {{- define "imrelay.labels" -}}
-app.kubernetes.io/name: imrelay
+app.kubernetes.io/name: {{ include "imrelay.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -12,7 +45,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 
 {{- define "imrelay.selector" -}}
-app.kubernetes.io/name: imrelay
+app.kubernetes.io/name: {{ include "imrelay.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .name }}
 {{- end }}
@@ -27,14 +60,16 @@ app.kubernetes.io/component: {{ .name }}
 {{- else if .Values.secrets.values }}{{ include "imrelay.fullname" . }}-env{{ end }}
 {{- end }}
 
-{{- /* the self-test bot's secrets: random at install, kept across upgrades */ -}}
+{{- /* the self-test bot's secrets: kept from the cluster across upgrades, else derived from helmTest.seed
+       and the release (the same on every render, so `helm template` does not change them) */ -}}
 {{- define "imrelay.selftestSecret" -}}
 {{- $name := printf "%s-selftest" (include "imrelay.fullname" .) -}}
 {{- $old := lookup "v1" "Secret" .Release.Namespace $name -}}
-{{- if $old }}{{ $old.data | toYaml }}
+{{- if and $old $old.data }}{{ $old.data | toYaml }}
 {{- else }}
-HELM_SELFTEST_TOKEN: {{ randAlphaNum 24 | b64enc }}
-HELM_SELFTEST_AES_KEY: {{ randAlphaNum 43 | b64enc }}
+{{- $base := printf "%s/%s/%s" .Values.helmTest.seed .Release.Namespace .Release.Name }}
+HELM_SELFTEST_TOKEN: {{ printf "token:%s" $base | sha256sum | trunc 24 | b64enc }}
+HELM_SELFTEST_AES_KEY: {{ printf "aes:%s" $base | sha256sum | trunc 43 | b64enc }}
 {{- end }}
 {{- end }}
 

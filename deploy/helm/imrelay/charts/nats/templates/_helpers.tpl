@@ -15,6 +15,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end }}
 
+{{- define "nats.imageOf" -}}
+{{- if .digest }}{{ .repository }}@{{ .digest }}{{ else }}{{ .repository }}:{{ .tag }}{{ end }}
+{{- end }}
+
+{{- /* Objects of an API the cluster may lack (CRDs): rendered only where it is served, else a clear failure
+       naming the value to turn off */ -}}
+{{- define "nats.requireApi" -}}
+{{- $caps := .root.Capabilities.APIVersions -}}
+{{- if not (or ($caps.Has (printf "%s/%s" .api .kind)) ($caps.Has .api)) -}}
+{{- fail (printf "%s=true needs the %s API (%s), which this cluster does not serve: install %s first, or set %s=false (helm template: pass --api-versions %s/%s)" .value .kind .api .from .value .api .kind) -}}
+{{- end -}}
+{{- end }}
+
 {{- define "nats.image" -}}
 {{- if .Values.image.digest }}{{ .Values.image.repository }}@{{ .Values.image.digest }}
 {{- else }}{{ .Values.image.repository }}:{{ .Values.image.tag }}{{ end }}
