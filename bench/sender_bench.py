@@ -23,7 +23,6 @@ import yaml
 from _common import free_port, stop_all, wait_http
 
 from imrelay import subjects
-from imrelay.config import Platform
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
 from imrelay.jetstream import ensure_streams
 from imrelay.natsserver import EmbeddedNats
@@ -76,7 +75,7 @@ async def publish(url: str, n: int) -> None:
         for i in range(n):
             user = f"user{i}"
             chunk = ReplyChunk(
-                reply_id=f"bench-{i}", inbound_id=f"in-{i}", platform=Platform.WECOM_APP, bot_id="bench",
+                reply_id=f"bench-{i}", inbound_id=f"in-{i}", platform="wecom_app", bot_id="bench",
                 chat=Chat(id=user, type=ChatType.DIRECT), recipient=Sender(id=user),
                 reply_handle={"touser": user, "agentid": "1000002"}, seq=0, final=True,
                 full_text=f"answer {i}")

@@ -89,7 +89,7 @@ class FakeStreamStore:
     """AI-bot answer streams in a dict (unit tests of the ingress)."""
 
     def __init__(self) -> None:
-        from imrelay.aibot_streams import StreamRecord
+        from imrelay.answer_streams import StreamRecord
 
         self.records: dict[tuple[str, str], StreamRecord] = {}
 
@@ -97,12 +97,12 @@ class FakeStreamStore:
         return self.records.get((bot_id, sid))
 
     async def open(self, bot_id: str, sid: str) -> None:
-        from imrelay.aibot_streams import StreamRecord
+        from imrelay.answer_streams import StreamRecord
 
         self.records.setdefault((bot_id, sid), StreamRecord("", False, 0.0))
 
     async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None:
-        from imrelay.aibot_streams import StreamRecord
+        from imrelay.answer_streams import StreamRecord
 
         self.records[(bot_id, sid)] = StreamRecord(content, finish, 0.0)
 

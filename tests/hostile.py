@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 
-from imrelay.config import BotConfig, DiscordBot, Settings, parse_settings
+from imrelay.config import BotConfig, Settings, parse_settings
+from imrelay.platforms.discord import sim as discord
+from imrelay.platforms.discord.config import DiscordBot
 from imrelay_ingress.app import create_app
-from imrelay_sim import discord
 from imrelay_sim.__main__ import build_request
 
 from .helpers import FakePublisher, FakeReplayGuard, FakeStreamStore
@@ -97,7 +98,7 @@ class Ingress:
 
 
 def _wecom_crypto(bot_id: str) -> Any:
-    from imrelay.wecom_crypto import crypto_for
+    from imrelay.platforms.wecom.crypto import crypto_for
 
     b = bot(bot_id)
     return crypto_for(b.credentials)  # type: ignore[arg-type]
@@ -107,17 +108,17 @@ def plaintext_of(req: Request) -> bytes:
     """What the platform signed and, where it encrypts, encrypted: the payload the adapter parses."""
     from urllib.parse import parse_qs
 
-    from imrelay import feishu_crypto
-    from imrelay_ingress.platforms.wecom import parse_xml
+    from imrelay.platforms.feishu import crypto as feishu_crypto
+    from imrelay.platforms.wecom.callbacks import parse_xml
 
     b = bot(req.bot_id)
-    if b.platform.value in ("wecom_app", "wecom_group_robot"):
+    if b.platform in ("wecom_app", "wecom_group_robot"):
         return bytes(_wecom_crypto(req.bot_id).decrypt(parse_xml(req.body)["Encrypt"]))
-    if b.platform.value == "wecom_aibot":
+    if b.platform == "wecom_aibot":
         assert parse_qs(req.query)
         return bytes(_wecom_crypto(req.bot_id).decrypt(json.loads(req.body)["encrypt"]))
-    if b.platform.value in ("feishu", "lark"):
-        key = b.credentials.encrypt_key.get_secret_value()  # type: ignore[union-attr]
+    if b.platform in ("feishu", "lark"):
+        key = b.credentials.encrypt_key.get_secret_value()  # type: ignore[attr-defined]
         return feishu_crypto.decrypt(key, json.loads(req.body)["encrypt"])
     return req.body
 
@@ -127,10 +128,12 @@ def sign_plaintext(bot_id: str, plain: bytes, now: float) -> Request:
     is what someone holding the bot's keys can send: the parsers behind the signature must cope with it."""
     from urllib.parse import urlencode
 
-    from imrelay import dingtalk_crypto, ed25519, feishu_crypto
+    from imrelay import ed25519
+    from imrelay.platforms.dingtalk import crypto as dingtalk_crypto
+    from imrelay.platforms.feishu import crypto as feishu_crypto
 
     b = bot(bot_id)
-    ts, nonce, p = str(int(now)), "4242", b.platform.value
+    ts, nonce, p = str(int(now)), "4242", b.platform
     if p in ("wecom_app", "wecom_group_robot", "wecom_aibot"):
         crypto = _wecom_crypto(bot_id)
         enc = crypto.encrypt(plain)
@@ -139,17 +142,17 @@ def sign_plaintext(bot_id: str, plain: bytes, now: float) -> Request:
                 else f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode())
         return Request(bot_id, query, {"Content-Type": "text/xml"}, body)
     if p in ("feishu", "lark"):
-        key = b.credentials.encrypt_key.get_secret_value()  # type: ignore[union-attr]
+        key = b.credentials.encrypt_key.get_secret_value()  # type: ignore[attr-defined]
         body = json.dumps({"encrypt": feishu_crypto.encrypt(key, plain)}).encode()
         return Request(bot_id, "", {"X-Lark-Request-Timestamp": ts, "X-Lark-Request-Nonce": nonce,
                                     "X-Lark-Signature": feishu_crypto.signature(ts, nonce, key, body)}, body)
     if p == "dingtalk":
         ms = str(int(now * 1000))
-        secret = b.credentials.app_secret.get_secret_value()  # type: ignore[union-attr]
+        secret = b.credentials.app_secret.get_secret_value()  # type: ignore[attr-defined]
         return Request(bot_id, "", {"timestamp": ms, "sign": dingtalk_crypto.sign(ms, secret)}, plain)
     if p == "qq":
         key = ed25519.signing_key(ed25519.qq_seed(
-            b.credentials.app_secret.get_secret_value()))  # type: ignore[union-attr]
+            b.credentials.app_secret.get_secret_value()))  # type: ignore[attr-defined]
     else:
         key = ed25519.signing_key(bytes.fromhex(discord.DEMO_SEED))
     return Request(bot_id, "", {"X-Signature-Timestamp": ts,

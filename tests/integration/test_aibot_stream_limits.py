@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from imrelay.config import WeComAIBot, parse_settings
+from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
-from imrelay_sim import wecom_aibot as sim_aibot
+from imrelay.platforms.wecom_aibot import sim as sim_aibot
+from imrelay.platforms.wecom_aibot.config import WeComAIBot
 
 from .stack import KEY, Stack
 

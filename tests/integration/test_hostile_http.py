@@ -79,7 +79,7 @@ def test_fuzz_sample_over_real_http(stack: Stack) -> None:
             assert status < 500, (mutation, req)
         assert stored(stack) == before, f"{bot_id}: an outsider's request was stored"
         plain = plaintext_of(original)
-        is_xml = bot(bot_id).platform.value in ("wecom_app", "wecom_group_robot")
+        is_xml = bot(bot_id).platform in ("wecom_app", "wecom_group_robot")
         for _ in range(SAMPLE):
             mutation, payload = insider(plain, rng, is_xml)
             status = send(stack.ingress_url, sign_plaintext(bot_id, payload, now)).status_code

@@ -19,13 +19,15 @@ import trustme
 from nats.js.errors import KeyNotFoundError
 
 from imrelay import subjects
-from imrelay.config import NatsConfig, WeComAIBot, WeComGroupRobotBot, parse_settings
+from imrelay.config import NatsConfig, parse_settings
 from imrelay.errors import NatsRefusedError
 from imrelay.jetstream import connect, connect_options
 from imrelay.natsserver import EmbeddedNats
 from imrelay.permissions import SERVICES, authorization_block
-from imrelay_sim import discord
-from imrelay_sim import wecom_aibot as sim_aibot
+from imrelay.platforms.discord import sim as discord
+from imrelay.platforms.wecom_aibot import sim as sim_aibot
+from imrelay.platforms.wecom_aibot.config import WeComAIBot
+from imrelay.platforms.wecom_group_robot.config import WeComGroupRobotBot
 from imrelay_sim.__main__ import build_callback, build_request
 
 from ..helpers import free_port

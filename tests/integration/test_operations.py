@@ -19,11 +19,13 @@ import yaml
 
 from imrelay import subjects
 from imrelay.config import load_settings
+from imrelay.delivery import DeliveryContext
+from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
 from imrelay.jetstream import ensure_buckets, ensure_streams
 from imrelay.natsserver import EmbeddedNats
-from imrelay_sender.platforms.wecom_app import WeComAppDelivery
-from imrelay_sender.tokens import TokenCache
+from imrelay.platforms.wecom_app.config import WeComAppBot
+from imrelay.platforms.wecom_app.delivery import WeComAppDelivery
 
 from .stack import Stack
 
@@ -105,8 +107,9 @@ async def test_status_shows_streams_lag_tokens_and_dead_letters(sim_stack: Stack
         buckets = await ensure_buckets(js, settings.nats)
         bot = settings.bots[0]
         async with httpx.AsyncClient() as client:
-            delivery = WeComAppDelivery.from_bot(bot, sim_stack.sim_url, client, TokenCache(buckets.tokens),
-                                                 settings.sender)
+            assert isinstance(bot, WeComAppBot)
+            ctx = DeliveryContext(settings=settings, client=client, tokens=TokenCache(buckets.tokens))
+            delivery = WeComAppDelivery.from_bot(bot, ctx)
             await TokenCache(buckets.tokens).get(delivery.token_key, delivery._fetch_token,
                                                  renew_early=False)
         ack = await js.publish(subjects.dlq_subject("sender"), b'{"reply_id": "r1"}', headers=dlq_headers(

@@ -16,8 +16,8 @@ import pytest
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
+from imrelay.platforms.discord.sim import public_key_for
 from imrelay_sim.__main__ import build_request
-from imrelay_sim.discord import public_key_for
 
 from .stack import Stack
 
@@ -134,8 +134,8 @@ def test_qq_answer_beyond_five_parts_is_cut_to_five(stack: Stack) -> None:
 
 
 def test_dingtalk_answers_through_the_robot_api_once_the_session_webhook_expired(stack: Stack) -> None:
-    from imrelay.config import DingTalkBot
-    from imrelay_sim import dingtalk as sim_dingtalk
+    from imrelay.platforms.dingtalk import sim as sim_dingtalk
+    from imrelay.platforms.dingtalk.config import DingTalkBot
 
     bot = parse_settings(stack.config, {}).bot("dt")
     assert isinstance(bot, DingTalkBot)

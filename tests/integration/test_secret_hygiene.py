@@ -29,11 +29,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imrelay.config import DingTalkBot, parse_settings
+from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
-from imrelay_sim import dingtalk as sim_dingtalk
+from imrelay.platforms.dingtalk import sim as sim_dingtalk
+from imrelay.platforms.dingtalk.config import DingTalkBot
+from imrelay.platforms.discord.sim import public_key_for
 from imrelay_sim.__main__ import build_request
-from imrelay_sim.discord import public_key_for
 
 from ..helpers import free_port
 from .stack import Stack

@@ -13,7 +13,6 @@ import nats
 import pytest
 
 from imrelay import subjects
-from imrelay.config import Platform
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
 from imrelay.natsserver import EmbeddedNats
 
@@ -45,7 +44,7 @@ async def publish_burst(stack: Stack, chat: str, webhook: str) -> None:
             "wecom_group_robot", "robot", subjects.partition_of(f"robot:{chat}", 16))
         for i in range(BURST):
             chunk = ReplyChunk(
-                reply_id=f"burst-{chat}-{i:03d}", inbound_id=f"in-{i}", platform=Platform.WECOM_GROUP_ROBOT,
+                reply_id=f"burst-{chat}-{i:03d}", inbound_id=f"in-{i}", platform="wecom_group_robot",
                 bot_id="robot", chat=Chat(id=chat, type=ChatType.GROUP), recipient=Sender(id="zhangsan"),
                 reply_handle={"chat_id": chat, "webhook_url": webhook}, seq=0, final=True,
                 full_text=f"answer {i:03d}")

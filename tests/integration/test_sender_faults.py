@@ -16,7 +16,6 @@ import nats
 import pytest
 
 from imrelay import subjects
-from imrelay.config import Platform
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
 from imrelay.natsserver import EmbeddedNats
 
@@ -41,7 +40,7 @@ def faulty(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) 
 
 def chunk(run: str, i: int, user: str) -> ReplyChunk:
     return ReplyChunk(
-        reply_id=f"{run}-{i:03d}", inbound_id=f"in-{run}-{i}", platform=Platform.WECOM_APP, bot_id="app",
+        reply_id=f"{run}-{i:03d}", inbound_id=f"in-{run}-{i}", platform="wecom_app", bot_id="app",
         chat=Chat(id=user, type=ChatType.DIRECT), recipient=Sender(id=user),
         reply_handle={"touser": user, "agentid": "1000002"}, seq=0, final=True,
         full_text=f"answer {i} for {user}")

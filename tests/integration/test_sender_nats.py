@@ -10,11 +10,11 @@ import nats
 import pytest
 
 from imrelay import subjects
-from imrelay.config import NatsConfig, Platform
+from imrelay.config import NatsConfig
+from imrelay.delivery.tokens import TokenCache
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
 from imrelay.jetstream import ensure_buckets, ensure_streams
 from imrelay.natsserver import EmbeddedNats
-from imrelay_sender.tokens import TokenCache
 
 from .stack import Stack
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.nats
 async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None:
     who = f"u{secrets.token_hex(4)}"
     chunk = ReplyChunk(
-        reply_id=f"r-{secrets.token_hex(6)}", inbound_id="i", platform=Platform.WECOM_APP,
+        reply_id=f"r-{secrets.token_hex(6)}", inbound_id="i", platform="wecom_app",
         bot_id="app", chat=Chat(id=who, type=ChatType.DIRECT), recipient=Sender(id=who),
         reply_handle={"touser": who, "agentid": "1000002"}, seq=0, final=True,
         full_text="x" * 1500 + " " + "y" * 1500,
@@ -99,7 +99,7 @@ async def test_token_refresh_is_single_flight_across_replicas(nats_server: Embed
 
 async def test_a_failing_token_endpoint_is_left_alone_by_every_replica(nats_server: EmbeddedNats) -> None:
     """After a failure nobody calls again before the cooldown; then one call, and the token is shared."""
-    from imrelay_sender.tokens import TokenUnavailable
+    from imrelay.delivery.tokens import TokenUnavailable
 
     cfg = NatsConfig(url=nats_server.url)
     connections = [await nats.connect(nats_server.url) for _ in range(3)]
@@ -152,7 +152,7 @@ class _LateLocker:
 async def test_a_replica_that_gets_the_lock_after_a_failure_backs_off_too(nats_server: EmbeddedNats) -> None:
     """Replica B saw no cooldown, then took the lock just after replica A's attempt failed: it must see
     A's cooldown under the lock instead of calling the failing endpoint again."""
-    from imrelay_sender.tokens import TokenUnavailable
+    from imrelay.delivery.tokens import TokenUnavailable
 
     cfg = NatsConfig(url=nats_server.url)
     nc = await nats.connect(nats_server.url)

@@ -14,10 +14,11 @@ import httpx
 import uvicorn
 from websockets.asyncio.client import connect
 
-from imrelay.config import ConnectorConfig, Platform, WeComAIBot, parse_settings
+from imrelay.config import ConnectorConfig, parse_settings
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
+from imrelay.platforms.wecom_aibot.config import WeComAIBot
+from imrelay.platforms.wecom_aibot.delivery import WeComAIBotDelivery, part_stream_id, parts_of
 from imrelay_ingress.connector import BotSocket
-from imrelay_sender.platforms.wecom_aibot import WeComAIBotDelivery, part_stream_id, parts_of
 from imrelay_sim.server import create_app
 
 from ..helpers import FakeStreamStore, free_port
@@ -104,7 +105,7 @@ async def test_the_simulated_gateway_enforces_the_stream_limits() -> None:
 
 
 def chunk(text: str, final: bool = False) -> ReplyChunk:
-    return ReplyChunk(reply_id="r1", inbound_id="r1", platform=Platform.WECOM_AIBOT, bot_id="ws",
+    return ReplyChunk(reply_id="r1", inbound_id="r1", platform="wecom_aibot", bot_id="ws",
                       chat=Chat(id="alice", type=ChatType.DIRECT), recipient=Sender(id="alice"), seq=0,
                       reply_handle={"stream_id": "sid", "req_id": "rq", "mode": "long_connection"},
                       text=None if final else text, full_text=text if final else None, final=final)

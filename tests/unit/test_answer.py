@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from imrelay.config import BackendConfig, Platform
+from imrelay.config import BackendConfig
 from imrelay.errors import BackendError
 from imrelay.events import Chat, ChatType, InboundMessage, ReplyChunk, Sender
 from imrelay_worker.answer import produce_answer
 from imrelay_worker.backends import ChatMessage, ChatRequest, Piece
 from imrelay_worker.backends.openai import OpenAIBackend
 
-MSG = InboundMessage(id="m1", platform=Platform.WECOM_APP, bot_id="b", platform_message_id="k",
+MSG = InboundMessage(id="m1", platform="wecom_app", bot_id="b", platform_message_id="k",
                      chat=Chat(id="u", type=ChatType.DIRECT), sender=Sender(id="u"), text="hi")
 
 

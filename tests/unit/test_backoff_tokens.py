@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from imrelay.delivery.tokens import TokenRecord, effective_skew, is_usable, needs_refresh
 from imrelay_sender.backoff import backoff_delay
-from imrelay_sender.tokens import TokenRecord, effective_skew, is_usable, needs_refresh
 
 
 @pytest.mark.parametrize(("attempt", "ceiling"), [(1, 0.5), (2, 1.0), (3, 2.0), (10, 30.0)])
@@ -51,7 +51,7 @@ def test_record_json_round_trip_and_repr() -> None:
 
 
 def test_renew_early_refreshes_ahead_of_expiry() -> None:
-    from imrelay_sender.tokens import renew_at
+    from imrelay.delivery.tokens import renew_at
 
     r = renew_at("a", 7200, 1000, None, renew_early=True, skew=300)
     assert (r.expires_at, r.renew_at) == (8200, 7900)
@@ -59,7 +59,7 @@ def test_renew_early_refreshes_ahead_of_expiry() -> None:
 
 
 def test_wecom_style_tokens_are_fetched_at_expiry_only() -> None:
-    from imrelay_sender.tokens import renew_at
+    from imrelay.delivery.tokens import renew_at
 
     r = renew_at("a", 7200, 1000, None, renew_early=False, skew=300)
     assert r.renew_at == 8200
@@ -67,7 +67,7 @@ def test_wecom_style_tokens_are_fetched_at_expiry_only() -> None:
 
 
 def test_the_same_token_back_is_not_asked_for_again_before_it_expires() -> None:
-    from imrelay_sender.tokens import renew_at
+    from imrelay.delivery.tokens import renew_at
 
     first = renew_at("a", 7200, 1000, None, renew_early=True, skew=300)
     again = renew_at("a", 300, 7900, first, renew_early=True, skew=300)  # the platform's answer
@@ -78,6 +78,6 @@ def test_the_same_token_back_is_not_asked_for_again_before_it_expires() -> None:
 
 
 def test_token_endpoint_cooldown_grows_and_caps() -> None:
-    from imrelay_sender.tokens import cooldown_after
+    from imrelay.delivery.tokens import cooldown_after
 
     assert [cooldown_after(n, 1.0, 60.0) for n in (1, 2, 3, 7, 20)] == [1.0, 2.0, 4.0, 60.0, 60.0]

@@ -249,7 +249,7 @@ async def test_signed_payloads_of_any_shape_never_crash_a_parser(bot_id: str,
     rng = random.Random(f"{SEED}:insider:{bot_id}")
     ingress = Ingress(now=NOW)
     plain = plaintext_of(signed(bot_id, "hello", "1", NOW))
-    is_xml = bot(bot_id).platform.value in ("wecom_app", "wecom_group_robot")
+    is_xml = bot(bot_id).platform in ("wecom_app", "wecom_group_robot")
     statuses: dict[int, int] = {}
     with caplog.at_level(logging.ERROR, logger="imrelay.ingress"):
         for _ in range(CASES):

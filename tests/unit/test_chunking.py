@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from imrelay_sender.chunking import split_chars, split_utf8
+from imrelay.delivery.chunking import split_chars, split_utf8
 
 
 def check(text: str, limit: int) -> list[str]:

@@ -87,9 +87,9 @@ def test_the_configuration_reference_is_up_to_date() -> None:
 
 
 def _models() -> list[tuple[type[BaseModel], str]]:
-    bots: list[tuple[type[BaseModel], str]] = [(m, "bots[]") for m in (
-        c.WeComAppBot, c.WeComGroupRobotBot, c.WeComAIBot, c.FeishuBot, c.DingTalkBot, c.QQBot,
-        c.DiscordBot)]
+    from imrelay import platforms
+
+    bots: list[tuple[type[BaseModel], str]] = [(s.bot_model, "bots[]") for s in platforms.SPECS]
     return [(c.Settings, ""), (c.BackendConfig, "backends.<name>"), *bots]
 
 
@@ -137,8 +137,8 @@ def test_lease_summary() -> None:
 
 
 def test_token_keys_are_the_senders() -> None:
-    from imrelay_sender.platforms.feishu import FeishuDelivery
-    from imrelay_sender.platforms.wecom_app import WeComAppDelivery
+    from imrelay.platforms.feishu.delivery import FeishuDelivery
+    from imrelay.platforms.wecom_app.delivery import WeComAppDelivery
 
     settings = c.parse_settings({"bots": [
         {"id": "a", "platform": "wecom_app", "credentials": {

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from imrelay.config import Platform, load_settings, parse_settings
+from imrelay.config import load_settings, parse_settings
 from imrelay.errors import ConfigError
+from imrelay.platforms.wecom_app.config import WeComAppBot
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
@@ -30,7 +31,7 @@ def test_defaults_need_nothing() -> None:
 def test_env_interpolation_and_masked_secrets() -> None:
     s = parse_settings({"bots": [app_bot()]}, {"WECOM_SECRET": "s3cr3t-value"})
     bot = s.bots[0]
-    assert bot.platform is Platform.WECOM_APP
+    assert isinstance(bot, WeComAppBot)
     assert bot.credentials.secret.get_secret_value() == "s3cr3t-value"
     assert bot.credentials.agent_id == "1000002"
     for text in (repr(s), str(s), s.model_dump_json()):
@@ -48,7 +49,7 @@ def test_env_default() -> None:
     bot = app_bot(credentials={"corp_id": "ww1", "agent_id": "1", "secret": "${X:-fallback}",
                                "token": "t", "encoding_aes_key": KEY})
     s = parse_settings({"bots": [bot]}, {})
-    assert s.bots[0].credentials.secret.get_secret_value() == "fallback"  # type: ignore[union-attr]
+    assert s.bots[0].credentials.secret.get_secret_value() == "fallback"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("data", "path"), [

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from imrelay.config import Settings, parse_settings
-from imrelay.wecom_crypto import WeComCrypto
+from imrelay.platforms.wecom.crypto import WeComCrypto
+from imrelay.platforms.wecom.sim import app_text_xml, encrypted_post, url_verification
 from imrelay_ingress.app import create_app
-from imrelay_sim.wecom_callbacks import app_text_xml, encrypted_post, url_verification
 
 from ..helpers import FakePublisher
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from imrelay.config import Platform
 from imrelay.events import Chat, ChatType, InboundMessage, Sender
 from imrelay_worker.memory import Conversation, Turn, conversation_key, trim
 
@@ -23,7 +22,7 @@ def test_conversation_round_trip_and_messages() -> None:
 
 def test_group_conversations_are_per_member_unless_configured() -> None:
     def msg(user: str) -> InboundMessage:
-        return InboundMessage(id="1", platform=Platform.FEISHU, bot_id="b", platform_message_id="k",
+        return InboundMessage(id="1", platform="feishu", bot_id="b", platform_message_id="k",
                               chat=Chat(id="oc_1", type=ChatType.GROUP), sender=Sender(id=user))
 
     assert conversation_key(msg("a"), True) != conversation_key(msg("b"), True)

@@ -16,7 +16,10 @@ from imrelay.errors import (
     TransientUpstreamError,
 )
 from imrelay.events import ReplyFormat
-from imrelay_sender.platforms import dingtalk, discord, feishu, qq
+from imrelay.platforms.dingtalk import delivery as dingtalk
+from imrelay.platforms.discord import delivery as discord
+from imrelay.platforms.feishu import delivery as feishu
+from imrelay.platforms.qq import delivery as qq
 
 OK = None
 
@@ -141,12 +144,11 @@ def test_qq_tokens_come_from_bots_qq_com_unless_told_otherwise() -> None:
 def test_reply_windows() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from imrelay.config import Platform
+    from imrelay.delivery.http import window_closed
     from imrelay.events import Chat, ChatType, ReplyChunk, Sender
-    from imrelay_sender.platforms.http import window_closed
 
     received = datetime(2026, 1, 1, tzinfo=UTC)
-    chunk = ReplyChunk(reply_id="r", inbound_id="i", platform=Platform.QQ, bot_id="b",
+    chunk = ReplyChunk(reply_id="r", inbound_id="i", platform="qq", bot_id="b",
                        chat=Chat(id="g", type=ChatType.GROUP), recipient=Sender(id="u"), seq=0,
                        received_at=received)
     assert not window_closed(chunk, 300, now=received + timedelta(seconds=299))

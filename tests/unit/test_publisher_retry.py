@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from imrelay.config import NatsConfig, Platform
+from imrelay.config import NatsConfig
 from imrelay.events import Chat, ChatType, InboundMessage, Sender
 from imrelay_ingress.publisher import JetStreamPublisher, PublishUnavailable
 
@@ -36,7 +36,7 @@ def publisher(js: FlakyJetStream, deadline: float) -> JetStreamPublisher:
 
 
 def message() -> InboundMessage:
-    return InboundMessage(id="m1", platform=Platform.WECOM_APP, bot_id="b", platform_message_id="k1",
+    return InboundMessage(id="m1", platform="wecom_app", bot_id="b", platform_message_id="k1",
                           chat=Chat(id="u", type=ChatType.DIRECT), sender=Sender(id="u"), text="hi")
 
 

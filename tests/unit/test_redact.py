@@ -18,10 +18,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from imrelay import redact
-from imrelay.config import Platform
+from imrelay.delivery.tokens import TokenCache
 from imrelay.events import Chat, ChatType, InboundMessage, ReplyChunk, Sender
 from imrelay.redact import MASK, MASKER, Masker, RedactingSpanExporter, protect_settings
-from imrelay_sender.tokens import TokenCache
 
 from .test_secret_reprs import MARK, marker_settings
 
@@ -109,11 +108,11 @@ def test_settings_and_reply_handles_register_their_secrets() -> None:
     protect_settings(marker_settings())
     assert redact.redact(f"key {MARK}-openai and {MARK}-dingsecret") == f"key {MASK} and {MASK}"
     chunk = ReplyChunk(
-        reply_id="r", inbound_id="i", platform=Platform.DISCORD, bot_id="b",
+        reply_id="r", inbound_id="i", platform="discord", bot_id="b",
         chat=Chat(id="c", type=ChatType.DIRECT), recipient=Sender(id="u"), seq=0,
         reply_handle={"application_id": "1", "interaction_token": "aW50ZXJhY3Rpb24tokenvalue"})
     inbound = InboundMessage(
-        id="i", platform=Platform.DINGTALK, bot_id="b", platform_message_id="m",
+        id="i", platform="dingtalk", bot_id="b", platform_message_id="m",
         chat=Chat(id="c", type=ChatType.DIRECT), sender=Sender(id="u"),
         reply_handle={"session_webhook": "https://oapi.dingtalk.com/robot/sendBySession?session=SeSsIoN42"})
     assert chunk.reply_handle and inbound.reply_handle

@@ -10,11 +10,12 @@ from typing import Any
 import httpx
 import pytest
 
-from imrelay.config import BotConfig, Settings, WeComAIBot, parse_settings
+from imrelay.config import BotConfig, Settings, parse_settings
+from imrelay.delivery import DeliveryContext
+from imrelay.delivery.tokens import TokenCache, TokenRecord
+from imrelay.platforms import adapter_for, delivery_for
+from imrelay.platforms.wecom_aibot.config import WeComAIBot
 from imrelay_ingress.connector import BotSocket
-from imrelay_ingress.platforms import adapter_for
-from imrelay_sender.platforms import delivery_for
-from imrelay_sender.tokens import TokenCache, TokenRecord
 from imrelay_worker.backends import build_backend
 
 from ..helpers import FakePublisher, FakeStreamStore
@@ -88,9 +89,9 @@ def test_ingress_adapters(settings: Settings, bot_id: str) -> None:
 def _deliveries(settings: Settings) -> list[object]:
     client = httpx.AsyncClient()
     tokens = TokenCache(kv=object())  # type: ignore[arg-type]  # never called here
-    return [delivery_for(bot, settings, client, tokens, settings.sender, object(),  # type: ignore[arg-type]
-                         FakeStreamStore(), None)
-            for bot in settings.bots]
+    ctx = DeliveryContext(settings=settings, client=client, tokens=tokens,
+                          deliveries=object(), answer_streams=FakeStreamStore())  # type: ignore[arg-type]
+    return [delivery_for(bot, ctx) for bot in settings.bots]
 
 
 def test_sender_deliveries(settings: Settings) -> None:

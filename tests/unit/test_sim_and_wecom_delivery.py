@@ -10,8 +10,8 @@ from imrelay.errors import (
     TokenExpiredError,
     TransientUpstreamError,
 )
-from imrelay_sender.platforms.wecom import check
-from imrelay_sender.platforms.wecom_app import send_body
+from imrelay.platforms.wecom.delivery import check
+from imrelay.platforms.wecom_app.delivery import send_body
 from imrelay_sim.server import create_app
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
@@ -147,13 +147,13 @@ def test_ok_passes() -> None:
     ("", False),
 ])
 def test_robot_replies_only_to_the_platforms_webhook(url: str, ok: bool) -> None:
-    from imrelay_sender.platforms.wecom_group_robot import webhook_allowed
+    from imrelay.platforms.wecom_group_robot.delivery import webhook_allowed
 
     assert webhook_allowed(url, "https://qyapi.weixin.qq.com") is ok
 
 
 def test_robot_body_mentions_the_asker() -> None:
-    from imrelay_sender.platforms.wecom_group_robot import send_body as robot_body
+    from imrelay.platforms.wecom_group_robot.delivery import send_body as robot_body
 
     assert robot_body("hi", "zhangsan") == {
         "msgtype": "text", "text": {"content": "hi", "mentioned_list": ["zhangsan"]}}

@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imrelay import hints, natslog
+from imrelay import natslog
 from imrelay.config import parse_settings
 from imrelay.hints import callback_hint, platform_hint
-from imrelay.wecom_crypto import WeComCrypto
+from imrelay.platforms.wecom.crypto import WeComCrypto
+from imrelay.platforms.wecom.sim import app_text_xml, encrypted_post
 from imrelay_ingress.app import create_app
-from imrelay_sim.wecom_callbacks import app_text_xml, encrypted_post
 
 from ..helpers import FakePublisher
 
@@ -30,7 +30,9 @@ def anchors() -> set[str]:
 
 
 def test_every_linked_section_exists() -> None:
-    linked = set(hints._ANCHORS.values()) | {"signature-failures", "replay-window",
+    from imrelay import platforms
+
+    linked = {a for s in platforms.SPECS for a in s.hints.values()} | {"signature-failures", "replay-window",
                                              natslog.TROUBLESHOOTING.split("#")[1]}
     assert linked <= anchors()
     text = DOC.read_text(encoding="utf-8")

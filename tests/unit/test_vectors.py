@@ -11,7 +11,7 @@ import pytest
 
 from imrelay.config import parse_settings
 from imrelay.errors import CallbackError
-from imrelay.wecom_crypto import WeComCrypto
+from imrelay.platforms.wecom.crypto import WeComCrypto
 from imrelay_ingress.app import create_app
 
 from ..helpers import FakePublisher, FakeStreamStore, load_vectors
@@ -131,7 +131,7 @@ def _aibot_reply(case: dict[str, Any], body: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("case", REPLY_CASES, ids=[c["id"] for c in REPLY_CASES])
 def test_passive_reply_encryption(case: dict[str, Any]) -> None:
-    from imrelay_ingress.platforms.wecom_aibot import envelope
+    from imrelay.platforms.wecom_aibot.ingress import envelope
 
     cred, req, expected = case["credentials"], case["request"], case["expected"]
     crypto = WeComCrypto(cred["token"], cred["encoding_aes_key"], cred["receive_id"])

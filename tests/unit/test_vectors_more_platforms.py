@@ -15,8 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from imrelay import dingtalk_crypto, ed25519, feishu_crypto
+from imrelay import ed25519
 from imrelay.config import parse_settings
+from imrelay.platforms.dingtalk import crypto as dingtalk_crypto
+from imrelay.platforms.feishu import crypto as feishu_crypto
 from imrelay_ingress.app import create_app
 
 from ..helpers import FakePublisher, FakeReplayGuard, load_vectors

@@ -5,7 +5,7 @@ import base64
 import pytest
 
 from imrelay.errors import DecryptError, VerifyError, WeComCode
-from imrelay.wecom_crypto import BLOCK, WeComCrypto, block_pad, block_unpad, signature
+from imrelay.platforms.wecom.crypto import BLOCK, WeComCrypto, block_pad, block_unpad, signature
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 

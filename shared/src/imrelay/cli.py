@@ -44,7 +44,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"backend {name}: {b.kind.value}" + (f" {b.base_url} model={b.model}" if b.base_url
                                                     else ""))
     for bot in settings.bots:
-        print(f"bot {bot.id}: {bot.platform.value} -> backend {bot.backend}, "
+        print(f"bot {bot.id}: {bot.platform} -> backend {bot.backend}, "
               f"callback path /callback/{bot.id}")
     if not args.online:
         print("ok")
@@ -90,19 +90,20 @@ def online_checks(settings: Settings,
 
     checks: list[tuple[str, Callable[[], Awaitable[str]]]] = [("nats", check_nats)]
     try:
-        from imrelay_sender.platforms import delivery_for
+        from imrelay.delivery import DeliveryContext
+        from imrelay.platforms import delivery_for, spec_for
     except ImportError:
         async def no_sender() -> str:
             raise RuntimeError("imrelay-sender is not installed here: tokens cannot be checked")
 
         checks.append(("tokens", no_sender))
     else:
+        ctx = DeliveryContext(settings=settings, client=client, tokens=cast(Any, None))
         for bot in settings.bots:
-            delivery = delivery_for(bot, settings, client, cast(Any, None), settings.sender, cast(Any, None),
-                                    cast(Any, None))
-            fetch = getattr(delivery, "_fetch_token", None)
+            needs_token = spec_for(bot).capabilities.needs_token
+            fetch = getattr(delivery_for(bot, ctx), "_fetch_token", None) if needs_token else None
 
-            async def check_token(fetch: Any = fetch, platform: str = bot.platform.value,
+            async def check_token(fetch: Any = fetch, platform: str = bot.platform,
                                   api: str = settings.auth_base(bot)) -> str:
                 if fetch is None:
                     return "no access token needed (webhook or reply token)"
@@ -114,7 +115,7 @@ def online_checks(settings: Settings,
                     raise RuntimeError(explain_exception(platform, exc)) from exc
                 return f"access token fetched (valid {int(expires_in)}s): credentials and this host accepted"
 
-            checks.append((f"bot {bot.id} ({bot.platform.value}) token", check_token))
+            checks.append((f"bot {bot.id} ({bot.platform}) token", check_token))
     try:
         from imrelay_worker.backends import ChatMessage, ChatRequest, Replace, build_backend
     except ImportError:

@@ -21,6 +21,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from . import config as c
+from . import platforms
+from .bots import BotBase
 
 __all__ = ["MEANINGS", "chart_bots_schema", "config_reference", "config_schema", "iter_keys",
            "with_chart_bots_schema"]
@@ -87,38 +89,17 @@ MEANINGS: dict[str, str] = {
     "BackendConfig.timeout_seconds": "Timeout of the whole backend request.",
     "BackendConfig.idle_timeout_seconds": "An answer stream silent this long is treated as failed.",
     "BackendConfig.error_message": "What the user is told when the backend fails.",
-    "_BotBase.id": "The bot's id: lowercase letters, digits and `-`; its callback URL is "
+    "BotBase.id": "The bot's id: lowercase letters, digits and `-`; its callback URL is "
                    "`/callback/<id>`.",
-    "_BotBase.backend": "The name of the backend (under `backends`) that answers this bot.",
-    "_BotBase.api_base": "The platform API's base URL, if not the platform's public one (private "
+    "BotBase.backend": "The name of the backend (under `backends`) that answers this bot.",
+    "BotBase.api_base": "The platform API's base URL, if not the platform's public one (private "
                          "deployments, the simulator).",
-    "_BotBase.mode": "`callback` (the platform posts to the ingress) or `long_connection` (the connector "
-                     "dials the platform; WeCom AI bot).",
-    "_BotBase.system_prompt": "Overrides the backend's system prompt for this bot.",
-    "_BotBase.temperature": "Overrides the backend's temperature for this bot.",
-    "WeComAppCredentials.corp_id": "The CorpID (我的企业 → 企业信息).",
-    "WeComAppCredentials.agent_id": "The app's AgentId.",
-    "WeComAppCredentials.secret": "The app's Secret (fetches access tokens).",
-    "WeComAppCredentials.token": "The callback Token (接收消息 → API 接收).",
-    "WeComAppCredentials.encoding_aes_key": "The callback EncodingAESKey (43 characters).",
-    "WeComBotCredentials.token": "The callback Token.",
-    "WeComBotCredentials.encoding_aes_key": "The callback EncodingAESKey (43 characters).",
-    "WeComBotCredentials.bot_id": "The AI bot's BotID (long_connection mode).",
-    "WeComBotCredentials.secret": "The AI bot's Secret (long_connection mode).",
-    "FeishuCredentials.app_id": "The app's App ID.",
-    "FeishuCredentials.app_secret": "The app's App Secret (fetches tenant access tokens).",
-    "FeishuCredentials.encrypt_key": "The event subscription's Encrypt Key (events are signed and "
-                                     "encrypted only when it is set).",
-    "FeishuCredentials.verification_token": "The event subscription's Verification Token.",
-    "DingTalkCredentials.app_key": "The app's AppKey (Client ID).",
-    "DingTalkCredentials.app_secret": "The app's AppSecret (Client Secret): checks callback signatures "
-                                      "and fetches access tokens.",
-    "QQCredentials.app_id": "The bot's AppID.",
-    "QQCredentials.app_secret": "The bot's AppSecret: checks callback signatures and fetches access tokens.",
-    "DiscordCredentials.application_id": "The application's ID.",
-    "DiscordCredentials.bot_token": "The bot's token.",
-    "_BotBase.thinking_after_seconds": "Seconds without answer text before `thinking_message` is shown.",
-    "_BotBase.answer_timeout_seconds": "Overrides `worker.answer_timeout_seconds` for this bot.",
+    "BotBase.mode": "`callback` (the platform posts to the ingress) or `long_connection` (the connector "
+                     "dials the platform, where the platform has such a mode).",
+    "BotBase.system_prompt": "Overrides the backend's system prompt for this bot.",
+    "BotBase.temperature": "Overrides the backend's temperature for this bot.",
+    "BotBase.thinking_after_seconds": "Seconds without answer text before `thinking_message` is shown.",
+    "BotBase.answer_timeout_seconds": "Overrides `worker.answer_timeout_seconds` for this bot.",
     "SenderConfig.rate_limits": "Platform rate limits by scope (see the section's introduction); an entry "
                                 "replaces the default of the same scope.",
     "Settings.bots": "The bots, one per platform app or robot (see `bots` below).",
@@ -281,24 +262,21 @@ def iter_keys(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, 
     return rows
 
 
-_BOTS: list[tuple[str, type[BaseModel]]] = [
-    ("WeCom self-built app (`wecom_app`)", c.WeComAppBot),
-    ("WeCom group robot (`wecom_group_robot`)", c.WeComGroupRobotBot),
-    ("WeCom AI bot (`wecom_aibot`)", c.WeComAIBot),
-    ("Feishu / Lark (`feishu`, `lark`)", c.FeishuBot),
-    ("DingTalk (`dingtalk`)", c.DingTalkBot),
-    ("QQ (`qq`)", c.QQBot),
-    ("Discord (`discord`)", c.DiscordBot),
-]
+def _bots() -> list[tuple[str, type[BaseModel]]]:
+    return [(f"{s.title} ({', '.join(f'`{t}`' for t in s.tags)})", s.bot_model) for s in platforms.SPECS]
+
+
+def _rate_scopes() -> str:
+    return ", ".join(f"`{r.name}` ({r.meaning}, default {r.default.limit} per "
+                     f"{r.default.window_seconds:g} s)" for s in platforms.SPECS for r in s.rate_scopes)
 
 _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("nats", c.NatsConfig, "The NATS JetStream connection and the streams' settings."),
     ("ingress", c.IngressConfig, "The public callback server."),
     ("admin", c.AdminConfig, "Every service's admin port."),
     ("worker", c.WorkerConfig, "The llm-worker."),
-    ("sender", c.SenderConfig, "Delivery to the platforms. `rate_limits` maps a scope (`wecom_app.per_user`, "
-     "`wecom_group_robot.per_webhook`, `feishu.per_app`, `feishu.per_chat`, `dingtalk.per_robot`, "
-     "`qq.per_channel`) to `{limit, window_seconds}`, replacing that scope's default."),
+    ("sender", c.SenderConfig, "Delivery to the platforms. `rate_limits` maps a scope (see below) to "
+     "`{limit, window_seconds}`, replacing that scope's default."),
     ("memory", c.MemoryConfig, "Conversation memory (kept in NATS KV)."),
     ("connector", c.ConnectorConfig, "Long connections (`imrelay-connector`)."),
 ]
@@ -328,6 +306,8 @@ def config_reference() -> str:
     ]
     for name, model, intro in _SECTIONS:
         out += [f"## `{name}`", "", intro, ""] + _table(iter_keys(model, name)) + [""]
+        if name == "sender":
+            out += [f"The platforms' limits (scopes of `sender.rate_limits`): {_rate_scopes()}.", ""]
     out += ["## `backends`", "",
             "Named LLM backends (`backends.<name>`); bots choose one by name. Default: one `echo` backend "
             "named `default`.", ""]
@@ -335,9 +315,10 @@ def config_reference() -> str:
     out += ["## `bots`", "",
             "A list of bots; each has a `platform` and that platform's `credentials`. Keys every bot has:",
             ""]
-    out += _table(iter_keys(c._BotBase, "bots[]")) + [""]
-    common = set(c._BotBase.model_fields)
-    for title, model in _BOTS:
+    own = {"platform", "credentials"}  # each platform's own, listed under it
+    out += _table([r for r in iter_keys(BotBase, "bots[]") if r[0].split(".")[1] not in own]) + [""]
+    common = set(BotBase.model_fields) - own
+    for title, model in _bots():
         rows = [r for r in iter_keys(model, "bots[]") if r[0].split(".")[1] not in common
                 or r[0] == "bots[].platform"]
         out += [f"### {title}", ""] + _table(rows) + [""]

@@ -40,6 +40,7 @@ __all__ = [
     "WeComCode",
 ]
 
+from collections.abc import Sequence
 from enum import IntEnum
 
 
@@ -73,12 +74,16 @@ class ImrelayError(Exception):
 
 
 class ConfigError(ImrelayError):
-    """The configuration file is invalid; ``path`` is the dotted path of the bad key."""
+    """The configuration file is invalid; ``path`` is the dotted path of the (first) bad key, ``problems``
+    every ``(path, message)`` found, so all of them can be fixed at once."""
 
-    def __init__(self, path: str, message: str) -> None:
+    def __init__(self, path: str, message: str, *, more: Sequence[tuple[str, str]] = ()) -> None:
         self.path = path
         self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        self.problems = [(path, message), *more]
+        lines = [f"{p}: {m}" if p else m for p, m in self.problems]
+        text = lines[0] if len(lines) == 1 else f"{len(lines)} problems: " + "; ".join(lines)
+        super().__init__(text)
 
 
 class NatsRefusedError(ConfigError):

@@ -16,7 +16,6 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from .config import Platform
 from .redact import protect_reply_handle
 
 SCHEMA_VERSION = 1
@@ -88,7 +87,7 @@ def utcnow() -> datetime:
 class InboundMessage(_Event):
     schema_version: int = SCHEMA_VERSION
     id: str
-    platform: Platform
+    platform: str  # the bot's platform tag (imrelay.platforms)
     bot_id: str
     platform_message_id: str = Field(description="dedupe key, stable across platform retries")
     kind: Literal["message", "event"] = "message"
@@ -106,7 +105,7 @@ class ReplyChunk(_Event):
     schema_version: int = SCHEMA_VERSION
     reply_id: str
     inbound_id: str
-    platform: Platform
+    platform: str  # the bot's platform tag (imrelay.platforms)
     bot_id: str
     chat: Chat
     recipient: Sender

@@ -7,29 +7,13 @@ __all__ = ["TROUBLESHOOTING", "callback_hint", "platform_anchor", "platform_hint
 
 TROUBLESHOOTING = "docs/troubleshooting.md"
 
-_ANCHORS: dict[tuple[str, str], str] = {
-    ("wecom", "60020"): "wecom-60020",
-    ("wecom", "40001"): "wecom-40001",
-    ("wecom", "40013"): "wecom-40001",
-    ("wecom", "40056"): "wecom-40001",
-    ("wecom", "40014"): "wecom-40014",
-    ("wecom", "42001"): "wecom-40014",
-    ("wecom", "45009"): "wecom-45009",
-    ("feishu", "99991663"): "feishu-99991663",
-    ("feishu", "99991661"): "feishu-99991663",
-    ("feishu", "10014"): "feishu-10014",
-    ("feishu", "10003"): "feishu-10014",
-}
-
-
-def _family(platform: str) -> str:
-    if platform.startswith("wecom"):
-        return "wecom"
-    return "feishu" if platform in ("feishu", "lark") else platform
-
-
 def platform_anchor(platform: str, code: object) -> str | None:
-    return _ANCHORS.get((_family(platform), str(code)))
+    from . import platforms
+
+    try:
+        return platforms.spec(platform).hints.get(str(code))
+    except ValueError:
+        return None
 
 
 def platform_hint(platform: str, code: object) -> str:

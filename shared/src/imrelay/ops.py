@@ -16,15 +16,10 @@ from typing import Any
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
+from . import platforms
 from . import subjects as s
-from .config import (
-    BotConfig,
-    DingTalkBot,
-    FeishuBot,
-    QQBot,
-    Settings,
-    WeComAppBot,
-)
+from .bots import BotBase
+from .config import Settings
 from .dlq import DeadLetter
 
 TROUBLESHOOTING = "docs/troubleshooting.md"
@@ -32,18 +27,10 @@ TROUBLESHOOTING = "docs/troubleshooting.md"
 # ---- status -------------------------------------------------------------------------------------------
 
 
-def token_key(bot: BotConfig) -> str | None:
+def token_key(bot: BotBase) -> str | None:
     """The bot's key in the ``imrelay_tokens`` bucket, as the sender writes it (None: the platform needs
-    no access token — group robots post to a webhook, Discord answers with the interaction's token)."""
-    if isinstance(bot, WeComAppBot):
-        return s.kv_key("wecom", bot.credentials.corp_id, bot.credentials.agent_id)
-    if isinstance(bot, FeishuBot):
-        return s.kv_key(bot.platform.value, bot.credentials.app_id)
-    if isinstance(bot, DingTalkBot):
-        return s.kv_key("dingtalk", bot.credentials.app_key)
-    if isinstance(bot, QQBot):
-        return s.kv_key("qq", bot.credentials.app_id)
-    return None
+    no access token, e.g. it answers through a webhook or the message's own reply token)."""
+    return platforms.spec_for(bot).token_key(bot)
 
 
 def token_summary(value: bytes | None, now: float) -> dict[str, Any]:
@@ -105,12 +92,12 @@ async def collect_status(js: JetStreamContext, settings: Settings,
         pass
     bots: list[dict[str, Any]] = []
     for bot in settings.bots:
-        entry: dict[str, Any] = {"id": bot.id, "platform": bot.platform.value, "mode": bot.mode}
+        entry: dict[str, Any] = {"id": bot.id, "platform": bot.platform, "mode": bot.mode}
         key = token_key(bot)
         entry["token"] = (token_summary(await _kv_value(js, s.KV_TOKENS, key), now) if key
                           else {"state": "not used", "expires_in_seconds": None})
         if bot.mode == "long_connection":
-            raw = await _kv_value(js, s.KV_LEASES, s.kv_key(bot.platform.value, bot.id))
+            raw = await _kv_value(js, s.KV_LEASES, s.kv_key(bot.platform, bot.id))
             entry["lease"] = lease_summary(raw, now)
         bots.append(entry)
     return {"streams": streams, "consumers": consumers, "bots": bots, "dead_letters": dlq}
@@ -188,27 +175,16 @@ class Check:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.what}: {self.detail}"
 
 
-# What a token endpoint's error code means for whoever set the bot up, and where to read more.
-_TOKEN_CODES: dict[tuple[str, str], str] = {
-    ("wecom", "60020"): "this host's IP is not in the app's trusted IPs (企业可信IP): add the public IP "
-                        "this host calls WeCom from in the app's settings",
-    ("wecom", "40001"): "wrong secret (credentials.secret): copy the app's Secret again",
-    ("wecom", "40013"): "wrong corp id (credentials.corp_id)",
-    ("wecom", "40056"): "wrong agent id (credentials.agent_id)",
-    ("feishu", "10014"): "wrong app secret (credentials.app_secret)",
-    ("feishu", "10003"): "wrong app id (credentials.app_id)",
-}
-
-
 def explain_platform_error(platform: str, code: str, message: str) -> str:
     """A token or API error in words an operator can act on, with the troubleshooting anchor."""
     from .hints import platform_hint
 
-    family = "wecom" if platform.startswith("wecom") else "feishu" if platform in ("feishu", "lark") \
-        else platform
-    hint = _TOKEN_CODES.get((family, code))
-    return f"{platform} error {code}: {hint or message}" + (platform_hint(platform, code)
-                                                           or f" (see {TROUBLESHOOTING})")
+    try:
+        cause = platforms.spec(platform).causes.get(code)
+    except ValueError:
+        cause = None
+    return f"{platform} error {code}: {cause or message}" + (platform_hint(platform, code)
+                                                            or f" (see {TROUBLESHOOTING})")
 
 
 def explain_exception(platform: str, exc: BaseException) -> str:

@@ -12,13 +12,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imrelay.aibot_streams import StreamStore
-from imrelay.config import FeishuBot, Settings
+from imrelay.answer_streams import StreamStore
+from imrelay.callbacks import Adapter, CallbackRequest, StreamingAdapter
+from imrelay.config import Settings
 from imrelay.errors import CallbackError, ReplayError, UnknownBotError, VerifyError
 from imrelay.hints import callback_hint
+from imrelay.platforms import adapter_for
 from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
 
-from .platforms import Adapter, CallbackRequest, StreamingAdapter, adapter_for
 from .publisher import Publisher, PublishUnavailable, ReplayGuard
 
 log = logging.getLogger("imrelay.ingress")
@@ -63,11 +64,10 @@ def create_app(settings: Settings, publisher: Publisher, *,
     table: dict[str, Adapter] = dict(adapters) if adapters is not None else {
         bot.id: adapter_for(bot) for bot in settings.bots
     }
-    platform_of = {bot.id: bot.platform.value for bot in settings.bots}
+    platform_of = {bot.id: bot.platform for bot in settings.bots}
     for bot in settings.bots:
-        if isinstance(bot, FeishuBot) and bot.allow_unsigned_events:
-            log.warning("bot %s accepts unsigned events (allow_unsigned_events): anyone who learns its "
-                        "verification token can post events; set an Encrypt Key", bot.id)
+        for warning in bot.start_warnings():
+            log.warning("bot %s %s", bot.id, warning)
     limit = settings.ingress.max_body_bytes
 
     async def callback(request: Request) -> Response:

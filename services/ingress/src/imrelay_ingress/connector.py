@@ -40,9 +40,11 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection, connect
 
 from imrelay import subjects
-from imrelay.aibot_streams import stream_id
-from imrelay.config import ConnectorConfig, Settings, WeComAIBot, load_settings
+from imrelay.answer_streams import stream_id
+from imrelay.config import ConnectorConfig, Settings, load_settings
 from imrelay.jetstream import connect_until_ready, ensure_leases_bucket
+from imrelay.platforms.wecom_aibot.config import WeComAIBot
+from imrelay.platforms.wecom_aibot.ingress import normalize
 from imrelay.redact import protect_settings
 from imrelay.runtime import Connected, run_until_stopped, service_main
 from imrelay.telemetry import (
@@ -53,7 +55,6 @@ from imrelay.telemetry import (
 )
 
 from .lease import Lease
-from .platforms.wecom_aibot import normalize
 from .publisher import JetStreamPublisher
 
 log = logging.getLogger("imrelay.connector")

@@ -11,7 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from imrelay import subjects
-from imrelay.aibot_streams import KVStreamStore, StreamRecord
+from imrelay.answer_streams import KVStreamStore, StreamRecord
 from imrelay.config import NatsConfig
 from imrelay.events import InboundMessage
 from imrelay.jetstream import (
@@ -123,7 +123,7 @@ class JetStreamPublisher:
         publish whose PubAck was lost is dropped by the stream as a duplicate, never stored twice."""
         headers = {subjects.HDR_MSG_ID: f"{message.bot_id}:{message.platform_message_id}"}
         inject_headers(headers)
-        subject = subjects.inbound_subject(message.platform.value, message.bot_id)
+        subject = subjects.inbound_subject(message.platform, message.bot_id)
         payload = message.model_dump_json().encode()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.ingress_publish_deadline_seconds

@@ -50,7 +50,7 @@ class Worker:
         await self.broker.publish(
             chunk.model_dump_json().encode(),
             subjects.outbound_subject(
-                chunk.platform.value, chunk.bot_id,
+                chunk.platform, chunk.bot_id,
                 subjects.partition_of(f"{chunk.bot_id}:{chunk.chat.id}",
                                       self.settings.nats.out_partitions)),
             headers={subjects.HDR_MSG_ID: chunk.msg_id},
@@ -100,7 +100,7 @@ class Worker:
         bot = self.settings.bot(inbound.bot_id)
         if bot is None:
             raise LookupError(f"no bot {inbound.bot_id!r} in this worker's config")
-        labels = {"platform": inbound.platform.value, "bot": inbound.bot_id}
+        labels = {"platform": inbound.platform, "bot": inbound.bot_id}
         cfg = self.settings.backends[bot.backend]
         deadline = bot.answer_timeout_seconds or self.settings.worker.answer_timeout_seconds
         text = inbound.text.strip()
@@ -124,7 +124,7 @@ class Worker:
             request = ChatRequest(
                 messages=([ChatMessage("system", system)] if system else []) + history
                 + [ChatMessage("user", text)],
-                user=names.user(f"{inbound.platform.value}:{inbound.bot_id}:{inbound.sender.id}"),
+                user=names.user(f"{inbound.platform}:{inbound.bot_id}:{inbound.sender.id}"),
                 conversation=names.conversation(key), session=dict(conv.session), model=bot.model,
                 temperature=bot.temperature,
             )

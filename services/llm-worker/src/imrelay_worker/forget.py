@@ -31,7 +31,7 @@ async def forget(settings: Settings, bot_id: str, user: str) -> int:
     try:
         js = nc.jetstream(timeout=settings.nats.publish_timeout_seconds)
         kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)
-        return await MemoryStore(kv, settings.memory).forget_user(bot.platform.value, bot.id, user)
+        return await MemoryStore(kv, settings.memory).forget_user(bot.platform, bot.id, user)
     finally:
         await nc.close()
 

@@ -70,7 +70,7 @@ def trim(turns: list[Turn], max_turns: int, max_chars: int) -> list[Turn]:
 
 
 def conversation_key(msg: InboundMessage, per_user_in_groups: bool) -> str:
-    parts = [msg.platform.value, msg.bot_id, msg.chat.id]
+    parts = [msg.platform, msg.bot_id, msg.chat.id]
     if msg.chat.type is ChatType.GROUP and per_user_in_groups:
         parts.append(msg.sender.id)
     return kv_key("conv", *parts)

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import secrets
@@ -19,76 +18,37 @@ import time
 import httpx
 
 from imrelay import __version__
-from imrelay.config import (
-    BotConfig,
-    DingTalkBot,
-    DiscordBot,
-    FeishuBot,
-    QQBot,
-    Settings,
-    WeComAIBot,
-    WeComAppBot,
-    WeComGroupRobotBot,
-    load_settings,
-)
+from imrelay.config import BotConfig, Settings, load_settings
 from imrelay.errors import ConfigError
-from imrelay.wecom_crypto import WeComCrypto, crypto_for
-
-from . import dingtalk, discord, feishu, qq, wecom_aibot
-from .wecom_callbacks import app_text_xml, encrypted_post, robot_text_xml, url_verification
+from imrelay.platforms import spec_for
+from imrelay.platforms.spec import SimMessage
+from imrelay.platforms.wecom.config import WeComBotCredentials
+from imrelay.platforms.wecom.crypto import crypto_for
+from imrelay.platforms.wecom.sim import url_verification
+from imrelay.platforms.wecom_aibot import sim as wecom_aibot
+from imrelay.platforms.wecom_aibot.config import WeComAIBot
+from imrelay.platforms.wecom_app.config import WeComAppCredentials
 
 DEFAULT_SIM = "http://127.0.0.1:8090"
 DEFAULT_INGRESS = "http://127.0.0.1:8080"
-
-
-def _crypto(bot: BotConfig) -> WeComCrypto:
-    if isinstance(bot, WeComAppBot | WeComGroupRobotBot | WeComAIBot):
-        return crypto_for(bot.credentials)
-    raise SystemExit(f"imrelay-sim: platform {bot.platform.value} cannot be simulated yet")
 
 
 def build_request(bot: BotConfig, text: str, user: str, msg_id: str, now: float,
                   sim_url: str = DEFAULT_SIM, chat: str = "") -> tuple[str, dict[str, str], bytes]:
     """(query, headers, body) of a text message from ``user`` to ``bot`` as its platform sends it. The
     same ``msg_id`` gives the same platform ids (a platform retry); ``chat`` makes it a group message."""
-    if isinstance(bot, WeComAppBot | WeComGroupRobotBot):
-        query, body = build_callback(bot, text, user, msg_id, int(now), sim_url, chat)
-        return query, {"Content-Type": "text/xml"}, body
-    if isinstance(bot, WeComAIBot):
-        return wecom_aibot.message_callback(bot, text, user, msg_id, chat, now, sim_url)
-    if isinstance(bot, FeishuBot):
-        headers, body = feishu.callback(bot, text, user, chat or f"oc_p2p_{user}",
-                                        "group" if chat else "p2p", f"ev{msg_id}", f"om_{msg_id}", now)
-    elif isinstance(bot, DingTalkBot):
-        headers, body = dingtalk.callback(bot, text, user, chat or f"cid_{user}", bool(chat),
-                                          f"msg{msg_id}", now, sim_url)
-    elif isinstance(bot, QQBot):
-        headers, body = qq.callback(bot, text, user, chat, f"ROBOT1.0_{msg_id}", now)
-    elif isinstance(bot, DiscordBot):
-        seed = os.environ.get("DISCORD_SIM_SEED") or discord.DEMO_SEED
-        if discord.public_key_for(seed) != bot.credentials.public_key:
-            raise SystemExit("imrelay-sim: set DISCORD_SIM_SEED to the hex seed of this bot's public key")
-        token = "aW50ZXJhY3Rpb24" + hashlib.sha256(msg_id.encode()).hexdigest()[:40]
-        headers, body = discord.callback(bot, text, user, chat or f"dm-{user}", msg_id, token, now, seed)
-    else:
-        raise SystemExit(f"imrelay-sim: platform {bot.platform.value} cannot be simulated yet")
-    return "", headers, body
+    simulate = spec_for(bot).sim_request
+    if simulate is None:
+        raise SystemExit(f"imrelay-sim: platform {bot.platform} cannot be simulated yet")
+    req = simulate(bot, SimMessage(text=text, user=user, msg_id=msg_id, now=now, sim_url=sim_url, chat=chat))
+    return req.query, dict(req.headers), req.body
 
 
 def build_callback(bot: BotConfig, text: str, user: str, msg_id: str, now: int,
                    sim_url: str = DEFAULT_SIM, chat: str = "") -> tuple[str, bytes]:
-    """(query, body) of a WeCom text-message callback for ``bot``, as WeCom would send it."""
-    crypto = _crypto(bot)
-    if isinstance(bot, WeComAppBot):
-        c = bot.credentials
-        plain = app_text_xml(c.corp_id, c.agent_id, user, text, msg_id, now)
-        cb = encrypted_post(crypto, plain, now, to_user=c.corp_id, agent_id=c.agent_id)
-    else:
-        chat_id = chat or f"wrk{bot.id}"
-        plain = robot_text_xml(chat_id, "group", user, user, f"@{bot.id} {text}", msg_id,
-                               f"{sim_url}/cgi-bin/webhook/send?key={bot.id}")
-        cb = encrypted_post(crypto, plain, now)
-    return cb.query, cb.body
+    """(query, body) of a text-message callback for ``bot``, as its platform would send it."""
+    query, _, body = build_request(bot, text, user, msg_id, now, sim_url, chat)
+    return query, body
 
 
 def _settings(path: str | None) -> Settings:
@@ -205,7 +165,7 @@ def push_over_socket(args: argparse.Namespace, bot: WeComAIBot, msg_id: str) -> 
 
 
 def stream_of(bot: WeComAIBot, msg_id: str) -> str:
-    from imrelay.aibot_streams import stream_id
+    from imrelay.answer_streams import stream_id
 
     return stream_id(bot.id, msg_id)
 
@@ -234,7 +194,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     bot = _bot(settings, args.bot)
     echo = str(secrets.randbelow(10**19))
-    query = url_verification(_crypto(bot), echo, int(time.time()))
+    credentials = bot.credentials
+    if not isinstance(credentials, WeComAppCredentials | WeComBotCredentials):  # a GET with echostr
+        raise SystemExit(f"imrelay-sim: {bot.platform} has no URL verification to simulate")
+    query = url_verification(crypto_for(credentials), echo, int(time.time()))
     resp = httpx.get(f"{args.ingress}/callback/{bot.id}?{query}", timeout=10)
     ok = resp.status_code == 200 and resp.text == echo
     print(f"URL verification {'passed' if ok else 'FAILED'} (HTTP {resp.status_code})")

@@ -35,14 +35,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imrelay.config import Settings, WeComAppBot, WeComGroupRobotBot
+from imrelay import platforms
+from imrelay.config import Settings
+from imrelay.platforms.wecom_app.config import WeComAppBot
+from imrelay.platforms.wecom_group_robot.config import WeComGroupRobotBot
 
-from .aibot_ws import routes as aibot_ws_routes
-from .dingtalk import routes as dingtalk_routes
-from .discord import routes as discord_routes
-from .feishu import routes as feishu_routes
 from .llm import routes as llm_routes
-from .qq import routes as qq_routes
 
 
 @dataclass
@@ -326,9 +324,5 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
         Route("/sim/tokens", issued, methods=["GET"]),
         Route("/sim/control", control, methods=["POST"]),
         *llm_routes(),
-        *feishu_routes(state, clock),
-        *dingtalk_routes(state, clock),
-        *qq_routes(state, clock),
-        *discord_routes(state, clock),
-        *aibot_ws_routes(state, clock),
+        *(route for spec in platforms.SPECS if spec.sim_routes for route in spec.sim_routes(state, clock)),
     ])

@@ -7,7 +7,7 @@ import logging
 import httpx
 
 from imrelay import subjects
-from imrelay.aibot_streams import KVStreamStore
+from imrelay.answer_streams import KVStreamStore
 from imrelay.config import load_settings
 from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_streams_bucket
 from imrelay.redact import protect_settings

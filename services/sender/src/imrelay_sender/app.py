@@ -22,22 +22,23 @@ from faststream.nats import NatsBroker, NatsMessage
 from pydantic import ValidationError
 
 from imrelay import subjects
-from imrelay.aibot_streams import StreamStore
+from imrelay.answer_streams import StreamStore
 from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
+from imrelay.delivery import Delivery, DeliveryContext, Requester, StreamingDelivery
+from imrelay.delivery.claims import Claim, DeliveryBusy, DeliveryClaims, Held
+from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
 from imrelay.errors import PermanentUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk
 from imrelay.hints import platform_hint
 from imrelay.jetstream import Buckets
+from imrelay.platforms import delivery_for
 from imrelay.subjects import kv_key
 from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT
 
 from .backoff import backoff_delay
-from .claims import Claim, DeliveryBusy, DeliveryClaims, Held
-from .platforms import Delivery, Requester, StreamingDelivery, delivery_for
 from .ratelimit import Limit, RateLimiter
-from .tokens import TokenCache
 
 log = logging.getLogger("imrelay.sender")
 
@@ -74,7 +75,7 @@ class Sender:
             return
         delivery = self.deliveries.get(chunk.bot_id)
         if delivery is None:
-            await self.dead_letter(msg, chunk.platform.value, chunk.bot_id,
+            await self.dead_letter(msg, chunk.platform, chunk.bot_id,
                                    "no deliverable bot with this id in the sender's config",
                                    None, chunk.msg_id)
             await msg.ack()
@@ -95,8 +96,8 @@ class Sender:
             async with in_progress(msg, self.settings.sender.ack_wait_seconds):
                 await self.deliver(delivery, chunk, first_reply_shown=streamed)
         except PermanentUpstreamError as exc:
-            DELIVERIES.labels(platform=chunk.platform.value, bot=chunk.bot_id, outcome="failed").inc()
-            await self.dead_letter(msg, chunk.platform.value, chunk.bot_id, exc.message or str(exc),
+            DELIVERIES.labels(platform=chunk.platform, bot=chunk.bot_id, outcome="failed").inc()
+            await self.dead_letter(msg, chunk.platform, chunk.bot_id, exc.message or str(exc),
                                    exc.code, chunk.msg_id)
             await msg.ack()
         except DeliveryBusy:
@@ -106,9 +107,9 @@ class Sender:
             delivered = raw.metadata.num_delivered
             code = exc.code if isinstance(exc, UpstreamError) else type(exc).__name__
             if delivered >= self.settings.sender.max_deliver:
-                DELIVERIES.labels(platform=chunk.platform.value, bot=chunk.bot_id,
+                DELIVERIES.labels(platform=chunk.platform, bot=chunk.bot_id,
                                   outcome="failed").inc()
-                await self.dead_letter(msg, chunk.platform.value, chunk.bot_id,
+                await self.dead_letter(msg, chunk.platform, chunk.bot_id,
                                        f"gave up after {delivered} deliveries: {exc}", code,
                                        chunk.msg_id)
                 await msg.ack()
@@ -118,7 +119,7 @@ class Sender:
                                       self.settings.sender.backoff_max_seconds,
                                       retry_after=retry_after)
                 log.warning("reply %s delivery %d failed (%s); redelivering in %.1fs%s",
-                            chunk.msg_id, delivered, code, delay, platform_hint(chunk.platform.value, code))
+                            chunk.msg_id, delivered, code, delay, platform_hint(chunk.platform, code))
                 await msg.nack(delay=delay)
         else:
             await msg.ack()
@@ -147,7 +148,7 @@ class Sender:
         if len(self._last_update) > 10_000:  # replies that never finished (dead-lettered): forget the oldest
             for stale in list(self._last_update)[:1000]:
                 del self._last_update[stale]
-        labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
+        labels = {"platform": chunk.platform, "bot": chunk.bot_id}
         try:
             await delivery.update(chunk, text)
             DELIVERIES.labels(outcome="update", **labels).inc()
@@ -158,7 +159,7 @@ class Sender:
             log.info("reply %s: update skipped (%s)", chunk.reply_id, type(exc).__name__)
 
     async def deliver(self, delivery: Delivery, chunk: ReplyChunk, first_reply_shown: bool = False) -> None:
-        labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
+        labels = {"platform": chunk.platform, "bot": chunk.bot_id}
         for index, part in enumerate(delivery.render(chunk)):
             record = kv_key("reply", chunk.reply_id, str(index))
             claim = await self.claims.claim(record)
@@ -194,12 +195,12 @@ class Sender:
             waited = await self.limiter.acquire(kv_key("rl", scope, key),
                                                 Limit(conf.limit, conf.window_seconds))
             if waited > 0:
-                RATE_LIMIT_WAIT.labels(platform=chunk.platform.value, bot=chunk.bot_id).observe(waited)
+                RATE_LIMIT_WAIT.labels(platform=chunk.platform, bot=chunk.bot_id).observe(waited)
 
     async def _send_with_retries(self, delivery: Delivery, chunk: ReplyChunk, part: str,
                                  index: int) -> None:
         cfg = self.settings.sender
-        labels = {"platform": chunk.platform.value, "bot": chunk.bot_id}
+        labels = {"platform": chunk.platform, "bot": chunk.bot_id}
         attempt = 0
         while True:
             attempt += 1
@@ -223,16 +224,17 @@ class Sender:
 
 
 def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient,
-                 aibot_streams: StreamStore, requester: Requester | None = None) -> Sender:
+                 answer_streams: StreamStore, requester: Requester | None = None) -> Sender:
     cfg = settings.sender
     broker = make_broker(settings.nats, "sender", graceful_timeout=30.0)
     tokens = TokenCache(buckets.tokens, skew=cfg.token_refresh_skew_seconds)
     claims = DeliveryClaims(buckets.deliveries, stale_after=cfg.claim_timeout_seconds)
     limiter = RateLimiter(buckets.ratelimits, margin=cfg.rate_limit_margin_seconds)
     sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter)
+    ctx = DeliveryContext(settings=settings, client=client, tokens=tokens, deliveries=buckets.deliveries,
+                          answer_streams=answer_streams, requester=requester)
     for bot in settings.bots:
-        sender.deliveries[bot.id] = delivery_for(bot, settings, client, tokens, cfg, buckets.deliveries,
-                                                 aibot_streams, requester)
+        sender.deliveries[bot.id] = delivery_for(bot, ctx)
     # One consumer a partition, one message in flight each across all replicas: a conversation's replies
     # are delivered in order; conversations in different partitions go in parallel.
     for k in range(settings.nats.out_partitions):

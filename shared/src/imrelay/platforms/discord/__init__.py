@@ -1,0 +1,68 @@
+"""Discord: Ed25519-signed interactions (``/ask``), answered by editing the deferred response (Discord
+announces its own rate limits per route)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..spec import Capabilities, PlatformSpec, SimMessage, SimRequest
+from .config import DiscordBot
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.routing import BaseRoute
+
+    from ...callbacks import Adapter
+    from ...delivery import Delivery, DeliveryContext
+
+
+def _adapter(bot: DiscordBot) -> Adapter:
+    from .ingress import DiscordAdapter
+
+    return DiscordAdapter.from_bot(bot)
+
+
+def _delivery(bot: DiscordBot, ctx: DeliveryContext) -> Delivery:
+    from .delivery import DiscordDelivery
+
+    return DiscordDelivery.from_bot(bot, ctx)
+
+
+def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
+    from .sim import routes
+
+    return list(routes(state, clock))
+
+
+def _sim_request(bot: DiscordBot, m: SimMessage) -> SimRequest:
+    from .sim import DEMO_SEED, callback, public_key_for
+
+    seed = os.environ.get("DISCORD_SIM_SEED") or DEMO_SEED
+    if public_key_for(seed) != bot.credentials.public_key:
+        raise SystemExit("imrelay-sim: set DISCORD_SIM_SEED to the hex seed of this bot's public key")
+    token = "aW50ZXJhY3Rpb24" + hashlib.sha256(m.msg_id.encode()).hexdigest()[:40]
+    headers, body = callback(bot, m.text, m.user, m.chat or f"dm-{m.user}", m.msg_id, token, m.now, seed)
+    return SimRequest("", headers, body)
+
+
+SPEC = PlatformSpec[DiscordBot](
+    tags=("discord",),
+    title="Discord",
+    bot_model=DiscordBot,
+    api_base={"discord": "https://discord.com"},
+    capabilities=Capabilities(edits=True),
+    adapter=_adapter,
+    delivery=_delivery,
+    sim_routes=_sim_routes,
+    sim_request=_sim_request,
+    demo="""\
+  - id: demo-discord
+    platform: discord
+    api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
+    credentials: {application_id: "100000000000000001", bot_token: demo-bot-token,
+                  public_key: 7b5e10d4ba33abe2ff7dec86cf4de3c0a9175860412afa49313167450d3008c5}
+""",
+)

@@ -1,0 +1,88 @@
+"""Feishu and Lark (飞书 / Lark Suite): signed, encrypted event callbacks; replies, cards streamed by
+CardKit, a ``tenant_access_token``. One package for both: the same protocol on two domains."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ...sections import RateLimitConfig
+from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
+from .config import FeishuBot
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.routing import BaseRoute
+
+    from ...callbacks import Adapter
+    from ...delivery import Delivery, DeliveryContext
+
+
+def _adapter(bot: FeishuBot) -> Adapter:
+    from .ingress import FeishuAdapter
+
+    return FeishuAdapter.from_bot(bot)
+
+
+def _delivery(bot: FeishuBot, ctx: DeliveryContext) -> Delivery:
+    from .delivery import FeishuDelivery
+
+    return FeishuDelivery.from_bot(bot, ctx)
+
+
+def _token_key(bot: FeishuBot) -> str:
+    from ...subjects import kv_key
+
+    return kv_key(bot.platform, bot.credentials.app_id)
+
+
+def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
+    from .sim import routes
+
+    return list(routes(state, clock))
+
+
+def _sim_request(bot: FeishuBot, m: SimMessage) -> SimRequest:
+    from .sim import callback
+
+    headers, body = callback(bot, m.text, m.user, m.chat or f"oc_p2p_{m.user}",
+                             "group" if m.chat else "p2p", f"ev{m.msg_id}", f"om_{m.msg_id}", m.now)
+    return SimRequest("", headers, body)
+
+
+_HINTS = {"99991663": "feishu-99991663", "99991661": "feishu-99991663", "10014": "feishu-10014",
+          "10003": "feishu-10014"}
+
+SPEC = PlatformSpec[FeishuBot](
+    tags=("feishu", "lark"),
+    title="Feishu / Lark",
+    bot_model=FeishuBot,
+    api_base={"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"},
+    capabilities=Capabilities(edits=True, markdown=True, needs_token=True),
+    rate_scopes=(
+        RateScope("feishu.per_app", RateLimitConfig(limit=50, window_seconds=1),
+                  "messages one app may send a second"),
+        RateScope("feishu.per_chat", RateLimitConfig(limit=5, window_seconds=1),
+                  "messages one chat takes a second"),
+    ),
+    adapter=_adapter,
+    delivery=_delivery,
+    token_key=_token_key,
+    sim_routes=_sim_routes,
+    sim_request=_sim_request,
+    hints=_HINTS,
+    causes={"10014": "wrong app secret (credentials.app_secret)",
+            "10003": "wrong app id (credentials.app_id)"},
+    demo="""\
+  - id: demo-feishu
+    platform: feishu
+    api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
+    credentials: {app_id: cli_demo0001, app_secret: demo-secret, encrypt_key: demo-encrypt-key,
+                  verification_token: demo-verification-token}
+  - id: demo-lark
+    platform: lark
+    api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
+    credentials: {app_id: cli_demo0002, app_secret: demo-secret, encrypt_key: demo-lark-encrypt-key,
+                  verification_token: demo-lark-token}
+""",
+)

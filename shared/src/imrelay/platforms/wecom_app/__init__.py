@@ -1,0 +1,71 @@
+"""WeCom self-built app (企业微信自建应用): XML callbacks, ``message/send`` with an access token."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...sections import RateLimitConfig
+from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
+from ..wecom.config import API_BASE, CAUSES, HINTS
+from .config import WeComAppBot
+
+if TYPE_CHECKING:
+    from ...callbacks import Adapter
+    from ...delivery import Delivery, DeliveryContext
+
+
+def _adapter(bot: WeComAppBot) -> Adapter:
+    from .ingress import WeComAppAdapter
+
+    return WeComAppAdapter.from_bot(bot)
+
+
+def _delivery(bot: WeComAppBot, ctx: DeliveryContext) -> Delivery:
+    from .delivery import WeComAppDelivery
+
+    return WeComAppDelivery.from_bot(bot, ctx)
+
+
+def _token_key(bot: WeComAppBot) -> str:
+    from ...subjects import kv_key
+
+    return kv_key("wecom", bot.credentials.corp_id, bot.credentials.agent_id)
+
+
+def _sim_request(bot: WeComAppBot, m: SimMessage) -> SimRequest:
+    from ..wecom.crypto import crypto_for
+    from ..wecom.sim import app_text_xml, encrypted_post
+
+    c = bot.credentials
+    plain = app_text_xml(c.corp_id, c.agent_id, m.user, m.text, m.msg_id, int(m.now))
+    cb = encrypted_post(crypto_for(c), plain, int(m.now), to_user=c.corp_id, agent_id=c.agent_id)
+    return SimRequest(cb.query, {"Content-Type": "text/xml"}, cb.body)
+
+
+SPEC = PlatformSpec[WeComAppBot](
+    tags=("wecom_app",),
+    title="WeCom self-built app",
+    bot_model=WeComAppBot,
+    api_base={"wecom_app": API_BASE},
+    capabilities=Capabilities(markdown=True, needs_token=True),
+    rate_scopes=(RateScope("wecom_app.per_user", RateLimitConfig(limit=30, window_seconds=60),
+                           "messages an app may send one member a minute"),),
+    adapter=_adapter,
+    delivery=_delivery,
+    token_key=_token_key,
+    sim_request=_sim_request,
+    hints=HINTS,
+    causes=CAUSES,
+    demo="""\
+  - id: demo
+    platform: wecom_app
+    backend: default
+    api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}   # the simulator plays qyapi.weixin.qq.com
+    credentials:
+      corp_id: wwdemo0000000000001
+      agent_id: "1000002"
+      secret: ${DEMO_WECOM_SECRET:-demo-secret-not-for-production}
+      token: ${DEMO_WECOM_TOKEN:-demotoken}
+      encoding_aes_key: ${DEMO_WECOM_AES_KEY:-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG}
+""",
+)
