@@ -4,7 +4,8 @@ import base64
 
 import pytest
 
-from imrelay.errors import DecryptError, VerifyError, WeComCode
+from imrelay.errors import DecryptError, VerifyError
+from imrelay.platforms.wecom.codes import WeComCode
 from imrelay.platforms.wecom.crypto import BLOCK, WeComCrypto, block_pad, block_unpad, signature
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"

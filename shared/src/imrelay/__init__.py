@@ -1,3 +1,3 @@
-"""imrelay common package: events, NATS names, config, errors, WeCom crypto, telemetry."""
+"""imrelay common package: events, NATS names, config, errors, the platforms' packages, telemetry."""
 
 __version__ = "0.1.0"

@@ -1,9 +1,9 @@
-"""WeCom AI-bot answer streams, shared by the ingress and the sender through the ``imrelay_streams`` KV
+"""Answer streams a platform polls, shared by the ingress and the sender through the ``imrelay_streams`` KV
 bucket.
 
-In callback mode WeCom shows an answer by polling: the ingress's first reply to a message names a stream,
-then WeCom keeps calling back with refresh requests, and whichever ingress replica receives one answers
-with the content accumulated so far — which the sender keeps up to date here — until ``finish``.
+Some platforms show an answer by polling: the ingress's first reply to a message names a stream, then the
+platform keeps calling back with refresh requests, and whichever ingress replica receives one answers with
+the content accumulated so far — which the sender keeps up to date here — until ``finish``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from .subjects import kv_key
 
 __all__ = ["KVStreamStore", "StreamRecord", "StreamStore", "stream_id"]
 
-CONTENT_LIMIT_BYTES = 20480
+CONTENT_LIMIT_BYTES = 20480  # the most one stream may show (the polling platform's limit)
+KEY_PREFIX = "aibot"  # keys written by earlier versions keep their name
 
 
 def stream_id(bot_id: str, msgid: str) -> str:
@@ -50,7 +51,7 @@ class KVStreamStore:
 
     @staticmethod
     def key(bot_id: str, sid: str) -> str:
-        return kv_key("aibot", bot_id, sid)
+        return kv_key(KEY_PREFIX, bot_id, sid)
 
     async def get(self, bot_id: str, sid: str) -> StreamRecord | None:
         try:

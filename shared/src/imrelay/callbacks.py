@@ -36,10 +36,10 @@ class CallbackRequest:
 
 @dataclass(frozen=True, slots=True)
 class ReplayClaim:
-    """A signature that must be used once only (DingTalk signs a timestamp, not the body): ``key`` names
-    the signed headers, ``fingerprint`` the body they came with. The ingress stores the claim cluster-wide
-    for ``ttl`` seconds; the same headers with another body are refused, with the same body (a platform
-    retry) they pass and the message store drops the duplicate."""
+    """A signature that must be used once only (from a platform that signs a timestamp, not the body):
+    ``key`` names the signed headers, ``fingerprint`` the body they came with. The ingress stores the claim
+    cluster-wide for ``ttl`` seconds; the same headers with another body are refused, with the same body (a
+    platform retry) they pass and the message store drops the duplicate."""
 
     key: str
     fingerprint: str

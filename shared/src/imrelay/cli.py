@@ -70,7 +70,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def online_checks(settings: Settings,
                   client: httpx.AsyncClient) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
     """NATS reachable with JetStream; each bot's access token fetched through the sender's own token code
-    (proving the secret and, for WeCom, that this host's IP is trusted); each backend answering once."""
+    (proving the secret and, where the platform checks it, that this host's IP is trusted); each backend
+    answering once."""
     from typing import Any, cast
 
     from .jetstream import connect, streams_present
@@ -297,7 +298,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if not Path(config).exists():
             Path(config).write_text(DEV_CONFIG, encoding="utf-8")
     os.environ.setdefault("IMRELAY_SIM_URL", f"http://127.0.0.1:{args.sim_port}")
-    os.environ.setdefault("IMRELAY_SIM_WS_URL", f"ws://127.0.0.1:{args.sim_port}/ws/aibot")
+    os.environ.setdefault("IMRELAY_SIM_WS", f"ws://127.0.0.1:{args.sim_port}")
     try:
         settings = load_settings(config)
     except ConfigError as exc:
@@ -307,7 +308,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env = dict(os.environ, IMRELAY_CONFIG=str(Path(config).resolve()),
                IMRELAY_NATS_URL=nats_server.url, IMRELAY_PORT=str(args.port),
                IMRELAY_SIM_URL=f"http://127.0.0.1:{args.sim_port}",
-               IMRELAY_SIM_WS_URL=f"ws://127.0.0.1:{args.sim_port}/ws/aibot")
+               IMRELAY_SIM_WS=f"ws://127.0.0.1:{args.sim_port}")
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
 

@@ -141,7 +141,7 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
 
 
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
-    # Drop discriminator tags pydantic inserts for tagged unions ("bots.0.wecom_app.credentials").
+    # Drop discriminator tags pydantic inserts for tagged unions ("bots.0.<platform>.credentials").
     parts = [str(p) for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] != "platform"
                                                         and isinstance(p, str) and p in platforms.tags())]
     return ".".join(parts)

@@ -37,36 +37,9 @@ __all__ = [
     "UnknownBotError",
     "UpstreamError",
     "VerifyError",
-    "WeComCode",
 ]
 
 from collections.abc import Sequence
-from enum import IntEnum
-
-
-class WeComCode(IntEnum):
-    """WXBizMsgCrypt error codes (callback crypto) and the WeCom API errcodes the sender handles."""
-
-    OK = 0
-    VALIDATE_SIGNATURE = -40001
-    PARSE_XML = -40002
-    COMPUTE_SIGNATURE = -40003
-    ILLEGAL_AES_KEY = -40004
-    VALIDATE_RECEIVE_ID = -40005
-    ENCRYPT_AES = -40006
-    DECRYPT_AES = -40007
-    ILLEGAL_BUFFER = -40008
-    ENCODE_BASE64 = -40009
-    DECODE_BASE64 = -40010
-    GEN_RETURN = -40011
-    # API errcodes
-    SYSTEM_BUSY = -1
-    INVALID_CREDENTIAL = 40001
-    INVALID_ACCESS_TOKEN = 40014
-    ACCESS_TOKEN_EXPIRED = 42001
-    API_FREQ_OUT_OF_LIMIT = 45009
-    IP_NOT_ALLOWED = 60020
-    ALL_RECEIVERS_INVALID = 81013
 
 
 class ImrelayError(Exception):

@@ -56,7 +56,7 @@ class Chat(_Event):
 class Sender(_Event):
     id: str
     name: str = ""
-    alias: str = ""  # e.g. a WeCom member's English name
+    alias: str = ""  # e.g. a member's English name
 
 
 class Attachment(_Event):
@@ -70,7 +70,7 @@ def _protected(handle: dict[str, str]) -> dict[str, str]:
     return handle
 
 
-# Where to reply. It may carry credentials (a DingTalk session webhook, a Discord interaction token, a
+# Where to reply. It may carry credentials (a session webhook, an interaction token, a
 # group robot's webhook key): every process that reads one masks them in its logs and traces.
 ReplyHandle = Annotated[dict[str, str], AfterValidator(_protected)]
 

@@ -17,7 +17,7 @@ def platform_anchor(platform: str, code: object) -> str | None:
 
 
 def platform_hint(platform: str, code: object) -> str:
-    """`` (see docs/troubleshooting.md#wecom-60020)`` for a code it explains, else an empty string."""
+    """`` (see docs/troubleshooting.md#<anchor>)`` for a code it explains, else an empty string."""
     anchor = platform_anchor(platform, code)
     return f" (see {TROUBLESHOOTING}#{anchor})" if anchor else ""
 

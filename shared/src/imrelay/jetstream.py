@@ -254,12 +254,12 @@ async def ensure_memory_bucket(js: JetStreamContext, cfg: NatsConfig, ttl: float
 async def ensure_streams_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
     return await _bucket(js, KeyValueConfig(
         bucket=s.KV_STREAMS, history=1, ttl=3600.0, storage=StorageType.FILE, replicas=cfg.replicas,
-        description="WeCom AI-bot answer streams (content so far, finish)",
+        description="answer streams platforms poll (content so far, finish)",
     ))
 
 
-# A signed DingTalk header pair is accepted for one hour either way at most: kept this long, it is never
-# accepted twice with different bodies.
+# A signed header pair (from a platform that signs a timestamp, not the body) is accepted for one hour
+# either way at most: kept this long, it is never accepted twice with different bodies.
 REPLAY_TTL_SECONDS = 2 * 3600.0
 
 

@@ -67,7 +67,7 @@ PERMISSIONS: dict[str, Permissions] = {
     "ingress": Permissions(
         publish=(s.IN_ALL, *_streams(*STREAMS), *_kv(s.KV_STREAMS, s.KV_REPLAY)),
         subscribe=(INBOX,),
-        purpose="stores verified callbacks; answers WeCom AI-bot polls; records once-only signatures"),
+        purpose="stores verified callbacks; answers polled answer streams; records once-only signatures"),
     "connector": Permissions(
         publish=(s.IN_ALL, *_streams(*STREAMS), *_kv(s.KV_STREAMS, s.KV_REPLAY, s.KV_LEASES)),
         subscribe=(INBOX, "imrelay.conn.>"), allow_responses=True,

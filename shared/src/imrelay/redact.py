@@ -2,10 +2,10 @@
 
 One process-wide :data:`MASKER` knows every secret value the process holds: the configuration's
 (:func:`protect_settings`: every ``SecretStr`` of every bot and backend) and the tokens it obtains on the way
-(access tokens, DingTalk session webhooks, Discord interaction tokens, WeCom AI-bot reply URLs:
+(access tokens, session webhooks, interaction tokens, reply URLs:
 :func:`protect_reply_handle`). :func:`redact` replaces each of them, and every credential a URL can carry
 by its shape (``access_token=``, ``corpsecret=``, ``key=``, ``session=`` ... query values, the token in
-Discord's ``/webhooks/{application}/{token}`` paths, JSON fields named ``*token``, ``*secret`` ...), with
+``/webhooks/{application}/{token}`` paths, JSON fields named ``*token``, ``*secret`` ...), with
 ``[REDACTED]``.
 
 The rule for short values: a secret of :data:`MIN_SUBSTRING` (6) characters or more is masked wherever it
@@ -72,7 +72,7 @@ _SECRET_PARAMS = ("access_token", "accesstoken", "corpsecret", "secret", "appsec
                   "msg_signature", "password", "ticket", "code", "response_code")
 _PARAM_RE = re.compile(
     r"(?i)([?&;](?:" + "|".join(_SECRET_PARAMS) + r")=)[^&#\s\"'<>]+")
-# Discord: POST /interactions/{id}/{token}/callback, /webhooks/{application_id}/{token}[/messages/...]
+# Interaction paths: /interactions/{id}/{token}/callback, /webhooks/{application_id}/{token}[/messages/…]
 _PATH_RE = re.compile(r"(/(?:webhooks|interactions)/[^/?#\s\"']+/)[^/?#\s\"']+")
 # JSON or a Python dict shown as text: the string value of a field named like a credential.
 _FIELD_RE = re.compile(
@@ -196,7 +196,7 @@ MASKER = Masker()
 
 
 def redact_url(text: str) -> str:
-    """Credentials by their shape: secret query values and Discord's path tokens in URLs, and the value of
+    """Credentials by their shape: secret query values and interaction path tokens in URLs, and the value of
     a JSON field named like a credential (``"interaction_token": "..."``)."""
     if ":" in text:
         text = _FIELD_RE.sub(lambda m: m.group(1) + MASK, text)
@@ -251,8 +251,8 @@ def protect_obtained(value: str | None) -> None:
 
 
 def protect_reply_handle(handle: Mapping[str, str]) -> None:
-    """Mask the credentials a reply handle carries: tokens, and the secret parts of reply URLs (a DingTalk
-    ``sessionWebhook``'s ``session``, a group robot webhook's ``key``, a Discord interaction token)."""
+    """Mask the credentials a reply handle carries: tokens, and the secret parts of reply URLs (a session
+    webhook's ``session``, a group robot webhook's ``key``, an interaction token)."""
     for name, value in handle.items():
         if not value:
             continue

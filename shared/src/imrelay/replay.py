@@ -1,6 +1,6 @@
 """Signatures that may be used once only, remembered cluster-wide in the ``imrelay_replay`` KV bucket.
 
-DingTalk signs a callback's timestamp, not its body: without this record, one observed ``(timestamp,
+A platform that signs a callback's timestamp, not its body: without this record, one observed ``(timestamp,
 sign)`` pair would carry any body for as long as the timestamp is accepted. The first request with a pair
 records the digest of its body; a later request with the same pair is accepted only with the same body (the
 platform retrying, which the message store then drops as a duplicate).

@@ -33,8 +33,8 @@ SERVICES = {
     "worker": "The llm-worker: consumes stored messages, calls each bot's model and streams the answer "
               "back into JetStream.",
     "sender": "Delivery to the platforms: access tokens, rate limits, splitting, retries, dead letters.",
-    "connector": "Holds the long connections (WeCom AI bot mode: long_connection), one owner per bot, and "
-                 "stores what arrives on them in JetStream.",
+    "connector": "Holds the long connections (bots with mode: long_connection), one owner per bot where "
+                 "the platform asks, and stores what arrives on them in JetStream.",
 }
 
 ENVIRONMENT_HELP = """\

@@ -74,7 +74,7 @@ class NatsConfig(ConfigModel):
     publish_timeout_seconds: float = Field(default=2.0, gt=0)
     # The ingress retries a publish that got no PubAck (a reconnect, a stream leader election) with the
     # same message id until this deadline, then answers 503 so the platform retries; keep it under the
-    # platforms' answer timeouts (Feishu 3 s, WeCom 5 s).
+    # platforms' answer timeouts (3 to 5 s; each platform's page in docs/ says its own).
     ingress_publish_deadline_seconds: float = Field(default=2.5, gt=0)
     dedupe_window_seconds: int = Field(default=86400, ge=60)
     # Set to the number of nats-server cluster nodes in production (1 for the embedded server).
@@ -160,9 +160,6 @@ class RateLimitConfig(ConfigModel):
     window_seconds: float = Field(gt=0)
 
 
-# The platforms' own limits: WeCom app 30 messages a minute per app and member, a group robot 20 a minute
-# per webhook, Feishu 50/s per app and 5/s per chat, a DingTalk robot 20 a minute, QQ 5/s per channel
-# (Discord announces its own per route). Operators can lower or raise them in sender.rate_limits.
 
 class SenderConfig(ConfigModel):
     ack_wait_seconds: float = Field(default=60.0, gt=1)
@@ -172,7 +169,7 @@ class SenderConfig(ConfigModel):
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     http_timeout_seconds: float = Field(default=10.0, gt=0)
     token_refresh_skew_seconds: float = Field(default=300.0, ge=0)
-    # How long to wait after a platform frequency-limit answer (WeCom 45009) that names no retry-after.
+    # How long to wait after a platform's frequency-limit answer that names no retry-after.
     rate_limit_backoff_seconds: float = Field(default=60.0, ge=0)
     # A delivery claimed by a replica that then died is taken over after this long. Keep it above the
     # longest platform call with its retries (about max_attempts x http_timeout_seconds).
@@ -202,12 +199,13 @@ class ConnectorConfig(ConfigModel):
     heartbeat_seconds: float = Field(default=30.0, gt=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     ack_timeout_seconds: float = Field(default=5.0, gt=0)
-    # An answer stream not updated for about 6 minutes expires on WeCom's side: while the model is silent,
-    # the stream is shown again (unchanged) after this long, so it must stay below the expiry.
+    # An answer stream not updated for about 6 minutes expires on the platform's side: while the model is
+    # silent, the stream is shown again (unchanged) after this long, so it must stay below the expiry.
     stream_keepalive_seconds: float = Field(default=240.0, gt=0, lt=360)
     healthy_seconds: float = Field(default=5.0, ge=0)  # a socket up this long starts the backoff anew
     kick_holdoff_seconds: float = Field(default=600.0, ge=0)  # down this long after another instance
-    refused_retry_seconds: float = Field(default=300.0, gt=0)  # after WeCom refuses bot_id/secret
+    # down this long after the platform refuses the bot's credentials
+    refused_retry_seconds: float = Field(default=300.0, gt=0)
 
 
 class BackendKind(StrEnum):

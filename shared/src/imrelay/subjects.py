@@ -12,7 +12,7 @@ KV_TOKENS          imrelay_tokens                   platform access tokens share
 KV_MEMORY          imrelay_memory                   conversation memory
 KV_LEASES          imrelay_leases                   connector socket leases
 KV_DELIVERIES      imrelay_deliveries               delivery records (reply id + part) for idempotency
-KV_REPLAY          imrelay_replay                   signatures seen once (DingTalk callback headers)
+KV_REPLAY          imrelay_replay                   signatures seen once (timestamp-signed callback headers)
 =================  ===============================  =====================================================
 """
 

@@ -133,7 +133,7 @@ CONNECTOR_EVENTS = Counter(
 )
 CONNECTOR_STANDING_DOWN = Gauge(
     "imrelay_connector_standing_down", "1 while this replica owns the bot's lease but keeps its socket "
-    "down on purpose: reason kicked (the bot was taken by another instance) or refused (WeCom refused "
+    "down on purpose: reason kicked (the bot was taken by another instance) or refused (the platform refused "
     "the bot id or secret)", ["platform", "bot", "reason"],
 )
 CONNECTOR_BOT_OWNED = Gauge(
@@ -217,7 +217,7 @@ def setup_logging(service: str) -> None:
     )
     # No secret and no control character from an untrusted value in any record, whoever writes it.
     install_log_redaction()
-    # httpx logs full request URLs at INFO, and WeCom puts the access token in the query string.
+    # httpx logs full request URLs at INFO, and some platforms put the access token in the query string.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if os.environ.get("IMRELAY_LOG_FORMAT", "text").strip().lower() == "json":
         for handler in logging.getLogger().handlers:

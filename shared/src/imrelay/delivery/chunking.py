@@ -32,7 +32,7 @@ def split_utf8(text: str, max_bytes: int) -> list[str]:
 
 
 def split_chars(text: str, max_chars: int) -> list[str]:
-    """Split ``text`` into parts of at most ``max_chars`` characters (Discord counts characters)."""
+    """Split ``text`` into parts of at most ``max_chars`` characters (for platforms that count characters)."""
     if max_chars < 1:
         raise ValueError("max_chars must be at least 1")
     return _split(text, lambda rest: min(len(rest), max_chars))

@@ -1,8 +1,8 @@
 """Platform access tokens: pure expiry math, and a cache in NATS KV shared by every replica.
 
 * :func:`needs_refresh` / :func:`is_usable` / :func:`renew_after` are pure functions of (record, now, skew).
-* Platforms differ: Feishu hands out a new token when asked near expiry (``renew_early``: refresh ``skew``
-  seconds ahead while the old one keeps working), WeCom returns the *same* token until it expires (so a
+* Platforms differ: some hand out a new token when asked near expiry (``renew_early``: refresh ``skew``
+  seconds ahead while the old one keeps working), others return the *same* token until it expires (so a
   refresh happens at expiry, once per lifetime). A refresh that returns the token we already had is not
   retried before that token expires.
 * :class:`TokenCache` keeps one record per app in the ``imrelay_tokens`` bucket. A refresh is single-flight

@@ -13,8 +13,10 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring
 
 from imrelay.callbacks import check_timestamp
-from imrelay.errors import DecryptError, ParseError, VerifyError, WeComCode
+from imrelay.errors import DecryptError, ParseError, VerifyError
 from imrelay.platforms.wecom.crypto import WeComCrypto
+
+from .codes import WeComCode
 
 __all__ = ["decrypt_post", "parse_xml", "query_params", "verify_url", "verify_signed"]
 

@@ -24,7 +24,8 @@ from typing import Protocol
 
 from Crypto.Cipher import AES
 
-from ...errors import DecryptError, VerifyError, WeComCode
+from ...errors import DecryptError, VerifyError
+from .codes import WeComCode
 
 __all__ = ["WeComCrypto", "block_pad", "block_unpad", "signature"]
 

@@ -12,8 +12,9 @@ from imrelay.errors import (
     RateLimitedError,
     TokenExpiredError,
     TransientUpstreamError,
-    WeComCode,
 )
+
+from .codes import WeComCode
 
 TOKEN_CODES = {40014, 42001, 42007, 42009}
 TRANSIENT_CODES = {WeComCode.SYSTEM_BUSY}

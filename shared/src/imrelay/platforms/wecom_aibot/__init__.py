@@ -61,7 +61,7 @@ SPEC = PlatformSpec[WeComAIBot](
   - id: demo-aibot-ws
     platform: wecom_aibot
     mode: long_connection            # served by imrelay-connector over the simulator's WebSocket
-    ws_url: ${IMRELAY_SIM_WS_URL:-ws://127.0.0.1:8090/ws/aibot}
+    ws_url: ${IMRELAY_SIM_WS:-ws://127.0.0.1:8090}/ws/aibot
     credentials: {token: demoaibotws, encoding_aes_key: aibotdemo0123456789abcdefghijklmnopqrstuvwx,
                   bot_id: aibDemoLongConn, secret: demo-aibot-secret}
 """,
