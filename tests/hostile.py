@@ -131,6 +131,7 @@ def sign_plaintext(bot_id: str, plain: bytes, now: float) -> Request:
     from imrelay import ed25519
     from imrelay.platforms.dingtalk import crypto as dingtalk_crypto
     from imrelay.platforms.feishu import crypto as feishu_crypto
+    from imrelay.platforms.qq.keys import qq_seed
 
     b = bot(bot_id)
     ts, nonce, p = str(int(now)), "4242", b.platform
@@ -151,7 +152,7 @@ def sign_plaintext(bot_id: str, plain: bytes, now: float) -> Request:
         secret = b.credentials.app_secret.get_secret_value()  # type: ignore[attr-defined]
         return Request(bot_id, "", {"timestamp": ms, "sign": dingtalk_crypto.sign(ms, secret)}, plain)
     if p == "qq":
-        key = ed25519.signing_key(ed25519.qq_seed(
+        key = ed25519.signing_key(qq_seed(
             b.credentials.app_secret.get_secret_value()))  # type: ignore[attr-defined]
     else:
         key = ed25519.signing_key(bytes.fromhex(discord.DEMO_SEED))

@@ -13,6 +13,7 @@ import pytest
 from imrelay import ed25519
 from imrelay.config import parse_settings
 from imrelay.errors import ConfigError
+from imrelay.platforms.qq.keys import qq_seed
 from imrelay_ingress.app import create_app
 
 from ..helpers import FakePublisher
@@ -28,7 +29,7 @@ def qq_validation(plain_token: str, event_ts: str, key_secret: str | None = None
     body = json.dumps({"op": 13, "d": {"plain_token": plain_token, "event_ts": event_ts}}).encode()
     headers = {"Content-Type": "application/json", "X-Bot-Appid": "1020304"}
     if key_secret is not None:  # QQ itself: signed with the bot's key
-        key = ed25519.signing_key(ed25519.qq_seed(key_secret))
+        key = ed25519.signing_key(qq_seed(key_secret))
         headers |= {"X-Signature-Timestamp": event_ts,
                     "X-Signature-Ed25519": ed25519.sign(key, event_ts.encode() + body)}
     return Request("qq", "", headers, body)
@@ -55,7 +56,7 @@ async def test_qq_validation_signed_by_qq_is_answered_but_never_signs_json() -> 
     ts = str(int(NOW))
     ok = await ingress.send(qq_validation("Arq0D5A61EgUu4OxUvOp", ts, "qqsecret0123456789"))
     assert ok.status_code == 200
-    key = ed25519.signing_key(ed25519.qq_seed("qqsecret0123456789"))
+    key = ed25519.signing_key(qq_seed("qqsecret0123456789"))
     ed25519.verify(key.public_key(), f"{ts}Arq0D5A61EgUu4OxUvOp".encode(), ok.json()["signature"])
     # a plain_token that could complete an event body is not signed, even on a request signed by QQ
     refused = await ingress.send(qq_validation('{"op":0}', ts, "qqsecret0123456789"))

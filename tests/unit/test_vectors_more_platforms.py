@@ -19,6 +19,7 @@ from imrelay import ed25519
 from imrelay.config import parse_settings
 from imrelay.platforms.dingtalk import crypto as dingtalk_crypto
 from imrelay.platforms.feishu import crypto as feishu_crypto
+from imrelay.platforms.qq.keys import qq_seed
 from imrelay_ingress.app import create_app
 
 from ..helpers import FakePublisher, FakeReplayGuard, load_vectors
@@ -54,7 +55,7 @@ def bot_config(case: dict[str, Any]) -> dict[str, Any]:
 def qq_signed(case: dict[str, Any], headers: dict[str, str], body: bytes) -> dict[str, str]:
     """The headers QQ sends with an op 13 request: the signature of ``event_ts + body``."""
     ts = json.loads(body)["d"]["event_ts"]
-    key = ed25519.signing_key(ed25519.qq_seed(case["credentials"]["bot_secret"]))
+    key = ed25519.signing_key(qq_seed(case["credentials"]["bot_secret"]))
     return {**headers, "X-Signature-Method": "Ed25519", "X-Signature-Timestamp": ts,
             "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + body)}
 
@@ -120,7 +121,7 @@ def test_feishu_official_decrypt_known_answer() -> None:
 
 def test_qq_seed_and_public_key_known_answer() -> None:
     case = next(c for c in KNOWN if c["id"].endswith("qq-official-seed-pubkey-kat"))
-    seed = ed25519.qq_seed(case["credentials"]["bot_secret"])
+    seed = qq_seed(case["credentials"]["bot_secret"])
     assert seed.decode() == case["expected"]["seed_ascii"]
     assert ed25519.public_key_hex(ed25519.signing_key(seed)) == case["expected"]["public_key_hex"]
 

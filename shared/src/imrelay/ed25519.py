@@ -1,9 +1,8 @@
-"""Ed25519 as QQ bots and Discord use it, over pycryptodome (RFC 8032 "pure" Ed25519).
+"""Ed25519 signatures over pycryptodome (RFC 8032 "pure" Ed25519), for the platforms that sign callbacks
+with it.
 
-* QQ derives the bot's signing key from its secret: the secret repeated to at least 32 characters and cut
-  to 32 bytes is the RFC 8032 seed.
-* Verification rejects malformed signatures before verifying: 64 bytes, hex, and the top three bits of
-  the last byte clear (a non-canonical S, as the QQ documentation requires).
+Verification rejects malformed signatures before verifying: 64 bytes, hex, and the top three bits of the
+last byte clear (a non-canonical S).
 """
 
 from __future__ import annotations
@@ -15,16 +14,7 @@ from Crypto.Signature import eddsa
 
 from .errors import VerifyError
 
-__all__ = ["public_key_hex", "qq_seed", "sign", "signing_key", "verify"]
-
-
-def qq_seed(secret: str) -> bytes:
-    if not secret:
-        raise ValueError("empty bot secret")
-    text = secret
-    while len(text) < 32:
-        text += secret
-    return text[:32].encode("utf-8")[:32]
+__all__ = ["public_key_hex", "sign", "signing_key", "verify"]
 
 
 def signing_key(seed: bytes) -> ECC.EccKey:

@@ -58,7 +58,7 @@ def create_app(settings: Settings, publisher: Publisher, *,
                streams: StreamStore | None = None,
                replay: ReplayGuard | None = None) -> Starlette:
     """Build the ingress app. ``publisher`` stores messages (JetStream in production, a fake in unit
-    tests); ``streams`` holds WeCom AI-bot answer streams; ``replay`` remembers once-only signatures
+    tests); ``streams`` holds the answer streams platforms poll; ``replay`` remembers once-only signatures
     (a platform whose signature does not cover the body is refused without it); ``clock`` is injectable
     for timestamp windows."""
     table: dict[str, Adapter] = dict(adapters) if adapters is not None else {

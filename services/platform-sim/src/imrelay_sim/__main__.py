@@ -21,13 +21,7 @@ from imrelay import __version__
 from imrelay.config import BotConfig, Settings, load_settings
 from imrelay.errors import ConfigError
 from imrelay.platforms import spec_for
-from imrelay.platforms.spec import SimMessage
-from imrelay.platforms.wecom.config import WeComBotCredentials
-from imrelay.platforms.wecom.crypto import crypto_for
-from imrelay.platforms.wecom.sim import url_verification
-from imrelay.platforms.wecom_aibot import sim as wecom_aibot
-from imrelay.platforms.wecom_aibot.config import WeComAIBot
-from imrelay.platforms.wecom_app.config import WeComAppCredentials
+from imrelay.platforms.spec import SimMessage, SimSend
 
 DEFAULT_SIM = "http://127.0.0.1:8090"
 DEFAULT_INGRESS = "http://127.0.0.1:8080"
@@ -83,9 +77,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     bot = _bot(settings, args.bot)
     msg_id = args.msg_id or str(secrets.randbelow(2**63))
-    if isinstance(bot, WeComAIBot) and bot.mode == "long_connection":
-        return push_over_socket(args, bot, msg_id)
-    query, headers, body = build_request(bot, args.text, args.user, msg_id, time.time(), args.sim,
+    spec = spec_for(bot)
+    send = SimSend(SimMessage(text=args.text, user=args.user, msg_id=msg_id, now=time.time(),
+                              sim_url=args.sim, chat=args.chat), ingress=args.ingress, wait=args.wait)
+    if bot.mode == "long_connection":
+        if spec.sim_push is None:
+            raise SystemExit(f"imrelay-sim: {bot.platform} long connections cannot be simulated yet")
+        return spec.sim_push(bot, send)
+    query, headers, body = build_request(bot, args.text, args.user, msg_id, send.message.now, args.sim,
                                          args.chat)
     url = f"{args.ingress}/callback/{bot.id}" + (f"?{query}" if query else "")
     with httpx.Client(timeout=10) as client:
@@ -95,8 +94,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         resp = post_with_retries(client, url, body, headers, args.retries, args.retry_interval, msg_id)
         if resp is None or resp.status_code != 200:
             return 1
-        if isinstance(bot, WeComAIBot):  # WeCom polls the answer's stream instead of receiving a message
-            return poll_aibot(client, args, bot, resp.content)
+        if spec.sim_answer is not None:  # the platform polls the answer instead of receiving a message
+            return spec.sim_answer(bot, send, resp.content)
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.wait
@@ -138,66 +137,14 @@ def post_with_retries(client: httpx.Client, url: str, body: bytes, headers: dict
     return resp
 
 
-def push_over_socket(args: argparse.Namespace, bot: WeComAIBot, msg_id: str) -> int:
-    """A long-connection AI bot: WeCom pushes the message down the bot's socket (held by the connector)."""
-    with httpx.Client(timeout=10) as client:
-        resp = client.post(f"{args.sim}/sim/aibot/push", json={
-            "bot_id": bot.credentials.bot_id, "text": args.text, "user": args.user, "msgid": msg_id,
-            "chat": args.chat})
-        print(f"message {msg_id} -> pushed on the bot's socket ({resp.status_code})", flush=True)
-        if resp.status_code != 200:
-            print("no connector holds this bot's socket (is imrelay-connector running?)", file=sys.stderr)
-            return 1
-        deadline = time.monotonic() + (args.wait or 30)
-        shown = ""
-        while time.monotonic() < deadline:
-            mine = [m for m in client.get(f"{args.sim}/sim/messages", params={"bot": bot.id}).json()
-                    if m.get("stream_id") == stream_of(bot, msg_id) or m.get("via") == "send"]
-            if mine and mine[-1]["content"] != shown:
-                shown = mine[-1]["content"]
-                print(f"stream: {shown}", flush=True)
-            if mine and mine[-1].get("finish"):
-                print(f"answer to {args.user}: {shown}", flush=True)
-                return 0
-            time.sleep(0.3)
-    print("the answer did not finish in time", file=sys.stderr)
-    return 1
-
-
-def stream_of(bot: WeComAIBot, msg_id: str) -> str:
-    from imrelay.answer_streams import stream_id
-
-    return stream_id(bot.id, msg_id)
-
-
-def poll_aibot(client: httpx.Client, args: argparse.Namespace, bot: WeComAIBot, first: bytes) -> int:
-    reply = wecom_aibot.read_reply(bot, first)
-    sid = reply["stream"]["id"]
-    deadline = time.monotonic() + (args.wait or 30)
-    shown = ""
-    while time.monotonic() < deadline:
-        query, headers, body = wecom_aibot.refresh_callback(bot, sid, args.user, time.time())
-        resp = client.post(f"{args.ingress}/callback/{bot.id}?{query}", content=body, headers=headers)
-        stream = wecom_aibot.read_reply(bot, resp.content)["stream"]
-        if stream["content"] != shown:
-            shown = stream["content"]
-            print(f"stream {sid[:8]}: {shown}", flush=True)
-        if stream["finish"]:
-            print(f"answer to {args.user}: {shown}", flush=True)
-            return 0
-        time.sleep(0.3)
-    print("the answer did not finish in time", file=sys.stderr)
-    return 1
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
     settings = _settings(args.config)
     bot = _bot(settings, args.bot)
     echo = str(secrets.randbelow(10**19))
-    credentials = bot.credentials
-    if not isinstance(credentials, WeComAppCredentials | WeComBotCredentials):  # a GET with echostr
+    url_check = spec_for(bot).sim_url_check
+    if url_check is None:
         raise SystemExit(f"imrelay-sim: {bot.platform} has no URL verification to simulate")
-    query = url_verification(crypto_for(credentials), echo, int(time.time()))
+    query = url_check(bot, echo, time.time())
     resp = httpx.get(f"{args.ingress}/callback/{bot.id}?{query}", timeout=10)
     ok = resp.status_code == 200 and resp.text == echo
     print(f"URL verification {'passed' if ok else 'FAILED'} (HTTP {resp.status_code})")
@@ -221,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8090)
     s.add_argument("--token-lifetime", type=float, default=7200.0,
-                   help="seconds an access token stays valid (WeCom: 7200)")
+                   help="seconds an access token stays valid (the platforms' usual: 7200)")
     s.add_argument("--user-limit", type=int, default=30,
                    help="messages per minute one app may send one member before 45009")
     s = sub.add_parser("send", help="send a signed, encrypted message callback to the ingress")
@@ -234,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--sim", default=DEFAULT_SIM)
     s.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the answer")
     s.add_argument("--retries", type=int, default=0,
-                   help="send the callback again after a 5xx or no answer, as the platforms do (WeCom: 3)")
+                   help="send the callback again after a 5xx or no answer, as the platforms do (usually 3)")
     s.add_argument("--retry-interval", type=float, default=5.0, help="seconds between those retries")
     s = sub.add_parser("verify-url", help="perform the console's callback URL verification")
     s.add_argument("--bot", required=True)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ..callbacks import Adapter
     from ..delivery import Delivery, DeliveryContext
 
-__all__ = ["Capabilities", "Ownership", "PlatformSpec", "RateScope", "SimMessage", "SimRequest"]
+__all__ = ["Capabilities", "Ownership", "PlatformSpec", "RateScope", "SimMessage", "SimRequest", "SimSend"]
 
 BotT = TypeVar("BotT", bound=BotBase)
 
@@ -65,6 +65,15 @@ class SimMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class SimSend:
+    """``imrelay-sim send``: the message, where the ingress and the simulator are, how long to wait."""
+
+    message: SimMessage
+    ingress: str
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
 class SimRequest:
     """A callback as the platform would send it to the ingress."""
 
@@ -91,6 +100,12 @@ class PlatformSpec(Generic[BotT]):
     token_key: Callable[[BotT], str | None] = _no_token  # the bot's access-token cache key, if it has one
     sim_routes: Callable[[Any, Callable[[], float]], list[BaseRoute]] | None = None  # (SimState, clock)
     sim_request: Callable[[BotT, SimMessage], SimRequest] | None = None
+    # the query of the platform's URL check (a GET the ingress must answer with ``echo``), if it has one
+    sim_url_check: Callable[[BotT, str, float], str] | None = None
+    # a long-connection bot's message pushed down its connection, the answer shown (exit status)
+    sim_push: Callable[[BotT, SimSend], int] | None = None
+    # where the answer comes back in the callback's own response (a polled stream): show it (exit status)
+    sim_answer: Callable[[BotT, SimSend, bytes], int] | None = None
     demo: str = ""  # the ``bots:`` entries of the demo config (YAML), played by the simulator
     # error codes of the platform's answers (as text) -> the anchor in docs/troubleshooting.md
     hints: Mapping[str, str] = field(default_factory=dict)

@@ -30,6 +30,7 @@ from imrelay.callbacks import (
 from imrelay.errors import ParseError, VerifyError
 from imrelay.events import Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.qq.config import QQBot
+from imrelay.platforms.qq.keys import qq_seed
 
 ACK = json_body({"op": 12})
 _MENTION = re.compile(r"<@!?\w+>\s*")
@@ -110,7 +111,7 @@ class QQAdapter:
     def from_bot(cls, bot: QQBot) -> QQAdapter:
         secret = bot.credentials.app_secret.get_secret_value()
         return cls(bot_id=bot.id, app_id=bot.credentials.app_id,
-                   key=ed25519.signing_key(ed25519.qq_seed(secret)), replay_window=bot.replay_window_seconds)
+                   key=ed25519.signing_key(qq_seed(secret)), replay_window=bot.replay_window_seconds)
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method != "POST":

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from imrelay import ed25519
 from imrelay.platforms.qq.config import QQBot
+from imrelay.platforms.qq.keys import qq_seed
 
 if TYPE_CHECKING:
     from imrelay_sim.server import SimState
@@ -33,7 +34,7 @@ def callback(bot: QQBot, text: str, user: str, group: str, msg_id: str,
     body = json.dumps({"op": 0, "id": f"{event}:{secrets.token_hex(8)}", "d": d, "s": 1, "t": event},
                       ensure_ascii=False).encode()
     ts = str(int(now))
-    key = ed25519.signing_key(ed25519.qq_seed(bot.credentials.app_secret.get_secret_value()))
+    key = ed25519.signing_key(qq_seed(bot.credentials.app_secret.get_secret_value()))
     return {"Content-Type": "application/json", "User-Agent": "QQBot-Callback",
             "X-Bot-Appid": bot.credentials.app_id, "X-Signature-Method": "Ed25519",
             "X-Signature-Timestamp": ts,

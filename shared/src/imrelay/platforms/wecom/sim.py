@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
-from imrelay.platforms.wecom.crypto import WeComCrypto
+from imrelay.platforms.wecom.crypto import WeComCallbackCredentials, WeComCrypto
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,3 +61,10 @@ def url_verification(crypto: WeComCrypto, echo: str, timestamp: int,
     sig = crypto.sign(str(timestamp), nonce, enc)
     return urlencode({"msg_signature": sig, "timestamp": str(timestamp), "nonce": nonce,
                       "echostr": enc})
+
+
+def url_check(credentials: WeComCallbackCredentials, echo: str, now: float) -> str:
+    """The query of WeCom's URL check for a bot with these callback credentials."""
+    from .crypto import crypto_for
+
+    return url_verification(crypto_for(credentials), echo, int(now))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..spec import Capabilities, Ownership, PlatformSpec, SimMessage, SimRequest
+from ..spec import Capabilities, Ownership, PlatformSpec, SimMessage, SimRequest, SimSend
 from ..wecom.config import API_BASE, HINTS
 from .config import WeComAIBot
 
@@ -31,9 +31,10 @@ def _delivery(bot: WeComAIBot, ctx: DeliveryContext) -> Delivery:
 
 
 def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
-    from .sim_gateway import routes
+    from .sim_api import routes as response_url
+    from .sim_gateway import routes as gateway
 
-    return list(routes(state, clock))
+    return [*response_url(state, clock), *gateway(state, clock)]
 
 
 def _sim_request(bot: WeComAIBot, m: SimMessage) -> SimRequest:
@@ -41,6 +42,24 @@ def _sim_request(bot: WeComAIBot, m: SimMessage) -> SimRequest:
 
     query, headers, body = message_callback(bot, m.text, m.user, m.msg_id, m.chat, m.now, m.sim_url)
     return SimRequest(query, headers, body)
+
+
+def _sim_push(bot: WeComAIBot, send: SimSend) -> int:
+    from .sim_cli import push_over_socket
+
+    return push_over_socket(bot, send)
+
+
+def _sim_answer(bot: WeComAIBot, send: SimSend, first: bytes) -> int:
+    from .sim_cli import poll_answer
+
+    return poll_answer(bot, send, first)
+
+
+def _sim_url_check(bot: WeComAIBot, echo: str, now: float) -> str:
+    from ..wecom.sim import url_check
+
+    return url_check(bot.credentials, echo, now)
 
 
 SPEC = PlatformSpec[WeComAIBot](
@@ -53,6 +72,9 @@ SPEC = PlatformSpec[WeComAIBot](
     delivery=_delivery,
     sim_routes=_sim_routes,
     sim_request=_sim_request,
+    sim_url_check=_sim_url_check,
+    sim_push=_sim_push,
+    sim_answer=_sim_answer,
     hints=HINTS,
     demo="""\
   - id: demo-aibot

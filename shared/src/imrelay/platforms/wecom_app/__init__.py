@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
@@ -10,6 +10,10 @@ from ..wecom.config import API_BASE, CAUSES, HINTS
 from .config import WeComAppBot
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.routing import BaseRoute
+
     from ...callbacks import Adapter
     from ...delivery import Delivery, DeliveryContext
 
@@ -32,6 +36,12 @@ def _token_key(bot: WeComAppBot) -> str:
     return kv_key("wecom", bot.credentials.corp_id, bot.credentials.agent_id)
 
 
+def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
+    from .sim import routes
+
+    return routes(state, clock)
+
+
 def _sim_request(bot: WeComAppBot, m: SimMessage) -> SimRequest:
     from ..wecom.crypto import crypto_for
     from ..wecom.sim import app_text_xml, encrypted_post
@@ -40,6 +50,12 @@ def _sim_request(bot: WeComAppBot, m: SimMessage) -> SimRequest:
     plain = app_text_xml(c.corp_id, c.agent_id, m.user, m.text, m.msg_id, int(m.now))
     cb = encrypted_post(crypto_for(c), plain, int(m.now), to_user=c.corp_id, agent_id=c.agent_id)
     return SimRequest(cb.query, {"Content-Type": "text/xml"}, cb.body)
+
+
+def _sim_url_check(bot: WeComAppBot, echo: str, now: float) -> str:
+    from ..wecom.sim import url_check
+
+    return url_check(bot.credentials, echo, now)
 
 
 SPEC = PlatformSpec[WeComAppBot](
@@ -53,7 +69,9 @@ SPEC = PlatformSpec[WeComAppBot](
     adapter=_adapter,
     delivery=_delivery,
     token_key=_token_key,
+    sim_routes=_sim_routes,
     sim_request=_sim_request,
+    sim_url_check=_sim_url_check,
     hints=HINTS,
     causes=CAUSES,
     demo="""\

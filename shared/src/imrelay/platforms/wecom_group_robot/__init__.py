@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
@@ -10,6 +10,10 @@ from ..wecom.config import API_BASE, HINTS
 from .config import WeComGroupRobotBot
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from starlette.routing import BaseRoute
+
     from ...callbacks import Adapter
     from ...delivery import Delivery, DeliveryContext
 
@@ -26,6 +30,12 @@ def _delivery(bot: WeComGroupRobotBot, ctx: DeliveryContext) -> Delivery:
     return WeComGroupRobotDelivery.from_bot(bot, ctx)
 
 
+def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
+    from .sim import routes
+
+    return routes(state, clock)
+
+
 def _sim_request(bot: WeComGroupRobotBot, m: SimMessage) -> SimRequest:
     from ..wecom.crypto import crypto_for
     from ..wecom.sim import encrypted_post, robot_text_xml
@@ -35,6 +45,12 @@ def _sim_request(bot: WeComGroupRobotBot, m: SimMessage) -> SimRequest:
                            f"{m.sim_url}/cgi-bin/webhook/send?key={bot.id}")
     cb = encrypted_post(crypto_for(bot.credentials), plain, int(m.now))
     return SimRequest(cb.query, {"Content-Type": "text/xml"}, cb.body)
+
+
+def _sim_url_check(bot: WeComGroupRobotBot, echo: str, now: float) -> str:
+    from ..wecom.sim import url_check
+
+    return url_check(bot.credentials, echo, now)
 
 
 SPEC = PlatformSpec[WeComGroupRobotBot](
@@ -47,7 +63,9 @@ SPEC = PlatformSpec[WeComGroupRobotBot](
                            "messages one group's webhook takes a minute"),),
     adapter=_adapter,
     delivery=_delivery,
+    sim_routes=_sim_routes,
     sim_request=_sim_request,
+    sim_url_check=_sim_url_check,
     hints=HINTS,
     demo="""\
   - id: demo-robot
