@@ -37,6 +37,13 @@ def llm_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactor
 
 
 def test_answer_comes_from_the_model(llm_stack: Stack) -> None:
+    tokens = {"backend": "default", "model": "sim-model"}
+
+    def used() -> list[float]:
+        return [llm_stack.metric("worker", "imrelay_llm_tokens_total", dict(tokens, type=t))
+                for t in ("input", "output")]
+
+    before = used()
     who = f"u{secrets.token_hex(4)}"
     send(llm_stack, "how many vacation days?", who)
     msgs = llm_stack.wait_for(lambda: llm_stack.messages(touser=who), what="the model's answer")
@@ -45,7 +52,11 @@ def test_answer_comes_from_the_model(llm_stack: Stack) -> None:
     assert req["model"] == "sim-model" and req["stream"] is True
     assert req["messages"] == [{"role": "system", "content": "You are the HR helper."},
                                {"role": "user", "content": "how many vacation days?"}]
-    assert llm_stack.metric("worker", "imrelay_llm_time_to_first_token_seconds_count", {}) >= 1
+    assert llm_stack.metric("worker", "imrelay_llm_time_to_first_token_seconds_count", tokens) >= 1
+    assert req["stream_options"] == {"include_usage": True}
+    # the simulator's usage chunk: a token a word of the prompt (9), a token a piece of the answer (6)
+    llm_stack.wait_for(lambda: used()[1] > before[1], what="the token counts")
+    assert [a - b for a, b in zip(used(), before, strict=True)] == [9, 6]
 
 
 @pytest.mark.parametrize("control", [{"fail_next": [500]}, {"stall_after": 1}])

@@ -34,6 +34,7 @@ SERVER, CLIENT, CONSUMER = "2", "3", "5"  # OTLP SpanKind values
 class Receiver:
     def __init__(self) -> None:
         self.spans: dict[str, list[Span]] = defaultdict(list)
+        self.attributes: dict[str, list[dict[str, str | int]]] = defaultdict(list)  # by span name
         self.port = free_port()
 
         async def traces(request: Request) -> Response:
@@ -45,6 +46,8 @@ class Receiver:
                     for sp in ss.spans:
                         self.spans[sp.trace_id.hex()].append(
                             (service, sp.name, str(sp.kind), sp.parent_span_id.hex()))
+                        self.attributes[sp.name].append({
+                            a.key: a.value.string_value or a.value.int_value for a in sp.attributes})
             return Response(b"", media_type="application/x-protobuf")
 
         app = Starlette(routes=[Route("/v1/traces", traces, methods=["POST"])])
@@ -93,3 +96,16 @@ def test_one_trace_spans_every_hop(traced: tuple[Stack, Receiver]) -> None:
     spans = stack.wait_for(complete, what="one trace with every hop", timeout=20)
     roots = [s for s in spans if not s[3]]
     assert len(roots) == 1 and roots[0][0] == "imrelay-ingress"
+
+
+def test_the_model_call_span_carries_the_genai_attributes(traced: tuple[Stack, Receiver]) -> None:
+    stack, receiver = traced
+    who = f"u{secrets.token_hex(4)}"
+    send(stack, "count my tokens please", who)
+    stack.wait_for(lambda: stack.messages(touser=who), what="the answer")
+    spans = stack.wait_for(lambda: [a for a in receiver.attributes["chat sim"]
+                                    if a.get("gen_ai.usage.input_tokens") == 4], what="the model span")
+    # the simulator counts a token a word: 4 in the question, 6 pieces in "You said: count my tokens please"
+    assert spans[0] == {"gen_ai.operation.name": "chat", "gen_ai.system": "openai",
+                        "gen_ai.request.model": "sim", "gen_ai.usage.input_tokens": 4,
+                        "gen_ai.usage.output_tokens": 6}

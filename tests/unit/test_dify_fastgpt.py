@@ -11,7 +11,7 @@ import pytest
 
 from imrelay.config import BackendConfig
 from imrelay.errors import BackendError
-from imrelay_worker.backends import ChatMessage, ChatRequest, Piece, Replace
+from imrelay_worker.backends import ChatMessage, ChatRequest, Piece, Replace, Usage
 from imrelay_worker.backends.dify import SESSION_KEY, DifyBackend
 from imrelay_worker.backends.fastgpt import FastGPTBackend, chat_id
 
@@ -59,6 +59,7 @@ async def test_dify_answer_and_conversation_id(size: int) -> None:
                                       seen=seen)), req)
     assert "".join(p for p in pieces if isinstance(p, str)) == "你好，世界！ Hello 😀 there."
     assert req.session[SESSION_KEY] == CID
+    assert req.usage == Usage(input_tokens=12, output_tokens=6)  # message_end's metadata.usage
     body = json.loads(seen[0].content)
     assert body == {"inputs": {}, "query": "hi", "response_mode": "streaming", "conversation_id": "",
                     "user": "feishu:b:ou_1", "files": []}
@@ -84,8 +85,10 @@ async def test_dify_starts_again_when_it_forgot_the_conversation() -> None:
 
 
 async def test_dify_agent_messages_and_replace() -> None:
-    agent = await collect(dify(serve((200, (FIXTURES / "dify_agent.sse").read_bytes()))), request())
+    req = request()
+    agent = await collect(dify(serve((200, (FIXTURES / "dify_agent.sse").read_bytes()))), req)
     assert agent == ["Agent ", "answer"]
+    assert req.usage is None  # a message_end without metadata
     replaced = await collect(dify(serve((200, (FIXTURES / "dify_replace.sse").read_bytes()))), request())
     assert replaced == ["something unsafe", Replace("I can't help with that.")]
 

@@ -13,7 +13,7 @@ import pytest
 
 from imrelay.config import BackendConfig
 from imrelay.errors import BackendError
-from imrelay_worker.backends import ChatMessage, ChatRequest
+from imrelay_worker.backends import ChatMessage, ChatRequest, Usage
 from imrelay_worker.backends.openai import OpenAIBackend
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "sse"
@@ -74,6 +74,27 @@ async def test_request_shape() -> None:
     assert body["temperature"] == 0.3
     assert body["messages"] == [{"role": "system", "content": "be brief"},
                                 {"role": "user", "content": "hi"}]
+    assert body["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("name", ["openai_ok.sse", "openai_crlf_comments.sse"])
+async def test_the_usage_chunk_is_kept_on_the_request(name: str) -> None:
+    request = ChatRequest(messages=[ChatMessage("user", "hi")], user="u", conversation="c")
+    pieces = [p async for p in backend(sse_handler(name, 5)).stream(request)]
+    assert "".join(p for p in pieces if isinstance(p, str)) == EXPECTED
+    assert request.usage == Usage(input_tokens=9, output_tokens=6)
+
+
+async def test_a_server_without_usage_leaves_it_unknown() -> None:
+    data = (FIXTURES / "openai_ok.sse").read_bytes()
+    data = b"\n\n".join(e for e in data.split(b"\n\n") if b'"usage"' not in e)
+
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Pieces(data, 7))
+
+    request = ChatRequest(messages=[ChatMessage("user", "hi")], user="u", conversation="c")
+    assert "".join([p async for p in backend(handler).stream(request) if isinstance(p, str)]) == EXPECTED
+    assert request.usage is None
 
 
 async def test_eof_without_done_is_an_error() -> None:

@@ -5,19 +5,60 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
+from faststream.message.message import StreamMessage
 from faststream.middlewares import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
-from faststream.nats.prometheus import NatsPrometheusMiddleware
+from faststream.nats.prometheus.provider import settings_provider_factory
+from faststream.nats.response import NatsPublishCommand
+from faststream.prometheus import ConsumeAttrs, MetricsSettingsProvider
+from faststream.prometheus.middleware import PrometheusMiddleware
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from prometheus_client import CollectorRegistry
 
+from . import subjects
 from .config import NatsConfig
 from .telemetry import registry
 
-__all__ = ["durable_consumer", "in_progress", "make_broker"]
+__all__ = ["PatternPrometheusMiddleware", "durable_consumer", "in_progress", "make_broker"]
+
+NatsMsgs = Msg | Sequence[Msg]
+
+
+class _PatternLabels:
+    """FastStream's NATS metrics settings with each subject replaced by its subscription pattern."""
+
+    messaging_system = "nats"
+
+    def __init__(self, inner: MetricsSettingsProvider[Any, Any]) -> None:
+        self.inner = inner
+
+    def get_consume_attrs_from_message(self, msg: StreamMessage[Any]) -> ConsumeAttrs:
+        attrs = self.inner.get_consume_attrs_from_message(msg)
+        return {**attrs, "destination_name": subjects.pattern_of(attrs["destination_name"])}
+
+    def get_publish_destination_name_from_cmd(self, cmd: NatsPublishCommand) -> str:
+        return subjects.pattern_of(self.inner.get_publish_destination_name_from_cmd(cmd))
+
+
+def _pattern_labels(msg: NatsMsgs | None) -> MetricsSettingsProvider[Any, Any] | None:
+    inner = settings_provider_factory(msg)
+    return _PatternLabels(inner) if inner is not None else None
+
+
+class PatternPrometheusMiddleware(PrometheusMiddleware[NatsMsgs, NatsPublishCommand]):
+    """FastStream's Prometheus middleware for NATS whose ``handler`` and ``destination`` labels are
+    subscription patterns (``imrelay.out.>``), not concrete subjects: one series per pattern instead of
+    one per bot and partition."""
+
+    def __init__(self, *, registry: CollectorRegistry, app_name: str, metrics_prefix: str) -> None:
+        super().__init__(settings_provider_factory=_pattern_labels, registry=registry,
+                         app_name=app_name, metrics_prefix=metrics_prefix)
 
 
 def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsBroker:
@@ -40,8 +81,8 @@ def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsB
         log_level=logging.DEBUG,  # per-message lines only when debugging
         middlewares=[
             NatsTelemetryMiddleware(),
-            NatsPrometheusMiddleware(registry=registry(), app_name=f"imrelay-{service}",
-                                     metrics_prefix="imrelay_faststream"),
+            PatternPrometheusMiddleware(registry=registry(), app_name=f"imrelay-{service}",
+                                        metrics_prefix="imrelay_faststream"),
         ],
     )
 

@@ -104,7 +104,7 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
     from .config import DEFAULT_CONFIG_PATH, load_settings
     from .errors import ConfigError
     from .natslog import redact_url
-    from .telemetry import setup_logging, setup_tracing
+    from .telemetry import setup_logging, setup_tracing, start_series
 
     args = service_parser(service).parse_args(sys.argv[1:] if argv is None else argv)
     if args.config:
@@ -114,6 +114,7 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
     try:
         config = os.environ.get("IMRELAY_CONFIG") or DEFAULT_CONFIG_PATH
         settings = load_settings(config)
+        start_series(service, settings)
         log.info("imrelay-%s %s starting: config %s, NATS %s", service, version(),
                  os.path.abspath(config), ", ".join(redact_url(u) for u in settings.nats.servers))
         asyncio.run(run())

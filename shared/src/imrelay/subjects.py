@@ -94,6 +94,23 @@ def dlq_subject(stage: str) -> str:
     return f"{DLQ_PREFIX}.{_token(stage)}"
 
 
+_PATTERNS = ((IN_PREFIX, IN_ALL), (OUT_PREFIX, OUT_ALL), (DLQ_PREFIX, DLQ_ALL),
+             (CONN_PREFIX, f"{CONN_PREFIX}.>"))
+
+
+def pattern_of(subject: str) -> str:
+    """The subscription pattern a concrete subject falls under (``imrelay.out.wecom_app.hr.3`` ->
+    ``imrelay.out.>``; a KV key's subject -> ``$KV.<bucket>.>``), for metric labels that must not grow
+    with bots and partitions; ``other`` for anything else."""
+    for prefix, pattern in _PATTERNS:
+        if subject.startswith(prefix + "."):
+            return pattern
+    if subject.startswith("$KV."):
+        bucket = subject.split(".", 2)[1]
+        return f"$KV.{bucket}.>" if bucket.startswith("imrelay_") else "$KV.>"
+    return "other"
+
+
 _KV_KEY_RE = re.compile(r"[^-/_=.a-zA-Z0-9]")
 
 

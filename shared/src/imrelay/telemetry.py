@@ -4,9 +4,14 @@
 metric                                   type       labels                   meaning
 =======================================  =========  =======================  ==========================
 imrelay_callbacks_total                  counter    platform, bot, outcome   callbacks by outcome
-imrelay_callback_ack_seconds             histogram  platform, bot            callback received -> ack
-imrelay_llm_time_to_first_token_seconds  histogram  platform, bot            backend request -> 1st delta
-imrelay_llm_duration_seconds             histogram  platform, bot, outcome   whole backend call
+imrelay_build_info                       gauge      version                  1; the running version
+imrelay_bot_configured                   gauge      platform, bot, mode      1 for each configured bot
+imrelay_callback_ack_seconds             histogram  platform, bot, outcome   callback received -> ack
+imrelay_llm_time_to_first_token_seconds  histogram  platform, bot, backend,  backend request -> 1st delta
+                                                    model
+imrelay_llm_duration_seconds             histogram  platform, bot, backend,  whole backend call
+                                                    model, outcome
+imrelay_llm_tokens_total                 counter    backend, model, type     tokens the model reported
 imrelay_deliveries_total                 counter    platform, bot, outcome   platform send calls
 imrelay_delivery_seconds                 histogram  platform, bot            one platform send call
 imrelay_rate_limit_wait_seconds          histogram  platform, bot            time waited for a limit
@@ -24,9 +29,10 @@ imrelay_http_connection_timeouts_total   counter    listener, reason         clo
 imrelay_http_connections_refused_total   counter    listener                 refused at the cap (503)
 =======================================  =========  =======================  ==========================
 
-Outcomes: callbacks ``accepted | duplicate | rejected_signature | rejected_replay | rejected_malformed |
-rejected_oversize | unknown_bot | unavailable``; LLM ``ok | error | timeout``; deliveries ``ok | retry |
-duplicate_skipped | failed``; tokens ``ok | error``. HTTP listeners ``public | admin``; timeout reasons
+Outcomes: callbacks ``accepted | duplicate | stream_poll | rejected_signature | rejected_replay |
+rejected_malformed | rejected_oversize | unknown_bot | unavailable``; LLM ``ok | error | timeout``;
+deliveries ``ok | retry | duplicate_skipped | failed | update | update_failed``; tokens ``ok | error``;
+model token ``type`` ``input | output``. HTTP listeners ``public | admin``; timeout reasons
 ``idle`` (no byte sent), ``header``, ``body`` (408) and ``keep_alive`` (idle after an answer: the normal end
 of a connection).
 
@@ -35,8 +41,18 @@ configured by the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT``
 spans follow the stable HTTP semantic conventions; every span is scrubbed of credentials before export (see
 :mod:`imrelay.redact`), and so is every log record.
 
-Labels carry only names from the configuration (platform, bot id, consumer) and fixed outcome words, never
-a value from a request or a secret.
+Labels carry only names from the configuration (platform, bot id, backend, model, consumer) and fixed
+outcome words, never a value from a request or a secret.
+
+Counters start at 0: :func:`start_series` creates, when a service starts, every series its configured
+bots can increment, so ``increase()`` sees the first dead letter or token error after a restart (a series
+born at 1 has no earlier sample to increase from). FastStream's own metrics
+(``imrelay_faststream_*``) are labelled with the subscription pattern (``imrelay.out.>``), not the
+concrete subject, so their number does not grow with bots and partitions (see :mod:`imrelay.broker`).
+
+Model calls get a span ``chat <model>`` with the GenAI attributes ``gen_ai.operation.name``,
+``gen_ai.system``, ``gen_ai.request.model`` and, when the backend reports them,
+``gen_ai.usage.input_tokens`` / ``gen_ai.usage.output_tokens``.
 """
 
 from __future__ import annotations
@@ -58,7 +74,11 @@ from .redact import RedactingSpanExporter, httpx_request_hook, install_log_redac
 if TYPE_CHECKING:
     import httpx
 
+    from .config import Settings
+
 __all__ = [
+    "BOT_CONFIGURED",
+    "BUILD_INFO",
     "CALLBACKS",
     "CALLBACK_ACK",
     "CONNECTIONS_OPEN",
@@ -69,6 +89,7 @@ __all__ = [
     "DLQ",
     "FIRST_REPLY",
     "LLM_DURATION",
+    "LLM_TOKENS",
     "LLM_TTFT",
     "RATE_LIMIT_WAIT",
     "TOKEN_REFRESHES",
@@ -77,6 +98,7 @@ __all__ = [
     "instrument_httpx",
     "setup_logging",
     "setup_tracing",
+    "start_series",
 ]
 
 PREFIX = "imrelay_"
@@ -84,20 +106,29 @@ PREFIX = "imrelay_"
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
+BUILD_INFO = Gauge("imrelay_build_info", "Always 1; the version label names the running imrelay", ["version"])
+BOT_CONFIGURED = Gauge(
+    "imrelay_bot_configured", "1 for each bot in this process's configuration (mode: callback or "
+    "long_connection); alerts compare it with what runs", ["platform", "bot", "mode"],
+)
 CALLBACKS = Counter(
     "imrelay_callbacks", "Platform callbacks received, by outcome", ["platform", "bot", "outcome"]
 )
 CALLBACK_ACK = Histogram(
-    "imrelay_callback_ack_seconds", "Time from callback received to the platform's ack",
-    ["platform", "bot"], buckets=_LATENCY_BUCKETS,
+    "imrelay_callback_ack_seconds", "Time from callback received to the platform's ack, by outcome",
+    ["platform", "bot", "outcome"], buckets=_LATENCY_BUCKETS,
 )
 LLM_TTFT = Histogram(
     "imrelay_llm_time_to_first_token_seconds", "Backend request to first answer token",
-    ["platform", "bot"], buckets=_LLM_BUCKETS,
+    ["platform", "bot", "backend", "model"], buckets=_LLM_BUCKETS,
 )
 LLM_DURATION = Histogram(
     "imrelay_llm_duration_seconds", "Whole backend answer duration, by outcome",
-    ["platform", "bot", "outcome"], buckets=_LLM_BUCKETS,
+    ["platform", "bot", "backend", "model", "outcome"], buckets=_LLM_BUCKETS,
+)
+LLM_TOKENS = Counter(
+    "imrelay_llm_tokens", "Tokens the model reported using, by type (input: the prompt, output: the "
+    "answer)", ["backend", "model", "type"],
 )
 DELIVERIES = Counter(
     "imrelay_deliveries", "Platform send calls, by outcome", ["platform", "bot", "outcome"]
@@ -160,6 +191,51 @@ FIRST_REPLY = Histogram(
 
 def registry() -> CollectorRegistry:
     return REGISTRY
+
+
+CALLBACK_OUTCOMES = ("accepted", "duplicate", "stream_poll", "rejected_signature", "rejected_replay",
+                     "rejected_malformed", "rejected_oversize", "unavailable")
+DELIVERY_OUTCOMES = ("ok", "retry", "duplicate_skipped", "failed", "update", "update_failed")
+TOKEN_PLATFORMS = frozenset({"wecom_app", "feishu", "lark", "dingtalk", "qq"})  # fetch access tokens
+TOKEN_TYPES = ("input", "output")
+
+
+def model_label(model: str | None) -> str:
+    """The ``model`` label of a backend call: the configured model, ``default`` when the backend (a Dify
+    or FastGPT app, echo) chooses its own."""
+    return model or "default"
+
+
+def start_series(service: str, settings: Settings) -> None:
+    """Set the build info and the configured bots, and create at 0 every counter series ``service`` can
+    increment for its configured bots, so the first increment after a start is an increase."""
+    from . import __version__
+    from .config import BackendKind
+
+    BUILD_INFO.labels(version=__version__).set(1)
+    for bot in settings.bots:
+        BOT_CONFIGURED.labels(platform=bot.platform.value, bot=bot.id, mode=bot.mode).set(1)
+    for bot in settings.bots:
+        labels = {"platform": bot.platform.value, "bot": bot.id}
+        if service == "ingress" and bot.mode == "callback":
+            for outcome in CALLBACK_OUTCOMES:
+                CALLBACKS.labels(outcome=outcome, **labels)
+        elif service == "worker":
+            DLQ.labels(stage="worker", **labels)
+            cfg = settings.backends.get(bot.backend)
+            if cfg is not None and cfg.kind is not BackendKind.ECHO:
+                for kind in TOKEN_TYPES:
+                    LLM_TOKENS.labels(backend=bot.backend, model=model_label(bot.model or cfg.model),
+                                      type=kind)
+        elif service == "sender":
+            DLQ.labels(stage="sender", **labels)
+            for outcome in DELIVERY_OUTCOMES:
+                DELIVERIES.labels(outcome=outcome, **labels)
+            if bot.platform.value in TOKEN_PLATFORMS:
+                for outcome in ("ok", "error"):
+                    TOKEN_REFRESHES.labels(outcome=outcome, **labels)
+    if service == "ingress":
+        CALLBACKS.labels(platform="unknown", bot="unknown", outcome="unknown_bot")
 
 
 _tracing_ready = False

@@ -79,7 +79,7 @@ def create_app(settings: Settings, publisher: Publisher, *,
         def done(status: int, outcome: str, body: bytes = b"", media: str = "text/plain",
                  headers: dict[str, str] | None = None) -> Response:
             CALLBACKS.labels(outcome=outcome, **labels).inc()
-            CALLBACK_ACK.labels(**labels).observe(time.perf_counter() - started)
+            CALLBACK_ACK.labels(outcome=outcome, **labels).observe(time.perf_counter() - started)
             return Response(body, status_code=status, media_type=media, headers=headers)
 
         adapter = table.get(bot_id)

@@ -8,12 +8,14 @@ goes to ``imrelay.dlq.worker`` with the reason in headers. Reply chunks carry de
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 from faststream.nats import NatsBroker, NatsMessage
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from imrelay import subjects
@@ -21,14 +23,15 @@ from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
 from imrelay.dlq import dlq_headers
 from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
-from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TTFT
+from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TOKENS, LLM_TTFT, model_label
 
 from .answer import produce_answer
-from .backends import Backend, ChatMessage, ChatRequest, Piece, build_backend
+from .backends import Backend, ChatMessage, ChatRequest, Piece, Usage, build_backend
 from .memory import Conversation, MemoryStore, Turn, conversation_key
 from .privacy import Pseudonyms
 
 log = logging.getLogger("imrelay.worker")
+tracer = trace.get_tracer("imrelay.worker")
 
 NON_TEXT_REPLY = "I can only read text messages for now."
 COMMANDS = {
@@ -100,8 +103,10 @@ class Worker:
         bot = self.settings.bot(inbound.bot_id)
         if bot is None:
             raise LookupError(f"no bot {inbound.bot_id!r} in this worker's config")
-        labels = {"platform": inbound.platform, "bot": inbound.bot_id}
         cfg = self.settings.backends[bot.backend]
+        model = model_label(bot.model or cfg.model)
+        labels = {"platform": inbound.platform, "bot": inbound.bot_id, "backend": bot.backend,
+                  "model": model}
         deadline = bot.answer_timeout_seconds or self.settings.worker.answer_timeout_seconds
         text = inbound.text.strip()
         key = conversation_key(inbound, self.settings.memory.per_user_in_groups)
@@ -129,14 +134,22 @@ class Worker:
                 temperature=bot.temperature,
             )
             stream = backend.stream(request)
+        span = (tracer.start_as_current_span(f"chat {model}", kind=trace.SpanKind.CLIENT, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.system": cfg.kind.value,
+            "gen_ai.request.model": model}) if request is not None else contextlib.nullcontext(None))
         async with in_progress(msg, self.settings.worker.ack_wait_seconds):
-            result = await produce_answer(
-                inbound, stream, self.publish_chunk, deadline_seconds=deadline,
-                coalesce_seconds=self.settings.worker.delta_interval_seconds,
-                error_message=cfg.error_message,
-                placeholder=bot.thinking_message if request is not None else None,
-                placeholder_after=bot.thinking_after_seconds, fmt=ReplyFormat(bot.reply_format),
-            )
+            with span as model_span:
+                result = await produce_answer(
+                    inbound, stream, self.publish_chunk, deadline_seconds=deadline,
+                    coalesce_seconds=self.settings.worker.delta_interval_seconds,
+                    error_message=cfg.error_message,
+                    placeholder=bot.thinking_message if request is not None else None,
+                    placeholder_after=bot.thinking_after_seconds, fmt=ReplyFormat(bot.reply_format),
+                )
+                if model_span is not None and request is not None:
+                    _record_usage(model_span, bot.backend, model, request.usage)
+                    if result.outcome != "ok":
+                        model_span.set_attribute("error.type", result.outcome)
         if request is None:
             return
         if result.first_token_seconds is not None:
@@ -147,6 +160,16 @@ class Worker:
         elif self.memory is not None:
             # only a complete answer becomes memory
             await self.memory.remember(key, Turn(text, result.text, inbound.sender.id), request.session)
+
+
+def _record_usage(span: trace.Span, backend: str, model: str, usage: Usage | None) -> None:
+    """The model's token counts on its span (GenAI conventions) and in ``imrelay_llm_tokens_total``."""
+    if usage is None:
+        return
+    span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+    LLM_TOKENS.labels(backend=backend, model=model, type="input").inc(usage.input_tokens)
+    LLM_TOKENS.labels(backend=backend, model=model, type="output").inc(usage.output_tokens)
 
 
 async def _once(text: str) -> AsyncIterator[Piece]:

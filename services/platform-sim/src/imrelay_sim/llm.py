@@ -1,9 +1,12 @@
 """Fake LLM backends for local runs and tests, all answering ``"You said: <last user message>"`` word by
 word:
 
-* ``POST /v1/chat/completions``: OpenAI-compatible (SSE ``data:`` chunks, then ``data: [DONE]``);
+* ``POST /v1/chat/completions``: OpenAI-compatible (SSE ``data:`` chunks, then ``data: [DONE]``; with
+  ``stream_options: {include_usage: true}`` a last chunk with empty ``choices`` carries ``usage``, as
+  OpenAI sends it);
 * ``POST /v1/chat-messages``: Dify (``message`` events carrying a ``conversation_id`` it remembers,
-  ``message_end``; an unknown ``conversation_id`` is a 404 "Conversation Not Exists");
+  ``message_end`` with ``metadata.usage``; an unknown ``conversation_id`` is a 404 "Conversation Not
+  Exists");
 * ``POST /api/v1/chat/completions``: FastGPT (OpenAI-style chunks; ``chatId`` names the conversation).
 
 ``POST /sim/llm`` controls them all: ``token_delay`` (seconds between chunks), ``fail_next`` (HTTP statuses
@@ -48,6 +51,19 @@ def _chunk(content: str | None, finish: str | None = None) -> str:
     body = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": int(time.time()),
             "model": "sim", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+def _usage(prompt: str, pieces: list[str]) -> dict[str, int]:
+    """Token counts as a model reports them: here one token a word of the prompt, one a piece sent."""
+    prompt_tokens, completion_tokens = len(prompt.split()), len(pieces)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _usage_chunk(usage: dict[str, int]) -> str:
+    body = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": "sim", "choices": [], "usage": usage}
+    return f"data: {json.dumps(body)}\n\n"
 
 
 def routes() -> list[Route]:
@@ -102,9 +118,15 @@ def routes() -> list[Route]:
 
     async def openai_style(body: dict[str, Any], question: str) -> AsyncIterator[str]:
         yield ": keep-alive\n\n"
-        async for chunk in paced(pieces_for(question), _chunk, question):
+        pieces = pieces_for(question)
+        async for chunk in paced(pieces, _chunk, question):
             yield chunk
         yield _chunk(None, "stop")
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", [])
+                              if isinstance(m, dict))
+            yield _usage_chunk(_usage(prompt, pieces))
         yield "data: [DONE]\n\n"
 
     def openai_endpoint(api: str) -> Callable[[Request], Awaitable[Response]]:
@@ -138,10 +160,12 @@ def routes() -> list[Route]:
 
         async def stream() -> AsyncIterator[str]:
             yield "event: ping\n\n"
-            async for chunk in paced(pieces_for(question), event, question):
+            pieces = pieces_for(question)
+            async for chunk in paced(pieces, event, question):
                 yield chunk
             yield "data: " + json.dumps({"event": "message_end", "conversation_id": conversation,
-                                         "message_id": message_id, "metadata": {"usage": {}}}) + "\n\n"
+                                         "message_id": message_id,
+                                         "metadata": {"usage": _usage(question, pieces)}}) + "\n\n"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 

@@ -18,6 +18,14 @@ class ChatMessage:
     content: str
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens the model reported for one answer (OpenAI ``usage``, Dify ``metadata.usage``)."""
+
+    input_tokens: int
+    output_tokens: int
+
+
 @dataclass(slots=True)
 class ChatRequest:
     messages: list[ChatMessage]
@@ -28,6 +36,7 @@ class ChatRequest:
     session: dict[str, str] = field(default_factory=dict)
     model: str | None = None  # per-bot overrides of the backend's settings
     temperature: float | None = None
+    usage: Usage | None = None  # set by the backend when the model reports its token counts
 
     @property
     def last_user_text(self) -> str:

@@ -3,8 +3,8 @@
 Dify keeps the conversation itself: the first turn sends ``conversation_id: ""``, the answer's events carry
 the new id, which is kept in the conversation's session and sent back (with the same ``user``) next time.
 Events: ``message`` / ``agent_message`` carry answer text, ``message_replace`` replaces the answer
-(moderation), ``message_end`` ends it, ``error`` fails it, ``ping`` keeps the stream alive. A conversation
-Dify no longer knows (404) is started afresh once.
+(moderation), ``message_end`` ends it (its ``metadata.usage`` counts the tokens), ``error`` fails it,
+``ping`` keeps the stream alive. A conversation Dify no longer knows (404) is started afresh once.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from imrelay.errors import BackendError
 
 from ..sse import stream_events
 from . import ChatRequest, Piece, Replace
+from .openai import usage_in
 
 SESSION_KEY = "dify_conversation_id"
 TEXT_EVENTS = {"message", "agent_message"}
@@ -84,6 +85,8 @@ class DifyBackend:
                 elif kind == "message_replace":
                     yield Replace(str(event.get("answer", "")))
                 elif kind == "message_end":
+                    metadata = event.get("metadata")
+                    request.usage = usage_in(metadata if isinstance(metadata, dict) else {}) or request.usage
                     return
                 elif kind == "error":
                     raise BackendError(self.name, f"{event.get('code', 'error')}: "

@@ -19,7 +19,7 @@ from imrelay.errors import BackendError
 
 from ..sse import stream_events
 from . import ChatRequest, Piece
-from .openai import delta_of
+from .openai import chunk_of, delta_in, usage_in
 
 
 def chat_id(conversation: str) -> str:
@@ -59,7 +59,9 @@ class FastGPTBackend:
                     return
                 if event.event not in ("", "message", "answer", "fastAnswer") or not event.data:
                     continue  # flowNodeStatus and the like
-                piece = delta_of(event.data)
+                chunk = chunk_of(event.data)
+                request.usage = usage_in(chunk) or request.usage  # when the final chunk carries it
+                piece = delta_in(chunk)
                 if piece:
                     yield piece
         raise BackendError(self.name, "stream ended without [DONE]", retryable=True)

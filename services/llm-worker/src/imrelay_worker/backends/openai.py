@@ -2,7 +2,8 @@
 
 ``POST {base_url}/chat/completions`` with ``stream: true``, read with :mod:`imrelay_worker.sse`;
 ``delta.content`` pieces are yielded, ``[DONE]`` ends the answer, and an EOF without ``[DONE]`` or an
-``error`` payload raise :class:`~imrelay.errors.BackendError`.
+``error`` payload raise :class:`~imrelay.errors.BackendError`. ``stream_options.include_usage`` asks for
+the last chunk's ``usage`` (prompt and completion tokens), kept in the request's ``usage``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from imrelay.config import BackendConfig
 from imrelay.errors import BackendError
 
 from ..sse import stream_events
-from . import ChatRequest, Piece
+from . import ChatRequest, Piece, Usage
 
 
 def request_body(cfg: BackendConfig, request: ChatRequest) -> dict[str, Any]:
@@ -26,6 +27,7 @@ def request_body(cfg: BackendConfig, request: ChatRequest) -> dict[str, Any]:
         "model": request.model or cfg.model,
         "messages": [{"role": m.role, "content": m.content} for m in request.messages],
         "stream": True,
+        "stream_options": {"include_usage": True},
         "user": request.user,
     }
     temperature = request.temperature if request.temperature is not None else cfg.temperature
@@ -36,6 +38,11 @@ def request_body(cfg: BackendConfig, request: ChatRequest) -> dict[str, Any]:
 
 def delta_of(data: str) -> str | None:
     """The text in one ``data:`` payload; None for chunks without content (role, usage, finish)."""
+    return delta_in(chunk_of(data))
+
+
+def chunk_of(data: str) -> dict[str, Any]:
+    """One ``data:`` payload as an object; an ``error`` payload or invalid JSON raise."""
     try:
         chunk = json.loads(data)
     except json.JSONDecodeError as exc:
@@ -46,11 +53,26 @@ def delta_of(data: str) -> str | None:
         err = chunk["error"]
         msg = err.get("message", "error") if isinstance(err, dict) else str(err)
         raise BackendError("openai", f"error in stream: {msg}"[:300])
+    return chunk
+
+
+def delta_in(chunk: dict[str, Any]) -> str | None:
     choices = chunk.get("choices") or []
     if not choices or not isinstance(choices[0], dict):
         return None
     content = (choices[0].get("delta") or {}).get("content")
     return content if isinstance(content, str) and content else None
+
+
+def usage_in(chunk: dict[str, Any]) -> Usage | None:
+    """The token counts of a chunk carrying ``usage`` (the last one, when asked for); None otherwise."""
+    usage = chunk.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return Usage(input_tokens=prompt, output_tokens=completion)
 
 
 class OpenAIBackend:
@@ -77,7 +99,9 @@ class OpenAIBackend:
                     return
                 if not event.data:
                     continue
-                piece = delta_of(event.data)
+                chunk = chunk_of(event.data)
+                request.usage = usage_in(chunk) or request.usage
+                piece = delta_in(chunk)
                 if piece:
                     yield piece
         raise BackendError(self.name, "stream ended without [DONE]", retryable=True)
