@@ -25,7 +25,7 @@ from _common import free_port, stop_all, wait_http
 from prometheus_client.parser import text_string_to_metric_families
 
 from imrelay import subjects
-from imrelay.config import NatsConfig, Platform
+from imrelay.config import NatsConfig
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
 from imrelay.jetstream import ensure_streams
 from imrelay.natsserver import EmbeddedNats
@@ -48,7 +48,7 @@ async def publish(url: str, sim: str) -> None:
             user = next(u for u in (f"u{i}" for i in itertools.count())
                         if subjects.partition_of(f"{bot}:{u}", PARTITIONS) == k)
             chunk = ReplyChunk(reply_id=f"{bot}-{k}", inbound_id=f"in-{bot}-{k}",
-                               platform=Platform.WECOM_GROUP_ROBOT, bot_id=bot,
+                               platform="wecom_group_robot", bot_id=bot,
                                chat=Chat(id=user, type=ChatType.GROUP), recipient=Sender(id=user),
                                reply_handle={"webhook_url": f"{sim}/cgi-bin/webhook/send?key={bot}"},
                                seq=0, final=True, full_text="hi")

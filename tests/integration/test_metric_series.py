@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imrelay import subjects
-from imrelay.config import NatsConfig, Platform
+from imrelay.config import NatsConfig
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
 from imrelay.jetstream import ensure_streams
 from imrelay.natsserver import EmbeddedNats
@@ -40,7 +40,7 @@ async def publish_everywhere(url: str, sim: str, bots: list[str], partitions: in
             user = user_in(bot, k, partitions)
             webhook = f"{sim}/cgi-bin/webhook/send?key={bot}"
             chunk = ReplyChunk(reply_id=f"{bot}-{k}", inbound_id=f"in-{bot}-{k}",
-                               platform=Platform.WECOM_GROUP_ROBOT, bot_id=bot,
+                               platform="wecom_group_robot", bot_id=bot,
                                chat=Chat(id=user, type=ChatType.GROUP), recipient=Sender(id=user),
                                reply_handle={"webhook_url": webhook}, seq=0, final=True, full_text="hi")
             await js.publish(subjects.outbound_subject("wecom_group_robot", bot, k),

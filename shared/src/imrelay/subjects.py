@@ -99,7 +99,7 @@ _PATTERNS = ((IN_PREFIX, IN_ALL), (OUT_PREFIX, OUT_ALL), (DLQ_PREFIX, DLQ_ALL),
 
 
 def pattern_of(subject: str) -> str:
-    """The subscription pattern a concrete subject falls under (``imrelay.out.wecom_app.hr.3`` ->
+    """The subscription pattern a concrete subject falls under (``imrelay.out.<platform>.<bot>.3`` ->
     ``imrelay.out.>``; a KV key's subject -> ``$KV.<bucket>.>``), for metric labels that must not grow
     with bots and partitions; ``other`` for anything else."""
     for prefix, pattern in _PATTERNS:

@@ -196,7 +196,6 @@ def registry() -> CollectorRegistry:
 CALLBACK_OUTCOMES = ("accepted", "duplicate", "stream_poll", "rejected_signature", "rejected_replay",
                      "rejected_malformed", "rejected_oversize", "unavailable")
 DELIVERY_OUTCOMES = ("ok", "retry", "duplicate_skipped", "failed", "update", "update_failed")
-TOKEN_PLATFORMS = frozenset({"wecom_app", "feishu", "lark", "dingtalk", "qq"})  # fetch access tokens
 TOKEN_TYPES = ("input", "output")
 
 
@@ -209,14 +208,14 @@ def model_label(model: str | None) -> str:
 def start_series(service: str, settings: Settings) -> None:
     """Set the build info and the configured bots, and create at 0 every counter series ``service`` can
     increment for its configured bots, so the first increment after a start is an increase."""
-    from . import __version__
+    from . import __version__, platforms
     from .config import BackendKind
 
     BUILD_INFO.labels(version=__version__).set(1)
     for bot in settings.bots:
-        BOT_CONFIGURED.labels(platform=bot.platform.value, bot=bot.id, mode=bot.mode).set(1)
+        BOT_CONFIGURED.labels(platform=bot.platform, bot=bot.id, mode=bot.mode).set(1)
     for bot in settings.bots:
-        labels = {"platform": bot.platform.value, "bot": bot.id}
+        labels = {"platform": bot.platform, "bot": bot.id}
         if service == "ingress" and bot.mode == "callback":
             for outcome in CALLBACK_OUTCOMES:
                 CALLBACKS.labels(outcome=outcome, **labels)
@@ -231,7 +230,7 @@ def start_series(service: str, settings: Settings) -> None:
             DLQ.labels(stage="sender", **labels)
             for outcome in DELIVERY_OUTCOMES:
                 DELIVERIES.labels(outcome=outcome, **labels)
-            if bot.platform.value in TOKEN_PLATFORMS:
+            if platforms.spec_for(bot).capabilities.needs_token:
                 for outcome in ("ok", "error"):
                     TOKEN_REFRESHES.labels(outcome=outcome, **labels)
     if service == "ingress":
