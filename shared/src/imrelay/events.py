@@ -5,14 +5,18 @@
   ``seq`` 0, 1, 2, ... and ``text``, the answer so far (platforms that edit a message in place show it);
   the last chunk has ``final=True`` and also carries ``full_text`` (the whole answer) so platforms that
   cannot edit a message deliver one coherent answer without keeping state.
+* :class:`ConnectionRequest` on ``imrelay.conn.<platform>.<bot>`` (core NATS request/reply): the sender
+  asks the connector holding a bot's long connection to send something on it; :class:`ConnectionAnswer`
+  is the reply.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -26,6 +30,8 @@ __all__ = [
     "Attachment",
     "Chat",
     "ChatType",
+    "ConnectionAnswer",
+    "ConnectionRequest",
     "InboundMessage",
     "ReplyChunk",
     "ReplyFormat",
@@ -126,3 +132,30 @@ class ReplyChunk(_Event):
         if self.placeholder is not None:
             return f"{self.reply_id}:placeholder"
         return f"{self.reply_id}:final" if self.final else f"{self.reply_id}:{self.seq}"
+
+
+class ConnectionRequest(_Event):
+    """Send ``payload`` on a bot's long connection: the sender's request to the connector replica holding
+    it. The payload is in the platform's own terms (its package writes and reads it)."""
+
+    schema_version: int = SCHEMA_VERSION
+    platform: str  # the bot's platform tag: with ``bot_id``, the subject (``imrelay.conn.<platform>.<bot>``)
+    bot_id: str
+    payload: dict[str, Any]
+    timeout_seconds: float | None = Field(default=None, gt=0)  # the sender stops waiting then; so does the
+    # connector (a later retry sends it again)
+
+    @classmethod
+    def parse(cls, data: bytes, platform: str, bot_id: str) -> ConnectionRequest:
+        """Read a request sent to a bot's subject; also the bare payload earlier senders sent."""
+        raw = json.loads(data)
+        if isinstance(raw, dict) and "payload" not in raw and "bot_id" not in raw:
+            raw = {"platform": platform, "bot_id": bot_id, "payload": raw}
+        return cls.model_validate(raw)
+
+
+class ConnectionAnswer(_Event):
+    """Whether the platform took what was sent (the wire form is unchanged since the first version)."""
+
+    ok: bool
+    code: int | str | None = None  # the platform's answer code, or the name of the error on our side

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from ..callbacks import Adapter
+    from ..connections import Connection, ConnectionContext
     from ..delivery import Delivery, DeliveryContext
 
 __all__ = ["Capabilities", "Ownership", "PlatformSpec", "RateScope", "SimMessage", "SimRequest", "SimSend"]
@@ -97,6 +98,11 @@ class PlatformSpec(Generic[BotT]):
     rate_scopes: tuple[RateScope, ...] = ()
     adapter: Callable[[BotT], Adapter]  # the ingress's verify/decrypt/parse for one bot
     delivery: Callable[[BotT, DeliveryContext], Delivery]  # the sender's way to answer
+    # the long connection the connector runs for a ``mode: long_connection`` bot (one per attempt), if the
+    # platform has one (``capabilities.long_connection`` says who holds it), and the outcomes it counts in
+    # ``imrelay_connector_events_total`` besides the connector's own
+    connection: Callable[[BotT, ConnectionContext], Connection] | None = None
+    connection_events: tuple[str, ...] = ()
     token_key: Callable[[BotT], str | None] = _no_token  # the bot's access-token cache key, if it has one
     sim_routes: Callable[[Any, Callable[[], float]], list[BaseRoute]] | None = None  # (SimState, clock)
     sim_request: Callable[[BotT, SimMessage], SimRequest] | None = None
@@ -111,3 +117,8 @@ class PlatformSpec(Generic[BotT]):
     hints: Mapping[str, str] = field(default_factory=dict)
     # error codes -> what to fix, for `imrelay check-config --online`
     causes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.connection is None) != (self.capabilities.long_connection is None):
+            raise ValueError(f"{self.title}: a long connection needs both capabilities.long_connection "
+                             "and connection")
