@@ -15,10 +15,10 @@ import uvicorn
 from websockets.asyncio.client import connect
 
 from imrelay.config import ConnectorConfig, parse_settings
-from imrelay.events import Chat, ChatType, ReplyChunk, Sender
+from imrelay.events import Chat, ChatType, ConnectionAnswer, ConnectionRequest, ReplyChunk, Sender
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
+from imrelay.platforms.wecom_aibot.connection import AIBotConnection
 from imrelay.platforms.wecom_aibot.delivery import WeComAIBotDelivery, part_stream_id, parts_of
-from imrelay_ingress.connector import BotSocket
 from imrelay_sim.server import create_app
 
 from ..helpers import FakeStreamStore, free_port
@@ -121,9 +121,10 @@ def paragraphs(size: int) -> str:
 async def test_a_long_answer_is_shown_as_finished_streams_each_finished_once() -> None:
     frames: list[dict[str, Any]] = []
 
-    async def requester(subject: str, body: bytes, _timeout: float) -> bytes:
-        frames.append(json.loads(body))
-        return b'{"ok": true}'
+    async def requester(req: ConnectionRequest) -> ConnectionAnswer:
+        assert (req.platform, req.bot_id) == ("wecom_aibot", "ws")
+        frames.append(req.payload)
+        return ConnectionAnswer(ok=True)
 
     delivery = WeComAIBotDelivery(bot_id="ws", streams=FakeStreamStore(), client=httpx.AsyncClient(),
                                   timeout=1.0, requester=requester)
@@ -169,7 +170,7 @@ async def test_callback_polls_never_see_more_than_the_first_part() -> None:
 class FakeGateway:
     """Stands in for the bot's socket: records each frame and acknowledges it with ``codes`` by command."""
 
-    def __init__(self, sock: BotSocket, codes: dict[str, list[int]] | None = None) -> None:
+    def __init__(self, sock: AIBotConnection, codes: dict[str, list[int]] | None = None) -> None:
         self.sock, self.codes, self.frames = sock, codes or {}, list[dict[str, Any]]()
 
     async def send(self, raw: str) -> None:
@@ -180,26 +181,17 @@ class FakeGateway:
         self.sock._resolve({"headers": frame["headers"], "errcode": code})
 
 
-class FakeMsg:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.data, self.answer = json.dumps(body).encode(), dict[str, Any]()
-
-    async def respond(self, data: bytes) -> None:
-        self.answer = json.loads(data)
-
-
-def bot_socket(keepalive: float) -> BotSocket:
+def bot_socket(keepalive: float) -> AIBotConnection:
     bot = SETTINGS.bot("ws")
     assert isinstance(bot, WeComAIBot)
     cfg = ConnectorConfig(stream_keepalive_seconds=keepalive, ack_timeout_seconds=1)
-    return BotSocket(bot, cfg, publisher=None, nc=None)  # type: ignore[arg-type]
+    return AIBotConnection(bot, cfg)
 
 
-async def reply(sock: BotSocket, sid: str, content: str, finish: bool) -> dict[str, Any]:
-    msg = FakeMsg({"req_id": "rq", "stream_id": sid, "content": content, "finish": finish,
-                   "chatid": "alice"})
-    await sock._reply(msg)  # type: ignore[arg-type]
-    return msg.answer
+async def reply(sock: AIBotConnection, sid: str, content: str, finish: bool) -> dict[str, Any]:
+    answer = await sock.send({"req_id": "rq", "stream_id": sid, "content": content, "finish": finish,
+                              "chatid": "alice"})
+    return answer.model_dump()
 
 
 async def test_the_connector_keeps_an_open_stream_alive_until_it_is_finished() -> None:

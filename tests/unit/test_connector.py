@@ -45,8 +45,9 @@ def test_readiness_names_every_bot_without_a_working_socket() -> None:
     statuses = [
         BotStatus("up", owner=True, socket="up", view="mine"),
         BotStatus("elsewhere", view="taken"),
-        BotStatus("kicked", owner=True, socket="kicked", until=now + 590),
-        BotStatus("refused", owner=True, socket="refused", detail="errcode 853000 invalid", until=now + 30),
+        BotStatus("kicked", owner=True, socket="kicked", detail="disconnected_event", until=now + 590),
+        BotStatus("refused", owner=True, socket="refused", detail="errcode 853000 invalid", until=now + 30,
+                  fix="check credentials.bot_id and credentials.secret"),
         BotStatus("orphan", view="free"),
         BotStatus("electing", view="unknown", detail="TimeoutError"),
         BotStatus("flapping", owner=True, socket="down", detail="reconnecting: ConnectionClosedError"),

@@ -15,10 +15,10 @@ from imrelay.delivery import DeliveryContext
 from imrelay.delivery.tokens import TokenCache, TokenRecord
 from imrelay.platforms import adapter_for, delivery_for
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
-from imrelay_ingress.connector import BotSocket
+from imrelay.platforms.wecom_aibot.connection import AIBotConnection
 from imrelay_worker.backends import build_backend
 
-from ..helpers import FakePublisher, FakeStreamStore
+from ..helpers import FakeStreamStore
 
 # Every secret is a marker; 43-character ones stand in for WeCom's EncodingAESKey.
 MARK = "MARKERSECRET"
@@ -118,8 +118,8 @@ def test_connector_socket_and_configs(settings: Settings) -> None:
     aibot = settings.bot("aibot")
     assert isinstance(aibot, WeComAIBot)
 
-    async def build() -> BotSocket:
-        return BotSocket(aibot, settings.connector, FakePublisher(), object())  # type: ignore[arg-type]
+    async def build() -> AIBotConnection:
+        return AIBotConnection(aibot, settings.connector)
 
     assert_no_secret(asyncio.run(build()))
     bots: list[BotConfig] = list(settings.bots)

@@ -9,6 +9,7 @@ import httpx
 from imrelay import subjects
 from imrelay.answer_streams import KVStreamStore
 from imrelay.config import load_settings
+from imrelay.events import ConnectionAnswer, ConnectionRequest
 from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_streams_bucket
 from imrelay.redact import protect_settings
 from imrelay.runtime import Connected, run_until_stopped, service_main
@@ -29,8 +30,12 @@ async def run() -> None:
         client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
         instrument_httpx(client)
 
-        async def request(subject: str, body: bytes, wait: float) -> bytes:
-            return (await nc.request(subject, body, timeout=wait)).data
+        async def request(req: ConnectionRequest) -> ConnectionAnswer:
+            """Ask the connector holding the bot's long connection (its queue group) to send on it."""
+            msg = await nc.request(subjects.connector_subject(req.platform, req.bot_id),
+                                   req.model_dump_json().encode(),
+                                   timeout=req.timeout_seconds or settings.sender.http_timeout_seconds)
+            return ConnectionAnswer.model_validate_json(msg.data)
 
         sender = build_sender(settings, buckets, client,
                               KVStreamStore(await ensure_streams_bucket(js, settings.nats)), request)

@@ -16,7 +16,7 @@ from nats.js.kv import KeyValue
 
 from ..answer_streams import StreamStore
 from ..bots import BotBase
-from ..events import ReplyChunk
+from ..events import ConnectionAnswer, ConnectionRequest, ReplyChunk
 from ..sections import SenderConfig
 from .tokens import TokenCache
 
@@ -50,7 +50,9 @@ class StreamingDelivery(Delivery, Protocol):
         ...
 
 
-Requester = Callable[[str, bytes, float], Awaitable[bytes]]
+# Asks the connector holding a bot's long connection to send something on it (NATS request/reply); raises
+# when no answer came (no owner, or none in time).
+Requester = Callable[[ConnectionRequest], Awaitable[ConnectionAnswer]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from ...callbacks import Adapter
+    from ...connections import Connection, ConnectionContext
     from ...delivery import Delivery, DeliveryContext
 
 
@@ -28,6 +29,12 @@ def _delivery(bot: WeComAIBot, ctx: DeliveryContext) -> Delivery:
     from .delivery import WeComAIBotDelivery
 
     return WeComAIBotDelivery.from_bot(bot, ctx)
+
+
+def _connection(bot: WeComAIBot, ctx: ConnectionContext) -> Connection:
+    from .connection import AIBotConnection
+
+    return AIBotConnection(bot, ctx.cfg)
 
 
 def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
@@ -70,6 +77,8 @@ SPEC = PlatformSpec[WeComAIBot](
     capabilities=Capabilities(long_connection=Ownership.SINGLE_OWNER, edits=True),
     adapter=_adapter,
     delivery=_delivery,
+    connection=_connection,
+    connection_events=("stream_keepalive",),
     sim_routes=_sim_routes,
     sim_request=_sim_request,
     sim_url_check=_sim_url_check,

@@ -8,10 +8,12 @@ one, never inside a character); every part but the last is final as soon as the 
   serves to WeCom's refresh polls — growing while the model writes, ``finish`` with the whole first part, so
   no poll answer is ever over the limit. The other parts go out through the message's ``response_url``,
   one markdown message each.
-* Long-connection mode: the stream updates are sent as NATS requests to the connector replica that owns the
-  bot's socket (``imrelay.conn.wecom_aibot.<bot>``), which sends them on the socket and answers once WeCom
-  acknowledged; no owner (a takeover in progress) is a transient failure, retried. Each part is a stream of
-  its own on the message's ``req_id``: the first keeps the message's stream id, part *n* gets ``<id>-<n>``.
+* Long-connection mode: the stream updates are sent as NATS requests (a
+  :class:`~imrelay.events.ConnectionRequest` carrying a :class:`~.frames.StreamPart`) to the connector
+  replica that owns the bot's socket (``imrelay.conn.wecom_aibot.<bot>``), which sends them on the socket
+  and answers once WeCom acknowledged; no owner (a takeover in progress) is a transient failure, retried.
+  Each part is a stream of its own on the message's ``req_id``: the first keeps the message's stream id,
+  part *n* gets ``<id>-<n>``.
   A part is finished once, while the answer streams or at its end, whichever comes first (recorded in the
   deliveries bucket like every delivered part, so no replica finishes it again). The connector keeps
   streams alive while the model is silent (``connector.stream_keepalive_seconds``).
@@ -19,26 +21,23 @@ one, never inside a character); every part but the last is final as soon as the 
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
 
-from imrelay import subjects
 from imrelay.answer_streams import CONTENT_LIMIT_BYTES, StreamStore
-from imrelay.delivery import DeliveryContext
+from imrelay.delivery import DeliveryContext, Requester
 from imrelay.delivery.chunking import split_utf8
 from imrelay.delivery.claims import Claim, DeliveryClaims
 from imrelay.errors import PermanentUpstreamError, TransientUpstreamError
-from imrelay.events import ReplyChunk
+from imrelay.events import ConnectionRequest, ReplyChunk
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
 from imrelay.subjects import kv_key
 
 from ..wecom.delivery import post_json
+from .frames import StreamPart
 
 PLATFORM = "wecom_aibot"
-Requester = Callable[[str, bytes, float], Awaitable[bytes]]
 
 
 def parts_of(text: str) -> list[str]:
@@ -74,17 +73,17 @@ class WeComAIBotDelivery:
 
     async def _via_connector(self, chunk: ReplyChunk, index: int, content: str, finish: bool) -> None:
         assert self.requester is not None
-        body = json.dumps({"req_id": chunk.reply_handle.get("req_id", ""),
-                           "stream_id": part_stream_id(self._sid(chunk), index),
-                           "content": content, "finish": finish,
-                           "chatid": chunk.reply_handle.get("chatid", chunk.recipient.id)}).encode()
+        part = StreamPart(req_id=chunk.reply_handle.get("req_id", ""),
+                          stream_id=part_stream_id(self._sid(chunk), index), content=content, finish=finish,
+                          chatid=chunk.reply_handle.get("chatid", chunk.recipient.id))
         try:
-            answer = json.loads(await self.requester(
-                subjects.connector_subject(PLATFORM, self.bot_id), body, self.timeout))
+            answer = await self.requester(ConnectionRequest(
+                platform=self.platform, bot_id=self.bot_id, payload=part.model_dump(),
+                timeout_seconds=self.timeout))
         except Exception as exc:
             raise TransientUpstreamError(PLATFORM, "connector", type(exc).__name__) from exc
-        if not answer.get("ok"):
-            raise TransientUpstreamError(PLATFORM, str(answer.get("code")), "not accepted on the socket")
+        if not answer.ok:
+            raise TransientUpstreamError(PLATFORM, str(answer.code), "not accepted on the socket")
 
     def render(self, chunk: ReplyChunk) -> list[str]:
         return parts_of(chunk.full_text if chunk.full_text is not None else chunk.delta)

@@ -1,0 +1,226 @@
+"""The WeCom AI bot's long connection (``mode: long_connection``), as the connector runs it
+(:mod:`imrelay.connections`).
+
+WeCom allows one live socket per bot (``Ownership.SINGLE_OWNER``). The connection dials the bot's WebSocket,
+subscribes with bot id + secret (``aibot_subscribe``; 853000 means a wrong bot id or secret:
+:class:`~imrelay.connections.CredentialsRefused`), pings every ``connector.heartbeat_seconds`` (two
+unanswered pings end the socket), and ends with :class:`~imrelay.connections.Kicked` when WeCom sends
+``disconnected_event`` (a newer connection of the same bot replaced it). Messages and events are normalized
+and stored; WeCom wants no acknowledgement of them.
+
+Answers come from the sender (:class:`~.frames.StreamPart`): each is one ``aibot_respond_msg`` stream
+update on the message's ``req_id``, sent one frame at a time per message, each waiting for WeCom's ack
+(``connector.ack_timeout_seconds``). A stream shows at most 20480 bytes, so the sender cuts a long answer
+into parts, each a stream of its own. An open stream the model is silent on is shown again, unchanged,
+every ``connector.stream_keepalive_seconds`` so that WeCom does not expire it; a part finishing a stream
+that is gone (the message came on a socket that is gone, or the stream expired) is sent as a markdown
+message (``aibot_send_msg``) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from ...answer_streams import stream_id
+from ...connections import CredentialsRefused, Health, Kicked, Sink
+from ...events import ConnectionAnswer
+from ...sections import ConnectorConfig
+from .config import WeComAIBot
+from .frames import GONE, WRONG_SECRET, StreamPart, frame, req_id
+from .ingress import normalize
+
+log = logging.getLogger("imrelay.connector")
+KEEPALIVE_GIVE_UP_SECONDS = 3600.0  # a stream the sender has not updated for this long is let go
+KICK_SIGNAL = "disconnected_event"
+FIX = "check credentials.bot_id and credentials.secret"
+
+
+@dataclass
+class OpenStream:
+    """An answer stream shown on this socket and not finished yet."""
+
+    content: str
+    updated_at: float  # when the sender last updated it (monotonic)
+    sent_at: float  # when it was last sent to WeCom, update or keepalive (monotonic)
+
+
+@dataclass
+class AIBotConnection:
+    """One socket of one bot (the connector builds a new one to reconnect)."""
+
+    bot: WeComAIBot
+    cfg: ConnectorConfig
+    acks: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reply_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    open_streams: dict[tuple[str, str], OpenStream] = field(default_factory=dict)  # (req_id, stream id)
+    ws: ClientConnection | None = None
+    health: Health | None = None
+
+    async def request(self, cmd: str, body: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
+        """Send one frame and wait for WeCom's ack frame (same req_id)."""
+        ws = self.ws
+        if ws is None:
+            raise ConnectionError("no socket")
+        rid = rid or req_id(cmd)
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        key = f"{rid}#{secrets.token_hex(3)}"  # several frames may share a message's req_id
+        self.acks[key] = waiter
+        try:
+            async with self.send_lock:
+                await ws.send(frame(cmd, rid, body))
+            async with asyncio.timeout(self.cfg.ack_timeout_seconds):
+                return await waiter
+        finally:
+            self.acks.pop(key, None)
+
+    def _resolve(self, msg: dict[str, Any]) -> None:
+        rid = str((msg.get("headers") or {}).get("req_id", ""))
+        for key, waiter in list(self.acks.items()):
+            if key.split("#", 1)[0] == rid and not waiter.done():
+                waiter.set_result(msg)
+                return
+
+    async def run(self, sink: Sink, health: Health) -> None:
+        """Dial, subscribe, and serve until the socket ends (raises Kicked when replaced)."""
+        self.health = health
+        async with connect(self.bot.ws_url, open_timeout=10, ping_interval=None,
+                           max_size=4 * 1024 * 1024) as ws:
+            self.ws = ws
+            reader = asyncio.create_task(self._read(ws, sink))
+            try:
+                c = self.bot.credentials
+                ack = await self.request("aibot_subscribe", {
+                    "bot_id": c.bot_id, "secret": c.secret.get_secret_value() if c.secret else ""})
+                if ack.get("errcode") == WRONG_SECRET:
+                    raise CredentialsRefused(f"errcode {ack.get('errcode')} {ack.get('errmsg')}", FIX)
+                if ack.get("errcode") != 0:
+                    raise PermissionError(f"subscribe refused: {ack.get('errcode')} {ack.get('errmsg')}")
+                log.info("bot %s: long connection up", self.bot.id)
+                await health.up()
+                beat = asyncio.create_task(self._heartbeat())
+                keep = asyncio.create_task(self._keep_streams_alive())
+                try:  # whichever ends first (each ends only by raising) ends the socket
+                    done, _ = await asyncio.wait({reader, beat, keep}, return_when=asyncio.FIRST_COMPLETED)
+                    for t in done:
+                        t.result()
+                finally:
+                    for task in (beat, keep):
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+                self.ws = None
+
+    async def _heartbeat(self) -> None:
+        missed = 0
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_seconds)
+            try:
+                await self.request("ping", {})
+                missed = 0
+            except TimeoutError:
+                missed += 1
+                if missed >= 2:
+                    raise ConnectionError("heartbeat unanswered") from None
+
+    async def _keep_streams_alive(self) -> None:
+        """Show each open stream again, unchanged, once it has not been sent for
+        ``stream_keepalive_seconds``, so that a model pausing longer than WeCom's expiry loses nothing."""
+        every = self.cfg.stream_keepalive_seconds
+        while True:
+            await asyncio.sleep(min(every / 4, 5.0))
+            now = time.monotonic()
+            for key, stream in list(self.open_streams.items()):
+                if now - stream.updated_at > KEEPALIVE_GIVE_UP_SECONDS:
+                    self.open_streams.pop(key, None)
+                elif now - stream.sent_at >= every:
+                    await self._keepalive(key, stream)
+
+    async def _keepalive(self, key: tuple[str, str], stream: OpenStream) -> None:
+        rid, sid = key
+        async with self.reply_locks.setdefault(rid, asyncio.Lock()):
+            if self.open_streams.get(key) is not stream:
+                return  # updated or finished meanwhile
+            try:
+                ack = await self.request("aibot_respond_msg", {"msgtype": "stream", "stream": {
+                    "id": sid, "finish": False, "content": stream.content}}, rid=rid)
+            except Exception as exc:  # the next round tries again; a dead socket ends the loop anyway
+                log.info("bot %s: stream keepalive not sent (%s)", self.bot.id, type(exc).__name__)
+                return
+        if ack.get("errcode") == 0:
+            stream.sent_at = time.monotonic()
+            if self.health is not None:
+                self.health.event("stream_keepalive")
+        else:
+            self.open_streams.pop(key, None)
+            log.info("bot %s: stream keepalive refused (%s); letting it go", self.bot.id,
+                     ack.get("errcode"))
+
+    async def _read(self, ws: ClientConnection, sink: Sink) -> None:
+        async for raw in ws:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                continue
+            cmd = msg.get("cmd")
+            if cmd is None:
+                self._resolve(msg)
+            elif cmd == "aibot_event_callback" and \
+                    ((msg.get("body") or {}).get("event") or {}).get("eventtype") == KICK_SIGNAL:
+                raise Kicked(KICK_SIGNAL)
+            elif cmd in ("aibot_msg_callback", "aibot_event_callback"):
+                await self._inbound(msg, sink)
+        raise ConnectionError("socket closed")
+
+    async def _inbound(self, msg: dict[str, Any], sink: Sink) -> None:
+        body = msg.get("body") or {}
+        rid = str((msg.get("headers") or {}).get("req_id", ""))
+        try:
+            inbound = normalize(body, self.bot.id, time.time(),
+                                stream_id(self.bot.id, str(body.get("msgid", ""))))
+        except Exception as exc:
+            log.warning("bot %s: unreadable frame (%s)", self.bot.id, type(exc).__name__)
+            return
+        handle = dict(inbound.reply_handle, mode="long_connection", req_id=rid,
+                      chatid=str(body.get("chatid") or (body.get("from") or {}).get("userid", "")))
+        try:
+            await sink(inbound.model_copy(update={"reply_handle": handle}))
+        except Exception as exc:
+            log.error("bot %s: message %s not stored (%s)", self.bot.id, inbound.platform_message_id,
+                      type(exc).__name__)
+
+    async def send(self, payload: dict[str, Any]) -> ConnectionAnswer:
+        """A stream update from the sender: send it on the socket; the answer says whether WeCom took it."""
+        part = StreamPart.model_validate(payload)
+        rid, key, finish = part.req_id, (part.req_id, part.stream_id), part.finish
+        lock = self.reply_locks.setdefault(rid, asyncio.Lock())
+        async with lock:  # one message's frames go one at a time, each acked
+            ack = await self.request("aibot_respond_msg", {"msgtype": "stream", "stream": {
+                "id": key[1], "finish": finish, "content": part.content}}, rid=rid)
+            if ack.get("errcode") == 0 and not finish:
+                now = time.monotonic()
+                self.open_streams[key] = OpenStream(part.content, updated_at=now, sent_at=now)
+            elif ack.get("errcode") == 0 or ack.get("errcode") in GONE:
+                self.open_streams.pop(key, None)
+            if ack.get("errcode") in GONE and finish:
+                # the message came on a socket that is gone, or its stream expired: send this part of the
+                # answer proactively
+                ack = await self.request("aibot_send_msg", {
+                    "chatid": part.chatid, "msgtype": "markdown", "markdown": {"content": part.content}})
+        if finish:
+            self.reply_locks.pop(rid, None)
+        ok = ack.get("errcode") == 0 or ack.get("errcode") in GONE  # an update of a lost stream is moot
+        return ConnectionAnswer(ok=ok, code=ack.get("errcode"))
