@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from .kv import create_if_absent, read
 from .subjects import kv_key
 
 __all__ = ["KVStreamStore", "StreamRecord", "StreamStore", "stream_id"]
@@ -54,9 +54,8 @@ class KVStreamStore:
         return kv_key(KEY_PREFIX, bot_id, sid)
 
     async def get(self, bot_id: str, sid: str) -> StreamRecord | None:
-        try:
-            entry = await self.kv.get(self.key(bot_id, sid))
-        except KeyNotFoundError:
+        entry = await read(self.kv, self.key(bot_id, sid))
+        if entry is None:
             return None
         try:
             d = json.loads(entry.value or b"{}")
@@ -67,10 +66,7 @@ class KVStreamStore:
     async def open(self, bot_id: str, sid: str) -> None:
         """Start an empty stream unless it exists (a retried message keeps its stream)."""
         body = json.dumps({"content": "", "finish": False, "updated_at": time.time()}).encode()
-        try:
-            await self.kv.create(self.key(bot_id, sid), body)
-        except KeyWrongLastSequenceError:
-            pass
+        await create_if_absent(self.kv, self.key(bot_id, sid), body)
 
     async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None:
         data = content.encode()[:CONTENT_LIMIT_BYTES].decode("utf-8", errors="ignore")

@@ -8,8 +8,9 @@ platform retrying, which the message store then drops as a duplicate).
 
 from __future__ import annotations
 
-from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from .kv import create_if_absent
 
 __all__ = ["KVReplayGuard"]
 
@@ -20,9 +21,7 @@ class KVReplayGuard:
 
     async def claim(self, key: str, fingerprint: str) -> bool:
         """Record ``key`` with ``fingerprint``; True if it is new or was recorded with that fingerprint."""
-        try:
-            await self.kv.create(key, fingerprint.encode("ascii"))
+        if await create_if_absent(self.kv, key, fingerprint.encode("ascii")) is not None:
             return True
-        except KeyWrongLastSequenceError:
-            entry = await self.kv.get(key)
-            return entry.value == fingerprint.encode("ascii")
+        entry = await self.kv.get(key)
+        return entry.value == fingerprint.encode("ascii")

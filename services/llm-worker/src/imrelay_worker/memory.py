@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from imrelay.config import MemoryConfig
 from imrelay.events import ChatType, InboundMessage
+from imrelay.kv import DELETE, Delete, read, read_modify_write
 from imrelay.subjects import kv_key
 
 from .backends import ChatMessage
@@ -82,29 +83,18 @@ class MemoryStore:
         self.cfg = cfg
 
     async def load(self, key: str) -> Conversation:
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
-            return Conversation()
-        return Conversation.from_json(entry.value)
+        entry = await read(self.kv, key)
+        return Conversation() if entry is None else Conversation.from_json(entry.value)
 
     async def remember(self, key: str, turn: Turn, session: dict[str, str]) -> None:
-        for _ in range(10):
-            try:
-                entry = await self.kv.get(key)
-                conv, revision = Conversation.from_json(entry.value), entry.revision
-            except KeyNotFoundError:
-                conv, revision = Conversation(), None
+        def add(value: bytes | None) -> bytes:
+            conv = Conversation() if value is None else Conversation.from_json(value)
             conv.turns = trim([*conv.turns, turn], self.cfg.max_turns, self.cfg.max_chars)
             conv.session.update(session)
-            try:
-                if revision is None:
-                    await self.kv.create(key, conv.to_json())
-                else:
-                    await self.kv.update(key, conv.to_json(), last=revision)
-                return
-            except KeyWrongLastSequenceError:
-                continue  # another answer in this conversation was stored meanwhile
+            return conv.to_json()
+
+        # another answer in this conversation stored meanwhile: add the turn to that one
+        await read_modify_write(self.kv, key, add)
 
     async def forget(self, key: str) -> None:
         try:
@@ -121,29 +111,24 @@ class MemoryStore:
             keys = [k for k in await self.kv.keys() if k.startswith(prefix)]
         except NoKeysError:
             return 0
+
+        def without_user(value: bytes | None) -> bytes | Delete | None:
+            if value is None:
+                return None
+            conv = Conversation.from_json(value)
+            kept = [t for t in conv.turns if t.sender != user]
+            if len(kept) == len(conv.turns):
+                return None
+            if not kept:
+                return DELETE
+            conv.turns = kept
+            return conv.to_json()
+
         changed = 0
         for key in keys:
             if key == prefix + token or key.endswith("." + token):  # the user's own conversation
                 await self.forget(key)
                 changed += 1
-                continue
-            for _ in range(10):
-                try:
-                    entry = await self.kv.get(key)
-                except KeyNotFoundError:
-                    break
-                conv = Conversation.from_json(entry.value)
-                kept = [t for t in conv.turns if t.sender != user]
-                if len(kept) == len(conv.turns):
-                    break
-                try:
-                    if kept:
-                        conv.turns = kept
-                        await self.kv.update(key, conv.to_json(), last=entry.revision)
-                    else:
-                        await self.kv.delete(key, last=entry.revision)
-                    changed += 1
-                    break
-                except KeyWrongLastSequenceError:
-                    continue
+            elif await read_modify_write(self.kv, key, without_user):
+                changed += 1
         return changed

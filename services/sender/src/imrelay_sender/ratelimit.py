@@ -20,8 +20,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from imrelay.kv import read, update_if_revision
 
 __all__ = ["Limit", "RateLimiter", "admit"]
 
@@ -55,23 +56,14 @@ class RateLimiter:
         started = self.clock()
         window = limit.window + self.margin
         while True:
-            try:
-                entry = await self.kv.get(key)
-                revision, times = entry.revision, _times(entry.value)
-            except KeyNotFoundError:
-                revision, times = None, []
+            entry = await read(self.kv, key)
+            revision, times = (None, []) if entry is None else (entry.revision, _times(entry.value))
             now = self.clock()
             allowed, new_times, wait = admit(times, now, limit.limit, window)
             if allowed:
-                body = json.dumps(new_times).encode()
-                try:
-                    if revision is None:
-                        await self.kv.create(key, body)
-                    else:
-                        await self.kv.update(key, body, last=revision)
-                    return now - started
-                except KeyWrongLastSequenceError:
+                if await update_if_revision(self.kv, key, json.dumps(new_times).encode(), revision) is None:
                     continue  # another replica sent meanwhile: decide again
+                return now - started
             # jitter spreads the waiters that a freed slot wakes at once
             await self._sleep(wait + random.uniform(0, min(0.05, limit.window / 20)))  # noqa: S311
 

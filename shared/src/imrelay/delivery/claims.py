@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from .tokens import delete_if_unchanged
+from imrelay.kv import create_if_absent, delete_if_unchanged, read, update_if_revision
 
 log = logging.getLogger("imrelay.sender.claims")
 
@@ -59,31 +58,25 @@ class DeliveryClaims:
 
     async def claim(self, record: str) -> Held | Claim:
         for _ in range(3):
-            try:
-                return Held(await self.kv.create(record, self._pending()))
-            except KeyWrongLastSequenceError:
-                pass
-            try:
-                entry = await self.kv.get(record)
-            except KeyNotFoundError:
+            created = await create_if_absent(self.kv, record, self._pending())
+            if created is not None:
+                return Held(created)
+            entry = await read(self.kv, record)
+            if entry is None:
                 continue  # released between our two calls: try to claim again
             state, at = _state(entry.value)
             if state != "pending":
                 return Claim.DONE
             if self.clock() - at < self.stale_after:
                 return Claim.BUSY
-            try:
-                return Held(await self.kv.update(record, self._pending(), last=entry.revision))
-            except KeyWrongLastSequenceError:
-                return Claim.BUSY
+            taken = await update_if_revision(self.kv, record, self._pending(), entry.revision)
+            return Claim.BUSY if taken is None else Held(taken)
         return Claim.BUSY
 
     async def done(self, record: str, held: Held | Claim) -> None:
         assert isinstance(held, Held)
         body = json.dumps({"state": "done", "at": self.clock()}).encode()
-        try:
-            await self.kv.update(record, body, last=held.revision)
-        except KeyWrongLastSequenceError:
+        if await update_if_revision(self.kv, record, body, held.revision) is None:
             await self.kv.put(record, body)  # our stale claim was taken over; we did post it
 
     async def release(self, record: str, held: Held | Claim) -> None:
@@ -98,10 +91,7 @@ class DeliveryClaims:
         """True for the one caller, cluster-wide, that marks ``record`` first (e.g. "this reply was first
         shown"); False for every later one, and when the bucket cannot say (best effort)."""
         try:
-            await self.kv.create(record, b"1")
-            return True
-        except KeyWrongLastSequenceError:
-            return False
+            return await create_if_absent(self.kv, record, b"1") is not None
         except Exception as exc:
             log.info("could not mark %s (%s)", record, type(exc).__name__)
             return False

@@ -28,11 +28,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from imrelay.errors import TransientUpstreamError
 from imrelay.hints import platform_hint
+from imrelay.kv import create_if_absent, delete_if_unchanged, read
 from imrelay.redact import protect_obtained
 
 log = logging.getLogger("imrelay.sender.tokens")
@@ -103,24 +103,6 @@ def needs_refresh(record: TokenRecord | None, now: float, skew: float) -> bool:
     return now >= record.expires_at - effective_skew(record, skew)
 
 
-def _wrong_last(exc: Exception) -> bool:
-    """nats-py reports a failed compare-and-set as KeyWrongLastSequenceError on updates but as a plain
-    APIError (err_code 10071/10164) on conditional deletes."""
-    return isinstance(exc, KeyWrongLastSequenceError) or (
-        isinstance(exc, APIError) and exc.err_code in (10071, 10164))
-
-
-async def delete_if_unchanged(kv: KeyValue, key: str, revision: int | None) -> bool:
-    """Delete ``key`` only if its latest revision is ``revision``; False if someone changed it."""
-    try:
-        await kv.delete(key, last=revision)
-        return True
-    except APIError as exc:
-        if _wrong_last(exc):
-            return False
-        raise
-
-
 class TokenUnavailable(TransientUpstreamError):
     """The token endpoint failed recently; nobody asks it again before ``retry_after`` seconds."""
 
@@ -145,9 +127,8 @@ class TokenCache:
         self._owner = f"{os.getpid()}-{id(self)}"
 
     async def read(self, key: str) -> TokenRecord | None:
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
+        entry = await read(self.kv, key)
+        if entry is None:
             return None
         rec = TokenRecord.from_json(entry.value or b"")
         if rec is not None:
@@ -164,11 +145,13 @@ class TokenCache:
 
     async def _cooldown(self, key: str) -> tuple[float, int]:
         """(until, consecutive failures) of the token endpoint for ``key``."""
+        entry = await read(self.kv, f"{key}.cooldown")
+        if entry is None:
+            return 0.0, 0
         try:
-            entry = await self.kv.get(f"{key}.cooldown")
             d = json.loads(entry.value or b"{}")
             return float(d.get("until", 0)), int(d.get("failures", 0))
-        except (KeyNotFoundError, ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):
             return 0.0, 0
 
     async def _look(self, key: str) -> tuple[TokenRecord | None, int, str | None]:
@@ -227,14 +210,10 @@ class TokenCache:
     async def _try_lock(self, key: str) -> bool:
         lock_key = f"{key}.lock"
         body = json.dumps({"owner": self._owner, "at": self.clock()}).encode()
-        try:
-            await self.kv.create(lock_key, body)
+        if await create_if_absent(self.kv, lock_key, body) is not None:
             return True
-        except KeyWrongLastSequenceError:
-            pass
-        try:
-            entry = await self.kv.get(lock_key)
-        except KeyNotFoundError:
+        entry = await read(self.kv, lock_key)
+        if entry is None:
             return False  # released meanwhile; the caller loops
         try:
             at = float(json.loads(entry.value or b"{}").get("at", 0))
@@ -253,9 +232,8 @@ class TokenCache:
 
     async def invalidate(self, key: str, token: str) -> None:
         """Forget ``token`` if it is still the cached one (the platform said it is invalid)."""
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
+        entry = await read(self.kv, key)
+        if entry is None:
             return
         rec = TokenRecord.from_json(entry.value or b"")
         if rec is None or rec.token == token:
