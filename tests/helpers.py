@@ -70,7 +70,7 @@ class FakePublisher:
         self.fail = False
 
     async def publish(self, message: InboundMessage) -> bool:
-        from imrelay_ingress.publisher import PublishUnavailable
+        from imrelay.errors import PublishUnavailable
 
         if self.fail:
             raise PublishUnavailable("test: NATS down")

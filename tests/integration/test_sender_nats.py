@@ -99,7 +99,7 @@ async def test_token_refresh_is_single_flight_across_replicas(nats_server: Embed
 
 async def test_a_failing_token_endpoint_is_left_alone_by_every_replica(nats_server: EmbeddedNats) -> None:
     """After a failure nobody calls again before the cooldown; then one call, and the token is shared."""
-    from imrelay.delivery.tokens import TokenUnavailable
+    from imrelay.errors import TokenUnavailable
 
     cfg = NatsConfig(url=nats_server.url)
     connections = [await nats.connect(nats_server.url) for _ in range(3)]
@@ -152,7 +152,7 @@ class _LateLocker:
 async def test_a_replica_that_gets_the_lock_after_a_failure_backs_off_too(nats_server: EmbeddedNats) -> None:
     """Replica B saw no cooldown, then took the lock just after replica A's attempt failed: it must see
     A's cooldown under the lock instead of calling the failing endpoint again."""
-    from imrelay.delivery.tokens import TokenUnavailable
+    from imrelay.errors import TokenUnavailable
 
     cfg = NatsConfig(url=nats_server.url)
     nc = await nats.connect(nats_server.url)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from imrelay.config import NatsConfig
+from imrelay.errors import PublishUnavailable
 from imrelay.events import Chat, ChatType, InboundMessage, Sender
-from imrelay_ingress.publisher import JetStreamPublisher, PublishUnavailable
+from imrelay_ingress.publisher import JetStreamPublisher
 
 
 class FlakyJetStream:

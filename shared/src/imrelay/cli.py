@@ -29,7 +29,7 @@ import httpx
 from . import __version__
 from .config import Settings, load_settings, parse_settings
 from .devconfig import DEV_CONFIG
-from .errors import ConfigError
+from .errors import CheckFailed, ConfigError
 from .natsserver import EmbeddedNats
 
 
@@ -95,7 +95,7 @@ def online_checks(settings: Settings,
         from imrelay.platforms import delivery_for, spec_for
     except ImportError:
         async def no_sender() -> str:
-            raise RuntimeError("imrelay-sender is not installed here: tokens cannot be checked")
+            raise CheckFailed("imrelay-sender is not installed here: tokens cannot be checked")
 
         checks.append(("tokens", no_sender))
     else:
@@ -112,8 +112,8 @@ def online_checks(settings: Settings,
                     _, expires_in = await fetch()
                 except Exception as exc:
                     if getattr(exc, "code", None) == "token":  # the endpoint could not be reached
-                        raise RuntimeError(f"cannot reach {api}: {getattr(exc, 'message', exc)}") from exc
-                    raise RuntimeError(explain_exception(platform, exc)) from exc
+                        raise CheckFailed(f"cannot reach {api}: {getattr(exc, 'message', exc)}") from exc
+                    raise CheckFailed(explain_exception(platform, exc)) from exc
                 return f"access token fetched (valid {int(expires_in)}s): credentials and this host accepted"
 
             checks.append((f"bot {bot.id} ({bot.platform}) token", check_token))
@@ -121,7 +121,7 @@ def online_checks(settings: Settings,
         from imrelay_worker.backends import ChatMessage, ChatRequest, Replace, build_backend
     except ImportError:
         async def no_worker() -> str:
-            raise RuntimeError("imrelay-worker is not installed here: backends cannot be checked")
+            raise CheckFailed("imrelay-worker is not installed here: backends cannot be checked")
 
         checks.append(("backends", no_worker))
     else:
@@ -138,7 +138,7 @@ def online_checks(settings: Settings,
                         first = time.monotonic() - started
                     chars += len(piece.text if isinstance(piece, Replace) else piece)
                 if not chars:
-                    raise RuntimeError("the backend answered with no text")
+                    raise CheckFailed("the backend answered with no text")
                 return (f"{cfg.kind.value} answered ({chars} characters, first words after "
                         f"{first or 0:.2f}s, whole answer {time.monotonic() - started:.2f}s)")
 

@@ -8,12 +8,19 @@
     │   │   ├── ReplayError         signed timestamp outside the window, signature reused -> 401
     │   │   └── UnknownBotError     no bot with that id                               -> 404
     │   ├── DecryptError            ciphertext that does not decrypt cleanly          -> 400
-    │   └── ParseError              well-signed but malformed payload                 -> 400
+    │   ├── ParseError              well-signed but malformed payload                 -> 400
+    │   └── BodyTooLarge            a body over ``ingress.max_body_bytes``            -> 413
+    ├── PublishUnavailable          JetStream did not confirm a message: the platform retries (503)
+    ├── NotConfiguredError          a message for a bot this service's configuration does not have
+    ├── DeliveryBusy                another copy of a reply part is being posted right now: look again later
+    ├── ServiceError                a service cannot run (its admin port cannot be served)
+    ├── CheckFailed                 ``imrelay check-config`` found a dependency that does not work
     ├── BackendError                an LLM backend failed (status / message from the provider)
     └── UpstreamError               a platform API answered with an error code
         ├── TokenExpiredError       the access token is invalid or expired: refresh and retry once
         ├── RateLimitedError        the platform's frequency limit: back off and retry
         ├── TransientUpstreamError  timeouts, 5xx, "system busy": retry with backoff
+        │   └── TokenUnavailable    the token endpoint failed recently: every replica backs off together
         └── PermanentUpstreamError  bad recipient, bad credentials, rejected message: dead-letter
 
 Error messages never contain secrets or decrypted payloads; the ingress never echoes them to callers.
@@ -23,16 +30,23 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BodyTooLarge",
     "CallbackError",
+    "CheckFailed",
     "ConfigError",
     "DecryptError",
+    "DeliveryBusy",
     "ImrelayError",
     "NatsRefusedError",
+    "NotConfiguredError",
     "ParseError",
     "PermanentUpstreamError",
+    "PublishUnavailable",
     "RateLimitedError",
     "ReplayError",
+    "ServiceError",
     "TokenExpiredError",
+    "TokenUnavailable",
     "TransientUpstreamError",
     "UnknownBotError",
     "UpstreamError",
@@ -101,6 +115,35 @@ class ParseError(CallbackError):
     """The payload is authentic but malformed or not a message we understand."""
 
 
+class BodyTooLarge(CallbackError):
+    """The callback's body is larger than the ingress accepts (``ingress.max_body_bytes``)."""
+
+    status_code = 413
+
+    def __init__(self, reason: str = "body too large", code: int | None = None) -> None:
+        super().__init__(reason, code)
+
+
+class PublishUnavailable(ImrelayError):
+    """JetStream did not confirm the message: the platform must retry later (HTTP 503)."""
+
+
+class NotConfiguredError(ImrelayError):
+    """A message names a bot this service's configuration does not have (configurations out of step)."""
+
+
+class DeliveryBusy(ImrelayError):
+    """Another copy of this reply part is being posted right now."""
+
+
+class ServiceError(ImrelayError):
+    """A service cannot run as configured, e.g. its admin port cannot be served."""
+
+
+class CheckFailed(ImrelayError):
+    """A check of ``imrelay check-config`` failed; the message says what to fix."""
+
+
 class BackendError(ImrelayError):
     """An LLM backend call failed. ``retryable`` says whether trying again may help."""
 
@@ -138,3 +181,7 @@ class TransientUpstreamError(UpstreamError):
 
 class PermanentUpstreamError(UpstreamError):
     pass
+
+
+class TokenUnavailable(TransientUpstreamError):
+    """The token endpoint failed recently; nobody asks it again before ``retry_after`` seconds."""

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from .errors import ServiceError
+
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.js import JetStreamContext
@@ -203,7 +205,7 @@ async def run_until_stopped(admin: AdminConfig, connect: Callable[[], Coroutine[
                 running = True
                 await asyncio.wait({waiter, server_task}, return_when=asyncio.FIRST_COMPLETED)
         if server_task.done() and not waiter.done():  # e.g. the admin port is taken: do not run half-alive
-            raise RuntimeError(f"the admin port :{admin.port} could not be served")
+            raise ServiceError(f"the admin port :{admin.port} could not be served")
     finally:
         running = False
         waiter.cancel()

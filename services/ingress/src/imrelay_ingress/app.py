@@ -15,19 +15,22 @@ from starlette.routing import Route
 from imrelay.answer_streams import StreamStore
 from imrelay.callbacks import Adapter, CallbackRequest, StreamingAdapter
 from imrelay.config import Settings
-from imrelay.errors import CallbackError, ReplayError, UnknownBotError, VerifyError
+from imrelay.errors import (
+    BodyTooLarge,
+    CallbackError,
+    PublishUnavailable,
+    ReplayError,
+    UnknownBotError,
+    VerifyError,
+)
 from imrelay.hints import callback_hint
 from imrelay.platforms import adapter_for
 from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
 
-from .publisher import Publisher, PublishUnavailable, ReplayGuard
+from .publisher import Publisher, ReplayGuard
 
 log = logging.getLogger("imrelay.ingress")
 tracer = trace.get_tracer("imrelay.ingress")
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 async def read_body(request: Request, limit: int) -> bytes:

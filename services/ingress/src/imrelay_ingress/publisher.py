@@ -13,6 +13,7 @@ from nats.js.kv import KeyValue
 from imrelay import subjects
 from imrelay.answer_streams import KVStreamStore, StreamRecord
 from imrelay.config import NatsConfig
+from imrelay.errors import PublishUnavailable
 from imrelay.events import InboundMessage
 from imrelay.jetstream import (
     connect_until_ready,
@@ -24,10 +25,6 @@ from imrelay.replay import KVReplayGuard
 from imrelay.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
-
-
-class PublishUnavailable(Exception):
-    """JetStream did not confirm the message: the platform must retry later (HTTP 503)."""
 
 
 class Publisher(Protocol):

@@ -22,6 +22,7 @@ from imrelay import subjects
 from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
 from imrelay.dlq import dlq_headers
+from imrelay.errors import NotConfiguredError
 from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
 from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TOKENS, LLM_TTFT, model_label
 
@@ -102,7 +103,7 @@ class Worker:
             return
         bot = self.settings.bot(inbound.bot_id)
         if bot is None:
-            raise LookupError(f"no bot {inbound.bot_id!r} in this worker's config")
+            raise NotConfiguredError(f"no bot {inbound.bot_id!r} in this worker's config")
         cfg = self.settings.backends[bot.backend]
         model = model_label(bot.model or cfg.model)
         labels = {"platform": inbound.platform, "bot": inbound.bot_id, "backend": bot.backend,

@@ -26,10 +26,10 @@ from imrelay.answer_streams import StreamStore
 from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
 from imrelay.delivery import Delivery, DeliveryContext, Requester, StreamingDelivery
-from imrelay.delivery.claims import Claim, DeliveryBusy, DeliveryClaims, Held
+from imrelay.delivery.claims import Claim, DeliveryClaims, Held
 from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
-from imrelay.errors import PermanentUpstreamError, UpstreamError
+from imrelay.errors import DeliveryBusy, PermanentUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk
 from imrelay.hints import platform_hint
 from imrelay.jetstream import Buckets

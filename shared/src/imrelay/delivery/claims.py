@@ -22,10 +22,6 @@ from imrelay.kv import create_if_absent, delete_if_unchanged, read, update_if_re
 log = logging.getLogger("imrelay.sender.claims")
 
 
-class DeliveryBusy(Exception):
-    """Another copy of this reply part is being posted right now."""
-
-
 class Claim(enum.Enum):
     DONE = "done"
     BUSY = "busy"

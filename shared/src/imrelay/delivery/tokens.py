@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from nats.js.kv import KeyValue
 
-from imrelay.errors import TransientUpstreamError
+from imrelay.errors import TokenUnavailable
 from imrelay.hints import platform_hint
 from imrelay.kv import create_if_absent, delete_if_unchanged, read
 from imrelay.redact import protect_obtained
@@ -101,10 +101,6 @@ def needs_refresh(record: TokenRecord | None, now: float, skew: float) -> bool:
     if record.renew_at is not None:
         return now >= record.renew_at
     return now >= record.expires_at - effective_skew(record, skew)
-
-
-class TokenUnavailable(TransientUpstreamError):
-    """The token endpoint failed recently; nobody asks it again before ``retry_after`` seconds."""
 
 
 def cooldown_after(failures: int, base: float, cap: float) -> float:
