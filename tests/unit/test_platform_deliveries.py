@@ -4,10 +4,14 @@ and how answers are shaped."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
+import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from imrelay.config import parse_settings
+from imrelay.delivery.tokens import TokenCache
 from imrelay.errors import (
     ConfigError,
     PermanentUpstreamError,
@@ -20,6 +24,8 @@ from imrelay.platforms.dingtalk import delivery as dingtalk
 from imrelay.platforms.discord import delivery as discord
 from imrelay.platforms.feishu import delivery as feishu
 from imrelay.platforms.qq import delivery as qq
+from imrelay.platforms.wecom_app.delivery import WeComAppDelivery
+from tests.fakes import FakeKV
 
 OK = None
 
@@ -154,3 +160,46 @@ def test_reply_windows() -> None:
     assert not window_closed(chunk, 300, now=received + timedelta(seconds=299))
     assert window_closed(chunk, 300, now=received + timedelta(seconds=301))
     assert not window_closed(chunk.model_copy(update={"received_at": None}), 300)
+
+
+def wecom_app(handler: Callable[[httpx.Request], httpx.Response]) -> WeComAppDelivery:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return WeComAppDelivery(bot_id="tok", corp_id="ww1", agent_id="1000002", secret="sec",
+                            api_base="https://qyapi.weixin.qq.com", client=client,
+                            tokens=TokenCache(FakeKV()), timeout=2.5)
+
+
+def calls_timed() -> float:
+    return REGISTRY.get_sample_value("imrelay_delivery_seconds_count",
+                                     {"platform": "wecom_app", "bot": "tok"}) or 0
+
+
+async def test_wecom_gettoken_is_a_timed_call_with_the_delivery_timeout() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"errcode": 0, "access_token": "AT", "expires_in": 7200})
+
+    delivery = wecom_app(answer)
+    before = calls_timed()
+    try:
+        assert await delivery._fetch_token() == ("AT", 7200.0)
+    finally:
+        await delivery.client.aclose()
+    assert calls_timed() == before + 1
+    assert seen[0].url.path == "/cgi-bin/gettoken" and seen[0].url.params["corpid"] == "ww1"
+    assert seen[0].extensions["timeout"]["read"] == 2.5
+
+
+async def test_wecom_gettoken_that_cannot_connect_is_a_transient_token_failure() -> None:
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    delivery = wecom_app(unreachable)
+    try:
+        with pytest.raises(TransientUpstreamError) as err:
+            await delivery._fetch_token()
+    finally:
+        await delivery.client.aclose()
+    assert err.value.code == "token"  # what `imrelay check-config` reports as an unreachable endpoint

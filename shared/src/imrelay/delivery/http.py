@@ -1,5 +1,5 @@
-"""One timed platform call, shared by every delivery: transport failures become transient errors, the
-duration is recorded in ``imrelay_delivery_seconds``."""
+"""One timed platform call, shared by every delivery and token fetch: transport failures become transient
+errors, the duration is recorded in ``imrelay_delivery_seconds``."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ T = TypeVar("T")
 
 
 async def call(client: httpx.AsyncClient, method: str, url: str, *, platform: str, bot: str,
-               http_timeout: float, **kwargs: Any) -> httpx.Response:
+               http_timeout: float, failure_code: str = "http", **kwargs: Any) -> httpx.Response:
+    """``client.request`` within ``http_timeout``, timed; a transport failure raises a
+    :class:`TransientUpstreamError` with code ``failure_code`` (``"token"`` for a token endpoint)."""
     started = time.perf_counter()
     try:
         return await client.request(method, url, timeout=http_timeout, **kwargs)
     except httpx.HTTPError as exc:
-        raise TransientUpstreamError(platform, "http", type(exc).__name__) from exc
+        raise TransientUpstreamError(platform, failure_code, type(exc).__name__) from exc
     finally:
         DELIVERY_SECONDS.labels(platform=platform, bot=bot).observe(time.perf_counter() - started)
 
@@ -82,7 +84,8 @@ async def post_for_token(client: httpx.AsyncClient, url: str, body: dict[str, An
     token_key, lifetime_key = answer_keys
 
     async def fetch() -> tuple[str, float]:
-        resp = await client.post(url, json=body, timeout=http_timeout)
+        resp = await call(client, "POST", url, platform=platform, bot=bot, http_timeout=http_timeout,
+                          failure_code="token", json=body)
         payload = json_or_none(resp)
         check(payload, resp.status_code, retry_after(resp))
         return str(payload[token_key]), float(payload.get(lifetime_key, 7200))

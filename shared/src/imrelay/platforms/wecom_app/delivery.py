@@ -15,7 +15,7 @@ import httpx
 
 from imrelay.delivery import DeliveryContext
 from imrelay.delivery.chunking import split_utf8
-from imrelay.delivery.http import counted_token_fetch, with_token
+from imrelay.delivery.http import call, counted_token_fetch, with_token
 from imrelay.delivery.tokens import TokenCache
 from imrelay.events import ReplyChunk, ReplyFormat
 from imrelay.platforms.wecom_app.config import WeComAppBot
@@ -75,9 +75,10 @@ class WeComAppDelivery:
 
     async def _fetch_token(self) -> tuple[str, float]:
         async def fetch() -> tuple[str, float]:
-            resp = await self.client.get(
-                f"{self.api_base}/cgi-bin/gettoken",
-                params={"corpid": self.corp_id, "corpsecret": self.secret}, timeout=self.timeout)
+            resp = await call(
+                self.client, "GET", f"{self.api_base}/cgi-bin/gettoken", platform=PLATFORM, bot=self.bot_id,
+                http_timeout=self.timeout, failure_code="token",
+                params={"corpid": self.corp_id, "corpsecret": self.secret})
             payload = resp.json()
             _check(payload, resp.status_code, platform=PLATFORM)
             return str(payload["access_token"]), float(payload.get("expires_in", 7200))
