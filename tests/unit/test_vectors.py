@@ -49,51 +49,82 @@ async def _send(case: dict[str, Any]) -> tuple[int, str, FakePublisher]:
     return resp.status_code, resp.text, publisher
 
 
-@pytest.mark.parametrize("case", HTTP_CASES, ids=[c["id"] for c in HTTP_CASES])
+def _select(kind: str, *, accepted: bool, aibot: bool | None = None) -> list[Any]:
+    return [pytest.param(c, id=c["id"]) for c in HTTP_CASES
+            if c["kind"] == kind and (c["expected"]["verdict"] == "accept") is accepted
+            and (aibot is None or (c["platform"] == "wecom_aibot") is aibot)]
+
+
+REJECTED = _select("url_verification", accepted=False) + _select("encrypted_callback", accepted=False)
+
+
+def test_every_http_vector_has_its_test() -> None:
+    tested = (_select("url_verification", accepted=True) + REJECTED
+              + _select("encrypted_callback", accepted=True, aibot=False)
+              + _select("encrypted_callback", accepted=True, aibot=True))
+    assert sorted(p.id for p in tested) == sorted(c["id"] for c in HTTP_CASES)
+
+
+@pytest.mark.parametrize("case", _select("url_verification", accepted=True))
+async def test_url_verification_vector(case: dict[str, Any]) -> None:
+    status, body, publisher = await _send(case)
+    expected = case["expected"]
+    assert status == expected["status"]
+    assert body == expected["response_body"]
+    assert publisher.published == []
+
+
+@pytest.mark.parametrize("case", REJECTED)
+async def test_rejected_vector(case: dict[str, Any]) -> None:
+    status, body, publisher = await _send(case)
+    assert 400 <= status < 500, f"rejected with {status}"
+    assert body == ""
+    assert publisher.published == []
+
+
+@pytest.mark.parametrize("case", _select("encrypted_callback", accepted=True, aibot=False))
 async def test_callback_vector(case: dict[str, Any]) -> None:
     status, body, publisher = await _send(case)
     expected = case["expected"]
-    if expected["verdict"] == "accept":
-        assert status == expected["status"]
-        if "response_body" in expected:
-            assert body == expected["response_body"]
-        if case["kind"] == "encrypted_callback" and case["platform"] != "wecom_aibot":
-            assert len(publisher.published) == 1
-            msg = publisher.published[0]
-            assert msg.platform_message_id == expected["dedupe_key"]
-            fields = expected["fields"]
-            if fields.get("MsgType") == "text" and "Content" in fields:
-                assert msg.text == fields["Content"]
-                assert msg.sender.id == fields["FromUserName"]
-            if "Text.Content" in fields:
-                # the group message starts with "@RobotA": stripped before the LLM sees it
-                assert msg.text == re.sub(r"^@\S+\s*", "", fields["Text.Content"])
-                assert msg.mentioned
-                assert msg.chat.id == fields["ChatId"]
-                assert msg.sender.id == fields["From.UserId"]
-                assert msg.sender.name == "张三" and msg.sender.alias == "jackzhang"
-                assert msg.reply_handle["webhook_url"].startswith("https://")
-            if fields.get("MsgType") == "event":
-                assert msg.kind == "event" and msg.event == fields["Event"]
-        elif case["platform"] == "wecom_aibot" and case["kind"] == "encrypted_callback":
-            # a text message is stored and answered with the start of its stream; a refresh poll for a
-            # stream nobody opened is answered "finished" (never an error loop) and stores nothing
-            reply = _aibot_reply(case, body)
-            if expected["fields"]["msgtype"] == "stream":
-                assert publisher.published == [] and reply["stream"]["finish"] is True
-                assert reply["stream"]["id"] == expected["fields"]["stream.id"]
-            else:
-                [msg] = publisher.published
-                assert msg.platform_message_id == expected["dedupe_key"]
-                assert msg.text == "总结一下" and msg.chat.type.value == "group"
-                assert reply == {"msgtype": "stream", "stream": {
-                    "id": msg.reply_handle["stream_id"], "finish": False, "content": ""}}
-        else:
-            assert publisher.published == []
+    assert status == expected["status"]
+    if "response_body" in expected:
+        assert body == expected["response_body"]
+    assert len(publisher.published) == 1
+    msg = publisher.published[0]
+    assert msg.platform_message_id == expected["dedupe_key"]
+    fields = expected["fields"]
+    if fields.get("MsgType") == "text" and "Content" in fields:
+        assert msg.text == fields["Content"]
+        assert msg.sender.id == fields["FromUserName"]
+    if "Text.Content" in fields:
+        # the group message starts with "@RobotA": stripped before the LLM sees it
+        assert msg.text == re.sub(r"^@\S+\s*", "", fields["Text.Content"])
+        assert msg.mentioned
+        assert msg.chat.id == fields["ChatId"]
+        assert msg.sender.id == fields["From.UserId"]
+        assert msg.sender.name == "张三" and msg.sender.alias == "jackzhang"
+        assert msg.reply_handle["webhook_url"].startswith("https://")
+    if fields.get("MsgType") == "event":
+        assert msg.kind == "event" and msg.event == fields["Event"]
+
+
+@pytest.mark.parametrize("case", _select("encrypted_callback", accepted=True, aibot=True))
+async def test_aibot_callback_vector(case: dict[str, Any]) -> None:
+    """A text message is stored and answered with the start of its stream; a refresh poll for a stream
+    nobody opened is answered "finished" (never an error loop) and stores nothing."""
+    status, body, publisher = await _send(case)
+    expected = case["expected"]
+    assert status == expected["status"]
+    reply = _aibot_reply(case, body)
+    if expected["fields"]["msgtype"] == "stream":
+        assert publisher.published == [] and reply["stream"]["finish"] is True
+        assert reply["stream"]["id"] == expected["fields"]["stream.id"]
     else:
-        assert 400 <= status < 500, f"rejected with {status}"
-        assert body == ""
-        assert publisher.published == []
+        [msg] = publisher.published
+        assert msg.platform_message_id == expected["dedupe_key"]
+        assert msg.text == "总结一下" and msg.chat.type.value == "group"
+        assert reply == {"msgtype": "stream", "stream": {
+            "id": msg.reply_handle["stream_id"], "finish": False, "content": ""}}
 
 
 @pytest.mark.parametrize("case", [c for c in HTTP_CASES if c["polarity"] == "negative"],
