@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from .stack import Stack
 pytestmark = pytest.mark.nats
 
 LIMIT, WINDOW, BURST = 20, 2.0, 300
+SENTINEL = 999  # a reply published after the burst
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,9 @@ async def publish_burst(stack: Stack, chat: str, webhook: str) -> None:
         js = nc.jetstream()
         subject = subjects.outbound_subject(
             "wecom_group_robot", "robot", subjects.partition_of(f"robot:{chat}", 16))
-        for i in range(BURST):
+        # the sentinel last: the partition delivers in order, one message at a time, so once it is shown
+        # every earlier reply has been acknowledged and none can be delivered again
+        for i in [*range(BURST), SENTINEL]:
             chunk = ReplyChunk(
                 reply_id=f"burst-{chat}-{i:03d}", inbound_id=f"in-{i}", platform="wecom_group_robot",
                 bot_id="robot", chat=Chat(id=chat, type=ChatType.GROUP), recipient=Sender(id="zhangsan"),
@@ -59,11 +61,12 @@ def test_burst_keeps_the_webhook_limit_exactly_once_in_order(burst_stack: Stack)
     webhook = f"{burst_stack.sim_url}/cgi-bin/webhook/send?key={key}"
     before = burst_stack.sim_stats().get("rate_limited", 0)
     asyncio.run(publish_burst(burst_stack, f"wrk{key}", webhook))
-    msgs = burst_stack.wait_for(lambda: (m := burst_stack.messages(chat=key)) and len(m) >= BURST and m,
-                                timeout=120, what=f"{BURST} deliveries")
-    time.sleep(1.0)  # anything extra (a duplicate) would arrive now
+    last = f"answer {SENTINEL:03d}"
+    burst_stack.wait_for(lambda: any(m["content"] == last for m in burst_stack.messages(chat=key)),
+                         timeout=120, what=f"{BURST} deliveries and the sentinel")
     msgs = burst_stack.messages(chat=key)
-    assert [m["content"] for m in msgs] == [f"answer {i:03d}" for i in range(BURST)]
+    assert [m["content"] for m in msgs] == [f"answer {i:03d}" for i in range(BURST)] + [last]
+    msgs = msgs[:-1]
     assert burst_stack.sim_stats().get("rate_limited", 0) == before  # zero 45009
     at = [m["at"] for m in msgs]
     worst = max(sum(1 for u in at[i:] if u < t + WINDOW) for i, t in enumerate(at))
