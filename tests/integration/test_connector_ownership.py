@@ -27,6 +27,7 @@ from imrelay.connections import ConnectionContext, CredentialsRefused, Health, K
 from imrelay.events import Chat, ChatType, ConnectionAnswer, ConnectionRequest, InboundMessage, Sender
 from imrelay.jetstream import ensure_leases_bucket
 from imrelay.natsserver import EmbeddedNats
+from imrelay.platforms.handle import ReplyHandleBase
 from imrelay.platforms.spec import Capabilities, Ownership, PlatformSpec
 from imrelay.sections import ConfigModel
 from imrelay_ingress.connector import BotStatus, Supervised, hold, readiness
@@ -81,6 +82,10 @@ class FakeLink:
         return ConnectionAnswer(ok=True, code=f"{self.replica}:{payload['n']}")
 
 
+class FakeHandle(ReplyHandleBase):
+    kind: Literal["fakelink"] = "fakelink"
+
+
 def fake_spec(ownership: Ownership, platform: FakePlatform, replica: str) -> PlatformSpec[FakeBot]:
     def unused(*_: Any) -> Any:
         raise AssertionError("not used by the connector")
@@ -92,7 +97,7 @@ def fake_spec(ownership: Ownership, platform: FakePlatform, replica: str) -> Pla
     return PlatformSpec[FakeBot](
         tags=("fakelink",), title="Fake link", bot_model=FakeBot, api_base={"fakelink": "http://unused"},
         capabilities=Capabilities(callbacks=False, long_connection=ownership), adapter=unused,
-        delivery=unused, connection=connection)
+        delivery=unused, connection=connection, reply_handle=FakeHandle)
 
 
 @dataclass

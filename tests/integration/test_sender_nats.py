@@ -15,6 +15,7 @@ from imrelay.delivery.tokens import TokenCache
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
 from imrelay.jetstream import ensure_buckets, ensure_streams
 from imrelay.natsserver import EmbeddedNats
+from imrelay.platforms.wecom_app.handle import WeComAppHandle
 
 from .stack import Stack
 
@@ -44,7 +45,7 @@ async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None
         sentinel = f"s{secrets.token_hex(4)}"
         other = chunk.model_copy(update={
             "reply_id": f"r-{secrets.token_hex(6)}", "full_text": "done",
-            "reply_handle": {"touser": sentinel, "agentid": "1000002"}})
+            "reply_handle": WeComAppHandle(touser=sentinel, agentid="1000002")})
         await js.publish(subjects.outbound_subject("wecom_app", "app", 0),
                          other.model_dump_json().encode(),
                          headers={subjects.HDR_MSG_ID: other.msg_id})

@@ -19,6 +19,7 @@ from imrelay.events import Chat, ChatType, ConnectionAnswer, ConnectionRequest, 
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
 from imrelay.platforms.wecom_aibot.connection import AIBotConnection
 from imrelay.platforms.wecom_aibot.delivery import WeComAIBotDelivery, part_stream_id, parts_of
+from imrelay.platforms.wecom_aibot.handle import WeComAIBotHandle
 from imrelay_sim.server import create_app
 
 from ..helpers import FakeStreamStore, free_port
@@ -161,7 +162,8 @@ async def test_callback_polls_never_see_more_than_the_first_part() -> None:
     store = FakeStreamStore()
     delivery = WeComAIBotDelivery(bot_id="ws", streams=store, client=httpx.AsyncClient(), timeout=1.0)
     text = paragraphs(30_000)
-    await delivery.update(chunk(text).model_copy(update={"reply_handle": {"stream_id": "sid"}}), text)
+    callback = chunk(text).model_copy(update={"reply_handle": WeComAIBotHandle(stream_id="sid")})
+    await delivery.update(callback, text)
     record = store.records[("ws", "sid")]
     assert record.content == parts_of(text)[0] and not record.finish
     assert len(record.content.encode()) <= LIMIT

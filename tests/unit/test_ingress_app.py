@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 from imrelay.config import Settings, parse_settings
 from imrelay.platforms.wecom.crypto import WeComCrypto
 from imrelay.platforms.wecom.sim import app_text_xml, encrypted_post, url_verification
+from imrelay.platforms.wecom_app.handle import WeComAppHandle
 from imrelay_ingress.app import create_app
 
 from ..helpers import FakePublisher
@@ -54,7 +55,7 @@ async def test_valid_message_is_stored_then_acked_with_empty_body() -> None:
     assert resp.status_code == 200 and resp.content == b""
     [msg] = pub.published
     assert msg.text == "what is NATS?" and msg.sender.id == "alice"
-    assert msg.reply_handle == {"touser": "alice", "agentid": AGENT}
+    assert msg.reply_handle == WeComAppHandle(touser="alice", agentid=AGENT)
 
 
 async def test_retry_of_the_same_message_is_acked_but_not_stored_twice() -> None:

@@ -114,7 +114,8 @@ def test_settings_and_reply_handles_register_their_secrets() -> None:
     inbound = InboundMessage(
         id="i", platform="dingtalk", bot_id="b", platform_message_id="m",
         chat=Chat(id="c", type=ChatType.DIRECT), sender=Sender(id="u"),
-        reply_handle={"session_webhook": "https://oapi.dingtalk.com/robot/sendBySession?session=SeSsIoN42"})
+        reply_handle={"conversation_id": "c",
+                      "session_webhook": "https://oapi.dingtalk.com/robot/sendBySession?session=SeSsIoN42"})
     assert chunk.reply_handle and inbound.reply_handle
     assert MASKER.mask("t=aW50ZXJhY3Rpb24tokenvalue s=SeSsIoN42") == f"t={MASK} s={MASK}"
 

@@ -12,6 +12,8 @@ import pytest
 from imrelay.config import parse_settings
 from imrelay.errors import CallbackError
 from imrelay.platforms.wecom.crypto import WeComCrypto
+from imrelay.platforms.wecom_aibot.handle import WeComAIBotHandle
+from imrelay.platforms.wecom_group_robot.handle import WeComGroupRobotHandle
 from imrelay_ingress.app import create_app
 
 from ..helpers import FakePublisher, FakeStreamStore, load_vectors
@@ -103,7 +105,7 @@ async def test_callback_vector(case: dict[str, Any]) -> None:
         assert msg.chat.id == fields["ChatId"]
         assert msg.sender.id == fields["From.UserId"]
         assert msg.sender.name == "张三" and msg.sender.alias == "jackzhang"
-        assert msg.reply_handle["webhook_url"].startswith("https://")
+        assert WeComGroupRobotHandle.of(msg).webhook_url.startswith("https://")
     if fields.get("MsgType") == "event":
         assert msg.kind == "event" and msg.event == fields["Event"]
 
@@ -124,7 +126,7 @@ async def test_aibot_callback_vector(case: dict[str, Any]) -> None:
         assert msg.platform_message_id == expected["dedupe_key"]
         assert msg.text == "总结一下" and msg.chat.type.value == "group"
         assert reply == {"msgtype": "stream", "stream": {
-            "id": msg.reply_handle["stream_id"], "finish": False, "content": ""}}
+            "id": WeComAIBotHandle.of(msg).stream_id, "finish": False, "content": ""}}
 
 
 @pytest.mark.parametrize("case", [c for c in HTTP_CASES if c["polarity"] == "negative"],

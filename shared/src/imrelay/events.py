@@ -8,6 +8,11 @@
 * :class:`ConnectionRequest` on ``imrelay.conn.<platform>.<bot>`` (core NATS request/reply): the sender
   asks the connector holding a bot's long connection to send something on it; :class:`ConnectionAnswer`
   is the reply.
+
+Both carry the ``reply_handle``: where the answer goes, a model of the event's platform
+(:class:`~imrelay.platforms.handle.ReplyHandleBase`: one per platform package, told apart by ``kind``, which
+is the event's ``platform``). Schema version 2 introduced it; a version 1 event's handle (a plain mapping
+without ``kind``) is read as its platform's model, and events are always written as version 2.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeAlias
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from . import platforms
+from .platforms.handle import ReplyHandleBase
 from .redact import protect_reply_handle
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ID_NAMESPACE = uuid.UUID("5b0a7c52-8c1e-4f53-9d0a-6e1f4d2c9a11")
 
 __all__ = [
@@ -35,6 +42,7 @@ __all__ = [
     "InboundMessage",
     "ReplyChunk",
     "ReplyFormat",
+    "ReplyHandle",
     "Sender",
     "inbound_id",
 ]
@@ -71,14 +79,46 @@ class Attachment(_Event):
     url: str | None = None
 
 
-def _protected(handle: dict[str, str]) -> dict[str, str]:
+def _protected(handle: ReplyHandleBase) -> ReplyHandleBase:
     protect_reply_handle(handle)
     return handle
 
 
-# Where to reply. It may carry credentials (a session webhook, an interaction token, a
-# group robot's webhook key): every process that reads one masks them in its logs and traces.
-ReplyHandle = Annotated[dict[str, str], AfterValidator(_protected)]
+# Where to reply. It may carry credentials (a session webhook, an interaction token, a group robot's
+# webhook key): every process that reads one masks them in its logs and traces.
+if TYPE_CHECKING:
+    ReplyHandle: TypeAlias = ReplyHandleBase
+else:
+    ReplyHandle = Annotated[platforms.handle_union(), AfterValidator(_protected)]
+
+
+class _Routed(_Event):
+    """An event that carries a reply handle: read a version 1 one's handle as its platform's model, and
+    refuse a handle of another platform."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_handle(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        handle = data.get("reply_handle")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        old = isinstance(version, int) and version < SCHEMA_VERSION
+        if isinstance(handle, dict) and (old or "kind" not in handle):
+            platform = data.get("platform")
+            if isinstance(platform, str):
+                data = {**data, "reply_handle": platforms.upgrade_handle(handle, platform)}
+        if old:
+            data = {**data, "schema_version": SCHEMA_VERSION}
+        return data
+
+    @model_validator(mode="after")
+    def _handle_of_platform(self) -> Self:
+        handle: ReplyHandleBase | None = getattr(self, "reply_handle", None)
+        platform: str = getattr(self, "platform", "")
+        if handle is not None and handle.kind != platform:
+            raise ValueError(f"a {handle.kind} reply handle on a {platform} event")
+        return self
 
 
 def inbound_id(bot_id: str, dedupe_key: str) -> str:
@@ -90,7 +130,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class InboundMessage(_Event):
+class InboundMessage(_Routed):
     schema_version: int = SCHEMA_VERSION
     id: str
     platform: str  # the bot's platform tag (imrelay.platforms)
@@ -103,11 +143,11 @@ class InboundMessage(_Event):
     text: str = ""
     mentioned: bool = False
     attachments: list[Attachment] = Field(default_factory=list)
-    reply_handle: ReplyHandle = Field(default_factory=dict)
+    reply_handle: ReplyHandle | None = None
     received_at: datetime = Field(default_factory=utcnow)
 
 
-class ReplyChunk(_Event):
+class ReplyChunk(_Routed):
     schema_version: int = SCHEMA_VERSION
     reply_id: str
     inbound_id: str
@@ -115,7 +155,7 @@ class ReplyChunk(_Event):
     bot_id: str
     chat: Chat
     recipient: Sender
-    reply_handle: ReplyHandle = Field(default_factory=dict)
+    reply_handle: ReplyHandle | None = None
     seq: int = Field(ge=0)
     delta: str = ""
     text: str | None = None  # the answer so far (deltas 0..seq), for platforms that edit in place

@@ -2,10 +2,10 @@
 
 One process-wide :data:`MASKER` knows every secret value the process holds: the configuration's
 (:func:`protect_settings`: every ``SecretStr`` of every bot and backend) and the tokens it obtains on the way
-(access tokens, session webhooks, interaction tokens, reply URLs:
-:func:`protect_reply_handle`). :func:`redact` replaces each of them, and every credential a URL can carry
-by its shape (``access_token=``, ``corpsecret=``, ``key=``, ``session=`` ... query values, the token in
-``/webhooks/{application}/{token}`` paths, JSON fields named ``*token``, ``*secret`` ...), with
+(access tokens, and the credentials a reply handle's model marks: session webhooks, interaction tokens,
+reply URLs: :func:`protect_reply_handle`). :func:`redact` replaces each of them, and every credential a URL
+can carry by its shape (``access_token=``, ``corpsecret=``, ``key=``, ``session=`` ... query values, the
+token in ``/webhooks/{application}/{token}`` paths, JSON fields named ``*token``, ``*secret`` ...), with
 ``[REDACTED]``.
 
 The rule for short values: a secret of :data:`MIN_SUBSTRING` (6) characters or more is masked wherever it
@@ -43,6 +43,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .platforms.handle import ReplyHandleBase
 
 __all__ = [
     "MASK",
@@ -250,19 +251,20 @@ def protect_obtained(value: str | None) -> None:
     MASKER.add(value, ephemeral=True)
 
 
-def protect_reply_handle(handle: Mapping[str, str]) -> None:
-    """Mask the credentials a reply handle carries: tokens, and the secret parts of reply URLs (a session
-    webhook's ``session``, a group robot webhook's ``key``, an interaction token)."""
-    for name, value in handle.items():
-        if not value:
-            continue
-        if "token" in name or "secret" in name:
+def protect_reply_handle(handle: ReplyHandleBase) -> None:
+    """Mask the credentials a reply handle carries, as its model marks them: a credential field's value,
+    and the secret parts of a credential URL (a session webhook's ``session``, a group robot webhook's
+    ``key``, an interaction path's token)."""
+    from .platforms.handle import Credential
+
+    for how, value in handle.credentials():
+        if how is Credential.VALUE:
             protect_obtained(value)
-        if "://" in value:
-            for m in _URL_SECRET_RE.finditer(value):
-                protect_obtained(m.group(1))
-            for m in _PATH_RE.finditer(value):
-                protect_obtained(value[m.end(1):m.end()])
+            continue
+        for m in _URL_SECRET_RE.finditer(value):
+            protect_obtained(m.group(1))
+        for m in _PATH_RE.finditer(value):
+            protect_obtained(value[m.end(1):m.end()])
 
 
 # ---- logs --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ chart's schema are built from this list; adding a platform is adding its package
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Union
 
@@ -16,14 +17,15 @@ from ..sections import RateLimitConfig
 
 # the registry: one line a platform
 from . import dingtalk, discord, feishu, qq, wecom_aibot, wecom_app, wecom_group_robot
+from .handle import ReplyHandleBase
 from .spec import PlatformSpec
 
 if TYPE_CHECKING:
     from ..callbacks import Adapter
     from ..delivery import Delivery, DeliveryContext
 
-__all__ = ["SPECS", "PlatformSpec", "adapter_for", "bot_union", "default_rate_limits", "delivery_for",
-           "spec", "spec_for", "tags"]
+__all__ = ["SPECS", "PlatformSpec", "ReplyHandleBase", "adapter_for", "bot_union", "default_rate_limits",
+           "delivery_for", "handle_union", "spec", "spec_for", "tags", "upgrade_handle"]
 
 SPECS: tuple[PlatformSpec[Any], ...] = tuple(
     p.SPEC for p in (wecom_app, wecom_group_robot, wecom_aibot, feishu, dingtalk, qq, discord))
@@ -60,6 +62,20 @@ def bot_union() -> Any:
     """The type of one ``bots:`` entry: the platforms' bot models, told apart by ``platform``."""
     models = tuple(s.bot_model for s in SPECS)
     return Annotated[Union[models], Field(discriminator="platform")]  # noqa: UP007 - built at run time
+
+
+def handle_union() -> Any:
+    """The type of an event's reply handle: the platforms' handle models, told apart by ``kind``."""
+    models = tuple(dict.fromkeys(s.reply_handle for s in SPECS))
+    return Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007 - built at run time
+
+
+def upgrade_handle(v1: Mapping[str, Any], platform: str) -> dict[str, Any] | None:
+    """A version 1 reply handle (a plain mapping) of an event of ``platform`` as its model's input; None
+    for an empty one (no handle)."""
+    if not v1:
+        return None
+    return spec(platform).reply_handle.upgrade(v1, platform)
 
 
 @cache

@@ -3,7 +3,7 @@ the demo config and the chart are built from).
 
 A spec is generic in the platform's bot model, so its hooks take that model as it is (no narrowing). The
 hooks import the platform's heavier modules when first called: importing the registry loads only the bot
-models.
+and reply handle models.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..bots import BotBase
 from ..sections import RateLimitConfig
+from .handle import ReplyHandleBase
 
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
@@ -92,6 +93,7 @@ class PlatformSpec(Generic[BotT]):
     tags: tuple[str, ...]  # the ``platform:`` values this package serves
     title: str
     bot_model: type[BotT]
+    reply_handle: type[ReplyHandleBase]  # where an answer goes: its ingress writes it, its delivery reads it
     api_base: Mapping[str, str]  # the public API's address, by tag
     auth_base: str | None = None  # where tokens come from, if not the API's address
     capabilities: Capabilities

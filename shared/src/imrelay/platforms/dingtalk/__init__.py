@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
 from .config import DingTalkBot
+from .handle import DingTalkHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -54,6 +55,7 @@ SPEC = PlatformSpec[DingTalkBot](
     tags=("dingtalk",),
     title="DingTalk",
     bot_model=DingTalkBot,
+    reply_handle=DingTalkHandle,
     api_base={"dingtalk": "https://api.dingtalk.com"},
     capabilities=Capabilities(needs_token=True),
     rate_scopes=(RateScope("dingtalk.per_robot", RateLimitConfig(limit=20, window_seconds=60),

@@ -26,6 +26,7 @@ from imrelay.errors import (
 )
 from imrelay.events import ChatType, ReplyChunk
 from imrelay.platforms.dingtalk.config import DingTalkBot
+from imrelay.platforms.dingtalk.handle import DingTalkHandle
 from imrelay.subjects import kv_key
 
 PLATFORM = "dingtalk"
@@ -114,13 +115,12 @@ class DingTalkDelivery:
         check(json_or_none(resp), resp.status_code, retry_after(resp), self.rate_limit_backoff)
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
-        handle = chunk.reply_handle
-        staff = handle.get("sender_staff_id") or chunk.recipient.id
+        handle = DingTalkHandle.of(chunk)
+        staff = handle.sender_staff_id or chunk.recipient.id
         group = chunk.chat.type is ChatType.GROUP
         mention = staff if group and index == 0 else None
         title, text = markdown(part, mention)
-        session = handle.get("session_webhook", "")
-        expires = int(handle.get("session_webhook_expires_ms") or 0)
+        session, expires = handle.session_webhook, handle.session_webhook_expires_ms
         if session and time.time() * 1000 < expires - SESSION_MARGIN_MS \
                 and session_allowed(session, self.api_base):
             body: dict[str, Any] = {"msgtype": "markdown", "markdown": {"title": title, "text": text}}
@@ -129,7 +129,7 @@ class DingTalkDelivery:
             await self._post(session, body)
             return
         # The session webhook has expired: the robot API, with an access token.
-        robot = handle.get("robot_code") or self.app_key
+        robot = handle.robot_code or self.app_key
         param = json.dumps({"title": title, "text": text}, ensure_ascii=False)
         if group:
             url = f"{self.api_base}/v1.0/robot/groupMessages/send"

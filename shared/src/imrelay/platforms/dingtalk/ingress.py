@@ -28,6 +28,7 @@ from imrelay.errors import ParseError, VerifyError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.dingtalk import crypto as dingtalk_crypto
 from imrelay.platforms.dingtalk.config import DingTalkBot
+from imrelay.platforms.dingtalk.handle import DingTalkHandle
 
 _LEADING_MENTION = re.compile(r"^\s*@\S+\s+")
 _MEDIA = {"picture": "image", "file": "file", "audio": "audio", "video": "video"}
@@ -68,11 +69,10 @@ def normalize(body: dict[str, Any], bot_id: str, now: float) -> InboundMessage:
         content = m.content if isinstance(m.content, dict) else {}
         code = content.get("downloadCode")
         attachments.append(Attachment(kind=_MEDIA[m.msgtype], ref=code if isinstance(code, str) else ""))
-    handle = {"conversation_id": m.conversationId, "robot_code": m.robotCode or "",
-              "sender_staff_id": m.senderStaffId or ""}
-    if m.sessionWebhook:
-        handle["session_webhook"] = m.sessionWebhook
-        handle["session_webhook_expires_ms"] = str(m.sessionWebhookExpiredTime or 0)
+    handle = DingTalkHandle(conversation_id=m.conversationId, robot_code=m.robotCode or "",
+                            sender_staff_id=m.senderStaffId or "", session_webhook=m.sessionWebhook or "",
+                            session_webhook_expires_ms=(m.sessionWebhookExpiredTime or 0)
+                            if m.sessionWebhook else 0)
     key = f"dingtalk:msg:{m.msgId}"
     return InboundMessage(
         id=inbound_id(bot_id, key), platform="dingtalk", bot_id=bot_id, platform_message_id=key,

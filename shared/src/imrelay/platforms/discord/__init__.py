@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..spec import Capabilities, PlatformSpec, SimMessage, SimRequest
 from .config import DiscordBot
+from .handle import DiscordHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,6 +53,7 @@ SPEC = PlatformSpec[DiscordBot](
     tags=("discord",),
     title="Discord",
     bot_model=DiscordBot,
+    reply_handle=DiscordHandle,
     api_base={"discord": "https://discord.com"},
     capabilities=Capabilities(edits=True),
     adapter=_adapter,

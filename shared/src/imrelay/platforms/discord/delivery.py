@@ -17,6 +17,7 @@ from imrelay.delivery.http import call, json_or_none, retry_after, window_closed
 from imrelay.errors import PermanentUpstreamError, RateLimitedError, TransientUpstreamError
 from imrelay.events import ReplyChunk
 from imrelay.platforms.discord.config import DiscordBot
+from imrelay.platforms.discord.handle import DiscordHandle
 
 PLATFORM = "discord"
 CHAR_LIMIT = 2000
@@ -61,8 +62,8 @@ class DiscordDelivery:
         return []  # Discord announces its per-route limits in answers; 429s are waited out
 
     def _base(self, chunk: ReplyChunk) -> str:
-        app = chunk.reply_handle.get("application_id") or self.application_id
-        token = chunk.reply_handle.get("interaction_token")
+        handle = DiscordHandle.of(chunk)
+        app, token = handle.application_id or self.application_id, handle.interaction_token
         if not token:
             raise PermanentUpstreamError(PLATFORM, "no_token", "reply handle lacks the interaction token")
         if window_closed(chunk, TOKEN_LIFETIME_SECONDS):

@@ -21,6 +21,7 @@ from imrelay.callbacks import (
 from imrelay.errors import ParseError
 from imrelay.events import Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.discord.config import DiscordBot
+from imrelay.platforms.discord.handle import DiscordHandle
 
 PING, APPLICATION_COMMAND = 1, 2
 PONG = json_body({"type": 1})
@@ -86,7 +87,7 @@ def normalize(payload: dict[str, Any], bot_id: str, now: float) -> InboundMessag
         chat=Chat(id=channel, type=ChatType.GROUP if i.guild_id else ChatType.DIRECT),
         sender=Sender(id=user.id, name=user.global_name or user.username or ""),
         text=command_text(i.data), mentioned=True,
-        reply_handle={"application_id": i.application_id, "interaction_token": i.token},
+        reply_handle=DiscordHandle(application_id=i.application_id, interaction_token=i.token),
         received_at=datetime.fromtimestamp(now, UTC),
     )
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
 from .config import FeishuBot
+from .handle import FeishuHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,6 +58,7 @@ SPEC = PlatformSpec[FeishuBot](
     tags=("feishu", "lark"),
     title="Feishu / Lark",
     bot_model=FeishuBot,
+    reply_handle=FeishuHandle,
     api_base={"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"},
     capabilities=Capabilities(edits=True, markdown=True, needs_token=True),
     rate_scopes=(

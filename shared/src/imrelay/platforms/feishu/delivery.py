@@ -35,6 +35,7 @@ from imrelay.errors import (
 )
 from imrelay.events import ChatType, ReplyChunk, ReplyFormat
 from imrelay.platforms.feishu.config import FeishuBot
+from imrelay.platforms.feishu.handle import FeishuHandle
 from imrelay.subjects import kv_key
 
 log = logging.getLogger("imrelay.sender.feishu")
@@ -148,7 +149,7 @@ class FeishuDelivery:
             return {}, None
 
     async def update(self, chunk: ReplyChunk, text: str) -> None:
-        message_id = chunk.reply_handle.get("message_id")
+        message_id = FeishuHandle.of(chunk).message_id
         if self.streams is None or not message_id or len(text.encode()) > TEXT_LIMIT_BYTES:
             return
         key = kv_key("stream", chunk.reply_id)
@@ -177,7 +178,7 @@ class FeishuDelivery:
             "settings": json.dumps({"config": {"streaming_mode": False}}), "sequence": chunk.seq + 2})
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
-        message_id = chunk.reply_handle.get("message_id")
+        message_id = FeishuHandle.of(chunk).message_id
         if not message_id:
             raise PermanentUpstreamError(self.platform, "no_message", "reply handle lacks message_id")
         if index == 0 and self.streams is not None:

@@ -29,6 +29,7 @@ from imrelay.errors import ParseError, VerifyError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.feishu import crypto as feishu_crypto
 from imrelay.platforms.feishu.config import FeishuBot
+from imrelay.platforms.feishu.handle import FeishuHandle
 
 SUCCESS = json_body({"msg": "success"})
 _PLACEHOLDER = re.compile(r"@_user_\d+")
@@ -120,8 +121,9 @@ def normalize(envelope: Envelope, platform: str, bot_id: str, now: float) -> Inb
         chat=Chat(id=message.chat_id, type=chat_type),
         sender=Sender(id=sender.open_id, name=sender.user_id or ""),
         text=text, mentioned=mentioned or chat_type is ChatType.DIRECT, attachments=attachments,
-        reply_handle={"message_id": message.message_id, "chat_id": message.chat_id,
-                      "open_id": sender.open_id},
+        reply_handle=FeishuHandle(kind="lark" if platform == "lark" else "feishu",
+                                  message_id=message.message_id, chat_id=message.chat_id,
+                                  open_id=sender.open_id),
         received_at=datetime.fromtimestamp(now, UTC),
     )
 

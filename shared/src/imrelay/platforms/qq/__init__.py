@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
 from .config import QQBot
+from .handle import QQHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,6 +54,7 @@ SPEC = PlatformSpec[QQBot](
     tags=("qq",),
     title="QQ",
     bot_model=QQBot,
+    reply_handle=QQHandle,
     api_base={"qq": "https://api.sgroup.qq.com"},
     auth_base="https://bots.qq.com",
     capabilities=Capabilities(needs_token=True),

@@ -24,6 +24,7 @@ from imrelay.errors import (
 )
 from imrelay.events import ReplyChunk
 from imrelay.platforms.qq.config import QQBot
+from imrelay.platforms.qq.handle import QQHandle
 from imrelay.subjects import kv_key
 
 PLATFORM = "qq"
@@ -90,7 +91,7 @@ class QQDelivery:
         return cap(split_utf8(text, TEXT_LIMIT_BYTES), TEXT_LIMIT_BYTES) if text.strip() else []
 
     def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
-        if chunk.reply_handle.get("kind") == "channel":
+        if QQHandle.of(chunk).target_kind == "channel":
             return [("qq.per_channel", kv_key(self.app_id, chunk.chat.id))]
         return []
 
@@ -108,14 +109,14 @@ class QQDelivery:
         check(json_or_none(resp), resp.status_code, retry_after(resp), self.rate_limit_backoff)
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
-        h = chunk.reply_handle
-        path = PATHS.get(h.get("kind", ""))
-        if path is None or not h.get("msg_id"):
-            raise PermanentUpstreamError(PLATFORM, "no_handle", "reply handle lacks kind or msg_id")
-        if window_closed(chunk, REPLY_WINDOW_SECONDS.get(h.get("kind", ""), 300)):
+        h = QQHandle.of(chunk)
+        path = PATHS[h.target_kind]
+        if not h.msg_id:
+            raise PermanentUpstreamError(PLATFORM, "no_handle", "reply handle lacks msg_id")
+        if window_closed(chunk, REPLY_WINDOW_SECONDS.get(h.target_kind, 300)):
             raise PermanentUpstreamError(PLATFORM, "window_closed",
                                          "QQ no longer accepts replies to this message")
-        url = self.api_base + path.format(target=h.get("target", ""), guild=h.get("guild_id", ""))
-        body = {"content": part, "msg_type": 0, "msg_id": h["msg_id"], "msg_seq": index + 1}
+        url = self.api_base + path.format(target=h.target, guild=h.guild_id)
+        body = {"content": part, "msg_type": 0, "msg_id": h.msg_id, "msg_seq": index + 1}
         await with_token(self.tokens, kv_key(PLATFORM, self.app_id), self._fetch_token,
                          lambda token: self._post(token, url, body), renew_early=True)

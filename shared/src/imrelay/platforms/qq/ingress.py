@@ -30,13 +30,14 @@ from imrelay.callbacks import (
 from imrelay.errors import ParseError, VerifyError
 from imrelay.events import Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.qq.config import QQBot
+from imrelay.platforms.qq.handle import QQHandle, TargetKind
 from imrelay.platforms.qq.keys import qq_seed
 
 ACK = json_body({"op": 12})
 _MENTION = re.compile(r"<@!?\w+>\s*")
 
 # event -> (chat type, reply kind, where the chat id is, where the sender id is)
-EVENTS: dict[str, tuple[ChatType, str, str, tuple[str, ...]]] = {
+EVENTS: dict[str, tuple[ChatType, TargetKind, str, tuple[str, ...]]] = {
     "GROUP_AT_MESSAGE_CREATE": (ChatType.GROUP, "group", "group_openid", ("member_openid",)),
     "C2C_MESSAGE_CREATE": (ChatType.DIRECT, "c2c", "", ("user_openid",)),
     "AT_MESSAGE_CREATE": (ChatType.GROUP, "channel", "channel_id", ("id",)),
@@ -89,7 +90,7 @@ def normalize(envelope: Envelope, bot_id: str, now: float) -> InboundMessage | N
         id=inbound_id(bot_id, key), platform="qq", bot_id=bot_id, platform_message_id=key,
         chat=Chat(id=chat_id, type=chat_type), sender=Sender(id=user, name=d.author.username or ""),
         text=text, mentioned=True,
-        reply_handle={"kind": reply_kind, "target": chat_id, "msg_id": d.id, "guild_id": d.guild_id or ""},
+        reply_handle=QQHandle(target_kind=reply_kind, target=chat_id, msg_id=d.id, guild_id=d.guild_id or ""),
         received_at=datetime.fromtimestamp(now, UTC),
     )
 

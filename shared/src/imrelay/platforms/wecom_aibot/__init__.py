@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..spec import Capabilities, Ownership, PlatformSpec, SimMessage, SimRequest, SimSend
 from ..wecom.config import API_BASE, HINTS
 from .config import WeComAIBot
+from .handle import WeComAIBotHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -73,6 +74,7 @@ SPEC = PlatformSpec[WeComAIBot](
     tags=("wecom_aibot",),
     title="WeCom AI bot",
     bot_model=WeComAIBot,
+    reply_handle=WeComAIBotHandle,
     api_base={"wecom_aibot": API_BASE},
     capabilities=Capabilities(long_connection=Ownership.SINGLE_OWNER, edits=True),
     adapter=_adapter,

@@ -190,14 +190,12 @@ class AIBotConnection:
         rid = str((msg.get("headers") or {}).get("req_id", ""))
         try:
             inbound = normalize(body, self.bot.id, time.time(),
-                                stream_id(self.bot.id, str(body.get("msgid", ""))))
+                                stream_id(self.bot.id, str(body.get("msgid", ""))), req_id=rid)
         except Exception as exc:
             log.warning("bot %s: unreadable frame (%s)", self.bot.id, type(exc).__name__)
             return
-        handle = dict(inbound.reply_handle, mode="long_connection", req_id=rid,
-                      chatid=str(body.get("chatid") or (body.get("from") or {}).get("userid", "")))
         try:
-            await sink(inbound.model_copy(update={"reply_handle": handle}))
+            await sink(inbound)
         except Exception as exc:
             log.error("bot %s: message %s not stored (%s)", self.bot.id, inbound.platform_message_id,
                       type(exc).__name__)

@@ -32,6 +32,7 @@ from imrelay.delivery.claims import Claim, DeliveryClaims
 from imrelay.errors import PermanentUpstreamError, TransientUpstreamError
 from imrelay.events import ConnectionRequest, ReplyChunk
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
+from imrelay.platforms.wecom_aibot.handle import WeComAIBotHandle
 from imrelay.subjects import kv_key
 
 from ..wecom.delivery import post_json
@@ -73,9 +74,9 @@ class WeComAIBotDelivery:
 
     async def _via_connector(self, chunk: ReplyChunk, index: int, content: str, finish: bool) -> None:
         assert self.requester is not None
-        part = StreamPart(req_id=chunk.reply_handle.get("req_id", ""),
-                          stream_id=part_stream_id(self._sid(chunk), index), content=content, finish=finish,
-                          chatid=chunk.reply_handle.get("chatid", chunk.recipient.id))
+        handle = WeComAIBotHandle.of(chunk)
+        part = StreamPart(req_id=handle.req_id, stream_id=part_stream_id(self._sid(chunk), index),
+                          content=content, finish=finish, chatid=handle.chatid or chunk.recipient.id)
         try:
             answer = await self.requester(ConnectionRequest(
                 platform=self.platform, bot_id=self.bot_id, payload=part.model_dump(),
@@ -92,7 +93,7 @@ class WeComAIBotDelivery:
         return []
 
     def _sid(self, chunk: ReplyChunk) -> str:
-        sid = chunk.reply_handle.get("stream_id")
+        sid = WeComAIBotHandle.of(chunk).stream_id
         if not sid:
             raise PermanentUpstreamError(PLATFORM, "no_stream", "reply handle lacks the stream id")
         return sid
@@ -136,7 +137,7 @@ class WeComAIBotDelivery:
         if index == 0:
             await self.streams.put(self.bot_id, self._sid(chunk), part, True)
             return
-        url = chunk.reply_handle.get("response_url")
+        url = WeComAIBotHandle.of(chunk).response_url
         if not url:
             raise PermanentUpstreamError(PLATFORM, "too_long", "answer exceeds the stream and no "
                                          "response_url came with the message")

@@ -24,6 +24,7 @@ from imrelay.errors import ParseError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.wecom.crypto import WeComCrypto, crypto_for
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
+from imrelay.platforms.wecom_aibot.handle import WeComAIBotHandle
 
 from ..wecom.callbacks import query_params, verify_signed, verify_url
 
@@ -82,7 +83,10 @@ class Poll(Payload):
     stream: StreamRef | None = None
 
 
-def normalize(payload: dict[str, Any], bot_id: str, now: float, sid: str) -> InboundMessage:
+def normalize(payload: dict[str, Any], bot_id: str, now: float, sid: str,
+              req_id: str | None = None) -> InboundMessage:
+    """A message callback, or with ``req_id`` a message frame of the bot's long connection (answered on
+    the socket, on that frame's ``req_id``)."""
     m = parse_model(Message, payload, "AI-bot message")
     if not m.msgid or not m.sender.userid or not m.msgtype:
         raise ParseError("AI-bot message lacks msgid, from.userid or msgtype")
@@ -107,9 +111,11 @@ def normalize(payload: dict[str, Any], bot_id: str, now: float, sid: str) -> Inb
     if group:
         text = _LEADING_MENTION.sub("", text, count=1)
     key = f"wecom_aibot:msgid:{m.msgid}"
-    handle = {"stream_id": sid, "mode": "callback"}
-    if m.response_url:
-        handle["response_url"] = m.response_url
+    if req_id is None:
+        handle = WeComAIBotHandle(stream_id=sid, mode="callback", response_url=m.response_url or "")
+    else:
+        handle = WeComAIBotHandle(stream_id=sid, mode="long_connection", response_url=m.response_url or "",
+                                  req_id=req_id, chatid=m.chatid or user)
     event = (m.event.eventtype if m.event else None) if kind == "event" else None
     return InboundMessage(
         id=inbound_id(bot_id, key), platform="wecom_aibot", bot_id=bot_id,
@@ -164,8 +170,8 @@ class WeComAIBotAdapter:
             if not sid:
                 raise ParseError("stream refresh without a stream id")
             return CallbackResult(content_type="application/json", stream_poll=sid)
-        msg = normalize(payload, self.bot_id, request.now, stream_id(self.bot_id, str(payload.get("msgid"))))
-        sid = msg.reply_handle["stream_id"]
+        sid = stream_id(self.bot_id, str(payload.get("msgid")))
+        msg = normalize(payload, self.bot_id, request.now, sid)
         if msg.kind == "event":
             return CallbackResult(message=msg, dedupe_key=msg.platform_message_id)
         return CallbackResult(body=self.encrypted(request, stream_body(sid, "", False)),

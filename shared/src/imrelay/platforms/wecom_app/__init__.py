@@ -8,6 +8,7 @@ from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
 from ..wecom.config import API_BASE, CAUSES, HINTS
 from .config import WeComAppBot
+from .handle import WeComAppHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,6 +63,7 @@ SPEC = PlatformSpec[WeComAppBot](
     tags=("wecom_app",),
     title="WeCom self-built app",
     bot_model=WeComAppBot,
+    reply_handle=WeComAppHandle,
     api_base={"wecom_app": API_BASE},
     capabilities=Capabilities(markdown=True, needs_token=True),
     rate_scopes=(RateScope("wecom_app.per_user", RateLimitConfig(limit=30, window_seconds=60),

@@ -19,6 +19,7 @@ from imrelay.delivery.http import call, counted_token_fetch, with_token
 from imrelay.delivery.tokens import TokenCache
 from imrelay.events import ReplyChunk, ReplyFormat
 from imrelay.platforms.wecom_app.config import WeComAppBot
+from imrelay.platforms.wecom_app.handle import WeComAppHandle
 from imrelay.subjects import kv_key
 
 from ..wecom.delivery import check as _check
@@ -70,7 +71,7 @@ class WeComAppDelivery:
         return split_utf8(text, TEXT_LIMIT_BYTES) if text.strip() else []
 
     def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
-        touser = chunk.reply_handle.get("touser") or chunk.recipient.id
+        touser = WeComAppHandle.of(chunk).touser
         return [("wecom_app.per_user", kv_key(self.corp_id, self.agent_id, touser))]
 
     async def _fetch_token(self) -> tuple[str, float]:
@@ -96,7 +97,7 @@ class WeComAppDelivery:
             log.warning("WeCom reported invalid recipients for bot %s", self.bot_id)
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
-        touser = chunk.reply_handle.get("touser") or chunk.recipient.id
+        touser = WeComAppHandle.of(chunk).touser
         body = send_body(self.agent_id, touser, part, chunk.format)
         # WeCom returns the same token until it expires: fetch at expiry, not ahead of it.
         await with_token(self.tokens, self.token_key, self._fetch_token,

@@ -10,6 +10,7 @@ from imrelay.errors import ParseError, VerifyError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.wecom.crypto import WeComCrypto, crypto_for
 from imrelay.platforms.wecom_app.config import WeComAppBot
+from imrelay.platforms.wecom_app.handle import WeComAppHandle
 
 from ..wecom.callbacks import decrypt_post, verify_url
 
@@ -61,7 +62,7 @@ def normalize(fields: dict[str, str], bot_id: str, agent_id: str, now: float) ->
         platform_message_id=key, kind=kind, event=event,
         chat=Chat(id=user, type=ChatType.DIRECT), sender=Sender(id=user),
         text=text, mentioned=True, attachments=attachments,
-        reply_handle={"touser": user, "agentid": agent_id},
+        reply_handle=WeComAppHandle(touser=user, agentid=agent_id),
         received_at=datetime.fromtimestamp(now, UTC),
     )
 

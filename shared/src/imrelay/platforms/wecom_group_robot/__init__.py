@@ -8,6 +8,7 @@ from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
 from ..wecom.config import API_BASE, HINTS
 from .config import WeComGroupRobotBot
+from .handle import WeComGroupRobotHandle
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,6 +58,7 @@ SPEC = PlatformSpec[WeComGroupRobotBot](
     tags=("wecom_group_robot",),
     title="WeCom group robot",
     bot_model=WeComGroupRobotBot,
+    reply_handle=WeComGroupRobotHandle,
     api_base={"wecom_group_robot": API_BASE},
     capabilities=Capabilities(markdown=True),
     rate_scopes=(RateScope("wecom_group_robot.per_webhook", RateLimitConfig(limit=20, window_seconds=60),

@@ -19,6 +19,7 @@ from imrelay.delivery.chunking import split_utf8
 from imrelay.errors import PermanentUpstreamError
 from imrelay.events import ChatType, ReplyChunk, ReplyFormat
 from imrelay.platforms.wecom_group_robot.config import WeComGroupRobotBot
+from imrelay.platforms.wecom_group_robot.handle import WeComGroupRobotHandle
 
 from ..wecom.delivery import post_json
 
@@ -67,11 +68,11 @@ class WeComGroupRobotDelivery:
 
     def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
         # keyed by a digest: the webhook key is a credential and KV key names are visible to operators
-        url = chunk.reply_handle.get("webhook_url", "")
+        url = WeComGroupRobotHandle.of(chunk).webhook_url
         return [("wecom_group_robot.per_webhook", hashlib.sha256(url.encode()).hexdigest()[:32])]
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
-        url = chunk.reply_handle.get("webhook_url", "")
+        url = WeComGroupRobotHandle.of(chunk).webhook_url
         if not webhook_allowed(url, self.api_base):
             raise PermanentUpstreamError(PLATFORM, "bad_webhook",
                                          "the message carried no usable robot webhook URL")

@@ -11,6 +11,7 @@ from imrelay.errors import ParseError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.wecom.crypto import WeComCrypto, crypto_for
 from imrelay.platforms.wecom_group_robot.config import WeComGroupRobotBot
+from imrelay.platforms.wecom_group_robot.handle import WeComGroupRobotHandle
 
 from ..wecom.callbacks import decrypt_post, verify_url
 
@@ -45,9 +46,7 @@ def normalize(fields: dict[str, str], bot_id: str, now: float) -> InboundMessage
         attachments.append(Attachment(kind="image", ref=url, url=url or None))
     elif msg_type == "event":
         kind, event = "event", fields.get("Event.EventType") or None
-    handle = {"chat_id": chat_id}
-    if fields.get("WebhookUrl"):
-        handle["webhook_url"] = fields["WebhookUrl"]
+    handle = WeComGroupRobotHandle(chat_id=chat_id, webhook_url=fields.get("WebhookUrl", ""))
     return InboundMessage(
         id=inbound_id(bot_id, key), platform="wecom_group_robot", bot_id=bot_id,
         platform_message_id=key, kind=kind, event=event,
