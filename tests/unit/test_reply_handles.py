@@ -230,3 +230,14 @@ def test_reading_an_event_masks_its_handles_credentials(name: str, secret: str) 
         assert MASKER.mask(f"got {secret}") == f"got {MASK}"
     finally:
         MASKER.clear()
+
+
+@pytest.mark.parametrize(("chat", "chatid"), [({"chattype": "group", "chatid": "grp1"}, "grp1"),
+                                              ({"chattype": "single"}, "alice")])
+def test_a_long_connection_frame_gets_a_socket_handle(chat: dict[str, str], chatid: str) -> None:
+    from imrelay.platforms.wecom_aibot.ingress import normalize
+
+    body = {"msgid": "m1", "msgtype": "text", "from": {"userid": "alice"}, "text": {"content": "hi"}, **chat}
+    assert normalize(body, "aibot", 0.0, "sid").reply_handle == WeComAIBotHandle(stream_id="sid")
+    assert normalize(body, "aibot", 0.0, "sid", req_id="rq").reply_handle == WeComAIBotHandle(
+        stream_id="sid", mode="long_connection", req_id="rq", chatid=chatid)
