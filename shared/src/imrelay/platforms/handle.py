@@ -66,7 +66,7 @@ class ReplyHandleBase(BaseModel):
         if not isinstance(handle, cls):
             from ..errors import PermanentUpstreamError
 
-            got = "none" if handle is None else repr(handle.kind)
+            got = "none" if handle is None else repr(getattr(handle, "kind", type(handle).__name__))
             raise PermanentUpstreamError(event.platform, "bad_handle",
                                          f"the reply handle ({got}) is not a {cls.__name__}")
         return handle
