@@ -43,10 +43,16 @@ def start_cluster(root: Path, size: int = 3) -> tuple[list[subprocess.Popen[byte
         (node / "nats.conf").write_text(
             f"server_name: bench-{i}\nlisten: {host}:{client}\nhttp: {host}:{monitor}\n"
             f"jetstream {{\n  store_dir: {node / 'data'}\n}}\n"
-            f"cluster {{\n  name: bench\n  listen: {host}:{route}\n  routes: [\n{routes}\n  ]\n}}\n")
+            f"cluster {{\n  name: bench\n  listen: {host}:{route}\n  routes: [\n{routes}\n  ]\n}}\n"
+        )
         with open(node / "nats.log", "wb") as log:
-            procs.append(subprocess.Popen([nats_server_binary(), "-c", str(node / "nats.conf")],
-                                          stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [nats_server_binary(), "-c", str(node / "nats.conf")],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     for host in hosts:
         wait_http(f"http://{host}:{monitor}/healthz", timeout=60)
     return procs, ",".join(f"nats://{h}:{client}" for h in hosts)

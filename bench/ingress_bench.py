@@ -36,26 +36,35 @@ THREADS = 2
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-
-
 def make_requests(path: Path, config: dict[str, Any], n: int) -> None:
     bot = parse_settings(config, {}).bots[0]
     now = int(time.time())
     with open(path, "w", encoding="utf-8") as out:
         for i in range(n):
-            query, body = build_callback(bot, f"benchmark question {i}", f"user{i % 500}",
-                                         str(10**12 + i), now)
+            query, body = build_callback(
+                bot, f"benchmark question {i}", f"user{i % 500}", str(10**12 + i), now
+            )
             out.write(f"/callback/{bot.id}?{query}\t{body.decode()}\n")
-
-
 
 
 def run_wrk(base: str, requests: Path) -> dict[str, float]:
     env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_THREADS=str(THREADS))
     out = subprocess.run(
-        ["wrk", f"-t{THREADS}", f"-c{CONCURRENCY}", f"-d{DURATION}s", "--latency",
-         "-s", str(HERE / "callbacks.lua"), base],
-        env=env, capture_output=True, text=True, check=True).stdout
+        [
+            "wrk",
+            f"-t{THREADS}",
+            f"-c{CONCURRENCY}",
+            f"-d{DURATION}s",
+            "--latency",
+            "-s",
+            str(HERE / "callbacks.lua"),
+            base,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def seconds(value: str) -> float:
         m = re.match(r"([\d.]+)(us|ms|s)", value)
@@ -67,7 +76,8 @@ def run_wrk(base: str, requests: Path) -> dict[str, float]:
     total = re.search(r"(\d+) requests in", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": seconds(lat["50"]), "p99": seconds(lat["99"]),
+        "p50": seconds(lat["50"]),
+        "p99": seconds(lat["99"]),
         "requests": float(total.group(1)) if total else 0.0,
         "errors": float(non2xx.group(1)) if non2xx else 0.0,
     }
@@ -88,26 +98,60 @@ def main() -> None:
     server = EmbeddedNats(store_dir=tmp / "nats").start()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        config: dict[str, Any] = {"bots": [{"id": "bench", "platform": "wecom_app", "credentials": {
-            "corp_id": "wwbench0000000001", "agent_id": "1000002", "secret": "s",
-            "token": "benchtoken", "encoding_aes_key": KEY}}]}
+        config: dict[str, Any] = {
+            "bots": [
+                {
+                    "id": "bench",
+                    "platform": "wecom_app",
+                    "credentials": {
+                        "corp_id": "wwbench0000000001",
+                        "agent_id": "1000002",
+                        "secret": "s",
+                        "token": "benchtoken",
+                        "encoding_aes_key": KEY,
+                    },
+                }
+            ]
+        }
         (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
         requests = tmp / "requests.tsv"
-        print(f"preparing signed callbacks (concurrency {CONCURRENCY}, {DURATION}s per run)...",
-              flush=True)
+        print(f"preparing signed callbacks (concurrency {CONCURRENCY}, {DURATION}s per run)...", flush=True)
         make_requests(requests, config, 120_000)
 
         ingress_port, admin_port, bare_port = free_port(), free_port(), free_port()
-        env = dict(os.environ, IMRELAY_CONFIG=str(tmp / "imrelay.yaml"), IMRELAY_NATS_URL=server.url,
-                   IMRELAY_PORT=str(ingress_port), IMRELAY_ADMIN_PORT=str(admin_port),
-                   IMRELAY_LOG_LEVEL="WARNING")
+        env = dict(
+            os.environ,
+            IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
+            IMRELAY_NATS_URL=server.url,
+            IMRELAY_PORT=str(ingress_port),
+            IMRELAY_ADMIN_PORT=str(admin_port),
+            IMRELAY_LOG_LEVEL="WARNING",
+        )
         log = open(tmp / "servers.log", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "imrelay_ingress"], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "bare_app:app",
-             "--port", str(bare_port), "--log-level", "warning", "--no-access-log"],
-            stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "imrelay_ingress"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(HERE),
+                    "bare_app:app",
+                    "--port",
+                    str(bare_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         wait_http(f"http://127.0.0.1:{admin_port}/readyz")
         wait_http(f"http://127.0.0.1:{bare_port}/callback/x")
 
@@ -124,28 +168,45 @@ def main() -> None:
         procs += cluster_procs
         (tmp / "imrelay-r3.yaml").write_text(yaml.safe_dump(dict(config, nats={"replicas": 3})))
         r3_port, r3_admin = free_port(), free_port()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "imrelay_ingress"],
-            env=dict(env, IMRELAY_CONFIG=str(tmp / "imrelay-r3.yaml"), IMRELAY_NATS_URL=cluster_url,
-                     IMRELAY_PORT=str(r3_port), IMRELAY_ADMIN_PORT=str(r3_admin)),
-            stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "imrelay_ingress"],
+                env=dict(
+                    env,
+                    IMRELAY_CONFIG=str(tmp / "imrelay-r3.yaml"),
+                    IMRELAY_NATS_URL=cluster_url,
+                    IMRELAY_PORT=str(r3_port),
+                    IMRELAY_ADMIN_PORT=str(r3_admin),
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         wait_http(f"http://127.0.0.1:{r3_admin}/readyz", timeout=60)
         r3 = run_wrk(f"http://127.0.0.1:{r3_port}", requests)
 
         print()
         print(f"{'':42}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-        for name, r in (("bare Starlette endpoint (200)", bare),
-                        ("imrelay ingress (verify+decrypt+PubAck)", ing),
-                        ("imrelay ingress, 3-node cluster, R3", r3)):
-            print(f"{name:42.42}{r['rps']:>10.0f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}"
-                  f"{r['errors']:>10.0f}")
+        for name, r in (
+            ("bare Starlette endpoint (200)", bare),
+            ("imrelay ingress (verify+decrypt+PubAck)", ing),
+            ("imrelay ingress, 3-node cluster, R3", r3),
+        ):
+            print(
+                f"{name:42.42}{r['rps']:>10.0f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}"
+                f"{r['errors']:>10.0f}"
+            )
         print(f"\ningress / bare throughput ratio: {ing['rps'] / bare['rps']:.2f}")
         print(f"ingress p99 / bare p99:          {ing['p99'] / bare['p99']:.2f}")
-        print(f"R3 cluster / single node:        {r3['rps'] / ing['rps']:.2f} throughput, "
-              f"{r3['p99'] / ing['p99']:.2f} p99")
-        print(f"messages stored in IMRELAY_IN:   {after - before} "
-              f"({ing['requests']:.0f} answered while wrk counted; requests still in flight when it "
-              "stopped are stored too)")
+        print(
+            f"R3 cluster / single node:        {r3['rps'] / ing['rps']:.2f} throughput, "
+            f"{r3['p99'] / ing['p99']:.2f} p99"
+        )
+        print(
+            f"messages stored in IMRELAY_IN:   {after - before} "
+            f"({ing['requests']:.0f} answered while wrk counted; requests still in flight when it "
+            "stopped are stored too)"
+        )
         print(f"machine: {os.cpu_count()} cores shared by wrk, uvicorn and nats-server (3 of them for R3)")
     finally:
         stop_all(procs)

@@ -33,9 +33,11 @@ from imrelay.natsserver import EmbeddedNats
 BOTS = int(os.environ.get("BENCH_BOTS", "50"))
 PARTITIONS = int(os.environ.get("BENCH_PARTITIONS", "16"))
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-STOCK = ("import imrelay.broker as b; from faststream.nats.prometheus import NatsPrometheusMiddleware; "
-         "b.PatternPrometheusMiddleware = NatsPrometheusMiddleware; "
-         "from imrelay_sender.__main__ import main; main()")
+STOCK = (
+    "import imrelay.broker as b; from faststream.nats.prometheus import NatsPrometheusMiddleware; "
+    "b.PatternPrometheusMiddleware = NatsPrometheusMiddleware; "
+    "from imrelay_sender.__main__ import main; main()"
+)
 
 
 async def publish(url: str, sim: str) -> None:
@@ -45,23 +47,40 @@ async def publish(url: str, sim: str) -> None:
         await ensure_streams(js, NatsConfig(url=url, out_partitions=PARTITIONS))
         for b, k in itertools.product(range(BOTS), range(PARTITIONS)):
             bot = f"bot{b}"
-            user = next(u for u in (f"u{i}" for i in itertools.count())
-                        if subjects.partition_of(f"{bot}:{u}", PARTITIONS) == k)
-            chunk = ReplyChunk(reply_id=f"{bot}-{k}", inbound_id=f"in-{bot}-{k}",
-                               platform="wecom_group_robot", bot_id=bot,
-                               chat=Chat(id=user, type=ChatType.GROUP), recipient=Sender(id=user),
-                               reply_handle={"webhook_url": f"{sim}/cgi-bin/webhook/send?key={bot}"},
-                               seq=0, final=True, full_text="hi")
-            await js.publish(subjects.outbound_subject("wecom_group_robot", bot, k),
-                             chunk.model_dump_json().encode(), headers={subjects.HDR_MSG_ID: chunk.msg_id})
+            user = next(
+                u
+                for u in (f"u{i}" for i in itertools.count())
+                if subjects.partition_of(f"{bot}:{u}", PARTITIONS) == k
+            )
+            chunk = ReplyChunk(
+                reply_id=f"{bot}-{k}",
+                inbound_id=f"in-{bot}-{k}",
+                platform="wecom_group_robot",
+                bot_id=bot,
+                chat=Chat(id=user, type=ChatType.GROUP),
+                recipient=Sender(id=user),
+                reply_handle={"webhook_url": f"{sim}/cgi-bin/webhook/send?key={bot}"},
+                seq=0,
+                final=True,
+                full_text="hi",
+            )
+            await js.publish(
+                subjects.outbound_subject("wecom_group_robot", bot, k),
+                chunk.model_dump_json().encode(),
+                headers={subjects.HDR_MSG_ID: chunk.msg_id},
+            )
     finally:
         await nc.close()
 
 
 def delivered(admin: str) -> float:
     text = httpx.get(f"{admin}/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "imrelay_deliveries_total" and s.labels.get("outcome") == "ok")
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "imrelay_deliveries_total" and s.labels.get("outcome") == "ok"
+    )
 
 
 def count(sender_argv: list[str]) -> tuple[int, int]:
@@ -75,19 +94,37 @@ def count(sender_argv: list[str]) -> tuple[int, int]:
         sim, admin = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{admin_port}"
         config: dict[str, Any] = {
             "nats": {"out_partitions": PARTITIONS},
-            "bots": [{"id": f"bot{b}", "platform": "wecom_group_robot", "api_base": sim,
-                      "credentials": {"token": "t", "encoding_aes_key": KEY}} for b in range(BOTS)],
+            "bots": [
+                {
+                    "id": f"bot{b}",
+                    "platform": "wecom_group_robot",
+                    "api_base": sim,
+                    "credentials": {"token": "t", "encoding_aes_key": KEY},
+                }
+                for b in range(BOTS)
+            ],
         }
         (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
-        env = dict(os.environ, IMRELAY_CONFIG=str(tmp / "imrelay.yaml"), IMRELAY_NATS_URL=server.url,
-                   IMRELAY_ADMIN_PORT=str(admin_port), IMRELAY_LOG_LEVEL="WARNING")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "imrelay_sim", "serve", "--port", str(sim_port)], env=env, stdout=log,
-            stderr=subprocess.STDOUT))
+        env = dict(
+            os.environ,
+            IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
+            IMRELAY_NATS_URL=server.url,
+            IMRELAY_ADMIN_PORT=str(admin_port),
+            IMRELAY_LOG_LEVEL="WARNING",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "imrelay_sim", "serve", "--port", str(sim_port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         wait_http(f"{sim}/sim/stats")
         asyncio.run(publish(server.url, sim))
-        procs.append(subprocess.Popen([sys.executable, *sender_argv], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen([sys.executable, *sender_argv], env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
         wait_http(f"{admin}/readyz", timeout=60)
         started = time.monotonic()
         while delivered(admin) < BOTS * PARTITIONS:

@@ -32,10 +32,6 @@ PARTITIONS = 16
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-
-
-
-
 def delivered(sim: str) -> int:
     return int(httpx.get(f"{sim}/sim/stats", timeout=5).json().get("delivered", 0))
 
@@ -43,8 +39,11 @@ def delivered(sim: str) -> int:
 async def direct_baseline(sim: str, n: int) -> float:
     """The same message/send calls straight to the simulator, PARTITIONS at a time."""
     async with httpx.AsyncClient(timeout=10) as client:
-        tok = (await client.get(f"{sim}/cgi-bin/gettoken",
-                                params={"corpid": "wwbench0000000001", "corpsecret": "s"})).json()
+        tok = (
+            await client.get(
+                f"{sim}/cgi-bin/gettoken", params={"corpid": "wwbench0000000001", "corpsecret": "s"}
+            )
+        ).json()
         token = tok["access_token"]
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(n):
@@ -53,11 +52,18 @@ async def direct_baseline(sim: str, n: int) -> float:
         async def worker() -> None:
             while not queue.empty():
                 i = queue.get_nowait()
-                body = {"touser": f"direct{i}", "msgtype": "text", "agentid": 1000002,
-                        "text": {"content": f"answer {i}"}, "safe": 0,
-                        "enable_duplicate_check": 1, "duplicate_check_interval": 1800}
-                r = await client.post(f"{sim}/cgi-bin/message/send", params={"access_token": token},
-                                      json=body)
+                body = {
+                    "touser": f"direct{i}",
+                    "msgtype": "text",
+                    "agentid": 1000002,
+                    "text": {"content": f"answer {i}"},
+                    "safe": 0,
+                    "enable_duplicate_check": 1,
+                    "duplicate_check_interval": 1800,
+                }
+                r = await client.post(
+                    f"{sim}/cgi-bin/message/send", params={"access_token": token}, json=body
+                )
                 assert r.json()["errcode"] == 0
 
         started = time.perf_counter()
@@ -75,14 +81,24 @@ async def publish(url: str, n: int) -> None:
         for i in range(n):
             user = f"user{i}"
             chunk = ReplyChunk(
-                reply_id=f"bench-{i}", inbound_id=f"in-{i}", platform="wecom_app", bot_id="bench",
-                chat=Chat(id=user, type=ChatType.DIRECT), recipient=Sender(id=user),
-                reply_handle={"touser": user, "agentid": "1000002"}, seq=0, final=True,
-                full_text=f"answer {i}")
+                reply_id=f"bench-{i}",
+                inbound_id=f"in-{i}",
+                platform="wecom_app",
+                bot_id="bench",
+                chat=Chat(id=user, type=ChatType.DIRECT),
+                recipient=Sender(id=user),
+                reply_handle={"touser": user, "agentid": "1000002"},
+                seq=0,
+                final=True,
+                full_text=f"answer {i}",
+            )
             await js.publish(
-                subjects.outbound_subject("wecom_app", "bench",
-                                          subjects.partition_of(f"bench:{user}", PARTITIONS)),
-                chunk.model_dump_json().encode(), headers={subjects.HDR_MSG_ID: chunk.msg_id})
+                subjects.outbound_subject(
+                    "wecom_app", "bench", subjects.partition_of(f"bench:{user}", PARTITIONS)
+                ),
+                chunk.model_dump_json().encode(),
+                headers={subjects.HDR_MSG_ID: chunk.msg_id},
+            )
     finally:
         await nc.close()
 
@@ -97,43 +113,79 @@ def main() -> None:
         sim = f"http://127.0.0.1:{sim_port}"
         config: dict[str, Any] = {
             "nats": {"out_partitions": PARTITIONS},
-            "bots": [{"id": "bench", "platform": "wecom_app", "api_base": sim, "credentials": {
-                "corp_id": "wwbench0000000001", "agent_id": "1000002", "secret": "s",
-                "token": "benchtoken", "encoding_aes_key": KEY}}],
+            "bots": [
+                {
+                    "id": "bench",
+                    "platform": "wecom_app",
+                    "api_base": sim,
+                    "credentials": {
+                        "corp_id": "wwbench0000000001",
+                        "agent_id": "1000002",
+                        "secret": "s",
+                        "token": "benchtoken",
+                        "encoding_aes_key": KEY,
+                    },
+                }
+            ],
         }
         (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
-        env = dict(os.environ, IMRELAY_CONFIG=str(tmp / "imrelay.yaml"), IMRELAY_NATS_URL=server.url,
-                   IMRELAY_ADMIN_PORT=str(admin), IMRELAY_LOG_LEVEL="WARNING")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "imrelay_sim", "serve", "--port", str(sim_port),
-             "--user-limit", "1000000"], env=env, stdout=log, stderr=subprocess.STDOUT))
+        env = dict(
+            os.environ,
+            IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
+            IMRELAY_NATS_URL=server.url,
+            IMRELAY_ADMIN_PORT=str(admin),
+            IMRELAY_LOG_LEVEL="WARNING",
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "imrelay_sim",
+                    "serve",
+                    "--port",
+                    str(sim_port),
+                    "--user-limit",
+                    "1000000",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         wait_http(f"{sim}/sim/stats")
 
-        print(f"baseline: {N} message/send calls straight to the simulator, {PARTITIONS} at a time...",
-              flush=True)
+        print(
+            f"baseline: {N} message/send calls straight to the simulator, {PARTITIONS} at a time...",
+            flush=True,
+        )
         direct = asyncio.run(direct_baseline(sim, N))
         base_count = delivered(sim)
 
         print(f"publishing {N} replies to IMRELAY_OUT, then starting one sender...", flush=True)
         asyncio.run(publish(server.url, N))
         started = time.perf_counter()
-        procs.append(subprocess.Popen([sys.executable, "-m", "imrelay_sender"], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "imrelay_sender"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
         while delivered(sim) - base_count < N:
             if time.perf_counter() - started > 600:
                 sys.exit("sender did not finish in 10 minutes; see " + str(tmp / "servers.log"))
             time.sleep(0.05)
-        at = [m["at"] for m in httpx.get(f"{sim}/sim/messages", params={"bot": "bench"},
-                                         timeout=30).json()]
+        at = [m["at"] for m in httpx.get(f"{sim}/sim/messages", params={"bot": "bench"}, timeout=30).json()]
         elapsed = max(at) - min(at)  # first to last delivery: start-up excluded
         rate = (N - 1) / elapsed
         print()
         print(f"{'':48}{'msgs/s':>10}")
         print(f"{'message/send straight to the simulator':48}{direct:>10.0f}")
         print(f"{'imrelay-sender, 1 replica':48}{rate:>10.0f}")
-        print(f"\nsender / direct ratio: {rate / direct:.2f}   ({N} replies, first to last in "
-              f"{elapsed:.1f}s, {PARTITIONS} partitions, {os.cpu_count()} cores shared with nats-server "
-              "and the simulator)")
+        print(
+            f"\nsender / direct ratio: {rate / direct:.2f}   ({N} replies, first to last in "
+            f"{elapsed:.1f}s, {PARTITIONS} partitions, {os.cpu_count()} cores shared with nats-server "
+            "and the simulator)"
+        )
     finally:
         stop_all(procs)
         log.close()

@@ -36,10 +36,6 @@ CONCURRENCY = 8
 SEED = "11" * 32
 
 
-
-
-
-
 def token_for(msg_id: str) -> str:  # as imrelay-sim builds interaction tokens
     return "aW50ZXJhY3Rpb24" + hashlib.sha256(msg_id.encode()).hexdigest()[:40]
 
@@ -54,11 +50,13 @@ async def drive(config: dict[str, Any], ingress: str, sim: str, run: str) -> Non
     assert bot is not None
     sem = asyncio.Semaphore(CONCURRENCY)
     async with httpx.AsyncClient(timeout=30) as client:
+
         async def one(i: int) -> None:
             async with sem:
                 msg_id = f"{run}-{i}"
-                _, headers, body = build_request(bot, f"probe {run} {i}", f"user{i}", msg_id, time.time(),
-                                                 sim)
+                _, headers, body = build_request(
+                    bot, f"probe {run} {i}", f"user{i}", msg_id, time.time(), sim
+                )
                 r = await client.post(f"{ingress}/callback/dc", content=body, headers=headers)
                 assert r.status_code == 200, r.text
                 token = token_for(msg_id)
@@ -87,8 +85,9 @@ async def baseline(url: str, sim: str) -> list[float]:
             await js.publish("bench.two", m1.data)
             await m1.ack()
             [m2] = await hop2.fetch(1, timeout=5)
-            await client.patch(f"{sim}/api/v10/webhooks/4242/base{i}/messages/@original",
-                               json={"content": m2.data.decode()})
+            await client.patch(
+                f"{sim}/api/v10/webhooks/4242/base{i}/messages/@original", json={"content": m2.data.decode()}
+            )
             await m2.ack()
             out.append(time.time() - started)
     await nc.close()
@@ -104,27 +103,52 @@ def main() -> None:
         ports = {n: free_port() for n in ("sim", "ingress", "a1", "a2", "a3")}
         sim, ingress = f"http://127.0.0.1:{ports['sim']}", f"http://127.0.0.1:{ports['ingress']}"
         config: dict[str, Any] = {
-            "backends": {"default": {"kind": "openai", "base_url": f"{sim}/v1", "api_key": "k",
-                                     "model": "m"}},
+            "backends": {
+                "default": {"kind": "openai", "base_url": f"{sim}/v1", "api_key": "k", "model": "m"}
+            },
             "memory": {"enabled": False},
-            "bots": [{"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
-                "application_id": "4242", "public_key": public_key_for(SEED), "bot_token": "x"}}],
+            "bots": [
+                {
+                    "id": "dc",
+                    "platform": "discord",
+                    "api_base": sim,
+                    "credentials": {
+                        "application_id": "4242",
+                        "public_key": public_key_for(SEED),
+                        "bot_token": "x",
+                    },
+                }
+            ],
         }
         (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
-        env = dict(os.environ, IMRELAY_CONFIG=str(tmp / "imrelay.yaml"), IMRELAY_NATS_URL=server.url,
-                   IMRELAY_PORT=str(ports["ingress"]), IMRELAY_LOG_LEVEL="WARNING", DISCORD_SIM_SEED=SEED)
+        env = dict(
+            os.environ,
+            IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
+            IMRELAY_NATS_URL=server.url,
+            IMRELAY_PORT=str(ports["ingress"]),
+            IMRELAY_LOG_LEVEL="WARNING",
+            DISCORD_SIM_SEED=SEED,
+        )
         os.environ["DISCORD_SIM_SEED"] = SEED
-        for argv, admin in ((["imrelay_sim", "serve", "--port", str(ports["sim"])], None),
-                            (["imrelay_ingress"], "a1"), (["imrelay_worker"], "a2"),
-                            (["imrelay_sender"], "a3")):
+        for argv, admin in (
+            (["imrelay_sim", "serve", "--port", str(ports["sim"])], None),
+            (["imrelay_ingress"], "a1"),
+            (["imrelay_worker"], "a2"),
+            (["imrelay_sender"], "a3"),
+        ):
             penv = dict(env, IMRELAY_ADMIN_PORT=str(ports[admin])) if admin else env
-            procs.append(subprocess.Popen([sys.executable, "-m", *argv], env=penv, stdout=log,
-                                          stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", *argv], env=penv, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
             wait_http(f"http://127.0.0.1:{ports[admin]}/readyz" if admin else f"{sim}/sim/stats")
         httpx.post(f"{sim}/sim/llm", json={"token_delay": 0.05}).raise_for_status()
         run = str(int(time.time()))
-        print(f"{CONVERSATIONS} conversations, {CONCURRENCY} at a time, through ingress, worker, sender...",
-              flush=True)
+        print(
+            f"{CONVERSATIONS} conversations, {CONCURRENCY} at a time, through ingress, worker, sender...",
+            flush=True,
+        )
         asyncio.run(drive(config, ingress, sim, run))
 
         first_token = {q: t for q, t in httpx.get(f"{sim}/sim/llm/first-tokens").json()}
@@ -136,12 +160,18 @@ def main() -> None:
 
         print()
         print(f"{'':52}{'p50 ms':>9}{'p99 ms':>9}")
-        print(f"{'first token -> first platform edit (imrelay)':52}{pct(added, 50) * 1e3:>9.1f}"
-              f"{pct(added, 99) * 1e3:>9.1f}")
-        print(f"{'2 JetStream hops + 1 HTTP call (minimal relay)':52}{pct(base, 50) * 1e3:>9.1f}"
-              f"{pct(base, 99) * 1e3:>9.1f}")
-        print(f"\nimrelay / minimal relay (p50): {pct(added, 50) / pct(base, 50):.1f}   "
-              f"(mean {statistics.mean(added) * 1e3:.1f} ms over {len(added)} conversations)")
+        print(
+            f"{'first token -> first platform edit (imrelay)':52}{pct(added, 50) * 1e3:>9.1f}"
+            f"{pct(added, 99) * 1e3:>9.1f}"
+        )
+        print(
+            f"{'2 JetStream hops + 1 HTTP call (minimal relay)':52}{pct(base, 50) * 1e3:>9.1f}"
+            f"{pct(base, 99) * 1e3:>9.1f}"
+        )
+        print(
+            f"\nimrelay / minimal relay (p50): {pct(added, 50) / pct(base, 50):.1f}   "
+            f"(mean {statistics.mean(added) * 1e3:.1f} ms over {len(added)} conversations)"
+        )
     finally:
         stop_all(procs)
         log.close()

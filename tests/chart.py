@@ -12,17 +12,25 @@ from helm_python import Chart, _native
 CHART = Path(__file__).parents[1] / "deploy" / "helm" / "imrelay"
 
 # The APIs of the operators the chart can use (their CRDs), as `helm template --api-versions` names them.
-OPERATOR_APIS = ["monitoring.coreos.com/v1/ServiceMonitor", "monitoring.coreos.com/v1/PodMonitor",
-                 "monitoring.coreos.com/v1/PrometheusRule", "keda.sh/v1alpha1/ScaledObject",
-                 "cert-manager.io/v1/Certificate"]
+OPERATOR_APIS = [
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "keda.sh/v1alpha1/ScaledObject",
+    "cert-manager.io/v1/Certificate",
+]
 
 
 def render_files(values: dict[str, Any], api_versions: list[str] | None = None) -> dict[str, str]:
     """Each rendered template file (NOTES.txt included) as Helm would install release imrelay in chat, on
     a cluster that serves ``api_versions`` beyond the built-in ones (default: every operator's API)."""
     chart = Chart.load(CHART)
-    opts = {"name": "imrelay", "namespace": "chat", "is_install": True,
-            "api_versions": OPERATOR_APIS if api_versions is None else api_versions}
+    opts = {
+        "name": "imrelay",
+        "namespace": "chat",
+        "is_install": True,
+        "api_versions": OPERATOR_APIS if api_versions is None else api_versions,
+    }
     # helm-python-sdk's render() has no keyword for the cluster's APIs; its native call takes them
     rendered = _native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts))
     out: dict[str, str] = json.loads(rendered)

@@ -67,30 +67,40 @@ class FakeKV(KeyValue):
         latest = self._latest.get(key)
         if latest is None or latest.value is None or (revision is not None and revision != latest.revision):
             raise KeyNotFoundError
-        return KeyValue.Entry(bucket=self._name, key=key, value=latest.value, revision=latest.revision,
-                              delta=None, created=None, operation=None)
+        return KeyValue.Entry(
+            bucket=self._name,
+            key=key,
+            value=latest.value,
+            revision=latest.revision,
+            delta=None,
+            created=None,
+            operation=None,
+        )
 
     async def put(self, key: str, value: bytes, validate_keys: bool = True) -> int:
         await self._writing("put", key)
         return self._store(key, value)
 
-    async def create(self, key: str, value: bytes, validate_keys: bool = True,
-                     msg_ttl: float | None = None) -> int:
+    async def create(
+        self, key: str, value: bytes, validate_keys: bool = True, msg_ttl: float | None = None
+    ) -> int:
         await self._writing("create", key)
         latest = self._latest.get(key)
         if latest is not None and latest.value is not None:
             raise KeyWrongLastSequenceError(description="wrong last sequence")
         return self._store(key, value)
 
-    async def update(self, key: str, value: bytes, last: int | None = None,
-                     validate_keys: bool = True) -> int:
+    async def update(
+        self, key: str, value: bytes, last: int | None = None, validate_keys: bool = True
+    ) -> int:
         await self._writing("update", key)
         if self._revision(key) != (last or 0):
             raise KeyWrongLastSequenceError(description="wrong last sequence")
         return self._store(key, value)
 
-    async def delete(self, key: str, last: int | None = None, validate_keys: bool = True,
-                     msg_ttl: float | None = None) -> bool:
+    async def delete(
+        self, key: str, last: int | None = None, validate_keys: bool = True, msg_ttl: float | None = None
+    ) -> bool:
         await self._writing("delete", key)
         if last and last > 0 and self._revision(key) != last:
             raise APIError(code=400, err_code=10071, description="wrong last sequence")
@@ -99,8 +109,11 @@ class FakeKV(KeyValue):
 
     async def keys(self, filters: list[str] | None = None, **kwargs: object) -> list[str]:
         self._check()
-        found = [k for k, v in self._latest.items() if v.value is not None
-                 and (not filters or any(f in k for f in filters))]
+        found = [
+            k
+            for k, v in self._latest.items()
+            if v.value is not None and (not filters or any(f in k for f in filters))
+        ]
         if not found:
             raise NoKeysError
         return found

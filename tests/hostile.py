@@ -21,25 +21,64 @@ SIM = "http://127.0.0.1:8090"
 AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 BOTS: list[dict[str, Any]] = [
-    {"id": "app", "platform": "wecom_app", "credentials": {
-        "corp_id": "wwcorp", "agent_id": "1000002", "secret": "s", "token": "apptoken",
-        "encoding_aes_key": AES_KEY}},
-    {"id": "robot", "platform": "wecom_group_robot", "api_base": SIM, "credentials": {
-        "token": "robottoken", "encoding_aes_key": AES_KEY}},
-    {"id": "aibot", "platform": "wecom_aibot", "credentials": {
-        "token": "aibottoken", "encoding_aes_key": AES_KEY}},
-    {"id": "fs", "platform": "feishu", "credentials": {
-        "app_id": "cli_fs", "app_secret": "s", "encrypt_key": "fs-encrypt-key",
-        "verification_token": "fs-token"}},
-    {"id": "lk", "platform": "lark", "credentials": {
-        "app_id": "cli_lk", "app_secret": "s", "encrypt_key": "lk-encrypt-key",
-        "verification_token": "lk-token"}},
-    {"id": "dt", "platform": "dingtalk", "api_base": SIM, "credentials": {
-        "app_key": "dingapp", "app_secret": "dt-secret"}},
+    {
+        "id": "app",
+        "platform": "wecom_app",
+        "credentials": {
+            "corp_id": "wwcorp",
+            "agent_id": "1000002",
+            "secret": "s",
+            "token": "apptoken",
+            "encoding_aes_key": AES_KEY,
+        },
+    },
+    {
+        "id": "robot",
+        "platform": "wecom_group_robot",
+        "api_base": SIM,
+        "credentials": {"token": "robottoken", "encoding_aes_key": AES_KEY},
+    },
+    {
+        "id": "aibot",
+        "platform": "wecom_aibot",
+        "credentials": {"token": "aibottoken", "encoding_aes_key": AES_KEY},
+    },
+    {
+        "id": "fs",
+        "platform": "feishu",
+        "credentials": {
+            "app_id": "cli_fs",
+            "app_secret": "s",
+            "encrypt_key": "fs-encrypt-key",
+            "verification_token": "fs-token",
+        },
+    },
+    {
+        "id": "lk",
+        "platform": "lark",
+        "credentials": {
+            "app_id": "cli_lk",
+            "app_secret": "s",
+            "encrypt_key": "lk-encrypt-key",
+            "verification_token": "lk-token",
+        },
+    },
+    {
+        "id": "dt",
+        "platform": "dingtalk",
+        "api_base": SIM,
+        "credentials": {"app_key": "dingapp", "app_secret": "dt-secret"},
+    },
     {"id": "qq", "platform": "qq", "credentials": {"app_id": "1020304", "app_secret": "qqsecret0123456789"}},
-    {"id": "dc", "platform": "discord", "credentials": {
-        "application_id": "998877", "public_key": discord.public_key_for(discord.DEMO_SEED),
-        "bot_token": "unused"}},
+    {
+        "id": "dc",
+        "platform": "discord",
+        "credentials": {
+            "application_id": "998877",
+            "public_key": discord.public_key_for(discord.DEMO_SEED),
+            "bot_token": "unused",
+        },
+    },
 ]
 BOT_IDS = [b["id"] for b in BOTS]
 
@@ -71,8 +110,9 @@ def signed(bot_id: str, text: str, msg_id: str, now: float, s: Settings | None =
     """A text message to ``bot_id`` exactly as its platform sends it, signed at ``now``."""
     b = bot(bot_id, s)
     if isinstance(b, DiscordBot):  # signed with the demo seed, whatever DISCORD_SIM_SEED says
-        headers, body = discord.callback(b, text, "alice", "dm-alice", msg_id, f"token-{msg_id}", now,
-                                         discord.DEMO_SEED)
+        headers, body = discord.callback(
+            b, text, "alice", "dm-alice", msg_id, f"token-{msg_id}", now, discord.DEMO_SEED
+        )
         return Request(bot_id, "", headers, body)
     query, headers, body = build_request(b, text, "alice", msg_id, now, SIM)
     return Request(bot_id, query, headers, body)
@@ -88,8 +128,9 @@ class Ingress:
     replay: FakeReplayGuard = field(default_factory=FakeReplayGuard)
 
     def __post_init__(self) -> None:
-        self.app = create_app(self.s, self.publisher, clock=lambda: self.now, streams=FakeStreamStore(),
-                              replay=self.replay)
+        self.app = create_app(
+            self.s, self.publisher, clock=lambda: self.now, streams=FakeStreamStore(), replay=self.replay
+        )
 
     async def send(self, req: Request) -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(self.app), base_url="http://i") as c:
@@ -139,22 +180,36 @@ def sign_plaintext(bot_id: str, plain: bytes, now: float) -> Request:
         crypto = _wecom_crypto(bot_id)
         enc = crypto.encrypt(plain)
         query = urlencode({"msg_signature": crypto.sign(ts, nonce, enc), "timestamp": ts, "nonce": nonce})
-        body = (json.dumps({"encrypt": enc}).encode() if p == "wecom_aibot"
-                else f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode())
+        body = (
+            json.dumps({"encrypt": enc}).encode()
+            if p == "wecom_aibot"
+            else f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode()
+        )
         return Request(bot_id, query, {"Content-Type": "text/xml"}, body)
     if p in ("feishu", "lark"):
         key = b.credentials.encrypt_key.get_secret_value()  # type: ignore[attr-defined]
         body = json.dumps({"encrypt": feishu_crypto.encrypt(key, plain)}).encode()
-        return Request(bot_id, "", {"X-Lark-Request-Timestamp": ts, "X-Lark-Request-Nonce": nonce,
-                                    "X-Lark-Signature": feishu_crypto.signature(ts, nonce, key, body)}, body)
+        return Request(
+            bot_id,
+            "",
+            {
+                "X-Lark-Request-Timestamp": ts,
+                "X-Lark-Request-Nonce": nonce,
+                "X-Lark-Signature": feishu_crypto.signature(ts, nonce, key, body),
+            },
+            body,
+        )
     if p == "dingtalk":
         ms = str(int(now * 1000))
         secret = b.credentials.app_secret.get_secret_value()  # type: ignore[attr-defined]
         return Request(bot_id, "", {"timestamp": ms, "sign": dingtalk_crypto.sign(ms, secret)}, plain)
     if p == "qq":
-        key = ed25519.signing_key(qq_seed(
-            b.credentials.app_secret.get_secret_value()))  # type: ignore[attr-defined]
+        key = ed25519.signing_key(qq_seed(b.credentials.app_secret.get_secret_value()))  # type: ignore[attr-defined]
     else:
         key = ed25519.signing_key(bytes.fromhex(discord.DEMO_SEED))
-    return Request(bot_id, "", {"X-Signature-Timestamp": ts,
-                                "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + plain)}, plain)
+    return Request(
+        bot_id,
+        "",
+        {"X-Signature-Timestamp": ts, "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + plain)},
+        plain,
+    )

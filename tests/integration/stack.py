@@ -38,8 +38,8 @@ class Service:
         """Start the process and wait until its readiness URL answers ``status`` (200: ready)."""
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", *self.argv], env=self.env, stdout=out,
-                stderr=subprocess.STDOUT)
+                [sys.executable, "-m", *self.argv], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -71,20 +71,42 @@ def base_config(sim_url: str, **sections: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "backends": {"default": {"kind": "echo"}},
         "worker": {"ack_wait_seconds": 5, "delta_interval_seconds": 0.05},
-        "sender": {"backoff_base_seconds": 0.05, "backoff_max_seconds": 0.5,
-                   "rate_limit_backoff_seconds": 0.3, "ack_wait_seconds": 10},
-        "bots": [{
-            "id": "app", "platform": "wecom_app", "backend": "default", "api_base": sim_url,
-            "credentials": {"corp_id": CORP, "agent_id": AGENT, "secret": SECRET, "token": TOKEN,
-                            "encoding_aes_key": KEY},
-        }, {
-            "id": "robot", "platform": "wecom_group_robot", "backend": "default", "api_base": sim_url,
-            "credentials": {"token": "robottoken", "encoding_aes_key": KEY[::-1]},
-        }, {
-            "id": "robot-md", "platform": "wecom_group_robot", "backend": "default", "api_base": sim_url,
-            "reply_format": "markdown",
-            "credentials": {"token": "robotmdtoken", "encoding_aes_key": KEY[::-1]},
-        }],
+        "sender": {
+            "backoff_base_seconds": 0.05,
+            "backoff_max_seconds": 0.5,
+            "rate_limit_backoff_seconds": 0.3,
+            "ack_wait_seconds": 10,
+        },
+        "bots": [
+            {
+                "id": "app",
+                "platform": "wecom_app",
+                "backend": "default",
+                "api_base": sim_url,
+                "credentials": {
+                    "corp_id": CORP,
+                    "agent_id": AGENT,
+                    "secret": SECRET,
+                    "token": TOKEN,
+                    "encoding_aes_key": KEY,
+                },
+            },
+            {
+                "id": "robot",
+                "platform": "wecom_group_robot",
+                "backend": "default",
+                "api_base": sim_url,
+                "credentials": {"token": "robottoken", "encoding_aes_key": KEY[::-1]},
+            },
+            {
+                "id": "robot-md",
+                "platform": "wecom_group_robot",
+                "backend": "default",
+                "api_base": sim_url,
+                "reply_format": "markdown",
+                "credentials": {"token": "robotmdtoken", "encoding_aes_key": KEY[::-1]},
+            },
+        ],
     }
     cfg.update(sections)
     return cfg
@@ -110,15 +132,21 @@ class Stack:
         return f"http://127.0.0.1:{self.ports[name + '_admin']}"
 
     @classmethod
-    def create(cls, root: Path, nats: EmbeddedNats, extra_env: dict[str, str] | None = None,
-               **sections: Any) -> Stack:
+    def create(
+        cls, root: Path, nats: EmbeddedNats, extra_env: dict[str, str] | None = None, **sections: Any
+    ) -> Stack:
         stack = cls(root=root, nats=nats)
         for name in ("sim", "ingress", "ingress_admin", "worker_admin", "sender_admin"):
             stack.ports[name] = free_port()
         stack.config = base_config(stack.sim_url, **sections)
         stack.config_path.write_text(yaml.safe_dump(stack.config), encoding="utf-8")
-        env = dict(os.environ, IMRELAY_CONFIG=str(stack.config_path), IMRELAY_NATS_URL=nats.url,
-                   IMRELAY_PORT=str(stack.ports["ingress"]), IMRELAY_LOG_LEVEL="INFO")
+        env = dict(
+            os.environ,
+            IMRELAY_CONFIG=str(stack.config_path),
+            IMRELAY_NATS_URL=nats.url,
+            IMRELAY_PORT=str(stack.ports["ingress"]),
+            IMRELAY_LOG_LEVEL="INFO",
+        )
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
         env.update(extra_env or {})
 
@@ -129,14 +157,30 @@ class Stack:
             return Service(name, argv, e, ready, root / f"{name}.log")
 
         stack.services = {
-            "sim": svc("sim", ["imrelay_sim", "serve", "--port", str(stack.ports["sim"])],
-                       f"{stack.sim_url}/sim/stats", None),
-            "ingress": svc("ingress", ["imrelay_ingress"],
-                           f"http://127.0.0.1:{stack.ports['ingress_admin']}/readyz", "ingress_admin"),
-            "worker": svc("worker", ["imrelay_worker"],
-                          f"http://127.0.0.1:{stack.ports['worker_admin']}/readyz", "worker_admin"),
-            "sender": svc("sender", ["imrelay_sender"],
-                          f"http://127.0.0.1:{stack.ports['sender_admin']}/readyz", "sender_admin"),
+            "sim": svc(
+                "sim",
+                ["imrelay_sim", "serve", "--port", str(stack.ports["sim"])],
+                f"{stack.sim_url}/sim/stats",
+                None,
+            ),
+            "ingress": svc(
+                "ingress",
+                ["imrelay_ingress"],
+                f"http://127.0.0.1:{stack.ports['ingress_admin']}/readyz",
+                "ingress_admin",
+            ),
+            "worker": svc(
+                "worker",
+                ["imrelay_worker"],
+                f"http://127.0.0.1:{stack.ports['worker_admin']}/readyz",
+                "worker_admin",
+            ),
+            "sender": svc(
+                "sender",
+                ["imrelay_sender"],
+                f"http://127.0.0.1:{stack.ports['sender_admin']}/readyz",
+                "sender_admin",
+            ),
         }
         return stack
 
@@ -145,8 +189,13 @@ class Stack:
         base = self.services["ingress"]
         self.ports[f"{name}_admin"] = free_port()
         env = dict(base.env, IMRELAY_ADMIN_PORT=str(self.ports[f"{name}_admin"]))
-        svc = Service(name, argv, env, f"http://127.0.0.1:{self.ports[f'{name}_admin']}/readyz",
-                      self.root / f"{name}.log")
+        svc = Service(
+            name,
+            argv,
+            env,
+            f"http://127.0.0.1:{self.ports[f'{name}_admin']}/readyz",
+            self.root / f"{name}.log",
+        )
         self.services[name] = svc
         return svc
 
@@ -159,8 +208,12 @@ class Stack:
             self.ports[f"{replica}_admin"] = free_port()
             env = dict(base.env, IMRELAY_ADMIN_PORT=str(self.ports[f"{replica}_admin"]))
             self.services[replica] = Service(
-                replica, base.argv, env, f"http://127.0.0.1:{self.ports[f'{replica}_admin']}/readyz",
-                self.root / f"{replica}.log")
+                replica,
+                base.argv,
+                env,
+                f"http://127.0.0.1:{self.ports[f'{replica}_admin']}/readyz",
+                self.root / f"{replica}.log",
+            )
             names.append(replica)
         return names
 
@@ -194,8 +247,9 @@ class Stack:
     # ---- talking to it ------------------------------------------------------------------------
 
     def messages(self, **filters: str) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = httpx.get(f"{self.sim_url}/sim/messages", params=filters,
-                                                 timeout=5).json()
+        result: list[dict[str, Any]] = httpx.get(
+            f"{self.sim_url}/sim/messages", params=filters, timeout=5
+        ).json()
         return result
 
     def sim_stats(self) -> dict[str, int]:

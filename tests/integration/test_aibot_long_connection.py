@@ -32,15 +32,25 @@ HOLDOFF = 6.0  # connector.kick_holdoff_seconds here (default 600)
 def conn_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("longconn")
     s = Stack.create(root, nats_server)
-    s.config["backends"] = {"default": {"kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "k",
-                                        "model": "m"}}
-    s.config["bots"] = [{"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
-                         "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
-                         "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": BOT_ID,
-                                         "secret": SECRET}}]
-    s.config["connector"] = {"heartbeat_seconds": 2, "ack_timeout_seconds": 3,  # default lease: 10 s
-                             "reconnect_max_seconds": 4, "healthy_seconds": 1,
-                             "kick_holdoff_seconds": HOLDOFF}
+    s.config["backends"] = {
+        "default": {"kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "k", "model": "m"}
+    }
+    s.config["bots"] = [
+        {
+            "id": "ws",
+            "platform": "wecom_aibot",
+            "mode": "long_connection",
+            "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
+            "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": BOT_ID, "secret": SECRET},
+        }
+    ]
+    s.config["connector"] = {
+        "heartbeat_seconds": 2,
+        "ack_timeout_seconds": 3,  # default lease: 10 s
+        "reconnect_max_seconds": 4,
+        "healthy_seconds": 1,
+        "kick_holdoff_seconds": HOLDOFF,
+    }
     s.config["sender"]["max_attempts"] = 8
     for name in ("connector1", "connector2"):
         s.add_service(name, ["imrelay_ingress.connector"])
@@ -54,8 +64,7 @@ def connections(stack: Stack) -> dict[str, int]:
 
 
 def push(stack: Stack, text: str, user: str) -> dict[str, Any]:
-    resp = httpx.post(f"{stack.sim_url}/sim/aibot/push",
-                      json={"bot_id": BOT_ID, "text": text, "user": user})
+    resp = httpx.post(f"{stack.sim_url}/sim/aibot/push", json={"bot_id": BOT_ID, "text": text, "user": user})
     assert resp.status_code == 200, resp.text
     result: dict[str, Any] = resp.json()
     return result
@@ -66,8 +75,12 @@ def answers(stack: Stack, final: str) -> list[dict[str, Any]]:
 
 
 def owner(stack: Stack) -> str:
-    held = [n for n in ("connector1", "connector2") if stack.services[n].proc is not None
-            and stack.metric(n, "imrelay_connector_lease_held", {"bot": "ws"}) == 1]
+    held = [
+        n
+        for n in ("connector1", "connector2")
+        if stack.services[n].proc is not None
+        and stack.metric(n, "imrelay_connector_lease_held", {"bot": "ws"}) == 1
+    ]
     assert len(held) == 1, held
     return held[0]
 
@@ -87,9 +100,14 @@ def test_owner_killed_mid_answer_another_takes_over(conn_stack: Stack) -> None:
         text = "a slow answer that outlives its connector " + secrets.token_hex(2)
         final = f"You said: {text}"
         push(conn_stack, text, "bob")
-        conn_stack.wait_for(lambda: any(m["content"] for m in conn_stack.messages(bot="ws")
-                                        if final.startswith(m["content"]) and not m["finish"]),
-                            what="the answer to start streaming")
+        conn_stack.wait_for(
+            lambda: any(
+                m["content"]
+                for m in conn_stack.messages(bot="ws")
+                if final.startswith(m["content"]) and not m["finish"]
+            ),
+            what="the answer to start streaming",
+        )
         victim = owner(conn_stack)
         subscribes = conn_stack.sim_stats()["aibot_ws_subscribes"]
         proc = conn_stack.services[victim].proc
@@ -98,12 +116,16 @@ def test_owner_killed_mid_answer_another_takes_over(conn_stack: Stack) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         conn_stack.services[victim].proc = None
-        conn_stack.wait_for(lambda: conn_stack.sim_stats()["aibot_ws_subscribes"] > subscribes,
-                            timeout=30, what="another connector to take the socket")
+        conn_stack.wait_for(
+            lambda: conn_stack.sim_stats()["aibot_ws_subscribes"] > subscribes,
+            timeout=30,
+            what="another connector to take the socket",
+        )
         failover = time.monotonic() - killed
         print(f"\nsocket taken over {failover:.1f}s after the owner was killed (lease 10 s)")
-        got = conn_stack.wait_for(lambda: answers(conn_stack, final), timeout=60,
-                                  what="the answer after the takeover")
+        got = conn_stack.wait_for(
+            lambda: answers(conn_stack, final), timeout=60, what="the answer after the takeover"
+        )
         assert len(got) == 1  # shown once: the new socket's proactive send finishes it
     finally:
         httpx.post(f"{conn_stack.sim_url}/sim/llm", json={"token_delay": 0}).raise_for_status()
@@ -123,17 +145,26 @@ async def test_replaced_by_an_outside_connection_stands_down_without_a_storm(con
     before = conn_stack.sim_stats()["aibot_ws_subscribes"]
     url = conn_stack.sim_url.replace("http://", "ws://") + "/ws/aibot"
     async with connect(url) as ws:  # another client connects as the same bot
-        await ws.send(json.dumps({"cmd": "aibot_subscribe", "headers": {"req_id": "outside"},
-                                  "body": {"bot_id": BOT_ID, "secret": SECRET}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "cmd": "aibot_subscribe",
+                    "headers": {"req_id": "outside"},
+                    "body": {"bot_id": BOT_ID, "secret": SECRET},
+                }
+            )
+        )
         assert json.loads(await ws.recv())["errcode"] == 0
         await asyncio.sleep(2.5)  # the cluster stands down instead of fighting back
         assert conn_stack.sim_stats()["aibot_ws_subscribes"] == before + 1
-        assert conn_stack.metric(holder, "imrelay_connector_events_total",
-                                 {"outcome": "kicked"}) == kicked + 1
+        assert (
+            conn_stack.metric(holder, "imrelay_connector_events_total", {"outcome": "kicked"}) == kicked + 1
+        )
         assert owner(conn_stack) == holder  # it kept the lease: the other replica did not step in
     # once the outside client is gone, the owner reconnects after its stand-down
-    await asyncio.to_thread(conn_stack.wait_for, lambda: connections(conn_stack).get(BOT_ID) == 1,
-                            10, "the socket to come back")
+    await asyncio.to_thread(
+        conn_stack.wait_for, lambda: connections(conn_stack).get(BOT_ID) == 1, 10, "the socket to come back"
+    )
     assert owner(conn_stack) == holder  # the same replica, back after standing down
 
 
@@ -162,8 +193,11 @@ def test_gateway_closes_after_healthy_periods_each_get_a_quick_reconnect(conn_st
             httpx.post(f"{conn_stack.sim_url}/sim/aibot/close", json={"bot_id": BOT_ID}).raise_for_status()
             [closed] = events(conn_stack, "closed_by_server")[-1:]
             n = len(subscribed)
-            again = conn_stack.wait_for(lambda: events(conn_stack, "subscribed")[n:], timeout=15,  # noqa: B023
-                                        what="the socket to come back")
+            again = conn_stack.wait_for(
+                lambda: events(conn_stack, "subscribed")[n:],  # noqa: B023
+                timeout=15,
+                what="the socket to come back",
+            )
             gaps.append(again[0]["at"] - closed["at"])
         print(f"\nreconnects after server closes: {', '.join(f'{g:.2f}s' for g in gaps)}")
         assert all(g < 2.0 for g in gaps), gaps  # the backoff starts anew after each healthy socket
@@ -184,8 +218,9 @@ async def test_a_kick_closes_the_old_socket_and_holds_off_with_the_metric_raised
 
     from websockets.asyncio.client import connect
 
-    await asyncio.to_thread(conn_stack.wait_for, lambda: connections(conn_stack).get(BOT_ID) == 1,
-                            20, "the bot's socket")
+    await asyncio.to_thread(
+        conn_stack.wait_for, lambda: connections(conn_stack).get(BOT_ID) == 1, 20, "the bot's socket"
+    )
     holder = owner(conn_stack)
     sim_control(conn_stack, kick_drop_after=60)  # the gateway would keep the kicked socket for a minute
     closed_by_us = conn_stack.sim_stats().get("aibot_ws_kick_closed_by_client", 0)
@@ -193,13 +228,24 @@ async def test_a_kick_closes_the_old_socket_and_holds_off_with_the_metric_raised
     url = conn_stack.sim_url.replace("http://", "ws://") + "/ws/aibot"
     try:
         async with connect(url) as ws:  # another instance of the same bot, e.g. on a laptop
-            await ws.send(json.dumps({"cmd": "aibot_subscribe", "headers": {"req_id": "laptop"},
-                                      "body": {"bot_id": BOT_ID, "secret": SECRET}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "cmd": "aibot_subscribe",
+                        "headers": {"req_id": "laptop"},
+                        "body": {"bot_id": BOT_ID, "secret": SECRET},
+                    }
+                )
+            )
             assert json.loads(await ws.recv())["errcode"] == 0
             kicked_at = time.monotonic()
             # the connector closes the kicked socket itself, long before the gateway would drop it
-            await asyncio.to_thread(conn_stack.wait_for, lambda: conn_stack.sim_stats().get(
-                "aibot_ws_kick_closed_by_client", 0) > closed_by_us, 10, "the kicked socket closed")
+            await asyncio.to_thread(
+                conn_stack.wait_for,
+                lambda: conn_stack.sim_stats().get("aibot_ws_kick_closed_by_client", 0) > closed_by_us,
+                10,
+                "the kicked socket closed",
+            )
             assert conn_stack.metric(holder, "imrelay_connector_standing_down", {"reason": "kicked"}) == 1
             ready = readyz(conn_stack, holder)
             assert ready.status_code == 503 and "taken by another instance" in ready.text, ready.text
@@ -211,8 +257,12 @@ async def test_a_kick_closes_the_old_socket_and_holds_off_with_the_metric_raised
             frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=HOLDOFF + 10))
             assert frame["body"]["event"]["eventtype"] == "disconnected_event"
         assert time.monotonic() - kicked_at >= HOLDOFF - 1.0
-        await asyncio.to_thread(conn_stack.wait_for, lambda: conn_stack.metric(
-            holder, "imrelay_connector_standing_down", {"reason": "kicked"}) == 0, 10, "the all-clear")
+        await asyncio.to_thread(
+            conn_stack.wait_for,
+            lambda: conn_stack.metric(holder, "imrelay_connector_standing_down", {"reason": "kicked"}) == 0,
+            10,
+            "the all-clear",
+        )
         assert readyz(conn_stack, holder).status_code == 200
     finally:
         sim_control(conn_stack, kick_drop_after=30)
@@ -221,9 +271,16 @@ async def test_a_kick_closes_the_old_socket_and_holds_off_with_the_metric_raised
 def test_a_wrong_secret_is_a_configuration_error_without_a_reconnect_storm(conn_stack: Stack) -> None:
     import yaml
 
-    bad = dict(conn_stack.config, bots=[dict(conn_stack.config["bots"][0], id="ws-bad",
-                                             credentials=dict(conn_stack.config["bots"][0]["credentials"],
-                                                              secret="not-the-secret"))])
+    bad = dict(
+        conn_stack.config,
+        bots=[
+            dict(
+                conn_stack.config["bots"][0],
+                id="ws-bad",
+                credentials=dict(conn_stack.config["bots"][0]["credentials"], secret="not-the-secret"),
+            )
+        ],
+    )
     path = conn_stack.root / "wrong-secret.yaml"
     path.write_text(yaml.safe_dump(bad))
     svc = conn_stack.add_service("connector-bad", ["imrelay_ingress.connector"])
@@ -237,12 +294,20 @@ def test_a_wrong_secret_is_a_configuration_error_without_a_reconnect_storm(conn_
         assert ready.status_code == 503
         assert "subscription refused" in ready.text and "credentials.secret" in ready.text, ready.text
         labels = {"bot": "ws-bad"}
-        assert conn_stack.metric("connector-bad", "imrelay_connector_standing_down",
-                                 dict(labels, reason="refused")) == 1
+        assert (
+            conn_stack.metric(
+                "connector-bad", "imrelay_connector_standing_down", dict(labels, reason="refused")
+            )
+            == 1
+        )
         time.sleep(8)  # a reconnect storm would have tried again three or four times by now
         assert len(events(conn_stack, "refused")) == refused + 1
-        assert conn_stack.metric("connector-bad", "imrelay_connector_events_total",
-                                 dict(labels, outcome="refused")) == 1
+        assert (
+            conn_stack.metric(
+                "connector-bad", "imrelay_connector_events_total", dict(labels, outcome="refused")
+            )
+            == 1
+        )
         # the gateway left the refused socket open; the connector closed it
         [sock] = [e["socket"] for e in events(conn_stack, "refused")[refused:]]
         closed = httpx.get(f"{conn_stack.sim_url}/sim/aibot/events").json()

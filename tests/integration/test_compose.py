@@ -49,6 +49,7 @@ def env_file(path: Path) -> dict[str, str]:
 def interpolate(value: Any, env: dict[str, str]) -> Any:
     """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``."""
     if isinstance(value, str):
+
         def repl(m: re.Match[str]) -> str:
             name, op, arg = m.groups()
             if env.get(name):
@@ -56,6 +57,7 @@ def interpolate(value: Any, env: dict[str, str]) -> Any:
             if op == "?":
                 raise KeyError(f"{name}: {arg}")
             return arg if op == "-" else ""
+
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
         return {k: interpolate(v, env) for k, v in value.items()}
@@ -97,8 +99,10 @@ def test_no_secret_is_written_in_the_compose_files() -> None:
     config = (COMPOSE / "imrelay.yaml").read_text(encoding="utf-8")
     for key in ("api_key", "secret", "token", "encoding_aes_key"):
         assert re.search(rf"^\s+{key}: \$\{{[A-Z_]+\}}$", config, re.M), key
-    settings = parse_settings(yaml.safe_load(config), {
-        **env_file(COMPOSE / ".env.example"), "WECOM_SECRET": "s", "WECOM_TOKEN": "t", "WECOM_AES_KEY": KEY})
+    settings = parse_settings(
+        yaml.safe_load(config),
+        {**env_file(COMPOSE / ".env.example"), "WECOM_SECRET": "s", "WECOM_TOKEN": "t", "WECOM_AES_KEY": KEY},
+    )
     assert [b.id for b in settings.bots] == ["wecom"]
 
 
@@ -131,9 +135,16 @@ def wait_until(check: Any, what: str, timeout: float = 60) -> None:
 @pytest.fixture
 def compose_stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str, Path]]:
     """nats + ingress + worker + sender started from compose.yaml's commands, and a simulator."""
-    env = {**env_file(COMPOSE / ".env.example"), "NATS_PASSWORD": "compose-test-pw",
-           "WECOM_CORP_ID": "wwcompose", "WECOM_AGENT_ID": "1000002", "WECOM_SECRET": "wecom-secret",
-           "WECOM_TOKEN": "wecom-token", "WECOM_AES_KEY": KEY, "OPENAI_API_KEY": "sk-compose"}
+    env = {
+        **env_file(COMPOSE / ".env.example"),
+        "NATS_PASSWORD": "compose-test-pw",
+        "WECOM_CORP_ID": "wwcompose",
+        "WECOM_AGENT_ID": "1000002",
+        "WECOM_SECRET": "wecom-secret",
+        "WECOM_TOKEN": "wecom-token",
+        "WECOM_AES_KEY": KEY,
+        "OPENAI_API_KEY": "sk-compose",
+    }
     sim_port, nats_port, nats_http = free_port(), free_port(), free_port()
     env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{sim_port}/v1"
     doc = compose(env)
@@ -144,19 +155,32 @@ def compose_stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str, Path]]:
     mounted.write_text(yaml.safe_dump(config), encoding="utf-8")
 
     procs: list[Proc] = []
-    nats_args = [{"/data": str(tmp_path / "data"), "8222": str(nats_http)}.get(a, a)
-                 for a in doc["services"]["nats"]["command"]]
-    procs.append(Proc([nats_server_binary(), *nats_args, "-a", "127.0.0.1", "-p", str(nats_port)], env,
-                      tmp_path / "nats.log"))
+    nats_args = [
+        {"/data": str(tmp_path / "data"), "8222": str(nats_http)}.get(a, a)
+        for a in doc["services"]["nats"]["command"]
+    ]
+    procs.append(
+        Proc(
+            [nats_server_binary(), *nats_args, "-a", "127.0.0.1", "-p", str(nats_port)],
+            env,
+            tmp_path / "nats.log",
+        )
+    )
     health = doc["services"]["nats"]["healthcheck"]["test"][-1].replace("8222", str(nats_http))
-    wait_until(lambda: httpx.get(health, timeout=2).status_code == 200 if _up(nats_http) else False,
-               "nats healthy")
+    wait_until(
+        lambda: httpx.get(health, timeout=2).status_code == 200 if _up(nats_http) else False, "nats healthy"
+    )
     base = dict(os.environ)
     for name in ("IMRELAY_CONFIG", "IMRELAY_NATS_URL", "IMRELAY_PORT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         base.pop(name, None)
     sim_env = dict(base, **env, IMRELAY_CONFIG=str(mounted))
-    procs.append(Proc([sys.executable, "-m", "imrelay_sim", "serve", "--port", str(sim_port)], sim_env,
-                      tmp_path / "sim.log"))
+    procs.append(
+        Proc(
+            [sys.executable, "-m", "imrelay_sim", "serve", "--port", str(sim_port)],
+            sim_env,
+            tmp_path / "sim.log",
+        )
+    )
     ingress_port = free_port()
     try:
         for name in ("ingress", "worker", "sender"):
@@ -170,10 +194,16 @@ def compose_stack(tmp_path: Path) -> Iterator[tuple[dict[str, str], str, Path]]:
                 penv["IMRELAY_PORT"] = str(ingress_port)
             argv = [sys.executable if a == "python" else a for a in svc["command"]]
             procs.append(Proc(argv, penv, tmp_path / f"{name}.log"))
-            check = [sys.executable if a == "python" else a.replace("9464", str(admin))
-                     for a in svc["healthcheck"]["test"][1:]]
-            wait_until(lambda check=check: subprocess.run(check, capture_output=True, check=False,
-                                                          timeout=10).returncode == 0, f"{name} healthy")
+            check = [
+                sys.executable if a == "python" else a.replace("9464", str(admin))
+                for a in svc["healthcheck"]["test"][1:]
+            ]
+            wait_until(
+                lambda check=check: (
+                    subprocess.run(check, capture_output=True, check=False, timeout=10).returncode == 0
+                ),
+                f"{name} healthy",
+            )
         yield env, f"http://127.0.0.1:{ingress_port}", tmp_path
     finally:
         for p in reversed(procs):
@@ -189,7 +219,8 @@ def _up(port: int) -> bool:
 
 
 def test_the_services_run_from_the_compose_commands_and_answer(
-        compose_stack: tuple[dict[str, str], str, Path]) -> None:
+    compose_stack: tuple[dict[str, str], str, Path],
+) -> None:
     env, ingress, root = compose_stack
     settings = parse_settings(yaml.safe_load((root / "imrelay.yaml").read_text(encoding="utf-8")), env)
     bot = settings.bots[0]

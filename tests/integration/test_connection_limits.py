@@ -35,9 +35,13 @@ def open_fds(pid: int) -> int:
 
 @pytest.fixture
 def ingress(nats_server: EmbeddedNats, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    connections = {"header_timeout_seconds": HEADER, "body_timeout_seconds": BODY,
-                   "body_min_rate_bytes_per_second": RATE, "keep_alive_timeout_seconds": IDLE,
-                   "max_connections": 5000}
+    connections = {
+        "header_timeout_seconds": HEADER,
+        "body_timeout_seconds": BODY,
+        "body_min_rate_bytes_per_second": RATE,
+        "keep_alive_timeout_seconds": IDLE,
+        "max_connections": 5000,
+    }
     connections.update(getattr(request, "param", {}))
     s = Stack.create(tmp_path, nats_server, ingress={"connections": connections})
     with s.running("ingress"):
@@ -115,25 +119,39 @@ async def test_slow_and_idle_connections_are_closed_while_callbacks_are_answered
     await asyncio.wait_for(running, timeout=60)
 
     assert statuses == [200] * 25
-    late = [(a.kind, (a.closed or math.inf) - a.started) for a in attacks
-            if a.closed is None or a.closed - a.started > a.allowed + SLACK]
+    late = [
+        (a.kind, (a.closed or math.inf) - a.started)
+        for a in attacks
+        if a.closed is None or a.closed - a.started > a.allowed + SLACK
+    ]
     assert not late, f"{len(late)} connections outlived their deadline, e.g. {late[:5]}"
     for a in attacks:
         if a.kind in ("header", "body"):
             assert a.answer.startswith(b"HTTP/1.1 408 "), (a.kind, a.answer[:40])
         else:
             assert a.answer == b""
-    worst = {k: max((a.closed or 0) - a.started for a in attacks if a.kind == k) for k in
-             ("header", "body", "idle")}
+    worst = {
+        k: max((a.closed or 0) - a.started for a in attacks if a.kind == k)
+        for k in ("header", "body", "idle")
+    }
     latencies.sort()
-    print(f"closed after (worst, s): {worst}; callbacks median {latencies[12] * 1000:.0f} ms, "
-          f"max {latencies[-1] * 1000:.0f} ms")
+    print(
+        f"closed after (worst, s): {worst}; callbacks median {latencies[12] * 1000:.0f} ms, "
+        f"max {latencies[-1] * 1000:.0f} ms"
+    )
 
-    ingress.wait_for(lambda: open_fds(pid) <= fds_before, timeout=15,
-                     what=f"the ingress's descriptors back to {fds_before} (now {open_fds(pid)})")
+    ingress.wait_for(
+        lambda: open_fds(pid) <= fds_before,
+        timeout=15,
+        what=f"the ingress's descriptors back to {fds_before} (now {open_fds(pid)})",
+    )
     for reason in ("header", "body", "idle"):
-        assert ingress.metric("ingress", "imrelay_http_connection_timeouts_total",
-                              {"listener": "public", "reason": reason}) == ATTACKERS
+        assert (
+            ingress.metric(
+                "ingress", "imrelay_http_connection_timeouts_total", {"listener": "public", "reason": reason}
+            )
+            == ATTACKERS
+        )
     assert ingress.metric("ingress", "imrelay_http_connections_open", {"listener": "public"}) == 0
     log = (ingress.root / "ingress.log").read_text()
     cut_off = [line for line in log.splitlines() if "not received within its deadline" in line]
@@ -145,8 +163,11 @@ async def test_slow_and_idle_connections_are_closed_while_callbacks_are_answered
 CAP = 50
 
 
-@pytest.mark.parametrize("ingress", [{"max_connections": CAP, "keep_alive_timeout_seconds": 60,
-                                      "header_timeout_seconds": 60}], indirect=True)
+@pytest.mark.parametrize(
+    "ingress",
+    [{"max_connections": CAP, "keep_alive_timeout_seconds": 60, "header_timeout_seconds": 60}],
+    indirect=True,
+)
 async def test_connections_beyond_the_cap_are_refused(ingress: Stack) -> None:
     pid, port = pid_of(ingress), ingress.ports["ingress"]
     fds_before = open_fds(pid)
@@ -170,8 +191,7 @@ async def test_connections_beyond_the_cap_are_refused(ingress: Stack) -> None:
             assert await callback(client, ingress) == 503
         except httpx.HTTPError:
             pass
-        refused = ingress.metric("ingress", "imrelay_http_connections_refused_total",
-                                 {"listener": "public"})
+        refused = ingress.metric("ingress", "imrelay_http_connections_refused_total", {"listener": "public"})
         assert refused >= 4 * CAP
         for _, writer in [*held, *extra]:
             writer.close()

@@ -47,10 +47,28 @@ class Node:
     def start(self, routes: list[str]) -> None:
         with open(self.root / "nats.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name,
-                 "--cluster_name", "imrelay-test", "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
-                 "--routes", ",".join(routes), "-sd", str(self.root / "data")],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    nats_server_binary(),
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-n",
+                    self.name,
+                    "--cluster_name",
+                    "imrelay-test",
+                    "--cluster",
+                    f"nats://127.0.0.1:{self.cluster_port}",
+                    "--routes",
+                    ",".join(routes),
+                    "-sd",
+                    str(self.root / "data"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -116,12 +134,18 @@ def cluster_stack(cluster: list[Node], tmp_path_factory: pytest.TempPathFactory)
     first.port = cluster[0].port  # the stack's own handle on the first node; all three are in the URL
     s = Stack.create(root, first, extra_env={"IMRELAY_NATS_URL": ",".join(n.url for n in cluster)})
     s.config["nats"] = {"replicas": 3}
-    s.config["backends"] = {"default": {"kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "k",
-                                        "model": "m"}}
-    s.config["bots"] = [{"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
-                         "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
-                         "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": BOT_ID,
-                                         "secret": SECRET}}]
+    s.config["backends"] = {
+        "default": {"kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "k", "model": "m"}
+    }
+    s.config["bots"] = [
+        {
+            "id": "ws",
+            "platform": "wecom_aibot",
+            "mode": "long_connection",
+            "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
+            "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": BOT_ID, "secret": SECRET},
+        }
+    ]
     s.config["connector"] = {"heartbeat_seconds": 2, "ack_timeout_seconds": 3, "healthy_seconds": 1}
     s.config["sender"]["max_attempts"] = 10
     for name in CONNECTORS:
@@ -147,7 +171,8 @@ def answers(stack: Stack, final: str) -> list[dict[str, Any]]:
 
 
 def test_killing_the_lease_buckets_leader_costs_the_socket_at_most_seconds(
-        cluster: list[Node], cluster_stack: Stack) -> None:
+    cluster: list[Node], cluster_stack: Stack
+) -> None:
     stack = cluster_stack
     stack.wait_for(lambda: sockets(stack) == 1, what="the bot's socket")
     text = f"before the kill {secrets.token_hex(2)}"
@@ -181,14 +206,22 @@ def test_killing_the_lease_buckets_leader_costs_the_socket_at_most_seconds(
         stop.set()
         for th in threads:
             th.join(10)
-    events = [e for e in httpx.get(f"{stack.sim_url}/sim/aibot/events").json()
-              if e["bot_id"] == BOT_ID and e["at"] > killed_at]
+    events = [
+        e
+        for e in httpx.get(f"{stack.sim_url}/sim/aibot/events").json()
+        if e["bot_id"] == BOT_ID and e["at"] > killed_at
+    ]
     ends = [e["at"] for e in events if e["event"] in ("closed_by_client", "dropped")]
     backs = [e["at"] for e in events if e["event"] == "subscribed"]
     gap = (min(ends), max(backs)) if ends else None
-    print(f"\nleases leader {leader} killed; "
-          + (f"socket gone {gap[0] - killed_at:.1f}s after the kill, back {gap[1] - gap[0]:.1f}s later"
-             if gap else "the socket stayed up"))
+    print(
+        f"\nleases leader {leader} killed; "
+        + (
+            f"socket gone {gap[0] - killed_at:.1f}s after the kill, back {gap[1] - gap[0]:.1f}s later"
+            if gap
+            else "the socket stayed up"
+        )
+    )
     if gap is not None:
         assert backs and max(backs) - killed_at < 15.0, "the socket is not back within 15 s of the kill"
         # while the bot had no owner, /readyz said so (with the bot's name)

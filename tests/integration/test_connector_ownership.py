@@ -35,8 +35,9 @@ from imrelay_ingress.lease import Lease
 
 pytestmark = pytest.mark.nats
 
-CFG = ConnectorConfig(lease_ttl_seconds=3, healthy_seconds=0, kick_holdoff_seconds=3600,
-                      refused_retry_seconds=3600)
+CFG = ConnectorConfig(
+    lease_ttl_seconds=3, healthy_seconds=0, kick_holdoff_seconds=3600, refused_retry_seconds=3600
+)
 
 
 class FakeBot(BotBase):
@@ -67,9 +68,17 @@ class FakeLink:
         self.platform.peak = max(self.platform.peak, len(self.platform.live))
         try:
             await health.up()
-            await sink(InboundMessage(
-                id=f"m-{self.replica}", platform="fakelink", bot_id="b1", platform_message_id=self.replica,
-                chat=Chat(id="c", type=ChatType.GROUP), sender=Sender(id="u"), text="hello"))
+            await sink(
+                InboundMessage(
+                    id=f"m-{self.replica}",
+                    platform="fakelink",
+                    bot_id="b1",
+                    platform_message_id=self.replica,
+                    chat=Chat(id="c", type=ChatType.GROUP),
+                    sender=Sender(id="u"),
+                    text="hello",
+                )
+            )
             if self.platform.behaviour == "kick":
                 raise Kicked("another_client")
             stop = self.platform.stop.setdefault(self.replica, asyncio.Event())
@@ -95,9 +104,16 @@ def fake_spec(ownership: Ownership, platform: FakePlatform, replica: str) -> Pla
         return FakeLink(platform, replica)
 
     return PlatformSpec[FakeBot](
-        tags=("fakelink",), title="Fake link", bot_model=FakeBot, api_base={"fakelink": "http://unused"},
-        capabilities=Capabilities(callbacks=False, long_connection=ownership), adapter=unused,
-        delivery=unused, connection=connection, reply_handle=FakeHandle)
+        tags=("fakelink",),
+        title="Fake link",
+        bot_model=FakeBot,
+        api_base={"fakelink": "http://unused"},
+        capabilities=Capabilities(callbacks=False, long_connection=ownership),
+        adapter=unused,
+        delivery=unused,
+        connection=connection,
+        reply_handle=FakeHandle,
+    )
 
 
 @dataclass
@@ -121,8 +137,9 @@ class Replica:
 
 
 @contextlib.asynccontextmanager
-async def replicas(server: EmbeddedNats, ownership: Ownership, platform: FakePlatform,
-                   bot_id: str) -> AsyncIterator[tuple[list[Replica], KeyValue]]:
+async def replicas(
+    server: EmbeddedNats, ownership: Ownership, platform: FakePlatform, bot_id: str
+) -> AsyncIterator[tuple[list[Replica], KeyValue]]:
     bot = FakeBot(id=bot_id, platform="fakelink", mode="long_connection")
     control = await nats.connect(server.url)
     kv = await ensure_leases_bucket(control.jetstream(), NatsConfig(url=server.url))
@@ -137,8 +154,11 @@ async def replicas(server: EmbeddedNats, ownership: Ownership, platform: FakePla
                 return False
 
             spec = fake_spec(ownership, platform, name)
-            lease = Lease(kv, subjects.kv_key("fakelink", bot_id), name, CFG.lease_ttl_seconds) \
-                if ownership is Ownership.SINGLE_OWNER else None
+            lease = (
+                Lease(kv, subjects.kv_key("fakelink", bot_id), name, CFG.lease_ttl_seconds)
+                if ownership is Ownership.SINGLE_OWNER
+                else None
+            )
             sup = Supervised(bot, spec, CFG, sink, nc, BotStatus(bot_id), lease)
             out.append(Replica(name, nc, sup, stored))
         yield out, kv
@@ -170,7 +190,8 @@ async def ask(server: EmbeddedNats, bot_id: str, body: bytes) -> dict[str, Any]:
 
 
 async def test_active_active_every_replica_holds_its_own_connection_without_a_lease(
-        nats_server: EmbeddedNats) -> None:
+    nats_server: EmbeddedNats,
+) -> None:
     platform = FakePlatform()
     async with replicas(nats_server, Ownership.ACTIVE_ACTIVE, platform, "aa1") as (reps, kv):
         for r in reps:
@@ -182,9 +203,16 @@ async def test_active_active_every_replica_holds_its_own_connection_without_a_le
         assert readiness([r.sup.status for r in reps], 0.0) == []
         with pytest.raises(KeyNotFoundError):
             await kv.get(subjects.kv_key("fakelink", "aa1"))  # no lease
-        answers = [await ask(nats_server, "aa1", ConnectionRequest(
-            platform="fakelink", bot_id="aa1", payload={"n": n}).model_dump_json().encode())
-            for n in range(6)]
+        answers = [
+            await ask(
+                nats_server,
+                "aa1",
+                ConnectionRequest(platform="fakelink", bot_id="aa1", payload={"n": n})
+                .model_dump_json()
+                .encode(),
+            )
+            for n in range(6)
+        ]
         assert all(a["ok"] for a in answers)
         assert {a["code"].split(":")[1] for a in answers} == {str(n) for n in range(6)}
         # a connection that ends is dialled again on the same replica
@@ -195,7 +223,8 @@ async def test_active_active_every_replica_holds_its_own_connection_without_a_le
 
 
 async def test_single_owner_only_the_lease_holder_connects_and_the_other_takes_over(
-        nats_server: EmbeddedNats) -> None:
+    nats_server: EmbeddedNats,
+) -> None:
     platform = FakePlatform()
     async with replicas(nats_server, Ownership.SINGLE_OWNER, platform, "so1") as (reps, kv):
         for r in reps:
@@ -210,12 +239,20 @@ async def test_single_owner_only_the_lease_holder_connects_and_the_other_takes_o
         assert other.sup.lease is not None and await other.sup.lease.peek() == "taken"
         assert other.stored == []
         # the sender's request reaches the holder, typed or as a bare payload of earlier senders
-        typed = await ask(nats_server, "so1", ConnectionRequest(
-            platform="fakelink", bot_id="so1", payload={"n": 1}).model_dump_json().encode())
+        typed = await ask(
+            nats_server,
+            "so1",
+            ConnectionRequest(platform="fakelink", bot_id="so1", payload={"n": 1}).model_dump_json().encode(),
+        )
         assert typed == {"ok": True, "code": f"{holder.name}:1"}
         assert await ask(nats_server, "so1", b'{"n": 2}') == {"ok": True, "code": f"{holder.name}:2"}
-        wrong = await ask(nats_server, "so1", ConnectionRequest(
-            platform="fakelink", bot_id="elsewhere", payload={"n": 3}).model_dump_json().encode())
+        wrong = await ask(
+            nats_server,
+            "so1",
+            ConnectionRequest(platform="fakelink", bot_id="elsewhere", payload={"n": 3})
+            .model_dump_json()
+            .encode(),
+        )
         assert wrong == {"ok": False, "code": "wrong_bot"}
 
         await holder.stop()  # the holder stops: the lease is handed over at once
@@ -249,6 +286,8 @@ async def test_refused_credentials_are_reported_with_the_platforms_fix(nats_serv
         reps[0].start()
         await until(lambda: reps[0].sup.status.socket == "refused", "the refusal")
         [reason] = readiness([reps[0].sup.status], 0.0)
-        assert reason.startswith("bot aa2: subscription refused (code 40001 bad secret); "
-                                 "check credentials.fake_secret; next try in ")
+        assert reason.startswith(
+            "bot aa2: subscription refused (code 40001 bad secret); "
+            "check credentials.fake_secret; next try in "
+        )
         assert platform.peak == 0

@@ -21,9 +21,19 @@ pytestmark = pytest.mark.nats
 
 
 def wecom_bot(bot_id: str, agent: str, backend: str, sim: str) -> dict[str, Any]:
-    return {"id": bot_id, "platform": "wecom_app", "backend": backend, "api_base": sim,
-            "credentials": {"corp_id": CORP, "agent_id": agent, "secret": f"secret-{bot_id}",
-                            "token": TOKEN, "encoding_aes_key": KEY}}
+    return {
+        "id": bot_id,
+        "platform": "wecom_app",
+        "backend": backend,
+        "api_base": sim,
+        "credentials": {
+            "corp_id": CORP,
+            "agent_id": agent,
+            "secret": f"secret-{bot_id}",
+            "token": TOKEN,
+            "encoding_aes_key": KEY,
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +42,21 @@ def conv_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
     s = Stack.create(root, nats_server)
     sim = s.sim_url
     s.config["backends"] = {
-        "openai": {"kind": "openai", "base_url": f"{sim}/v1", "api_key": "sk", "model": "m",
-                   "system_prompt": "Be brief."},
+        "openai": {
+            "kind": "openai",
+            "base_url": f"{sim}/v1",
+            "api_key": "sk",
+            "model": "m",
+            "system_prompt": "Be brief.",
+        },
         "dify": {"kind": "dify", "base_url": f"{sim}/v1", "api_key": "app-dify"},
         "fastgpt": {"kind": "fastgpt", "base_url": f"{sim}/api", "api_key": "fastgpt-k"},
     }
-    s.config["bots"] = [wecom_bot("app", AGENT, "openai", sim), wecom_bot("dify", "1000003", "dify", sim),
-                        wecom_bot("fastgpt", "1000004", "fastgpt", sim)]
+    s.config["bots"] = [
+        wecom_bot("app", AGENT, "openai", sim),
+        wecom_bot("dify", "1000003", "dify", sim),
+        wecom_bot("fastgpt", "1000004", "fastgpt", sim),
+    ]
     with s.running():
         yield s
 
@@ -46,8 +64,10 @@ def conv_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFacto
 def ask(stack: Stack, bot: str, who: str, text: str) -> str:
     before = len(stack.messages(bot=bot, touser=who))
     send(stack, text, who, bot_id=bot)
-    msgs = stack.wait_for(lambda: (m := stack.messages(bot=bot, touser=who)) and len(m) > before and m,
-                          what=f"the answer to {text!r}")
+    msgs = stack.wait_for(
+        lambda: (m := stack.messages(bot=bot, touser=who)) and len(m) > before and m,
+        what=f"the answer to {text!r}",
+    )
     return str(msgs[-1]["content"])
 
 

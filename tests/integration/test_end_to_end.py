@@ -20,15 +20,21 @@ from .stack import Stack
 pytestmark = pytest.mark.nats
 
 
-def send(stack: Stack, text: str, user: str, msg_id: str | None = None, bot_id: str = "app",
-         chat: str = "") -> httpx.Response:
+def send(
+    stack: Stack, text: str, user: str, msg_id: str | None = None, bot_id: str = "app", chat: str = ""
+) -> httpx.Response:
     settings = parse_settings(stack.config, {})
     bot = settings.bot(bot_id)
     assert bot is not None
-    query, body = build_callback(bot, text, user, msg_id or str(secrets.randbelow(2**62)),
-                                 int(time.time()), stack.sim_url, chat=chat)
-    return httpx.post(f"{stack.ingress_url}/callback/{bot.id}?{query}", content=body,
-                      headers={"Content-Type": "text/xml"}, timeout=10)
+    query, body = build_callback(
+        bot, text, user, msg_id or str(secrets.randbelow(2**62)), int(time.time()), stack.sim_url, chat=chat
+    )
+    return httpx.post(
+        f"{stack.ingress_url}/callback/{bot.id}?{query}",
+        content=body,
+        headers={"Content-Type": "text/xml"},
+        timeout=10,
+    )
 
 
 def user() -> str:
@@ -68,8 +74,7 @@ def test_3000_byte_answer_arrives_as_two_messages_in_order(stack: Stack) -> None
     text = " ".join(f"word{i:04d}" for i in range(334))[:2990] + " 结束。"
     assert len(text.encode()) >= 3000
     send(stack, text, who)
-    msgs = stack.wait_for(lambda: (m := stack.messages(touser=who)) and len(m) >= 2 and m,
-                          what="two parts")
+    msgs = stack.wait_for(lambda: (m := stack.messages(touser=who)) and len(m) >= 2 and m, what="two parts")
     assert len(msgs) == 2
     assert msgs[0]["seq"] < msgs[1]["seq"]
     assert all(len(m["content"].encode()) <= 2048 for m in msgs)
@@ -103,8 +108,11 @@ async def test_permanent_failure_goes_to_the_dead_letter_subject(stack: Stack) -
     nc = await nats.connect(stack.nats.url)
     try:
         js = nc.jetstream()
-        sub = await js.subscribe(subjects.dlq_subject("sender"), stream=subjects.STREAM_DLQ,
-                                 deliver_policy=nats.js.api.DeliverPolicy.NEW)
+        sub = await js.subscribe(
+            subjects.dlq_subject("sender"),
+            stream=subjects.STREAM_DLQ,
+            deliver_policy=nats.js.api.DeliverPolicy.NEW,
+        )
         stack.control(fail_next=[81013])
         who = user()
         send(stack, "to nobody", who)

@@ -95,17 +95,21 @@ class NatsNode:
         return NODES[self.index]
 
     def _map(self, arg: str) -> str:
-        return (arg.replace("/etc/nats-config/nats.conf", str(self.root / "nats.conf"))
-                .replace("/var/run/nats/nats.pid", str(self.root / "nats.pid")))
+        return arg.replace("/etc/nats-config/nats.conf", str(self.root / "nats.conf")).replace(
+            "/var/run/nats/nats.pid", str(self.root / "nats.pid")
+        )
 
     env: dict[str, str] | None = None
 
     def start(self) -> None:
         argv = [nats_server_binary(), *(self._map(a) for a in self.container["args"])]
         with open(self.root / "nats.log", "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **(self.env or {}),
-                                              "POD_NAME": f"{FULL}-nats-{self.index}"})
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(self.env or {}), "POD_NAME": f"{FULL}-nats-{self.index}"},
+            )
 
     def probe(self, name: str) -> str:
         return f"http://{self.host}:8222{self.container[name]['httpGet']['path']}"
@@ -117,8 +121,10 @@ class NatsNode:
 
     def pre_stop(self) -> None:
         """The rendered preStop hook: lame-duck mode."""
-        argv = [nats_server_binary() if a == "nats-server" else self._map(a)
-                for a in self.container["lifecycle"]["preStop"]["exec"]["command"]]
+        argv = [
+            nats_server_binary() if a == "nats-server" else self._map(a)
+            for a in self.container["lifecycle"]["preStop"]["exec"]["command"]
+        ]
         subprocess.run(argv, check=True, timeout=10)
         deadline = time.monotonic() + 10
         while "Entering lame duck mode" not in self.log() and time.monotonic() < deadline:
@@ -143,8 +149,10 @@ class NatsNode:
 
 
 @pytest.fixture(scope="module")
-def nats_cluster(docs: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory,
-                 ) -> Iterator[list[NatsNode]]:
+def nats_cluster(
+    docs: list[dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[NatsNode]]:
     conf = find(docs, "ConfigMap", f"{FULL}-nats-config")["data"]["nats.conf"]
     sts = find(docs, "StatefulSet", f"{FULL}-nats")
     assert sts["spec"]["replicas"] == len(NODES)
@@ -153,8 +161,10 @@ def nats_cluster(docs: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFa
     env = container_env(docs, container)  # the users' passwords and the encryption key, from the Secret
     assert env["POD_NAME"] == "<metadata.name>" and len(env["NATS_JETSTREAM_KEY"]) == 48
     assert "cipher: chachapoly" in conf and '"user": "imrelay-worker"' in conf
-    container = dict(container, terminationGracePeriodSeconds=sts["spec"]["template"]["spec"][
-        "terminationGracePeriodSeconds"])
+    container = dict(
+        container,
+        terminationGracePeriodSeconds=sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+    )
     nodes = []
     for i in range(len(NODES)):
         root = tmp_path_factory.mktemp(f"nats-{i}")
@@ -186,8 +196,11 @@ def container_env(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict
             env[e["name"]] = e["value"]
         elif ref := e["valueFrom"].get("secretKeyRef"):
             secret = find(docs, "Secret", ref["name"])
-            env[e["name"]] = (base64.b64decode(secret["data"][ref["key"]]).decode() if ref["key"] in
-                              secret.get("data", {}) else secret["stringData"][ref["key"]])
+            env[e["name"]] = (
+                base64.b64decode(secret["data"][ref["key"]]).decode()
+                if ref["key"] in secret.get("data", {})
+                else secret["stringData"][ref["key"]]
+            )
         else:
             env[e["name"]] = f"<{e['valueFrom']['fieldRef']['fieldPath']}>"
     return env
@@ -203,8 +216,9 @@ def secret_env(docs: list[dict[str, Any]], refs: list[dict[str, Any]]) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def services(docs: list[dict[str, Any]], nats_cluster: list[NatsNode],
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def services(
+    docs: list[dict[str, Any]], nats_cluster: list[NatsNode], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("helm-services")
     hook = free_port()
     cfg = yaml.safe_load(find(docs, "ConfigMap", f"{FULL}-config")["data"]["imrelay.yaml"])
@@ -235,8 +249,9 @@ def services(docs: list[dict[str, Any]], nats_cluster: list[NatsNode],
             assert env["IMRELAY_PORT"] == "8080"
             env["IMRELAY_PORT"] = str(ports["ingress"])
         probe = c["readinessProbe"]["httpGet"]["path"]
-        running[name] = Service(name, c["args"][2:], env, f"http://127.0.0.1:{admin}{probe}",
-                                root / f"{name}.log").start(timeout=60)
+        running[name] = Service(
+            name, c["args"][2:], env, f"http://127.0.0.1:{admin}{probe}", root / f"{name}.log"
+        ).start(timeout=60)
     try:
         yield {"root": root, "config": config, "hook": hook, "ingress": ports["ingress"]}
     finally:
@@ -251,19 +266,22 @@ def run_test_pod(docs: list[dict[str, Any]], services: dict[str, Any], text: str
     assert c["command"][:2] == ["sh", "-c"]
     script = c["command"][2]
     hook, ingress = services["hook"], services["ingress"]
-    mapped = (script.replace("python -m", f"{sys.executable} -m")
-              .replace("--host 0.0.0.0 --port 8090", f"--host 127.0.0.1 --port {hook}")
-              .replace(f"http://{FULL}-ingress:8080", f"http://127.0.0.1:{ingress}")
-              .replace(f"http://{FULL}-selftest:8090", f"http://127.0.0.1:{hook}")
-              .replace('"helm test round trip"', f'"{text}"'))
+    mapped = (
+        script.replace("python -m", f"{sys.executable} -m")
+        .replace("--host 0.0.0.0 --port 8090", f"--host 127.0.0.1 --port {hook}")
+        .replace(f"http://{FULL}-ingress:8080", f"http://127.0.0.1:{ingress}")
+        .replace(f"http://{FULL}-selftest:8090", f"http://127.0.0.1:{hook}")
+        .replace('"helm test round trip"', f'"{text}"')
+    )
     assert mapped.count("127.0.0.1") == 3 and text in mapped
     env = dict(os.environ, **container_env(docs, c), **secret_env(docs, c["envFrom"]))
     env["IMRELAY_CONFIG"] = str(services["config"])
     # the pod ends with its shell, the webhook server in its background with it (its process group here)
     log: Path = services["root"] / f"roundtrip-{text.replace(' ', '-')}.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(["sh", "-c", mapped], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["sh", "-c", mapped], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         proc.wait(timeout=90)
     finally:
@@ -274,31 +292,41 @@ def run_test_pod(docs: list[dict[str, Any]], services: dict[str, Any], text: str
 
 
 def test_helm_test_round_trip_over_the_bundled_nats_cluster(
-        docs: list[dict[str, Any]], nats_cluster: list[NatsNode],
-        services: dict[str, Any]) -> None:
+    docs: list[dict[str, Any]], nats_cluster: list[NatsNode], services: dict[str, Any]
+) -> None:
     out = run_test_pod(docs, services, "first round trip")
     assert "ingress answered 200" in out
     assert re.search(r"answer to .*first round trip", out), out
     # the streams are replicated on every node, as the rendered config asked
-    info = httpx.get(f"http://{NODES[0]}:8222/jsz", params={"streams": "true", "config": "true"},
-                     timeout=5).json()
+    info = httpx.get(
+        f"http://{NODES[0]}:8222/jsz", params={"streams": "true", "config": "true"}, timeout=5
+    ).json()
     streams = {s["name"]: s for d in info["account_details"] for s in d["stream_detail"]}
     assert streams["IMRELAY_IN"]["config"]["num_replicas"] == 3
     assert len(streams["IMRELAY_IN"]["cluster"]["replicas"]) == 2  # the leader and two followers
     # JetStream's files are encrypted at rest: the message is stored, its text is nowhere on disk
-    stored = b"".join(f.read_bytes() for n in nats_cluster for f in (n.root / "data").rglob("*")
-                      if f.is_file())
+    stored = b"".join(
+        f.read_bytes() for n in nats_cluster for f in (n.root / "data").rglob("*") if f.is_file()
+    )
     assert len(stored) > 10_000 and b"first round trip" not in stored
     # and nobody gets in without a user
     anonymous = subprocess.run(
-        [sys.executable, "-c", "import asyncio, nats; asyncio.run(nats.connect("
-         f"'nats://{NODES[0]}:4222', max_reconnect_attempts=1, reconnect_time_wait=0.1))"],
-        capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, nats; asyncio.run(nats.connect("
+            f"'nats://{NODES[0]}:4222', max_reconnect_attempts=1, reconnect_time_wait=0.1))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert anonymous.returncode != 0 and "Authorization Violation" in anonymous.stderr
 
 
 def test_a_rolling_restart_of_nats_loses_and_repeats_nothing(
-        docs: list[dict[str, Any]], nats_cluster: list[NatsNode], services: dict[str, Any]) -> None:
+    docs: list[dict[str, Any]], nats_cluster: list[NatsNode], services: dict[str, Any]
+) -> None:
     """kubectl rollout restart of the NATS StatefulSet while callbacks keep coming: each node in turn gets
     its preStop hook and SIGTERM, comes back on its volume, and the next one goes only once the startup
     probe says it caught up. The platform re-sends a callback that got a 503, as WeCom does."""
@@ -306,10 +334,13 @@ def test_a_rolling_restart_of_nats_loses_and_repeats_nothing(
     env = secret_env(docs, [{"secretRef": {"name": f"{FULL}-selftest"}}])
     bot = parse_settings(settings_cfg, env).bot("helm-selftest")
     assert bot is not None
-    hook = Service("hook", ["imrelay_sim", "serve", "--host", "127.0.0.1", "--port", str(services["hook"])],
-                   dict(os.environ, IMRELAY_CONFIG=str(services["config"]), **env),
-                   f"http://127.0.0.1:{services['hook']}/sim/stats",
-                   services["root"] / "hook.log").start()
+    hook = Service(
+        "hook",
+        ["imrelay_sim", "serve", "--host", "127.0.0.1", "--port", str(services["hook"])],
+        dict(os.environ, IMRELAY_CONFIG=str(services["config"]), **env),
+        f"http://127.0.0.1:{services['hook']}/sim/stats",
+        services["root"] / "hook.log",
+    ).start()
     sent: list[str] = []
     failed: list[str] = []
     stop = threading.Event()
@@ -320,8 +351,15 @@ def test_a_rolling_restart_of_nats_loses_and_repeats_nothing(
             while not stop.is_set():
                 n += 1
                 text = f"rolling {n}"
-                query, headers, body = build_request(bot, text, "alice", f"roll-{n}", time.time(),
-                                                     f"http://127.0.0.1:{services['hook']}", "wrkroll")
+                query, headers, body = build_request(
+                    bot,
+                    text,
+                    "alice",
+                    f"roll-{n}",
+                    time.time(),
+                    f"http://127.0.0.1:{services['hook']}",
+                    "wrkroll",
+                )
                 url = f"http://127.0.0.1:{services['ingress']}/callback/{bot.id}?{query}"
                 resp = post_with_retries(client, url, body, headers, 3, 2.0, f"roll-{n}")
                 (sent if resp is not None and resp.status_code == 200 else failed).append(text)
@@ -360,7 +398,8 @@ def test_a_rolling_restart_of_nats_loses_and_repeats_nothing(
 
 
 def test_a_round_trip_survives_losing_a_nats_node(
-        docs: list[dict[str, Any]], nats_cluster: list[NatsNode], services: dict[str, Any]) -> None:
+    docs: list[dict[str, Any]], nats_cluster: list[NatsNode], services: dict[str, Any]
+) -> None:
     victim = nats_cluster[2]
     victim.pre_stop()  # lame-duck mode, as the rendered preStop hook does
     victim.kill()  # and then it is gone, without a goodbye

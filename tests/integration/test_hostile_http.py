@@ -71,8 +71,13 @@ def test_fuzz_sample_over_real_http(stack: Stack) -> None:
         for _ in range(SAMPLE):
             mutation, req = outsider(original, rng)
             if mutation == "header":  # framing headers the client will not send: see the raw tests
-                req = req.replace(headers={k: v for k, v in req.headers.items()
-                                           if k not in ("Content-Length", "Transfer-Encoding")})
+                req = req.replace(
+                    headers={
+                        k: v
+                        for k, v in req.headers.items()
+                        if k not in ("Content-Length", "Transfer-Encoding")
+                    }
+                )
             if mutation == "resign":  # re-sign around the real clock, not the unit tests' fixed one
                 req = signed(bot_id, "hello", f"fuzz-{bot_id}", now + rng.randint(-900, 900))
             status = send(stack.ingress_url, req).status_code

@@ -33,23 +33,32 @@ MISSING = [t for t in ("buildah", "debootstrap", "chroot") if shutil.which(t) is
 
 pytestmark = [
     pytest.mark.timeout(1200),
-    pytest.mark.skipif(os.geteuid() != 0 or bool(MISSING),
-                       reason=f"make images needs root and {', '.join(MISSING) or 'buildah'}"),
+    pytest.mark.skipif(
+        os.geteuid() != 0 or bool(MISSING),
+        reason=f"make images needs root and {', '.join(MISSING) or 'buildah'}",
+    ),
 ]
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
 def buildah(*args: str) -> str:
-    return subprocess.run(["buildah", *args], check=True, capture_output=True, text=True,
-                          timeout=120).stdout.strip()
+    return subprocess.run(
+        ["buildah", *args], check=True, capture_output=True, text=True, timeout=120
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def image() -> Iterator[str]:
     name = f"localhost/imrelay:test-{os.getpid()}"
-    run = subprocess.run(["make", "images", f"IMAGE={name}"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=1100, check=False)
+    run = subprocess.run(
+        ["make", "images", f"IMAGE={name}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1100,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert f"built {name} (user 10001:10001)" in run.stdout
     try:
@@ -80,19 +89,37 @@ def test_the_image_runs_as_a_user_and_carries_no_build_tools(mounted: tuple[Path
     assert (root / "opt" / "imrelay" / "bin" / "python").exists()
 
 
-def test_the_images_command_is_a_working_ingress(mounted: tuple[Path, dict[str, Any]],
-                                                 tmp_path: Path) -> None:
+def test_the_images_command_is_a_working_ingress(
+    mounted: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     root, config = mounted
     server = EmbeddedNats(store_dir=tmp_path / "nats", port=free_port()).start()
     port, admin = free_port(), free_port()
-    cfg = {"bots": [{"id": "robot", "platform": "wecom_group_robot",
-                     "credentials": {"token": "imagetoken", "encoding_aes_key": KEY}}]}
+    cfg = {
+        "bots": [
+            {
+                "id": "robot",
+                "platform": "wecom_group_robot",
+                "credentials": {"token": "imagetoken", "encoding_aes_key": KEY},
+            }
+        ]
+    }
     (root / "tmp" / "imrelay.yaml").write_text(yaml.safe_dump(cfg))
     env = [e for e in config["Env"] if e.startswith(("PATH=", "PYTHONUNBUFFERED="))]
     # the image's command as the image's user, in the image's filesystem, with the image's environment
-    argv = ["chroot", f"--userspec={config['User']}", str(root), "env", "-i", *env,
-            "IMRELAY_CONFIG=/tmp/imrelay.yaml", f"IMRELAY_NATS_URL={server.url}", f"IMRELAY_PORT={port}",
-            f"IMRELAY_ADMIN_PORT={admin}", *config["Cmd"]]
+    argv = [
+        "chroot",
+        f"--userspec={config['User']}",
+        str(root),
+        "env",
+        "-i",
+        *env,
+        "IMRELAY_CONFIG=/tmp/imrelay.yaml",
+        f"IMRELAY_NATS_URL={server.url}",
+        f"IMRELAY_PORT={port}",
+        f"IMRELAY_ADMIN_PORT={admin}",
+        *config["Cmd"],
+    ]
     log = tmp_path / "ingress.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -108,8 +135,9 @@ def test_the_images_command_is_a_working_ingress(mounted: tuple[Path, dict[str, 
             time.sleep(0.2)
         bot = parse_settings(cfg, {}).bots[0]
         query, headers, body = build_request(bot, "from the image", "alice", "4242", time.time())
-        resp = httpx.post(f"http://127.0.0.1:{port}/callback/robot?{query}", content=body, headers=headers,
-                          timeout=10)
+        resp = httpx.post(
+            f"http://127.0.0.1:{port}/callback/robot?{query}", content=body, headers=headers, timeout=10
+        )
         assert resp.status_code == 200, log.read_text()
         assert asyncio.run(stored_inbound(server.url)) == 1
     finally:

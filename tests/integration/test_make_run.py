@@ -27,10 +27,26 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
     log = tmp_path / "dev.log"
     with open(log, "wb") as out:
         dev = subprocess.Popen(
-            [sys.executable, "-m", "imrelay.cli", "dev", "--state-dir", str(tmp_path / "state"),
-             "--port", str(ports["ingress"]), "--admin-port", str(admin),
-             "--sim-port", str(ports["sim"]), "--nats-port", str(ports["nats"])],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "imrelay.cli",
+                "dev",
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--port",
+                str(ports["ingress"]),
+                "--admin-port",
+                str(admin),
+                "--sim-port",
+                str(ports["sim"]),
+                "--nats-port",
+                str(ports["nats"]),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while b"imrelay is running" not in log.read_bytes():
@@ -39,22 +55,67 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
             time.sleep(0.2)
         config = tmp_path / "state" / "dev.yaml"
         demo = subprocess.run(
-            [sys.executable, "-m", "imrelay_sim", "--config", str(config), "send", "--bot", "demo",
-             "--text", "Hello from the WeCom simulator! 你好",
-             "--ingress", f"http://127.0.0.1:{ports['ingress']}",
-             "--sim", f"http://127.0.0.1:{ports['sim']}", "--wait", "20"],
-            capture_output=True, text=True, timeout=60, env=env)
+            [
+                sys.executable,
+                "-m",
+                "imrelay_sim",
+                "--config",
+                str(config),
+                "send",
+                "--bot",
+                "demo",
+                "--text",
+                "Hello from the WeCom simulator! 你好",
+                "--ingress",
+                f"http://127.0.0.1:{ports['ingress']}",
+                "--sim",
+                f"http://127.0.0.1:{ports['sim']}",
+                "--wait",
+                "20",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "ingress answered 200" in demo.stdout
         assert "answer to alice: Hello from the WeCom simulator! 你好" in demo.stdout
         # every platform can be tried the same way (make demo BOT=...)
-        for bot in ("demo-robot", "demo-aibot", "demo-aibot-ws", "demo-feishu", "demo-lark",
-                    "demo-dingtalk", "demo-qq", "demo-discord"):
+        for bot in (
+            "demo-robot",
+            "demo-aibot",
+            "demo-aibot-ws",
+            "demo-feishu",
+            "demo-lark",
+            "demo-dingtalk",
+            "demo-qq",
+            "demo-discord",
+        ):
             tried = subprocess.run(
-                [sys.executable, "-m", "imrelay_sim", "--config", str(config), "send", "--bot", bot,
-                 "--text", f"hello {bot}", "--ingress", f"http://127.0.0.1:{ports['ingress']}",
-                 "--sim", f"http://127.0.0.1:{ports['sim']}", "--wait", "20"],
-                capture_output=True, text=True, timeout=60, env=env)
+                [
+                    sys.executable,
+                    "-m",
+                    "imrelay_sim",
+                    "--config",
+                    str(config),
+                    "send",
+                    "--bot",
+                    bot,
+                    "--text",
+                    f"hello {bot}",
+                    "--ingress",
+                    f"http://127.0.0.1:{ports['ingress']}",
+                    "--sim",
+                    f"http://127.0.0.1:{ports['sim']}",
+                    "--wait",
+                    "20",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=env,
+            )
             assert tried.returncode == 0, bot + tried.stdout + tried.stderr
             assert f": hello {bot}" in tried.stdout, tried.stdout
         assert httpx.get(f"http://127.0.0.1:{admin}/metrics").status_code == 200

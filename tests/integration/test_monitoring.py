@@ -42,8 +42,11 @@ DOCS = Path(__file__).parents[2] / "docs"
 
 
 def dashboard_queries() -> list[str]:
-    return [t["expr"].replace("$platform", ".*").replace("$bot", ".*")
-            for panel in DASHBOARD["panels"] for t in panel["targets"]]
+    return [
+        t["expr"].replace("$platform", ".*").replace("$bot", ".*")
+        for panel in DASHBOARD["panels"]
+        for t in panel["targets"]
+    ]
 
 
 def alert_rules() -> list[dict[str, Any]]:
@@ -87,8 +90,9 @@ class NatsExporter:
 
         self.port = free_port()
         app = Starlette(routes=[Route("/metrics", metrics)])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> NatsExporter:
@@ -106,8 +110,9 @@ class NatsExporter:
 def monitored_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmbeddedNats, str]]:
     """A nats-server with its monitoring port, and its URL."""
     port = free_port()
-    server = EmbeddedNats(store_dir=tmp_path_factory.mktemp("nats"), port=free_port(),
-                          config=f"http: 127.0.0.1:{port}\n").start()
+    server = EmbeddedNats(
+        store_dir=tmp_path_factory.mktemp("nats"), port=free_port(), config=f"http: 127.0.0.1:{port}\n"
+    ).start()
     try:
         yield server, f"http://127.0.0.1:{port}"
     finally:
@@ -115,36 +120,67 @@ def monitored_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[E
 
 
 @pytest.fixture(scope="module")
-def prometheus(monitored_nats: tuple[EmbeddedNats, str],
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
+def prometheus(
+    monitored_nats: tuple[EmbeddedNats, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, str]]:
     need_tool("prometheus", "prometheus")
     root: Path = tmp_path_factory.mktemp("monitoring")
     nats_server, monitor_url = monitored_nats
     exporter = NatsExporter(monitor_url).__enter__()
     s = Stack.create(root, nats_server)
-    s.config["bots"].append({"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
-                             "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
-                             "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": "aibMon",
-                                             "secret": "mon-secret"}})
+    s.config["bots"].append(
+        {
+            "id": "ws",
+            "platform": "wecom_aibot",
+            "mode": "long_connection",
+            "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
+            "credentials": {
+                "token": "t",
+                "encoding_aes_key": KEY,
+                "bot_id": "aibMon",
+                "secret": "mon-secret",
+            },
+        }
+    )
     s.config["connector"] = {"heartbeat_seconds": 2}
-    s.config["backends"] = {"default": {"kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "sk-sim",
-                                        "model": "sim-model"}}
+    s.config["backends"] = {
+        "default": {
+            "kind": "openai",
+            "base_url": f"{s.sim_url}/v1",
+            "api_key": "sk-sim",
+            "model": "sim-model",
+        }
+    }
     s.rewrite_config()
     s.add_service("connector", ["imrelay_ingress.connector"])
     s.start()
     port = free_port()
     targets = {f"imrelay-{name}": f"127.0.0.1:{s.ports[name + '_admin']}" for name in SERVICES}
     targets["imrelay-nats"] = f"127.0.0.1:{exporter.port}"
-    config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-              "scrape_configs": [{"job_name": job, "static_configs": [
-                  {"targets": [target], "labels": {"namespace": NAMESPACE, "pod": f"{job}-0"}}]}
-                  for job, target in targets.items()]}
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "static_configs": [
+                    {"targets": [target], "labels": {"namespace": NAMESPACE, "pod": f"{job}-0"}}
+                ],
+            }
+            for job, target in targets.items()
+        ],
+    }
     (root / "prometheus.yml").write_text(yaml.safe_dump(config))
     with open(root / "prometheus.log", "wb") as log:
-        proc = subprocess.Popen(["prometheus", f"--config.file={root / 'prometheus.yml'}",
-                                 f"--storage.tsdb.path={root / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"],
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={root / 'prometheus.yml'}",
+                f"--storage.tsdb.path={root / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         s.wait_for(lambda: _ready(url), what="prometheus")
@@ -175,13 +211,18 @@ def has_data(url: str, expr: str) -> bool:
 
 def test_every_dashboard_query_and_alert_has_data(prometheus: tuple[Stack, str]) -> None:
     stack, url = prometheus
-    stack.wait_for(lambda: all(has_data(url, f'up{{job="imrelay-{j}"}} == 1') for j in (*SERVICES, "nats")),
-                   timeout=30, what="every service scraped")
+    stack.wait_for(
+        lambda: all(has_data(url, f'up{{job="imrelay-{j}"}} == 1') for j in (*SERVICES, "nats")),
+        timeout=30,
+        what="every service scraped",
+    )
     # traffic: answers, a forged callback, a dead letter, a failing token endpoint, the socket
     for i in range(3):
         send(stack, f"monitoring message {i}", f"m{secrets.token_hex(3)}")
-    resp = httpx.post(f"{stack.ingress_url}/callback/app?msg_signature=0&timestamp=1&nonce=2",
-                      content=b"<xml><Encrypt><![CDATA[AAAA]]></Encrypt></xml>")
+    resp = httpx.post(
+        f"{stack.ingress_url}/callback/app?msg_signature=0&timestamp=1&nonce=2",
+        content=b"<xml><Encrypt><![CDATA[AAAA]]></Encrypt></xml>",
+    )
     assert resp.status_code == 401
     stack.control(fail_next=[81013])
     send(stack, "to nobody", f"m{secrets.token_hex(3)}")
@@ -189,8 +230,10 @@ def test_every_dashboard_query_and_alert_has_data(prometheus: tuple[Stack, str])
     send(stack, "the model fails", f"m{secrets.token_hex(3)}")
     stack.control(expire_tokens=True, gettoken_fail_next=[502])
     send(stack, "after a token failure", f"m{secrets.token_hex(3)}")
-    stack.wait_for(lambda: httpx.get(f"{stack.sim_url}/sim/aibot/connections").json().get("aibMon") == 1,
-                   what="the connector's socket")
+    stack.wait_for(
+        lambda: httpx.get(f"{stack.sim_url}/sim/aibot/connections").json().get("aibMon") == 1,
+        what="the connector's socket",
+    )
     httpx.post(f"{stack.sim_url}/sim/aibot/push", json={"bot_id": "aibMon", "text": "hi"}).raise_for_status()
 
     missing: list[str] = []
@@ -221,11 +264,20 @@ def test_every_alert_groups_by_namespace_and_links_its_runbook() -> None:
 
 def test_promtool_accepts_and_unit_tests_the_rules() -> None:
     need_tool("promtool", "prometheus")
-    check = subprocess.run(["promtool", "check", "rules", str(FILES / "imrelay-alerts.yaml")],
-                           capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(FILES / "imrelay-alerts.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run(["promtool", "test", "rules", "imrelay-alerts.test.yaml"],
-                          cwd=FILES, capture_output=True, text=True, check=False)
+    unit = subprocess.run(
+        ["promtool", "test", "rules", "imrelay-alerts.test.yaml"],
+        cwd=FILES,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
@@ -236,6 +288,7 @@ def test_dashboard_uses_only_metric_names_the_code_defines() -> None:
 
     defined = {m.name for m in REGISTRY.collect()}
     exprs = dashboard_queries() + [r["expr"] for r in alert_rules()]
-    used = {re.sub(r"_(bucket|sum|count|total)$", "", n)
-            for e in exprs for n in re.findall(r"imrelay_\w+", e)}
+    used = {
+        re.sub(r"_(bucket|sum|count|total)$", "", n) for e in exprs for n in re.findall(r"imrelay_\w+", e)
+    }
     assert used and used <= {re.sub(r"_total$", "", n) for n in defined}, used - defined

@@ -55,8 +55,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def secure_nats(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, str]) -> Iterator[EmbeddedNats]:
     tls = f'tls {{ cert_file: "{pki["cert"]}", key_file: "{pki["key"]}", timeout: 2 }}\n'
-    server = EmbeddedNats(store_dir=tmp_path_factory.mktemp("secure-nats"), port=free_port(),
-                          config=tls + authorization_block(PASSWORDS), scheme="tls").start()
+    server = EmbeddedNats(
+        store_dir=tmp_path_factory.mktemp("secure-nats"),
+        port=free_port(),
+        config=tls + authorization_block(PASSWORDS),
+        scheme="tls",
+    ).start()
     try:
         yield server
     finally:
@@ -70,32 +74,68 @@ def violations(server: EmbeddedNats) -> list[str]:
 
 
 def as_service(env: dict[str, str], service: str, password: str | None = None) -> dict[str, str]:
-    return {**env, "IMRELAY_NATS_USER": f"imrelay-{service}",
-            "IMRELAY_NATS_PASSWORD": password or PASSWORDS[service]}
+    return {
+        **env,
+        "IMRELAY_NATS_USER": f"imrelay-{service}",
+        "IMRELAY_NATS_PASSWORD": password or PASSWORDS[service],
+    }
 
 
 @pytest.fixture(scope="module")
-def stack(secure_nats: EmbeddedNats, pki: dict[str, str],
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    secure_nats: EmbeddedNats, pki: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("secure-stack")
     s = Stack.create(root, secure_nats, extra_env={"DISCORD_SIM_SEED": SEED})
     s.config["nats"] = {"tls": {"ca_file": pki["ca"]}}
     sim = s.sim_url
     s.config["bots"] += [
-        {"id": "fs", "platform": "feishu", "api_base": sim, "credentials": {
-            "app_id": "cli_sec01", "app_secret": "fs-secret", "encrypt_key": "sec-encrypt-key",
-            "verification_token": "sec-verification-token"}},
-        {"id": "dt", "platform": "dingtalk", "api_base": sim, "credentials": {
-            "app_key": "dingsec01", "app_secret": "dt-secret"}},
-        {"id": "qqbot", "platform": "qq", "api_base": sim, "auth_base": sim, "credentials": {
-            "app_id": "1020305", "app_secret": "qqsecret0123456789"}},
-        {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
-            "application_id": "998878", "public_key": discord.public_key_for(SEED), "bot_token": "unused"}},
-        {"id": "ai", "platform": "wecom_aibot",
-         "credentials": {"token": "aibottoken", "encoding_aes_key": KEY}},
-        {"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
-         "ws_url": sim.replace("http://", "ws://") + "/ws/aibot",
-         "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": WS_BOT, "secret": "ws-secret"}},
+        {
+            "id": "fs",
+            "platform": "feishu",
+            "api_base": sim,
+            "credentials": {
+                "app_id": "cli_sec01",
+                "app_secret": "fs-secret",
+                "encrypt_key": "sec-encrypt-key",
+                "verification_token": "sec-verification-token",
+            },
+        },
+        {
+            "id": "dt",
+            "platform": "dingtalk",
+            "api_base": sim,
+            "credentials": {"app_key": "dingsec01", "app_secret": "dt-secret"},
+        },
+        {
+            "id": "qqbot",
+            "platform": "qq",
+            "api_base": sim,
+            "auth_base": sim,
+            "credentials": {"app_id": "1020305", "app_secret": "qqsecret0123456789"},
+        },
+        {
+            "id": "dc",
+            "platform": "discord",
+            "api_base": sim,
+            "credentials": {
+                "application_id": "998878",
+                "public_key": discord.public_key_for(SEED),
+                "bot_token": "unused",
+            },
+        },
+        {
+            "id": "ai",
+            "platform": "wecom_aibot",
+            "credentials": {"token": "aibottoken", "encoding_aes_key": KEY},
+        },
+        {
+            "id": "ws",
+            "platform": "wecom_aibot",
+            "mode": "long_connection",
+            "ws_url": sim.replace("http://", "ws://") + "/ws/aibot",
+            "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": WS_BOT, "secret": "ws-secret"},
+        },
     ]
     s.add_service("connector", ["imrelay_ingress.connector"])
     for name in ("ingress", "worker", "sender", "connector"):
@@ -108,8 +148,12 @@ def post(stack: Stack, bot_id: str, text: str, user: str, msg_id: str) -> httpx.
     bot = parse_settings(stack.config, {}).bot(bot_id)
     assert bot is not None
     query, headers, body = build_request(bot, text, user, msg_id, time.time(), stack.sim_url)
-    return httpx.post(f"{stack.ingress_url}/callback/{bot_id}" + (f"?{query}" if query else ""),
-                      content=body, headers=headers, timeout=10)
+    return httpx.post(
+        f"{stack.ingress_url}/callback/{bot_id}" + (f"?{query}" if query else ""),
+        content=body,
+        headers=headers,
+        timeout=10,
+    )
 
 
 ANSWER: dict[str, Callable[[str, str], dict[str, str]]] = {
@@ -127,8 +171,10 @@ def test_every_platform_answers_through_tls_and_per_service_users(stack: Stack, 
     text = f"secure question for {bot_id}"
     assert post(stack, bot_id, text, user, msg_id).status_code == 200
     where = ANSWER[bot_id](msg_id, user) | ({"bot": bot_id} if bot_id != "app" else {})
-    found = stack.wait_for(lambda: (m := stack.messages(**where)) and m[-1]["content"] == text and m,
-                           what=f"the answer on {bot_id}")
+    found = stack.wait_for(
+        lambda: (m := stack.messages(**where)) and m[-1]["content"] == text and m,
+        what=f"the answer on {bot_id}",
+    )
     assert [m["content"] for m in found] == [text]
     assert violations(stack.nats) == []  # no service needed a subject its user lacks
 
@@ -140,14 +186,28 @@ def test_group_robot_and_ai_bot_callbacks_answer(stack: Stack) -> None:
     robot, ai = settings.bot("robot"), settings.bot("ai")
     assert isinstance(robot, WeComGroupRobotBot) and isinstance(ai, WeComAIBot)
     who, chat = f"u{secrets.token_hex(4)}", f"wrk{secrets.token_hex(4)}"
-    query, body = build_callback(robot, "robot over tls", who, str(secrets.randbelow(2**40)),
-                                 int(time.time()), stack.sim_url, chat=chat)
+    query, body = build_callback(
+        robot,
+        "robot over tls",
+        who,
+        str(secrets.randbelow(2**40)),
+        int(time.time()),
+        stack.sim_url,
+        chat=chat,
+    )
     resp = httpx.post(f"{stack.ingress_url}/callback/robot?{query}", content=body, timeout=10)
     assert resp.status_code == 200
-    stack.wait_for(lambda: [m for m in stack.messages(bot="robot") if who in m.get("mentioned_list", [])
-                            and m["content"] == "robot over tls"], what="the robot's answer")
-    query, headers, body = sim_aibot.message_callback(ai, "ai bot over tls", who, secrets.token_hex(16), "",
-                                                      time.time(), stack.sim_url)
+    stack.wait_for(
+        lambda: [
+            m
+            for m in stack.messages(bot="robot")
+            if who in m.get("mentioned_list", []) and m["content"] == "robot over tls"
+        ],
+        what="the robot's answer",
+    )
+    query, headers, body = sim_aibot.message_callback(
+        ai, "ai bot over tls", who, secrets.token_hex(16), "", time.time(), stack.sim_url
+    )
     first = httpx.post(f"{stack.ingress_url}/callback/ai?{query}", content=body, headers=headers, timeout=10)
     sid = sim_aibot.read_reply(ai, first.content)["stream"]["id"]
 
@@ -162,13 +222,18 @@ def test_group_robot_and_ai_bot_callbacks_answer(stack: Stack) -> None:
 
 
 def test_the_long_connection_answers_through_the_connector_user(stack: Stack) -> None:
-    stack.wait_for(lambda: httpx.get(f"{stack.sim_url}/sim/aibot/connections").json().get(WS_BOT) == 1,
-                   what="the bot's socket")
+    stack.wait_for(
+        lambda: httpx.get(f"{stack.sim_url}/sim/aibot/connections").json().get(WS_BOT) == 1,
+        what="the bot's socket",
+    )
     text = f"secure socket {secrets.token_hex(3)}"
-    httpx.post(f"{stack.sim_url}/sim/aibot/push", json={"bot_id": WS_BOT, "text": text, "user": "bob"},
-               timeout=5).raise_for_status()
-    stack.wait_for(lambda: [m for m in stack.messages(bot="ws") if m["content"] == text and m["finish"]],
-                   what="the answer on the socket")
+    httpx.post(
+        f"{stack.sim_url}/sim/aibot/push", json={"bot_id": WS_BOT, "text": text, "user": "bob"}, timeout=5
+    ).raise_for_status()
+    stack.wait_for(
+        lambda: [m for m in stack.messages(bot="ws") if m["content"] == text and m["finish"]],
+        what="the answer on the socket",
+    )
     assert violations(stack.nats) == []
 
 
@@ -176,10 +241,13 @@ def client_config(secure_nats: EmbeddedNats, pki: dict[str, str], **auth: Any) -
     return NatsConfig.model_validate({"url": secure_nats.url, "tls": {"ca_file": pki["ca"]}, "auth": auth})
 
 
-async def test_anonymous_and_wrong_passwords_are_refused(stack: Stack, secure_nats: EmbeddedNats,
-                                                         pki: dict[str, str]) -> None:
-    for cfg in (client_config(secure_nats, pki),
-                client_config(secure_nats, pki, user="imrelay-worker", password="wrong")):
+async def test_anonymous_and_wrong_passwords_are_refused(
+    stack: Stack, secure_nats: EmbeddedNats, pki: dict[str, str]
+) -> None:
+    for cfg in (
+        client_config(secure_nats, pki),
+        client_config(secure_nats, pki, user="imrelay-worker", password="wrong"),
+    ):
         with pytest.raises(NatsRefusedError, match="Authorization Violation"):
             await connect(cfg, "test")
     no_ca = NatsConfig.model_validate({"url": secure_nats.url, "auth": {"token": "x"}})
@@ -187,16 +255,18 @@ async def test_anonymous_and_wrong_passwords_are_refused(stack: Stack, secure_na
         await connect(no_ca, "test")
 
 
-async def test_the_worker_cannot_read_tokens_nor_inject_messages(stack: Stack, secure_nats: EmbeddedNats,
-                                                                 pki: dict[str, str]) -> None:
+async def test_the_worker_cannot_read_tokens_nor_inject_messages(
+    stack: Stack, secure_nats: EmbeddedNats, pki: dict[str, str]
+) -> None:
     errors: list[str] = []
 
     async def on_error(e: Exception) -> None:
         errors.append(str(e))
 
     worker = client_config(secure_nats, pki, user="imrelay-worker", password=PASSWORDS["worker"])
-    nc = await nats.connect(secure_nats.url, error_cb=on_error, max_reconnect_attempts=0,
-                            **connect_options(worker))
+    nc = await nats.connect(
+        secure_nats.url, error_cb=on_error, max_reconnect_attempts=0, **connect_options(worker)
+    )
     try:
         js = nc.jetstream(timeout=1.5)
         with pytest.raises(Exception):  # noqa: B017 - a timeout or a permission error, both refusals
@@ -226,8 +296,13 @@ def test_a_wrong_password_stops_the_service_with_the_reason(stack: Stack) -> Non
     base = stack.services["worker"]
     env = as_service(base.env, "worker", password="not-the-password")
     env["IMRELAY_ADMIN_PORT"] = str(free_port())
-    svc = Service("worker-badpw", base.argv, env, f"http://127.0.0.1:{env['IMRELAY_ADMIN_PORT']}/readyz",
-                  stack.root / "worker-badpw.log")
+    svc = Service(
+        "worker-badpw",
+        base.argv,
+        env,
+        f"http://127.0.0.1:{env['IMRELAY_ADMIN_PORT']}/readyz",
+        stack.root / "worker-badpw.log",
+    )
     with pytest.raises(RuntimeError) as err:
         svc.start(timeout=20)
     assert "refused the connection" in str(err.value) and "Authorization Violation" in str(err.value)

@@ -35,12 +35,12 @@ def ingress_only(nats_server: EmbeddedNats, tmp_path: Path) -> Iterator[Stack]:
 def post(stack: Stack, msg_id: str) -> int:
     bot = parse_settings(stack.config, {}).bots[0]
     query, body = build_callback(bot, "hello", "alice", msg_id, int(time.time()))
-    return httpx.post(f"{stack.ingress_url}/callback/{bot.id}?{query}", content=body,
-                      timeout=15).status_code
+    return httpx.post(f"{stack.ingress_url}/callback/{bot.id}?{query}", content=body, timeout=15).status_code
 
 
-def test_nats_down_means_503_and_nothing_stored_inbound(ingress_only: Stack,
-                                                nats_server: EmbeddedNats) -> None:
+def test_nats_down_means_503_and_nothing_stored_inbound(
+    ingress_only: Stack, nats_server: EmbeddedNats
+) -> None:
     before = asyncio.run(stored_inbound(nats_server.url))
     nats_server.stop()
     try:
@@ -52,8 +52,11 @@ def test_nats_down_means_503_and_nothing_stored_inbound(ingress_only: Stack,
         nats_server.start()
     assert asyncio.run(stored_inbound(nats_server.url)) == before
     # the platform retries: accepted once NATS is back (the ingress reconnects on its own)
-    ingress_only.wait_for(lambda: post(ingress_only, msg_id) == 200, timeout=30,
-                          what="the ingress to accept after NATS came back")
+    ingress_only.wait_for(
+        lambda: post(ingress_only, msg_id) == 200,
+        timeout=30,
+        what="the ingress to accept after NATS came back",
+    )
     assert post(ingress_only, msg_id) == 200
     assert asyncio.run(stored_inbound(nats_server.url)) == before + 1
 
@@ -69,10 +72,15 @@ def test_services_are_alive_before_nats_and_ready_once_it_answers(tmp_path: Path
     later = EmbeddedNats(store_dir=tmp_path / "nats", port=port)
     later.port = port  # the URL the services are given; nothing listens there yet
     s = Stack.create(tmp_path, later)
-    s.config["bots"].append({
-        "id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
-        "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
-        "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": "aibDown01", "secret": "down"}})
+    s.config["bots"].append(
+        {
+            "id": "ws",
+            "platform": "wecom_aibot",
+            "mode": "long_connection",
+            "ws_url": s.sim_url.replace("http://", "ws://") + "/ws/aibot",
+            "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": "aibDown01", "secret": "down"},
+        }
+    )
     s.add_service("connector", ["imrelay_ingress.connector"])
     try:
         s.rewrite_config()
@@ -88,8 +96,11 @@ def test_services_are_alive_before_nats_and_ready_once_it_answers(tmp_path: Path
                 assert "waiting for NATS" in ready.text
         later.start()
         for name in SERVICES:
-            s.wait_for(lambda n=name: httpx.get(f"{s.admin_url(n)}/readyz", timeout=5).status_code == 200,
-                       timeout=60, what=f"{name} to become ready once NATS answers")
+            s.wait_for(
+                lambda n=name: httpx.get(f"{s.admin_url(n)}/readyz", timeout=5).status_code == 200,
+                timeout=60,
+                what=f"{name} to become ready once NATS answers",
+            )
         for name in SERVICES:
             proc = s.services[name].proc
             assert proc is not None and proc.poll() is None, f"{name} exited"

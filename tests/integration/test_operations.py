@@ -41,8 +41,14 @@ def sim_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactor
 
 def imrelay(stack: Stack, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, IMRELAY_CONFIG=str(config or stack.config_path), IMRELAY_NATS_URL=stack.nats.url)
-    return subprocess.run([sys.executable, "-m", "imrelay.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "imrelay.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def with_config(stack: Stack, name: str, change: dict[str, Any]) -> Path:
@@ -90,10 +96,14 @@ def test_check_config_online_names_an_untrusted_ip(sim_stack: Stack) -> None:
 
 def test_check_config_online_names_an_unreachable_nats(sim_stack: Stack) -> None:
     env_url = "nats://127.0.0.1:9"  # discard port: nothing listens
-    r = subprocess.run([sys.executable, "-m", "imrelay.cli", "check-config", "--online"],
-                       env=dict(os.environ, IMRELAY_CONFIG=str(sim_stack.config_path),
-                                IMRELAY_NATS_URL=env_url),
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "imrelay.cli", "check-config", "--online"],
+        env=dict(os.environ, IMRELAY_CONFIG=str(sim_stack.config_path), IMRELAY_NATS_URL=env_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 1
     assert next(x for x in r.stdout.splitlines() if " nats: " in x).startswith("FAIL")
 
@@ -110,11 +120,19 @@ async def test_status_shows_streams_lag_tokens_and_dead_letters(sim_stack: Stack
             assert isinstance(bot, WeComAppBot)
             ctx = DeliveryContext(settings=settings, client=client, tokens=TokenCache(buckets.tokens))
             delivery = WeComAppDelivery.from_bot(bot, ctx)
-            await TokenCache(buckets.tokens).get(delivery.token_key, delivery._fetch_token,
-                                                 renew_early=False)
-        ack = await js.publish(subjects.dlq_subject("sender"), b'{"reply_id": "r1"}', headers=dlq_headers(
-            "sender", "recipient not in the app's visible range", code=81013,
-            original_subject=subjects.outbound_subject("wecom_app", "app", 3), deliveries=1, msg_id="r1"))
+            await TokenCache(buckets.tokens).get(delivery.token_key, delivery._fetch_token, renew_early=False)
+        ack = await js.publish(
+            subjects.dlq_subject("sender"),
+            b'{"reply_id": "r1"}',
+            headers=dlq_headers(
+                "sender",
+                "recipient not in the app's visible range",
+                code=81013,
+                original_subject=subjects.outbound_subject("wecom_app", "app", 3),
+                deliveries=1,
+                msg_id="r1",
+            ),
+        )
     finally:
         await nc.close()
 
@@ -122,7 +140,10 @@ async def test_status_shows_streams_lag_tokens_and_dead_letters(sim_stack: Stack
     assert r.returncode == 0, r.stderr
     status = json.loads(r.stdout)
     assert {st["name"] for st in status["streams"] if st["present"]} == {
-        subjects.STREAM_IN, subjects.STREAM_OUT, subjects.STREAM_DLQ}
+        subjects.STREAM_IN,
+        subjects.STREAM_OUT,
+        subjects.STREAM_DLQ,
+    }
     app = next(b for b in status["bots"] if b["id"] == "app")
     assert app["token"]["state"] == "valid"
     assert 7000 < app["token"]["expires_in_seconds"] <= 7200

@@ -24,22 +24,39 @@ pytestmark = pytest.mark.nats
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 BOTS = [
-    {"id": "hr", "platform": "wecom_app", "credentials": {
-        "corp_id": "ww1", "agent_id": "1", "secret": "s", "token": "t", "encoding_aes_key": KEY}},
+    {
+        "id": "hr",
+        "platform": "wecom_app",
+        "credentials": {
+            "corp_id": "ww1",
+            "agent_id": "1",
+            "secret": "s",
+            "token": "t",
+            "encoding_aes_key": KEY,
+        },
+    },
     {"id": "team", "platform": "wecom_group_robot", "credentials": {"token": "t2", "encoding_aes_key": KEY}},
 ]
 
 
 def message(bot: str, platform: str, chat: str, chat_type: ChatType, user: str) -> InboundMessage:
-    return InboundMessage(id=f"{bot}-{chat}-{user}", platform=platform, bot_id=bot,
-                          platform_message_id=f"{chat}:{user}", chat=Chat(id=chat, type=chat_type),
-                          sender=Sender(id=user), text="hi")
+    return InboundMessage(
+        id=f"{bot}-{chat}-{user}",
+        platform=platform,
+        bot_id=bot,
+        platform_message_id=f"{chat}:{user}",
+        chat=Chat(id=chat, type=chat_type),
+        sender=Sender(id=user),
+        text="hi",
+    )
 
 
-async def test_forget_erases_a_users_memory_and_only_theirs(nats_server: EmbeddedNats,
-                                                            tmp_path: Path) -> None:
-    settings = parse_settings({"bots": BOTS, "memory": {"per_user_in_groups": False}},
-                              {"IMRELAY_NATS_URL": nats_server.url})
+async def test_forget_erases_a_users_memory_and_only_theirs(
+    nats_server: EmbeddedNats, tmp_path: Path
+) -> None:
+    settings = parse_settings(
+        {"bots": BOTS, "memory": {"per_user_in_groups": False}}, {"IMRELAY_NATS_URL": nats_server.url}
+    )
     nc = await nats.connect(nats_server.url)
     try:
         kv = await ensure_memory_bucket(nc.jetstream(), settings.nats, 3600)
@@ -57,8 +74,9 @@ async def test_forget_erases_a_users_memory_and_only_theirs(nats_server: Embedde
         env = dict(os.environ, IMRELAY_CONFIG=str(config), IMRELAY_NATS_URL=nats_server.url)
         for bot in ("hr", "team"):
             argv = [sys.executable, "-m", "imrelay.cli", "forget", "--bot", bot, "--user", "alice"]
-            out = await asyncio.to_thread(subprocess.run, argv, env=env, capture_output=True, text=True,
-                                          timeout=30)
+            out = await asyncio.to_thread(
+                subprocess.run, argv, env=env, capture_output=True, text=True, timeout=30
+            )
             assert out.returncode == 0, out.stderr
             assert "1 conversation record(s)" in out.stdout
 
@@ -74,9 +92,13 @@ async def test_forget_erases_a_users_memory_and_only_theirs(nats_server: Embedde
 def test_forget_names_an_unknown_bot(nats_server: EmbeddedNats, tmp_path: Path) -> None:
     config = tmp_path / "imrelay.yaml"
     config.write_text(yaml.safe_dump({"bots": BOTS}))
-    out = subprocess.run([sys.executable, "-m", "imrelay.cli", "forget", "--bot", "nope", "--user", "x"],
-                         env=dict(os.environ, IMRELAY_CONFIG=str(config), IMRELAY_NATS_URL=nats_server.url),
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "imrelay.cli", "forget", "--bot", "nope", "--user", "x"],
+        env=dict(os.environ, IMRELAY_CONFIG=str(config), IMRELAY_NATS_URL=nats_server.url),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 2 and "no bot 'nope'" in out.stderr
 
 

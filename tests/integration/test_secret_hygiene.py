@@ -90,25 +90,68 @@ class Receiver:
 
 def configure(s: Stack) -> None:
     sim = s.sim_url
-    s.config["backends"] = {"default": {
-        "kind": "openai", "base_url": f"{sim}/v1", "model": "sim", "api_key": API_KEY,
-        "error_message": ERROR_MESSAGE}}
+    s.config["backends"] = {
+        "default": {
+            "kind": "openai",
+            "base_url": f"{sim}/v1",
+            "model": "sim",
+            "api_key": API_KEY,
+            "error_message": ERROR_MESSAGE,
+        }
+    }
     s.config["bots"] = [
-        {"id": "app", "platform": "wecom_app", "api_base": sim, "credentials": {
-            "corp_id": "wwsecrets01", "agent_id": "1000002", "secret": credential("corpsecret"),
-            "token": credential("wecomtoken"), "encoding_aes_key": aes_key("app")}},
-        {"id": "robot", "platform": "wecom_group_robot", "api_base": sim, "credentials": {
-            "token": credential("robottoken"), "encoding_aes_key": aes_key("robot")}},
-        {"id": "fs", "platform": "feishu", "api_base": sim, "credentials": {
-            "app_id": "cli_secrets01", "app_secret": credential("feishusecret"),
-            "encrypt_key": credential("encryptkey"), "verification_token": credential("verification")}},
-        {"id": "dt", "platform": "dingtalk", "api_base": sim, "credentials": {
-            "app_key": "dingsecrets01", "app_secret": credential("dingsecret")}},
-        {"id": "qqbot", "platform": "qq", "api_base": sim, "auth_base": sim, "credentials": {
-            "app_id": "1020399", "app_secret": credential("qqsecret")}},
-        {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
-            "application_id": "998866", "public_key": public_key_for(SEED),
-            "bot_token": credential("discordbot")}},
+        {
+            "id": "app",
+            "platform": "wecom_app",
+            "api_base": sim,
+            "credentials": {
+                "corp_id": "wwsecrets01",
+                "agent_id": "1000002",
+                "secret": credential("corpsecret"),
+                "token": credential("wecomtoken"),
+                "encoding_aes_key": aes_key("app"),
+            },
+        },
+        {
+            "id": "robot",
+            "platform": "wecom_group_robot",
+            "api_base": sim,
+            "credentials": {"token": credential("robottoken"), "encoding_aes_key": aes_key("robot")},
+        },
+        {
+            "id": "fs",
+            "platform": "feishu",
+            "api_base": sim,
+            "credentials": {
+                "app_id": "cli_secrets01",
+                "app_secret": credential("feishusecret"),
+                "encrypt_key": credential("encryptkey"),
+                "verification_token": credential("verification"),
+            },
+        },
+        {
+            "id": "dt",
+            "platform": "dingtalk",
+            "api_base": sim,
+            "credentials": {"app_key": "dingsecrets01", "app_secret": credential("dingsecret")},
+        },
+        {
+            "id": "qqbot",
+            "platform": "qq",
+            "api_base": sim,
+            "auth_base": sim,
+            "credentials": {"app_id": "1020399", "app_secret": credential("qqsecret")},
+        },
+        {
+            "id": "dc",
+            "platform": "discord",
+            "api_base": sim,
+            "credentials": {
+                "application_id": "998866",
+                "public_key": public_key_for(SEED),
+                "bot_token": credential("discordbot"),
+            },
+        },
     ]
 
 
@@ -119,13 +162,18 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture(scope="module")
-def stack(nats_server: EmbeddedNats, receiver: Receiver,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    nats_server: EmbeddedNats, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("secrets")
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
-           "OTEL_BSP_SCHEDULE_DELAY": "100", "IMRELAY_LOG_LEVEL": "DEBUG", "DISCORD_SIM_SEED": SEED,
-           "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST": ".*",
-           "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE": ".*"}
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "IMRELAY_LOG_LEVEL": "DEBUG",
+        "DISCORD_SIM_SEED": SEED,
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST": ".*",
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_RESPONSE": ".*",
+    }
     s = Stack.create(root, nats_server, extra_env=env)
     configure(s)
     with s.running():
@@ -136,24 +184,35 @@ def post(stack: Stack, bot_id: str, text: str, user: str, msg_id: str) -> tuple[
     bot = parse_settings(stack.config, {}).bot(bot_id)
     assert bot is not None
     query, headers, body = build_request(bot, text, user, msg_id, time.time(), stack.sim_url)
-    resp = httpx.post(f"{stack.ingress_url}/callback/{bot_id}" + (f"?{query}" if query else ""),
-                      content=body, headers=headers, timeout=10)
+    resp = httpx.post(
+        f"{stack.ingress_url}/callback/{bot_id}" + (f"?{query}" if query else ""),
+        content=body,
+        headers=headers,
+        timeout=10,
+    )
     assert resp.status_code == 200, resp.text
     return resp, body
 
 
 def answered(stack: Stack, bot_id: str, text: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = stack.wait_for(lambda: [m for m in stack.messages(bot=bot_id)
-                                   if text in str(m["content"]) and not m.get("streaming")
-                                   and not str(m["content"]).endswith("▌")],
-                          what=f"the answer to {text!r} on {bot_id}", timeout=20)
+    found: list[dict[str, Any]] = stack.wait_for(
+        lambda: [
+            m
+            for m in stack.messages(bot=bot_id)
+            if text in str(m["content"]) and not m.get("streaming") and not str(m["content"]).endswith("▌")
+        ],
+        what=f"the answer to {text!r} on {bot_id}",
+        timeout=20,
+    )
     return found
 
 
 def record_levels(log: str) -> Iterator[tuple[str, str]]:
     """(level, record text) of every record in a service log; traceback lines belong to their record."""
-    start = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:\x1b\[\d+m)?"  # FastStream colours levels
-                       r"(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
+    start = re.compile(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:\x1b\[\d+m)?"  # FastStream colours levels
+        r"(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b"
+    )
     level, lines = "INFO", list[str]()  # output before the first record (e.g. a crash) counts as INFO
     for line in log.splitlines():
         m = start.match(line)
@@ -167,8 +226,9 @@ def record_levels(log: str) -> Iterator[tuple[str, str]]:
         yield level, "\n".join(lines)
 
 
-def test_no_secret_in_spans_logs_metrics_or_error_responses(stack: Stack, receiver: Receiver,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_secret_in_spans_logs_metrics_or_error_responses(
+    stack: Stack, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DISCORD_SIM_SEED", SEED)  # the simulator signs this test's Discord interactions
     obtained: list[str] = []  # tokens handed out per message: session webhooks, interaction tokens
 
@@ -195,12 +255,22 @@ def test_no_secret_in_spans_logs_metrics_or_error_responses(stack: Stack, receiv
     answered(stack, "dt", f"{TEXT} dt session")
     bot = parse_settings(stack.config, {}).bot("dt")
     assert isinstance(bot, DingTalkBot)
-    headers, body = sim_dingtalk.callback(bot, f"{TEXT} dt robot api", "erin", "cid_erin", False,
-                                          f"msg{secrets.token_hex(6)}", time.time(), stack.sim_url,
-                                          session_minutes=0)
+    headers, body = sim_dingtalk.callback(
+        bot,
+        f"{TEXT} dt robot api",
+        "erin",
+        "cid_erin",
+        False,
+        f"msg{secrets.token_hex(6)}",
+        time.time(),
+        stack.sim_url,
+        session_minutes=0,
+    )
     obtained.append(parse_qs(urlsplit(json.loads(body)["sessionWebhook"]).query)["session"][0])
-    assert httpx.post(f"{stack.ingress_url}/callback/dt", content=body, headers=headers,
-                      timeout=10).status_code == 200
+    assert (
+        httpx.post(f"{stack.ingress_url}/callback/dt", content=body, headers=headers, timeout=10).status_code
+        == 200
+    )
     answered(stack, "dt", f"{TEXT} dt robot api")
 
     # Discord: the interaction token is in the path of every reply
@@ -211,40 +281,61 @@ def test_no_secret_in_spans_logs_metrics_or_error_responses(stack: Stack, receiv
     # a backend that rejects the key and quotes it: the user gets the error message
     httpx.post(f"{stack.sim_url}/sim/llm", json={"reject_key_next": 1}, timeout=5).raise_for_status()
     send(stack, f"{TEXT} rejected", "grace")
-    stack.wait_for(lambda: [m for m in stack.messages(bot="app", touser="grace")
-                            if ERROR_MESSAGE in str(m["content"])], what="the error answer")
+    stack.wait_for(
+        lambda: [m for m in stack.messages(bot="app", touser="grace") if ERROR_MESSAGE in str(m["content"])],
+        what="the error answer",
+    )
 
     # forged and malformed callbacks: their error responses
     errors: list[str] = []
     for bot_id in ("app", "robot", "fs", "dt", "qqbot", "dc", "nobody"):
         for body_bytes in (b"{}", b"<xml><Encrypt>AAAA</Encrypt></xml>", b"\xff" * 10):
-            r = httpx.post(f"{stack.ingress_url}/callback/{bot_id}?msg_signature=x&timestamp=1&nonce=n",
-                           content=body_bytes, headers={"timestamp": "1", "sign": "x"}, timeout=10)
+            r = httpx.post(
+                f"{stack.ingress_url}/callback/{bot_id}?msg_signature=x&timestamp=1&nonce=n",
+                content=body_bytes,
+                headers={"timestamp": "1", "sign": "x"},
+                timeout=10,
+            )
             assert r.status_code < 500
             errors.append(f"{r.status_code} {dict(r.headers)} {r.text}")
-    forged = httpx.post(f"{stack.ingress_url}/callback/app%0A2026-01-01 00:00:00,000 INFO forged line"
-                        "%1B[2K", content=b"x", timeout=10)
+    forged = httpx.post(
+        f"{stack.ingress_url}/callback/app%0A2026-01-01 00:00:00,000 INFO forged line%1B[2K",
+        content=b"x",
+        timeout=10,
+    )
     errors.append(forged.text)
 
-    metrics = "\n".join(httpx.get(f"{stack.admin_url(name)}/metrics", timeout=5).text
-                        for name in ("ingress", "worker", "sender"))
+    metrics = "\n".join(
+        httpx.get(f"{stack.admin_url(name)}/metrics", timeout=5).text
+        for name in ("ingress", "worker", "sender")
+    )
     issued = httpx.get(f"{stack.sim_url}/sim/tokens", timeout=5).json()
     assert len(issued) >= 5  # WeCom twice, Feishu, QQ, DingTalk
 
     stack.stop()  # flushes the last spans and ends the logs
-    logs = {name: (stack.root / f"{name}.log").read_text(encoding="utf-8", errors="replace")
-            for name in ("ingress", "worker", "sender")}
+    logs = {
+        name: (stack.root / f"{name}.log").read_text(encoding="utf-8", errors="replace")
+        for name in ("ingress", "worker", "sender")
+    }
     settings = parse_settings(stack.config, {})
-    configured = [v.get_secret_value() for b in settings.bots for v in b.credentials.__dict__.values()
-                  if isinstance(v, SecretStr)]
+    configured = [
+        v.get_secret_value()
+        for b in settings.bots
+        for v in b.credentials.__dict__.values()
+        if isinstance(v, SecretStr)
+    ]
     configured += [b.api_key.get_secret_value() for b in settings.backends.values() if b.api_key]
     assert len(configured) == 12 and all(MARK in v for v in configured)
     secrets_ = [*configured, *issued, *obtained]
 
     span_text = "\n".join(str(s) for s in receiver.spans)
     raw_spans = b"".join(receiver.raw)
-    places = {"spans": span_text, "metrics": metrics, "error responses": "\n".join(errors),
-              **{f"{name} log": text for name, text in logs.items()}}
+    places = {
+        "spans": span_text,
+        "metrics": metrics,
+        "error responses": "\n".join(errors),
+        **{f"{name} log": text for name, text in logs.items()},
+    }
     for secret in secrets_:
         for where, text in places.items():
             assert secret not in text, f"a secret ({secret[:6]}...) in the {where}"
@@ -270,7 +361,8 @@ def test_no_secret_in_spans_logs_metrics_or_error_responses(stack: Stack, receiv
     assert any("session=[REDACTED]" in u for u in urls)
     assert any(re.search(r"/webhooks/998866/\[REDACTED\]", u) for u in urls)
     assert not any(a.key == "http.url" for s in http_spans for a in s.attributes)  # stable conventions
-    headers_seen = {a.key for s in http_spans for a in s.attributes
-                    if a.key.startswith("http.request.header.")}
+    headers_seen = {
+        a.key for s in http_spans for a in s.attributes if a.key.startswith("http.request.header.")
+    }
     assert "http.request.header.authorization" in headers_seen
     assert "http.request.header.x_acs_dingtalk_access_token" in headers_seen

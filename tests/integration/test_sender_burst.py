@@ -28,7 +28,8 @@ def burst_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFact
     root: Path = tmp_path_factory.mktemp("burst")
     s = Stack.create(root, nats_server)
     s.config["sender"]["rate_limits"] = {
-        "wecom_group_robot.per_webhook": {"limit": LIMIT, "window_seconds": WINDOW}}
+        "wecom_group_robot.per_webhook": {"limit": LIMIT, "window_seconds": WINDOW}
+    }
     s.config["sender"]["rate_limit_margin_seconds"] = 0.1
     s.add_replicas("sender", 2)
     with s.running("sim", "sender", "sender2", "sender3"):
@@ -41,17 +42,26 @@ async def publish_burst(stack: Stack, chat: str, webhook: str) -> None:
     try:
         js = nc.jetstream()
         subject = subjects.outbound_subject(
-            "wecom_group_robot", "robot", subjects.partition_of(f"robot:{chat}", 16))
+            "wecom_group_robot", "robot", subjects.partition_of(f"robot:{chat}", 16)
+        )
         # the sentinel last: the partition delivers in order, one message at a time, so once it is shown
         # every earlier reply has been acknowledged and none can be delivered again
         for i in [*range(BURST), SENTINEL]:
             chunk = ReplyChunk(
-                reply_id=f"burst-{chat}-{i:03d}", inbound_id=f"in-{i}", platform="wecom_group_robot",
-                bot_id="robot", chat=Chat(id=chat, type=ChatType.GROUP), recipient=Sender(id="zhangsan"),
-                reply_handle={"chat_id": chat, "webhook_url": webhook}, seq=0, final=True,
-                full_text=f"answer {i:03d}")
-            await js.publish(subject, chunk.model_dump_json().encode(),
-                             headers={subjects.HDR_MSG_ID: chunk.msg_id})
+                reply_id=f"burst-{chat}-{i:03d}",
+                inbound_id=f"in-{i}",
+                platform="wecom_group_robot",
+                bot_id="robot",
+                chat=Chat(id=chat, type=ChatType.GROUP),
+                recipient=Sender(id="zhangsan"),
+                reply_handle={"chat_id": chat, "webhook_url": webhook},
+                seq=0,
+                final=True,
+                full_text=f"answer {i:03d}",
+            )
+            await js.publish(
+                subject, chunk.model_dump_json().encode(), headers={subjects.HDR_MSG_ID: chunk.msg_id}
+            )
     finally:
         await nc.close()
 
@@ -62,8 +72,11 @@ def test_burst_keeps_the_webhook_limit_exactly_once_in_order(burst_stack: Stack)
     before = burst_stack.sim_stats().get("rate_limited", 0)
     asyncio.run(publish_burst(burst_stack, f"wrk{key}", webhook))
     last = f"answer {SENTINEL:03d}"
-    burst_stack.wait_for(lambda: any(m["content"] == last for m in burst_stack.messages(chat=key)),
-                         timeout=120, what=f"{BURST} deliveries and the sentinel")
+    burst_stack.wait_for(
+        lambda: any(m["content"] == last for m in burst_stack.messages(chat=key)),
+        timeout=120,
+        what=f"{BURST} deliveries and the sentinel",
+    )
     msgs = burst_stack.messages(chat=key)
     assert [m["content"] for m in msgs] == [f"answer {i:03d}" for i in range(BURST)] + [last]
     msgs = msgs[:-1]
@@ -73,5 +86,7 @@ def test_burst_keeps_the_webhook_limit_exactly_once_in_order(burst_stack: Stack)
     assert worst <= LIMIT
     ideal = (BURST - LIMIT) / LIMIT * WINDOW  # first to last delivery at exactly the limit
     actual = at[-1] - at[0]
-    print(f"\n{BURST} replies by 3 replicas in {actual:.1f}s; at the limit it takes {ideal:.1f}s: "
-          f"throughput {ideal / actual:.2f} of the limit; busiest {WINDOW:g}s window held {worst}")
+    print(
+        f"\n{BURST} replies by 3 replicas in {actual:.1f}s; at the limit it takes {ideal:.1f}s: "
+        f"throughput {ideal / actual:.2f} of the limit; busiest {WINDOW:g}s window held {worst}"
+    )

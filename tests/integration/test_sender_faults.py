@@ -30,9 +30,16 @@ N, GHOSTS = 150, 5
 def faulty(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("faults")
     s = Stack.create(root, nats_server)
-    s.config["sender"].update({
-        "http_timeout_seconds": 0.5, "ack_wait_seconds": 2, "claim_timeout_seconds": 2,
-        "max_attempts": 6, "max_deliver": 20, "rate_limit_backoff_seconds": 0.1})
+    s.config["sender"].update(
+        {
+            "http_timeout_seconds": 0.5,
+            "ack_wait_seconds": 2,
+            "claim_timeout_seconds": 2,
+            "max_attempts": 6,
+            "max_deliver": 20,
+            "rate_limit_backoff_seconds": 0.1,
+        }
+    )
     s.add_replicas("sender", 2)
     with s.running("sim", "sender", "sender2", "sender3"):
         yield s
@@ -40,10 +47,17 @@ def faulty(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) 
 
 def chunk(run: str, i: int, user: str) -> ReplyChunk:
     return ReplyChunk(
-        reply_id=f"{run}-{i:03d}", inbound_id=f"in-{run}-{i}", platform="wecom_app", bot_id="app",
-        chat=Chat(id=user, type=ChatType.DIRECT), recipient=Sender(id=user),
-        reply_handle={"touser": user, "agentid": "1000002"}, seq=0, final=True,
-        full_text=f"answer {i} for {user}")
+        reply_id=f"{run}-{i:03d}",
+        inbound_id=f"in-{run}-{i}",
+        platform="wecom_app",
+        bot_id="app",
+        chat=Chat(id=user, type=ChatType.DIRECT),
+        recipient=Sender(id=user),
+        reply_handle={"touser": user, "agentid": "1000002"},
+        seq=0,
+        final=True,
+        full_text=f"answer {i} for {user}",
+    )
 
 
 async def publish(stack: Stack, chunks: list[ReplyChunk]) -> None:
@@ -51,17 +65,22 @@ async def publish(stack: Stack, chunks: list[ReplyChunk]) -> None:
     try:
         js = nc.jetstream()
         for c in chunks:
-            subject = subjects.outbound_subject("wecom_app", "app",
-                                                subjects.partition_of(f"app:{c.chat.id}", 16))
-            await js.publish(subject, c.model_dump_json().encode(),
-                             headers={subjects.HDR_MSG_ID: c.msg_id})
+            subject = subjects.outbound_subject(
+                "wecom_app", "app", subjects.partition_of(f"app:{c.chat.id}", 16)
+            )
+            await js.publish(subject, c.model_dump_json().encode(), headers={subjects.HDR_MSG_ID: c.msg_id})
     finally:
         await nc.close()
 
 
 def imrelay(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "imrelay.cli", *args, "--nats-url", stack.nats.url],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "imrelay.cli", *args, "--nats-url", stack.nats.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_faults_and_a_killed_replica_lose_nothing_and_show_nothing_twice(faulty: Stack) -> None:
@@ -94,14 +113,20 @@ def test_faults_and_a_killed_replica_lose_nothing_and_show_nothing_twice(faulty:
     stats = faulty.sim_stats()
     injected = stats["faults_injected"] - before.get("faults_injected", 0)
     suppressed = stats.get("duplicates_suppressed", 0) - before.get("duplicates_suppressed", 0)
-    print(f"\n{len(real)} delivered exactly once through {injected} injected faults and a SIGKILL; "
-          f"WeCom's duplicate check dropped {suppressed} reposts")
+    print(
+        f"\n{len(real)} delivered exactly once through {injected} injected faults and a SIGKILL; "
+        f"WeCom's duplicate check dropped {suppressed} reposts"
+    )
     assert injected >= len(real) // 10
 
     # the permanent failures are dead letters, with the platform's code, and can be re-driven
     listing = faulty.wait_for(
-        lambda: (out := imrelay(faulty, "dlq", "list", "--stage", "sender").stdout).count("81013")
-        >= GHOSTS and out, what="dead letters")
+        lambda: (
+            (out := imrelay(faulty, "dlq", "list", "--stage", "sender").stdout).count("81013") >= GHOSTS
+            and out
+        ),
+        what="dead letters",
+    )
     assert "81013" in listing and "sender" in listing
     faulty.control(invalid_users=[])
     redriven = imrelay(faulty, "dlq", "redrive", "--all", "--stage", "sender")

@@ -25,9 +25,15 @@ pytestmark = pytest.mark.nats
 async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None:
     who = f"u{secrets.token_hex(4)}"
     chunk = ReplyChunk(
-        reply_id=f"r-{secrets.token_hex(6)}", inbound_id="i", platform="wecom_app",
-        bot_id="app", chat=Chat(id=who, type=ChatType.DIRECT), recipient=Sender(id=who),
-        reply_handle={"touser": who, "agentid": "1000002"}, seq=0, final=True,
+        reply_id=f"r-{secrets.token_hex(6)}",
+        inbound_id="i",
+        platform="wecom_app",
+        bot_id="app",
+        chat=Chat(id=who, type=ChatType.DIRECT),
+        recipient=Sender(id=who),
+        reply_handle={"touser": who, "agentid": "1000002"},
+        seq=0,
+        final=True,
         full_text="x" * 1500 + " " + "y" * 1500,
     )
     suppressed = stack.sim_stats().get("duplicates_suppressed", 0)
@@ -37,20 +43,28 @@ async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None
         # The same final chunk twice, as after a worker crash past the dedupe window or a replay; in two
         # partitions, so two consumers handle the copies at the same time.
         for attempt in range(2):
-            await js.publish(subjects.outbound_subject("wecom_app", "app", attempt),
-                             chunk.model_dump_json().encode(),
-                             headers={subjects.HDR_MSG_ID: f"{chunk.msg_id}:{attempt}"})
-        await asyncio.to_thread(stack.wait_for, lambda: len(stack.messages(touser=who)) >= 2,
-                                what="both parts")
+            await js.publish(
+                subjects.outbound_subject("wecom_app", "app", attempt),
+                chunk.model_dump_json().encode(),
+                headers={subjects.HDR_MSG_ID: f"{chunk.msg_id}:{attempt}"},
+            )
+        await asyncio.to_thread(
+            stack.wait_for, lambda: len(stack.messages(touser=who)) >= 2, what="both parts"
+        )
         sentinel = f"s{secrets.token_hex(4)}"
-        other = chunk.model_copy(update={
-            "reply_id": f"r-{secrets.token_hex(6)}", "full_text": "done",
-            "reply_handle": WeComAppHandle(touser=sentinel, agentid="1000002")})
-        await js.publish(subjects.outbound_subject("wecom_app", "app", 0),
-                         other.model_dump_json().encode(),
-                         headers={subjects.HDR_MSG_ID: other.msg_id})
-        await asyncio.to_thread(stack.wait_for, lambda: stack.messages(touser=sentinel),
-                                what="sentinel")
+        other = chunk.model_copy(
+            update={
+                "reply_id": f"r-{secrets.token_hex(6)}",
+                "full_text": "done",
+                "reply_handle": WeComAppHandle(touser=sentinel, agentid="1000002"),
+            }
+        )
+        await js.publish(
+            subjects.outbound_subject("wecom_app", "app", 0),
+            other.model_dump_json().encode(),
+            headers={subjects.HDR_MSG_ID: other.msg_id},
+        )
+        await asyncio.to_thread(stack.wait_for, lambda: stack.messages(touser=sentinel), what="sentinel")
     finally:
         await nc.close()
     msgs = stack.messages(touser=who)
@@ -58,9 +72,11 @@ async def test_redelivered_final_chunk_is_not_posted_twice(stack: Stack) -> None
     # the sender itself posted each part once: WeCom's duplicate check never had to step in
     assert stack.sim_stats().get("duplicates_suppressed", 0) == suppressed
     # the second copy was recognized (claimed by the first, then found done): it posts nothing
-    await asyncio.to_thread(stack.wait_for, lambda: stack.metric(
-        "sender", "imrelay_deliveries_total", {"outcome": "duplicate_skipped"}) >= 2,
-        what="the second copy to be skipped")
+    await asyncio.to_thread(
+        stack.wait_for,
+        lambda: stack.metric("sender", "imrelay_deliveries_total", {"outcome": "duplicate_skipped"}) >= 2,
+        what="the second copy to be skipped",
+    )
     assert len(stack.messages(touser=who)) == 2
 
 
@@ -70,8 +86,7 @@ async def test_token_refresh_is_single_flight_across_replicas(nats_server: Embed
     try:
         js0 = connections[0].jetstream()
         await ensure_streams(js0, cfg)
-        caches = [TokenCache((await ensure_buckets(c.jetstream(), cfg)).tokens)
-                  for c in connections]
+        caches = [TokenCache((await ensure_buckets(c.jetstream(), cfg)).tokens) for c in connections]
         calls = 0
         concurrent = 0
         peak = 0
@@ -106,8 +121,10 @@ async def test_a_failing_token_endpoint_is_left_alone_by_every_replica(nats_serv
     connections = [await nats.connect(nats_server.url) for _ in range(3)]
     try:
         await ensure_streams(connections[0].jetstream(), cfg)
-        caches = [TokenCache((await ensure_buckets(c.jetstream(), cfg)).tokens, base_cooldown=0.5)
-                  for c in connections]
+        caches = [
+            TokenCache((await ensure_buckets(c.jetstream(), cfg)).tokens, base_cooldown=0.5)
+            for c in connections
+        ]
         calls = 0
 
         async def broken() -> tuple[str, float]:
@@ -121,8 +138,9 @@ async def test_a_failing_token_endpoint_is_left_alone_by_every_replica(nats_serv
             return "fresh", 7200.0
 
         key = f"test.{secrets.token_hex(4)}"
-        results = await asyncio.gather(*(caches[i % 3].get(key, broken) for i in range(12)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(caches[i % 3].get(key, broken) for i in range(12)), return_exceptions=True
+        )
         assert calls == 1  # one real attempt; everyone else was told to back off
         assert sum(isinstance(r, ConnectionError) for r in results) == 1
         cooling = [r for r in results if isinstance(r, TokenUnavailable)]

@@ -32,16 +32,16 @@ def replicas(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_token_endpoint_called_once_per_lifetime_never_concurrently(replicas: Stack) -> None:
-    replicas.control(token_lifetime=LIFETIME, gettoken_delay=0.2, expire_tokens=True,
-                     user_limit=1000)
+    replicas.control(token_lifetime=LIFETIME, gettoken_delay=0.2, expire_tokens=True, user_limit=1000)
     before = replicas.sim_stats()
     users = [f"u{secrets.token_hex(3)}" for _ in range(60)]
     started = time.monotonic()
     for i, who in enumerate(users):  # steady traffic for about four token lifetimes
         send(replicas, f"message {i}", who)
         time.sleep(max(0.0, started + i * 0.14 - time.monotonic()))
-    replicas.wait_for(lambda: all(replicas.messages(touser=u) for u in users), timeout=30,
-                      what="every answer")
+    replicas.wait_for(
+        lambda: all(replicas.messages(touser=u) for u in users), timeout=30, what="every answer"
+    )
     after = replicas.sim_stats()
     calls = after["gettoken"] - before.get("gettoken", 0)
     issued = after["tokens_issued"] - before.get("tokens_issued", 0)
@@ -49,8 +49,9 @@ def test_token_endpoint_called_once_per_lifetime_never_concurrently(replicas: St
     # platform saw them (the time the test spends noticing the last answer needs no token)
     sent = [m["at"] for u in users for m in replicas.messages(touser=u)]
     lifetimes = (max(sent) - min(sent)) / LIFETIME
-    print(f"answers sent over {lifetimes:.1f} token lifetimes: {calls} gettoken calls, "
-          f"{issued} tokens issued")
+    print(
+        f"answers sent over {lifetimes:.1f} token lifetimes: {calls} gettoken calls, {issued} tokens issued"
+    )
     assert all(len(replicas.messages(touser=u)) == 1 for u in users)
     assert after["gettoken_peak_concurrency"] == 1
     # one call per lifetime in which something was sent: the first token, then one per expiry

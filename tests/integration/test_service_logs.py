@@ -43,21 +43,30 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
 def test_worker_logs_start_outage_and_drain_as_json(tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     config = tmp_path / "imrelay.yaml"
-    config.write_text(yaml.safe_dump({"nats": {"url": f"nats://127.0.0.1:{port}"},
-                                      "admin": {"port": admin, "host": "127.0.0.1"}}), encoding="utf-8")
+    config.write_text(
+        yaml.safe_dump(
+            {"nats": {"url": f"nats://127.0.0.1:{port}"}, "admin": {"port": admin, "host": "127.0.0.1"}}
+        ),
+        encoding="utf-8",
+    )
     log = tmp_path / "worker.log"
     env = dict(os.environ, IMRELAY_LOG_FORMAT="json", IMRELAY_LOG_LEVEL="INFO")
     for name in ("IMRELAY_CONFIG", "IMRELAY_NATS_URL", "IMRELAY_ADMIN_PORT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         env.pop(name, None)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "imrelay_worker", "--config", str(config)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imrelay_worker", "--config", str(config)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     server = EmbeddedNats(store_dir=tmp_path / "nats", port=port)
     try:
         wait_for(log, "unreachable", proc)
         start = lines(log)[0]
-        assert start["message"] == (f"imrelay-worker {__version__} starting: config {config}, "
-                                    f"NATS nats://127.0.0.1:{port}")
+        assert start["message"] == (
+            f"imrelay-worker {__version__} starting: config {config}, NATS nats://127.0.0.1:{port}"
+        )
         assert start["service"] == "imrelay-worker" and start["level"] == "INFO"
         wait_for(log, "(4 failed attempt(s)", proc)  # NATS stays away a while ...
         server.start()  # ... then comes up

@@ -30,14 +30,22 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root: Path = tmp_path_factory.mktemp("sim-gateway")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    config = {"bots": [{"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
-                        "ws_url": f"ws://127.0.0.1:{port}/ws/aibot",
-                        "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": BOT_ID,
-                                        "secret": SECRET}}]}
+    config = {
+        "bots": [
+            {
+                "id": "ws",
+                "platform": "wecom_aibot",
+                "mode": "long_connection",
+                "ws_url": f"ws://127.0.0.1:{port}/ws/aibot",
+                "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": BOT_ID, "secret": SECRET},
+            }
+        ]
+    }
     (root / "imrelay.yaml").write_text(yaml.safe_dump(config))
     env = dict(os.environ, IMRELAY_CONFIG=str(root / "imrelay.yaml"))
-    svc = Service("sim", ["imrelay_sim", "serve", "--port", str(port)], env, f"{url}/sim/stats",
-                  root / "sim.log").start()
+    svc = Service(
+        "sim", ["imrelay_sim", "serve", "--port", str(port)], env, f"{url}/sim/stats", root / "sim.log"
+    ).start()
     try:
         yield url
     finally:
@@ -96,8 +104,9 @@ async def test_acks_take_the_configured_latency_and_callbacks_carry_time_and_res
             await ws.send(frame("ping", "slow"))
             assert json.loads(await ws.recv())["errcode"] == 0
             assert time.monotonic() - sent >= 0.25
-            resp = await asyncio.to_thread(httpx.post, f"{sim}/sim/aibot/push",
-                                           json={"bot_id": BOT_ID, "text": "hi"})
+            resp = await asyncio.to_thread(
+                httpx.post, f"{sim}/sim/aibot/push", json={"bot_id": BOT_ID, "text": "hi"}
+            )
             resp.raise_for_status()
             body = json.loads(await ws.recv())["body"]
             assert abs(body["create_time"] - time.time()) < 60

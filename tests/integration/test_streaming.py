@@ -33,13 +33,31 @@ def streaming(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactor
     root: Path = tmp_path_factory.mktemp("streaming")
     s = Stack.create(root, nats_server, extra_env={"DISCORD_SIM_SEED": SEED})
     sim = s.sim_url
-    s.config["backends"] = {"default": {"kind": "openai", "base_url": f"{sim}/v1", "api_key": "sk",
-                                        "model": "m"}}
+    s.config["backends"] = {
+        "default": {"kind": "openai", "base_url": f"{sim}/v1", "api_key": "sk", "model": "m"}
+    }
     s.config["bots"] = [
-        {"id": "fs", "platform": "feishu", "api_base": sim, "credentials": {
-            "app_id": "cli_stream", "app_secret": "s", "encrypt_key": "k", "verification_token": "v"}},
-        {"id": "dc", "platform": "discord", "api_base": sim, "credentials": {
-            "application_id": "4242", "public_key": public_key_for(SEED), "bot_token": "unused"}},
+        {
+            "id": "fs",
+            "platform": "feishu",
+            "api_base": sim,
+            "credentials": {
+                "app_id": "cli_stream",
+                "app_secret": "s",
+                "encrypt_key": "k",
+                "verification_token": "v",
+            },
+        },
+        {
+            "id": "dc",
+            "platform": "discord",
+            "api_base": sim,
+            "credentials": {
+                "application_id": "4242",
+                "public_key": public_key_for(SEED),
+                "bot_token": "unused",
+            },
+        },
     ]
     try:
         with s.running():
@@ -53,10 +71,12 @@ def ask(stack: Stack, bot_id: str, text: str) -> str:
     bot = parse_settings(stack.config, {}).bot(bot_id)
     assert bot is not None
     msg_id = str(secrets.randbelow(2**40))
-    query, headers, body = build_request(bot, text, f"u{secrets.token_hex(3)}", msg_id, time.time(),
-                                         stack.sim_url)
-    assert httpx.post(f"{stack.ingress_url}/callback/{bot_id}", content=body,
-                      headers=headers).status_code == 200
+    query, headers, body = build_request(
+        bot, text, f"u{secrets.token_hex(3)}", msg_id, time.time(), stack.sim_url
+    )
+    assert (
+        httpx.post(f"{stack.ingress_url}/callback/{bot_id}", content=body, headers=headers).status_code == 200
+    )
     return msg_id
 
 
@@ -72,8 +92,10 @@ def test_discord_edits_the_answer_as_it_grows(streaming: Stack) -> None:
     msg_id = ask(streaming, "dc", WORDS)
     final = f"You said: {WORDS}"
     [original] = streaming.wait_for(
-        lambda: (m := streaming.messages(token=discord_token(msg_id))) and m[0]["content"] == final
-        and m, timeout=30, what="the final answer")
+        lambda: (m := streaming.messages(token=discord_token(msg_id))) and m[0]["content"] == final and m,
+        timeout=30,
+        what="the final answer",
+    )
     assert_grew(original["history"], final, cursor=" ▌")
 
 
@@ -81,8 +103,15 @@ def test_feishu_card_streams_then_stops_streaming(streaming: Stack) -> None:
     msg_id = ask(streaming, "fs", WORDS)
     final = f"You said: {WORDS}"
     [card] = streaming.wait_for(
-        lambda: (m := streaming.messages(reply_to=f"om_{msg_id}")) and m[0]["content"] == final
-        and not m[0]["streaming"] and m, timeout=30, what="the final card")
+        lambda: (
+            (m := streaming.messages(reply_to=f"om_{msg_id}"))
+            and m[0]["content"] == final
+            and not m[0]["streaming"]
+            and m
+        ),
+        timeout=30,
+        what="the final card",
+    )
     assert card["msgtype"] == "interactive" and card["updates"] >= 4
     assert_grew(card["history"], final)
     assert streaming.metric("sender", "imrelay_deliveries_total", {"outcome": "update"}) >= 4
@@ -91,9 +120,11 @@ def test_feishu_card_streams_then_stops_streaming(streaming: Stack) -> None:
 def test_first_sight_of_an_answer_is_counted_once_across_sender_replicas(streaming: Stack) -> None:
     """With two sender replicas a reply's edits and its final part may be handled by different ones: the
     end-to-end first-reply histogram still gets one observation per reply."""
+
     def observed() -> float:
-        return sum(streaming.metric(name, "imrelay_first_reply_seconds_count", {})
-                   for name in ("sender", "sender2"))
+        return sum(
+            streaming.metric(name, "imrelay_first_reply_seconds_count", {}) for name in ("sender", "sender2")
+        )
 
     [replica] = streaming.add_replicas("sender", 1)
     streaming.start(replica)
@@ -105,8 +136,12 @@ def test_first_sight_of_an_answer_is_counted_once_across_sender_replicas(streami
             finals.append((msg_id, f"You said: {WORDS} {n}"))
         for msg_id, final in finals:
             streaming.wait_for(
-                lambda msg_id=msg_id, final=final: (m := streaming.messages(token=discord_token(msg_id)))
-                and m[0]["content"] == final, timeout=60, what="the final answer")
+                lambda msg_id=msg_id, final=final: (
+                    (m := streaming.messages(token=discord_token(msg_id))) and m[0]["content"] == final
+                ),
+                timeout=60,
+                what="the final answer",
+            )
         assert observed() - before == len(finals)
     finally:
         streaming.services[replica].stop()

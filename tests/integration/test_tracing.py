@@ -40,14 +40,17 @@ class Receiver:
         async def traces(request: Request) -> Response:
             req = ExportTraceServiceRequest.FromString(await request.body())
             for rs in req.resource_spans:
-                service = next((a.value.string_value for a in rs.resource.attributes
-                                if a.key == "service.name"), "?")
+                service = next(
+                    (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "?"
+                )
                 for ss in rs.scope_spans:
                     for sp in ss.spans:
                         self.spans[sp.trace_id.hex()].append(
-                            (service, sp.name, str(sp.kind), sp.parent_span_id.hex()))
-                        self.attributes[sp.name].append({
-                            a.key: a.value.string_value or a.value.int_value for a in sp.attributes})
+                            (service, sp.name, str(sp.kind), sp.parent_span_id.hex())
+                        )
+                        self.attributes[sp.name].append(
+                            {a.key: a.value.string_value or a.value.int_value for a in sp.attributes}
+                        )
             return Response(b"", media_type="application/x-protobuf")
 
         app = Starlette(routes=[Route("/v1/traces", traces, methods=["POST"])])
@@ -66,15 +69,19 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def traced(nats_server: EmbeddedNats,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Receiver]]:
+def traced(
+    nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, Receiver]]:
     root: Path = tmp_path_factory.mktemp("traced")
     with Receiver() as receiver:
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
-               "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
         s = Stack.create(root, nats_server, extra_env=env)
-        s.config["backends"] = {"default": {"kind": "openai", "base_url": f"{s.sim_url}/v1",
-                                            "api_key": "sk-sim", "model": "sim"}}
+        s.config["backends"] = {
+            "default": {"kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "sk-sim", "model": "sim"}
+        }
         with s.running():
             yield s, receiver
 
@@ -88,8 +95,13 @@ def test_one_trace_spans_every_hop(traced: tuple[Stack, Receiver]) -> None:
     def complete() -> list[Span] | None:
         for spans in list(receiver.spans.values()):
             kinds = {(s[0], s[2]) for s in spans}
-            if {("imrelay-ingress", SERVER), ("imrelay-worker", CONSUMER), ("imrelay-worker", CLIENT),
-                    ("imrelay-sender", CONSUMER), ("imrelay-sender", CLIENT)} <= kinds:
+            if {
+                ("imrelay-ingress", SERVER),
+                ("imrelay-worker", CONSUMER),
+                ("imrelay-worker", CLIENT),
+                ("imrelay-sender", CONSUMER),
+                ("imrelay-sender", CLIENT),
+            } <= kinds:
                 return spans
         return None
 
@@ -103,9 +115,15 @@ def test_the_model_call_span_carries_the_genai_attributes(traced: tuple[Stack, R
     who = f"u{secrets.token_hex(4)}"
     send(stack, "count my tokens please", who)
     stack.wait_for(lambda: stack.messages(touser=who), what="the answer")
-    spans = stack.wait_for(lambda: [a for a in receiver.attributes["chat sim"]
-                                    if a.get("gen_ai.usage.input_tokens") == 4], what="the model span")
+    spans = stack.wait_for(
+        lambda: [a for a in receiver.attributes["chat sim"] if a.get("gen_ai.usage.input_tokens") == 4],
+        what="the model span",
+    )
     # the simulator counts a token a word: 4 in the question, 6 pieces in "You said: count my tokens please"
-    assert spans[0] == {"gen_ai.operation.name": "chat", "gen_ai.system": "openai",
-                        "gen_ai.request.model": "sim", "gen_ai.usage.input_tokens": 4,
-                        "gen_ai.usage.output_tokens": 6}
+    assert spans[0] == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": "sim",
+        "gen_ai.usage.input_tokens": 4,
+        "gen_ai.usage.output_tokens": 6,
+    }

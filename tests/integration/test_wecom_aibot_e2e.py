@@ -25,10 +25,16 @@ pytestmark = pytest.mark.nats
 def aibot_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("aibot")
     s = Stack.create(root, nats_server)
-    s.config["backends"] = {"default": {"kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "k",
-                                        "model": "m"}}
-    s.config["bots"] = [{"id": "ai", "platform": "wecom_aibot", "credentials": {
-        "token": "aibottoken", "encoding_aes_key": KEY}}]
+    s.config["backends"] = {
+        "default": {"kind": "openai", "base_url": f"{s.sim_url}/v1", "api_key": "k", "model": "m"}
+    }
+    s.config["bots"] = [
+        {
+            "id": "ai",
+            "platform": "wecom_aibot",
+            "credentials": {"token": "aibottoken", "encoding_aes_key": KEY},
+        }
+    ]
     with s.running():
         yield s
 
@@ -64,15 +70,23 @@ def test_refresh_polls_see_the_answer_grow_and_finish(aibot_stack: Stack) -> Non
     try:
         user, msgid = f"u{secrets.token_hex(3)}", secrets.token_hex(16)
         question = "please explain how the stream grows over time"
-        resp = post(aibot_stack, *sim_aibot.message_callback(bot(aibot_stack), question, user, msgid, "",
-                                                             time.time(), aibot_stack.sim_url))
+        resp = post(
+            aibot_stack,
+            *sim_aibot.message_callback(
+                bot(aibot_stack), question, user, msgid, "", time.time(), aibot_stack.sim_url
+            ),
+        )
         assert resp.status_code == 200
         first = sim_aibot.read_reply(bot(aibot_stack), resp.content)
         assert first["msgtype"] == "stream" and first["stream"]["finish"] is False
         sid = first["stream"]["id"]
         # WeCom retries the same message: the same stream, and no second answer is started
-        again = post(aibot_stack, *sim_aibot.message_callback(bot(aibot_stack), question, user, msgid, "",
-                                                              time.time(), aibot_stack.sim_url))
+        again = post(
+            aibot_stack,
+            *sim_aibot.message_callback(
+                bot(aibot_stack), question, user, msgid, "", time.time(), aibot_stack.sim_url
+            ),
+        )
         assert sim_aibot.read_reply(bot(aibot_stack), again.content)["stream"]["id"] == sid
         seen = poll(aibot_stack, sid, user)
     finally:
@@ -81,8 +95,11 @@ def test_refresh_polls_see_the_answer_grow_and_finish(aibot_stack: Stack) -> Non
     contents = [c for c, _ in seen if c]
     assert len(contents) >= 3, seen  # the user saw it grow
     assert all(final.startswith(c) for c in contents) and seen[-1] == (final, True)
-    reqs = [r for r in httpx.get(f"{aibot_stack.sim_url}/sim/llm").json()
-            if r["messages"][-1]["content"] == question]
+    reqs = [
+        r
+        for r in httpx.get(f"{aibot_stack.sim_url}/sim/llm").json()
+        if r["messages"][-1]["content"] == question
+    ]
     assert len(reqs) == 1
 
 

@@ -26,9 +26,19 @@ from ..helpers import FakeStreamStore, free_port
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 LIMIT = 20480
-SETTINGS = parse_settings({"bots": [{"id": "ws", "platform": "wecom_aibot", "mode": "long_connection",
-                                     "credentials": {"token": "t", "encoding_aes_key": KEY,
-                                                     "bot_id": "aib1", "secret": "s"}}]}, {})
+SETTINGS = parse_settings(
+    {
+        "bots": [
+            {
+                "id": "ws",
+                "platform": "wecom_aibot",
+                "mode": "long_connection",
+                "credentials": {"token": "t", "encoding_aes_key": KEY, "bot_id": "aib1", "secret": "s"},
+            }
+        ]
+    },
+    {},
+)
 
 
 class Clock:
@@ -50,8 +60,7 @@ async def call(ws: Any, cmd: str, rid: str, body: dict[str, Any]) -> int:
 async def serving(clock: Clock) -> AsyncIterator[str]:
     """The simulator as a real server on a free port; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(SETTINGS, clock=clock), port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(SETTINGS, clock=clock), port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
@@ -64,15 +73,22 @@ async def serving(clock: Clock) -> AsyncIterator[str]:
 
 async def test_the_simulated_gateway_enforces_the_stream_limits() -> None:
     clock = Clock()
-    async with serving(clock) as host, httpx.AsyncClient(base_url=f"http://{host}") as client, \
-            connect(f"ws://{host}/ws/aibot") as ws:
+    async with (
+        serving(clock) as host,
+        httpx.AsyncClient(base_url=f"http://{host}") as client,
+        connect(f"ws://{host}/ws/aibot") as ws,
+    ):
         assert await call(ws, "aibot_subscribe", "sub", {"bot_id": "aib1", "secret": "s"}) == 0
         rid = (await client.post("/sim/aibot/push", json={"bot_id": "aib1", "text": "hi"})).json()["req_id"]
         assert json.loads(await ws.recv())["cmd"] == "aibot_msg_callback"
 
         async def stream(sid: str, content: str, finish: bool = False, req: str = rid) -> int:
-            return await call(ws, "aibot_respond_msg", req, {"msgtype": "stream", "stream": {
-                "id": sid, "finish": finish, "content": content}})
+            return await call(
+                ws,
+                "aibot_respond_msg",
+                req,
+                {"msgtype": "stream", "stream": {"id": sid, "finish": finish, "content": content}},
+            )
 
         assert await stream("s1", "é" * (LIMIT // 2)) == 0  # exactly the limit, in two-byte characters
         assert await stream("s1", "é" * (LIMIT // 2) + "x") == 45002  # one byte over
@@ -86,7 +102,8 @@ async def test_the_simulated_gateway_enforces_the_stream_limits() -> None:
         assert await stream("s2", "once more", True) == 846608
         # the expiry is configurable
         assert (await client.post("/sim/aibot/streams", json={"expiry_seconds": 20})).json() == {
-            "expiry_seconds": 20.0}
+            "expiry_seconds": 20.0
+        }
         assert await stream("s3", "a") == 0
         clock.t += 21
         assert await stream("s3", "b") == 846608
@@ -96,8 +113,15 @@ async def test_the_simulated_gateway_enforces_the_stream_limits() -> None:
         assert event["cmd"] == "aibot_event_callback" and event["body"]["event"]["eventtype"] == "enter_chat"
         assert await stream("s4", "hello", req=erid) == 846605
         # proactive messages keep the same size limit
-        assert await call(ws, "aibot_send_msg", "p1", {"chatid": "alice", "msgtype": "markdown",
-                                                        "markdown": {"content": "x" * (LIMIT + 1)}}) == 45002
+        assert (
+            await call(
+                ws,
+                "aibot_send_msg",
+                "p1",
+                {"chatid": "alice", "msgtype": "markdown", "markdown": {"content": "x" * (LIMIT + 1)}},
+            )
+            == 45002
+        )
         seen = {m["stream_id"]: m for m in (await client.get("/sim/messages", params={"bot": "ws"})).json()}
     assert seen["s1"]["content"] == "kept alive" and seen["s1"]["finish"] is False and seen["s1"]["expired"]
     assert seen["s2"]["content"] == "the rest" and seen["s2"]["finish"] is True
@@ -106,10 +130,19 @@ async def test_the_simulated_gateway_enforces_the_stream_limits() -> None:
 
 
 def chunk(text: str, final: bool = False) -> ReplyChunk:
-    return ReplyChunk(reply_id="r1", inbound_id="r1", platform="wecom_aibot", bot_id="ws",
-                      chat=Chat(id="alice", type=ChatType.DIRECT), recipient=Sender(id="alice"), seq=0,
-                      reply_handle={"stream_id": "sid", "req_id": "rq", "mode": "long_connection"},
-                      text=None if final else text, full_text=text if final else None, final=final)
+    return ReplyChunk(
+        reply_id="r1",
+        inbound_id="r1",
+        platform="wecom_aibot",
+        bot_id="ws",
+        chat=Chat(id="alice", type=ChatType.DIRECT),
+        recipient=Sender(id="alice"),
+        seq=0,
+        reply_handle={"stream_id": "sid", "req_id": "rq", "mode": "long_connection"},
+        text=None if final else text,
+        full_text=text if final else None,
+        final=final,
+    )
 
 
 def paragraphs(size: int) -> str:
@@ -127,8 +160,9 @@ async def test_a_long_answer_is_shown_as_finished_streams_each_finished_once() -
         frames.append(req.payload)
         return ConnectionAnswer(ok=True)
 
-    delivery = WeComAIBotDelivery(bot_id="ws", streams=FakeStreamStore(), client=httpx.AsyncClient(),
-                                  timeout=1.0, requester=requester)
+    delivery = WeComAIBotDelivery(
+        bot_id="ws", streams=FakeStreamStore(), client=httpx.AsyncClient(), timeout=1.0, requester=requester
+    )
     whole = paragraphs(45_000)
     for size in (1000, 25_000, 30_000, 44_000):  # the answer growing
         await delivery.update(chunk(whole[:size]), whole[:size])
@@ -191,8 +225,9 @@ def bot_socket(keepalive: float) -> AIBotConnection:
 
 
 async def reply(sock: AIBotConnection, sid: str, content: str, finish: bool) -> dict[str, Any]:
-    answer = await sock.send({"req_id": "rq", "stream_id": sid, "content": content, "finish": finish,
-                              "chatid": "alice"})
+    answer = await sock.send(
+        {"req_id": "rq", "stream_id": sid, "content": content, "finish": finish, "chatid": "alice"}
+    )
     return answer.model_dump()
 
 
@@ -206,8 +241,9 @@ async def test_the_connector_keeps_an_open_stream_alive_until_it_is_finished() -
         async with asyncio.timeout(10):
             while len(gateway.frames) < 3:  # noqa: ASYNC110 - polling a fake's record
                 await asyncio.sleep(0.05)
-        assert all(f["body"]["stream"] == {"id": "sid", "finish": False, "content": "so far"}
-                   for f in gateway.frames)  # the same content, shown again while the model is silent
+        assert all(
+            f["body"]["stream"] == {"id": "sid", "finish": False, "content": "so far"} for f in gateway.frames
+        )  # the same content, shown again while the model is silent
         assert (await reply(sock, "sid", "so far, and done", True))["ok"]
         sent = len(gateway.frames)
         await asyncio.sleep(0.5)  # several keepalive rounds
@@ -225,6 +261,9 @@ async def test_a_part_finishing_an_expired_stream_is_sent_proactively() -> None:
     assert (await reply(sock, "sid", "partial", False))["ok"]  # moot: the stream is gone
     assert (await reply(sock, "sid", "the whole part", True))["ok"]
     assert [f["cmd"] for f in gateway.frames] == ["aibot_respond_msg", "aibot_respond_msg", "aibot_send_msg"]
-    assert gateway.frames[-1]["body"] == {"chatid": "alice", "msgtype": "markdown",
-                                          "markdown": {"content": "the whole part"}}
+    assert gateway.frames[-1]["body"] == {
+        "chatid": "alice",
+        "msgtype": "markdown",
+        "markdown": {"content": "the whole part"},
+    }
     assert not sock.open_streams

@@ -14,8 +14,15 @@ from imrelay_worker.answer import produce_answer
 from imrelay_worker.backends import ChatMessage, ChatRequest, Piece
 from imrelay_worker.backends.openai import OpenAIBackend
 
-MSG = InboundMessage(id="m1", platform="wecom_app", bot_id="b", platform_message_id="k",
-                     chat=Chat(id="u", type=ChatType.DIRECT), sender=Sender(id="u"), text="hi")
+MSG = InboundMessage(
+    id="m1",
+    platform="wecom_app",
+    bot_id="b",
+    platform_message_id="k",
+    chat=Chat(id="u", type=ChatType.DIRECT),
+    sender=Sender(id="u"),
+    text="hi",
+)
 
 
 async def pieces(*items: str | Exception, delay: float = 0.0) -> AsyncIterator[str]:
@@ -38,8 +45,9 @@ class Ticker:
         return self.t
 
 
-async def run(stream: AsyncIterator[str] | AsyncIterator[Piece],
-              **kw: object) -> tuple[list[ReplyChunk], object]:
+async def run(
+    stream: AsyncIterator[str] | AsyncIterator[Piece], **kw: object
+) -> tuple[list[ReplyChunk], object]:
     out: list[ReplyChunk] = []
 
     async def publish(c: ReplyChunk) -> None:
@@ -88,8 +96,7 @@ async def test_error_after_partial_answer_keeps_what_was_said() -> None:
 
 
 async def test_timeout_keeps_streamed_text_and_adds_notice() -> None:
-    chunks, res = await run(pieces("a", "b", "c", delay=0.2), deadline_seconds=0.3,
-                            coalesce_seconds=0.0)
+    chunks, res = await run(pieces("a", "b", "c", delay=0.2), deadline_seconds=0.3, coalesce_seconds=0.0)
     assert res.outcome == "timeout"  # type: ignore[attr-defined]
     assert chunks[-1].full_text is not None and chunks[-1].full_text.startswith("a")
     assert "timed out" in chunks[-1].full_text
@@ -120,10 +127,11 @@ class ModelBody(httpx.AsyncByteStream):
 def model(body: ModelBody, requests: list[httpx.Request]) -> OpenAIBackend:
     def handler(request: httpx.Request) -> httpx.Response:
         requests.append(request)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                              stream=body)
-    conf = BackendConfig.model_validate({"kind": "openai", "base_url": "http://llm/v1", "model": "m",
-                                         "api_key": "k"})
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
+
+    conf = BackendConfig.model_validate(
+        {"kind": "openai", "base_url": "http://llm/v1", "model": "m", "api_key": "k"}
+    )
     return OpenAIBackend("default", conf, httpx.AsyncClient(transport=httpx.MockTransport(handler)))
 
 
@@ -141,8 +149,14 @@ async def test_a_failed_publish_mid_answer_neither_stops_the_answer_nor_asks_aga
             raise ConnectionError("no responders")
         published.append(c)
 
-    res = await produce_answer(MSG, model(body, requests).stream(REQ), publish, deadline_seconds=5,
-                               error_message="sorry", coalesce_seconds=0.0)
+    res = await produce_answer(
+        MSG,
+        model(body, requests).stream(REQ),
+        publish,
+        deadline_seconds=5,
+        error_message="sorry",
+        coalesce_seconds=0.0,
+    )
     whole = "".join(f"w{i} " for i in range(20))
     assert res.outcome == "ok" and res.text == whole
     assert published[-1].final and published[-1].full_text == whole
@@ -163,16 +177,21 @@ async def test_the_model_stream_is_closed_when_the_final_cannot_be_published() -
             raise ConnectionError("no responders")
 
     with pytest.raises(ConnectionError):
-        await produce_answer(MSG, model(body, requests).stream(REQ), publish, deadline_seconds=5,
-                             error_message="sorry", coalesce_seconds=0.0,
-                             final_publish_delays=(0.01, 0.01))
+        await produce_answer(
+            MSG,
+            model(body, requests).stream(REQ),
+            publish,
+            deadline_seconds=5,
+            error_message="sorry",
+            coalesce_seconds=0.0,
+            final_publish_delays=(0.01, 0.01),
+        )
     assert body.closed  # closed by us, not by the garbage collector later
     assert sum(1 for c in seen if c.final) == 3  # tried, and tried again twice
 
 
 async def test_the_stream_is_closed_when_reading_stops_early() -> None:
     body, requests = ModelBody(1000), list[httpx.Request]()
-    chunks, res = await run(model(body, requests).stream(REQ), deadline_seconds=0.05,
-                            coalesce_seconds=0.0)
+    chunks, res = await run(model(body, requests).stream(REQ), deadline_seconds=0.05, coalesce_seconds=0.0)
     assert res.outcome == "timeout"  # type: ignore[attr-defined]
     assert body.closed

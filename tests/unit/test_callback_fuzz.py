@@ -36,11 +36,15 @@ CASES = 250  # of each kind, per bot: 8 bots x 2 kinds x 250 = 4,000 requests
 NOW = 1_767_263_060.0
 LIMIT = 1024 * 1024  # the ingress's default max_body_bytes
 
-XXE = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-       b"<xml><Encrypt>&e;</Encrypt><Content>&e;</Content></xml>")
-LAUGHS = (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "lol"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
-          b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;">]>'
-          b"<xml><Encrypt>&d;</Encrypt></xml>")
+XXE = (
+    b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+    b"<xml><Encrypt>&e;</Encrypt><Content>&e;</Content></xml>"
+)
+LAUGHS = (
+    b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "lol"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">'
+    b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;">]>'
+    b"<xml><Encrypt>&d;</Encrypt></xml>"
+)
 
 
 def flip(data: bytes, rng: random.Random, bits: int = 1) -> bytes:
@@ -58,7 +62,7 @@ def garble(text: str, rng: random.Random) -> str:
     if not text:
         return rng.choice(["0", "-1", "x" * 300, "１２３"])
     i = rng.randrange(len(text))
-    return text[:i] + rng.choice("0123456789abcdefABCDEF+/=-_ ") + text[i + 1:]
+    return text[:i] + rng.choice("0123456789abcdefABCDEF+/=-_ ") + text[i + 1 :]
 
 
 def signature_location(req: Request) -> tuple[str, str]:
@@ -115,8 +119,25 @@ def ciphertext_flip(req: Request, rng: random.Random) -> Request:
 
 def outsider(req: Request, rng: random.Random) -> tuple[str, Request]:
     """One mutation of a valid request by someone without the bot's keys."""
-    kind = rng.choice(["body", "body", "ciphertext", "signature", "drop", "timestamp", "resign",
-                       "truncate", "extend", "garbage", "xml", "oversize", "path", "method", "header"])
+    kind = rng.choice(
+        [
+            "body",
+            "body",
+            "ciphertext",
+            "signature",
+            "drop",
+            "timestamp",
+            "resign",
+            "truncate",
+            "extend",
+            "garbage",
+            "xml",
+            "oversize",
+            "path",
+            "method",
+            "header",
+        ]
+    )
     if kind == "body":
         return kind, req.replace(body=flip(req.body, rng, rng.randint(1, 4)))
     if kind == "ciphertext":
@@ -133,7 +154,7 @@ def outsider(req: Request, rng: random.Random) -> tuple[str, Request]:
     if kind == "resign":  # the platform itself re-sending the same message at another time
         return kind, signed(req.bot_id, "hello", "1", NOW + rng.randint(-900, 900))
     if kind == "truncate":
-        return kind, req.replace(body=req.body[:rng.randrange(len(req.body))])
+        return kind, req.replace(body=req.body[: rng.randrange(len(req.body))])
     if kind == "extend":
         return kind, req.replace(body=req.body + rng.choice([b" ", b"\x00", b"}", b"<x/>", b"\xff" * 9]))
     if kind == "garbage":
@@ -143,22 +164,35 @@ def outsider(req: Request, rng: random.Random) -> tuple[str, Request]:
     if kind == "oversize":
         return kind, req.replace(body=b"{" + b" " * LIMIT + b"}")
     if kind == "path":
-        return kind, req.replace(bot_id=rng.choice(["", "nobody", req.bot_id + "x", "..%2f..%2fetc",
-                                                    "%00", "a" * 300, req.bot_id + "/extra"]))
+        return kind, req.replace(
+            bot_id=rng.choice(
+                ["", "nobody", req.bot_id + "x", "..%2f..%2fetc", "%00", "a" * 300, req.bot_id + "/extra"]
+            )
+        )
     if kind == "method":
         return kind, req.replace(method=rng.choice(["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]))
     headers = dict(req.headers)
-    headers[rng.choice(["Content-Type", "Content-Length", "X-Bot-Appid", "Transfer-Encoding"])] = \
-        rng.choice(["", "x", "-1", "999999999", "chunked", "application/json; charset=nope"])
+    headers[rng.choice(["Content-Type", "Content-Length", "X-Bot-Appid", "Transfer-Encoding"])] = rng.choice(
+        ["", "x", "-1", "999999999", "chunked", "application/json; charset=nope"]
+    )
     return kind, req.replace(headers=headers)
 
 
 # ---- insider: well-signed payloads of every wrong shape ---------------------------------------------------
 
 WRONG: list[Callable[[random.Random], Any]] = [
-    lambda r: None, lambda r: True, lambda r: r.randint(-2**70, 2**70), lambda r: r.random() * 1e308,
-    lambda r: [], lambda r: {}, lambda r: [1, "2", None], lambda r: {"a": {"b": []}},
-    lambda r: "x" * r.randint(0, 2000), lambda r: "\ud800", lambda r: "\u0000\u202e", lambda r: "1e999",
+    lambda r: None,
+    lambda r: True,
+    lambda r: r.randint(-(2**70), 2**70),
+    lambda r: r.random() * 1e308,
+    lambda r: [],
+    lambda r: {},
+    lambda r: [1, "2", None],
+    lambda r: {"a": {"b": []}},
+    lambda r: "x" * r.randint(0, 2000),
+    lambda r: "\ud800",
+    lambda r: "\u0000\u202e",
+    lambda r: "1e999",
 ]
 
 
@@ -217,8 +251,10 @@ def insider(plain: bytes, rng: random.Random, is_xml: bool) -> tuple[str, bytes]
 
 
 def describe(kind: str, mutation: str, req: Request) -> str:
-    return (f"{kind}/{mutation} {req.method} /callback/{req.bot_id}?{req.query[:120]} "
-            f"headers={req.headers} body={req.body[:200]!r}")
+    return (
+        f"{kind}/{mutation} {req.method} /callback/{req.bot_id}?{req.query[:120]} "
+        f"headers={req.headers} body={req.body[:200]!r}"
+    )
 
 
 @pytest.mark.parametrize("bot_id", BOT_IDS)
@@ -244,8 +280,9 @@ async def test_outsiders_cannot_get_a_5xx_or_a_forged_message_in(bot_id: str) ->
 
 
 @pytest.mark.parametrize("bot_id", BOT_IDS)
-async def test_signed_payloads_of_any_shape_never_crash_a_parser(bot_id: str,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_signed_payloads_of_any_shape_never_crash_a_parser(
+    bot_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
     rng = random.Random(f"{SEED}:insider:{bot_id}")
     ingress = Ingress(now=NOW)
     plain = plaintext_of(signed(bot_id, "hello", "1", NOW))

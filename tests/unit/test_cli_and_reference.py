@@ -32,9 +32,14 @@ COMMANDS = {  # command -> module run by ``python -m``
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
     # No config file and no NATS: a service that started instead of answering would fail or hang.
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=60, check=False, env={"PATH": "/usr/bin:/bin",
-                                                        "IMRELAY_CONFIG": "/nonexistent.yaml"})
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "IMRELAY_CONFIG": "/nonexistent.yaml"},
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -58,8 +63,14 @@ def test_output_to_a_closed_pipe_ends_quietly() -> None:
     read, write = os.pipe()
     os.close(read)
     try:
-        r = subprocess.run([sys.executable, "-m", "imrelay.cli", "config", "schema"], stdout=write,
-                           stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+        r = subprocess.run(
+            [sys.executable, "-m", "imrelay.cli", "config", "schema"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         os.close(write)
     assert r.returncode == 1
@@ -83,7 +94,8 @@ def test_a_service_takes_its_config_from_the_command_line(tmp_path: Path) -> Non
 def test_the_configuration_reference_is_up_to_date() -> None:
     committed = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert committed == config_reference(), (
-        "docs/configuration.md is out of date: uv run imrelay config reference > docs/configuration.md")
+        "docs/configuration.md is out of date: uv run imrelay config reference > docs/configuration.md"
+    )
 
 
 def _models() -> list[tuple[type[BaseModel], str]]:
@@ -103,9 +115,16 @@ def test_every_key_has_a_type_default_and_meaning(model: type[BaseModel], prefix
 
 def test_the_reference_names_every_leaf_of_the_schema() -> None:
     ref = config_reference()
-    for key in ("nats.url", "sender.rate_limit_margin_seconds", "backends.<name>.api_key",
-                "bots[].replay_window_seconds", "bots[].credentials.encoding_aes_key",
-                "bots[].allow_unsigned_events", "bots[].ws_url", "connector.lease_ttl_seconds"):
+    for key in (
+        "nats.url",
+        "sender.rate_limit_margin_seconds",
+        "backends.<name>.api_key",
+        "bots[].replay_window_seconds",
+        "bots[].credentials.encoding_aes_key",
+        "bots[].allow_unsigned_events",
+        "bots[].ws_url",
+        "connector.lease_ttl_seconds",
+    ):
         assert f"| `{key}` |" in ref
 
 
@@ -140,18 +159,51 @@ def test_token_keys_are_the_senders() -> None:
     from imrelay.platforms.feishu.delivery import FeishuDelivery
     from imrelay.platforms.wecom_app.delivery import WeComAppDelivery
 
-    settings = c.parse_settings({"bots": [
-        {"id": "a", "platform": "wecom_app", "credentials": {
-            "corp_id": "ww1", "agent_id": 7, "secret": "s", "token": "t", "encoding_aes_key": "k" * 43}},
-        {"id": "f", "platform": "lark", "credentials": {
-            "app_id": "cli_1", "app_secret": "s", "encrypt_key": "e", "verification_token": "v"}},
-    ]}, {})
+    settings = c.parse_settings(
+        {
+            "bots": [
+                {
+                    "id": "a",
+                    "platform": "wecom_app",
+                    "credentials": {
+                        "corp_id": "ww1",
+                        "agent_id": 7,
+                        "secret": "s",
+                        "token": "t",
+                        "encoding_aes_key": "k" * 43,
+                    },
+                },
+                {
+                    "id": "f",
+                    "platform": "lark",
+                    "credentials": {
+                        "app_id": "cli_1",
+                        "app_secret": "s",
+                        "encrypt_key": "e",
+                        "verification_token": "v",
+                    },
+                },
+            ]
+        },
+        {},
+    )
     app, lark = settings.bots
-    assert token_key(app) == WeComAppDelivery(
-        bot_id="a", corp_id="ww1", agent_id="7", secret="s", api_base="", client=None,  # type: ignore[arg-type]
-        tokens=None, timeout=1).token_key  # type: ignore[arg-type]
+    assert (
+        token_key(app)
+        == WeComAppDelivery(
+            bot_id="a",
+            corp_id="ww1",
+            agent_id="7",
+            secret="s",
+            api_base="",
+            client=None,  # type: ignore[arg-type]
+            tokens=None,  # type: ignore[arg-type]
+            timeout=1,
+        ).token_key
+    )
     assert token_key(lark) == FeishuDelivery.token_key.fget(  # type: ignore[attr-defined]
-        type("D", (), {"platform": "lark", "app_id": "cli_1"})())
+        type("D", (), {"platform": "lark", "app_id": "cli_1"})()
+    )
 
 
 def test_platform_errors_are_explained_with_a_troubleshooting_link() -> None:
@@ -162,17 +214,48 @@ def test_platform_errors_are_explained_with_a_troubleshooting_link() -> None:
 
 
 def test_format_status() -> None:
-    text = format_status({
-        "streams": [{"name": "IMRELAY_IN", "present": True, "messages": 3, "bytes": 10, "first_seq": 1,
-                     "last_seq": 3, "replicas": 1}, {"name": "IMRELAY_OUT", "present": False}],
-        "consumers": [{"stream": "IMRELAY_IN", "name": "llm-worker", "pending": 2, "ack_pending": 1,
-                       "redelivered": 0, "waiting": 1}],
-        "bots": [{"id": "a", "platform": "wecom_app", "mode": "callback",
-                  "token": {"state": "valid", "expires_in_seconds": 5400}},
-                 {"id": "b", "platform": "wecom_aibot", "mode": "long_connection",
-                  "token": {"state": "not used", "expires_in_seconds": None},
-                  "lease": {"owner": "pod-1", "state": "held", "expires_in_seconds": 8}}],
-        "dead_letters": {"sender": 2}})
+    text = format_status(
+        {
+            "streams": [
+                {
+                    "name": "IMRELAY_IN",
+                    "present": True,
+                    "messages": 3,
+                    "bytes": 10,
+                    "first_seq": 1,
+                    "last_seq": 3,
+                    "replicas": 1,
+                },
+                {"name": "IMRELAY_OUT", "present": False},
+            ],
+            "consumers": [
+                {
+                    "stream": "IMRELAY_IN",
+                    "name": "llm-worker",
+                    "pending": 2,
+                    "ack_pending": 1,
+                    "redelivered": 0,
+                    "waiting": 1,
+                }
+            ],
+            "bots": [
+                {
+                    "id": "a",
+                    "platform": "wecom_app",
+                    "mode": "callback",
+                    "token": {"state": "valid", "expires_in_seconds": 5400},
+                },
+                {
+                    "id": "b",
+                    "platform": "wecom_aibot",
+                    "mode": "long_connection",
+                    "token": {"state": "not used", "expires_in_seconds": None},
+                    "lease": {"owner": "pod-1", "state": "held", "expires_in_seconds": 8},
+                },
+            ],
+            "dead_letters": {"sender": 2},
+        }
+    )
     assert "IMRELAY_OUT  missing" in text
     assert "llm-worker  2" in text
     assert "valid     1.5h" in text

@@ -13,9 +13,15 @@ KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 def app_bot(**over: object) -> dict[str, object]:
     bot: dict[str, object] = {
-        "id": "hr-helper", "platform": "wecom_app",
-        "credentials": {"corp_id": "ww1", "agent_id": 1000002, "secret": "${WECOM_SECRET}",
-                        "token": "tok", "encoding_aes_key": KEY},
+        "id": "hr-helper",
+        "platform": "wecom_app",
+        "credentials": {
+            "corp_id": "ww1",
+            "agent_id": 1000002,
+            "secret": "${WECOM_SECRET}",
+            "token": "tok",
+            "encoding_aes_key": KEY,
+        },
     }
     bot.update(over)
     return bot
@@ -46,27 +52,50 @@ def test_missing_env_var_names_the_key() -> None:
 
 
 def test_env_default() -> None:
-    bot = app_bot(credentials={"corp_id": "ww1", "agent_id": "1", "secret": "${X:-fallback}",
-                               "token": "t", "encoding_aes_key": KEY})
+    bot = app_bot(
+        credentials={
+            "corp_id": "ww1",
+            "agent_id": "1",
+            "secret": "${X:-fallback}",
+            "token": "t",
+            "encoding_aes_key": KEY,
+        }
+    )
     s = parse_settings({"bots": [bot]}, {})
     assert s.bots[0].credentials.secret.get_secret_value() == "fallback"  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("data", "path"), [
-    ({"bots": [app_bot(id="Bad_ID")]}, "bots.0.id"),
-    ({"bots": [app_bot(platform="icq")]}, "bots.0.platform"),
-    ({"bots": [app_bot(credentials={"corp_id": "ww1", "agent_id": "1", "secret": "s",
-                                    "token": "t", "encoding_aes_key": "short"})]},
-     "bots.0.credentials.encoding_aes_key"),
-    ({"bots": [app_bot(backend="nope")]}, "bots.0.backend"),
-    ({"bots": [app_bot(), app_bot()]}, "bots.1.id"),
-    ({"nats": {"urll": "x"}}, "nats.urll"),
-    ({"nats": {"url": "nats-0:4222"}}, "nats.url"),
-    ({"nats": {"url": "nats://a:4222,,nats://b:4222"}}, "nats.url"),
-    ({"backends": {"default": {"kind": "openai"}}}, "backends.default"),
-    ({"ingress": {"port": 0}}, "ingress.port"),
-    ({"connector": {"stream_keepalive_seconds": 400}}, "connector.stream_keepalive_seconds"),
-])
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"bots": [app_bot(id="Bad_ID")]}, "bots.0.id"),
+        ({"bots": [app_bot(platform="icq")]}, "bots.0.platform"),
+        (
+            {
+                "bots": [
+                    app_bot(
+                        credentials={
+                            "corp_id": "ww1",
+                            "agent_id": "1",
+                            "secret": "s",
+                            "token": "t",
+                            "encoding_aes_key": "short",
+                        }
+                    )
+                ]
+            },
+            "bots.0.credentials.encoding_aes_key",
+        ),
+        ({"bots": [app_bot(backend="nope")]}, "bots.0.backend"),
+        ({"bots": [app_bot(), app_bot()]}, "bots.1.id"),
+        ({"nats": {"urll": "x"}}, "nats.urll"),
+        ({"nats": {"url": "nats-0:4222"}}, "nats.url"),
+        ({"nats": {"url": "nats://a:4222,,nats://b:4222"}}, "nats.url"),
+        ({"backends": {"default": {"kind": "openai"}}}, "backends.default"),
+        ({"ingress": {"port": 0}}, "ingress.port"),
+        ({"connector": {"stream_keepalive_seconds": 400}}, "connector.stream_keepalive_seconds"),
+    ],
+)
 def test_bad_keys_are_named(data: dict[str, object], path: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_settings(data, {"WECOM_SECRET": "x"})
@@ -74,8 +103,9 @@ def test_bad_keys_are_named(data: dict[str, object], path: str) -> None:
 
 
 def test_env_overrides() -> None:
-    s = parse_settings({}, {"IMRELAY_NATS_URL": "nats://nats:4222", "IMRELAY_PORT": "9000",
-                            "IMRELAY_ADMIN_PORT": "9999"})
+    s = parse_settings(
+        {}, {"IMRELAY_NATS_URL": "nats://nats:4222", "IMRELAY_PORT": "9000", "IMRELAY_ADMIN_PORT": "9999"}
+    )
     assert (s.nats.url, s.ingress.port, s.admin.port) == ("nats://nats:4222", 9000, 9999)
 
 
@@ -87,8 +117,10 @@ def test_a_cluster_is_several_urls() -> None:
 
 def test_load_settings_from_file(tmp_path: Path) -> None:
     f = tmp_path / "imrelay.yaml"
-    f.write_text("backends:\n  default:\n    kind: openai\n    base_url: http://x/v1\n"
-                 "    model: m\n    api_key: ${OPENAI_API_KEY}\n")
+    f.write_text(
+        "backends:\n  default:\n    kind: openai\n    base_url: http://x/v1\n"
+        "    model: m\n    api_key: ${OPENAI_API_KEY}\n"
+    )
     s = load_settings(None, {"IMRELAY_CONFIG": str(f), "OPENAI_API_KEY": "sk-abc"})
     assert s.backends["default"].api_key is not None
     assert "sk-abc" not in repr(s)

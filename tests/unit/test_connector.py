@@ -20,8 +20,9 @@ from imrelay.config import ConnectorConfig
 from imrelay_ingress.connector import BotStatus, next_pause, readiness, supervise
 from imrelay_ingress.lease import Lease
 
-CFG = ConnectorConfig(reconnect_max_seconds=30, healthy_seconds=5, kick_holdoff_seconds=600,
-                      refused_retry_seconds=300)
+CFG = ConnectorConfig(
+    reconnect_max_seconds=30, healthy_seconds=5, kick_holdoff_seconds=600, refused_retry_seconds=300
+)
 
 
 def test_backoff_doubles_to_the_cap_and_starts_anew_after_a_healthy_socket() -> None:
@@ -46,8 +47,14 @@ def test_readiness_names_every_bot_without_a_working_socket() -> None:
         BotStatus("up", owner=True, socket="up", view="mine"),
         BotStatus("elsewhere", view="taken"),
         BotStatus("kicked", owner=True, socket="kicked", detail="disconnected_event", until=now + 590),
-        BotStatus("refused", owner=True, socket="refused", detail="errcode 853000 invalid", until=now + 30,
-                  fix="check credentials.bot_id and credentials.secret"),
+        BotStatus(
+            "refused",
+            owner=True,
+            socket="refused",
+            detail="errcode 853000 invalid",
+            until=now + 30,
+            fix="check credentials.bot_id and credentials.secret",
+        ),
         BotStatus("orphan", view="free"),
         BotStatus("electing", view="unknown", detail="TimeoutError"),
         BotStatus("flapping", owner=True, socket="down", detail="reconnecting: ConnectionClosedError"),

@@ -71,16 +71,18 @@ def test_the_settings_have_safe_defaults_and_map_onto_the_limits() -> None:
     assert (ingress.header_timeout, ingress.body_timeout, ingress.keep_alive_timeout) == (10, 10, 5)
     assert (ingress.body_min_rate, ingress.max_connections, ingress.max_body_bytes) == (16384, 4096, 1 << 20)
     assert AdminConfig().connections.max_connections == 64
-    settings = parse_settings({"ingress": {"connections": {"header_timeout_seconds": 3,
-                                                           "max_connections": 100}}}, {})
+    settings = parse_settings(
+        {"ingress": {"connections": {"header_timeout_seconds": 3, "max_connections": 100}}}, {}
+    )
     assert settings.ingress.connections.limits().header_timeout == 3
     assert settings.ingress.connections.limits().max_connections == 100
 
 
 # ---- each HTTP implementation on a real server ---------------------------------------------------------
 
-LIMITS = Limits(header_timeout=0.6, body_timeout=0.6, body_min_rate=2000, keep_alive_timeout=0.6,
-                max_connections=3)
+LIMITS = Limits(
+    header_timeout=0.6, body_timeout=0.6, body_min_rate=2000, keep_alive_timeout=0.6, max_connections=3
+)
 SLACK = 3.0  # how late a close may come on a busy machine (the check runs every 60 ms)
 
 Server = tuple[int, str, ConnectionGuard]
@@ -91,8 +93,13 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["path"] == "/big":  # 16 MiB in one piece: more than the socket buffers hold
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"%d" % (16 << 20))]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"%d" % (16 << 20))],
+            }
+        )
         await send({"type": "http.response.body", "body": b"z" * (16 << 20)})
         return
     size = 0
@@ -104,8 +111,13 @@ async def echo_length(scope: Scope, receive: Receive, send: Send) -> None:
         size += len(message.get("body", b""))
         more = message.get("more_body", False)
     answer = str(size).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(answer))]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(answer))],
+        }
+    )
     await send({"type": "http.response.body", "body": answer})
 
 
@@ -115,8 +127,17 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[tuple[int, str
     listener = f"test-{request.param}"
     guard = ConnectionGuard(listener, LIMITS)
     options = guard.uvicorn_options() | {"http": guard.protocol_class(request.param)}
-    srv = EmbeddedServer(uvicorn.Config(echo_length, host="127.0.0.1", port=port, log_level="warning",
-                                        access_log=False, lifespan="off", **options))
+    srv = EmbeddedServer(
+        uvicorn.Config(
+            echo_length,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            **options,
+        )
+    )
     task = asyncio.create_task(srv.serve())
     for _ in range(1000):
         if srv.started:

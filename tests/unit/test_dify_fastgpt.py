@@ -22,13 +22,21 @@ CID = "45701982-8118-4bc5-8e9b-64562b4555f2"
 
 
 def request(**kw: object) -> ChatRequest:
-    return ChatRequest(messages=[ChatMessage("user", "earlier"), ChatMessage("assistant", "reply"),
-                                 ChatMessage("user", "hi")],
-                       user="feishu:b:ou_1", conversation="conv.feishu.b.oc_1", **kw)  # type: ignore[arg-type]
+    return ChatRequest(
+        messages=[
+            ChatMessage("user", "earlier"),
+            ChatMessage("assistant", "reply"),
+            ChatMessage("user", "hi"),
+        ],
+        user="feishu:b:ou_1",
+        conversation="conv.feishu.b.oc_1",
+        **kw,  # type: ignore[arg-type]
+    )
 
 
-def serve(*answers: tuple[int, bytes], size: int = 7,
-          seen: list[httpx.Request] | None = None) -> Callable[[httpx.Request], httpx.Response]:
+def serve(
+    *answers: tuple[int, bytes], size: int = 7, seen: list[httpx.Request] | None = None
+) -> Callable[[httpx.Request], httpx.Response]:
     queue = list(answers)
 
     def handler(req: httpx.Request) -> httpx.Response:
@@ -37,8 +45,8 @@ def serve(*answers: tuple[int, bytes], size: int = 7,
         status, body = queue.pop(0)
         if status != 200:
             return httpx.Response(status, json=json.loads(body))
-        return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                              stream=Pieces(body, size))
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Pieces(body, size))
+
     return handler
 
 
@@ -55,14 +63,21 @@ async def collect(backend: DifyBackend | FastGPTBackend, req: ChatRequest) -> li
 async def test_dify_answer_and_conversation_id(size: int) -> None:
     seen: list[httpx.Request] = []
     req = request()
-    pieces = await collect(dify(serve((200, (FIXTURES / "dify_ok.sse").read_bytes()), size=size,
-                                      seen=seen)), req)
+    pieces = await collect(
+        dify(serve((200, (FIXTURES / "dify_ok.sse").read_bytes()), size=size, seen=seen)), req
+    )
     assert "".join(p for p in pieces if isinstance(p, str)) == "你好，世界！ Hello 😀 there."
     assert req.session[SESSION_KEY] == CID
     assert req.usage == Usage(input_tokens=12, output_tokens=6)  # message_end's metadata.usage
     body = json.loads(seen[0].content)
-    assert body == {"inputs": {}, "query": "hi", "response_mode": "streaming", "conversation_id": "",
-                    "user": "feishu:b:ou_1", "files": []}
+    assert body == {
+        "inputs": {},
+        "query": "hi",
+        "response_mode": "streaming",
+        "conversation_id": "",
+        "user": "feishu:b:ou_1",
+        "files": [],
+    }
     assert str(seen[0].url) == "http://dify/v1/chat-messages"
     assert seen[0].headers["authorization"] == "Bearer app-k"
 
@@ -78,8 +93,9 @@ async def test_dify_starts_again_when_it_forgot_the_conversation() -> None:
     seen: list[httpx.Request] = []
     gone = json.dumps({"code": "not_found", "message": "Conversation Not Exists.", "status": 404})
     req = request(session={SESSION_KEY: "stale"})
-    pieces = await collect(dify(serve((404, gone.encode()),
-                                      (200, (FIXTURES / "dify_ok.sse").read_bytes()), seen=seen)), req)
+    pieces = await collect(
+        dify(serve((404, gone.encode()), (200, (FIXTURES / "dify_ok.sse").read_bytes()), seen=seen)), req
+    )
     assert [json.loads(r.content)["conversation_id"] for r in seen] == ["stale", ""]
     assert pieces and req.session[SESSION_KEY] == CID
 
@@ -93,8 +109,9 @@ async def test_dify_agent_messages_and_replace() -> None:
     assert replaced == ["something unsafe", Replace("I can't help with that.")]
 
 
-@pytest.mark.parametrize(("name", "match"), [("dify_error.sse", "model overloaded"),
-                                             ("dify_no_end.sse", "message_end")])
+@pytest.mark.parametrize(
+    ("name", "match"), [("dify_error.sse", "model overloaded"), ("dify_no_end.sse", "message_end")]
+)
 async def test_dify_failures(name: str, match: str) -> None:
     with pytest.raises(BackendError, match=match):
         await collect(dify(serve((200, (FIXTURES / name).read_bytes()))), request())
@@ -102,10 +119,16 @@ async def test_dify_failures(name: str, match: str) -> None:
 
 async def test_fastgpt_sends_only_the_new_message_with_a_stable_chat_id() -> None:
     seen: list[httpx.Request] = []
-    cfg = BackendConfig.model_validate({"kind": "fastgpt", "base_url": "http://fastgpt/api",
-                                        "api_key": "fastgpt-k"})
-    backend = FastGPTBackend("fg", cfg, httpx.AsyncClient(transport=httpx.MockTransport(
-        serve((200, (FIXTURES / "openai_ok.sse").read_bytes()), seen=seen))))
+    cfg = BackendConfig.model_validate(
+        {"kind": "fastgpt", "base_url": "http://fastgpt/api", "api_key": "fastgpt-k"}
+    )
+    backend = FastGPTBackend(
+        "fg",
+        cfg,
+        httpx.AsyncClient(
+            transport=httpx.MockTransport(serve((200, (FIXTURES / "openai_ok.sse").read_bytes()), seen=seen))
+        ),
+    )
     pieces = await collect(backend, request())
     assert "".join(p for p in pieces if isinstance(p, str)) == "你好，世界！ Hello 😀 there."
     body = json.loads(seen[0].content)

@@ -61,13 +61,17 @@ class Captured:
 def capture(broker: NatsBroker, captured: Captured) -> None:
     """Subscribers on the dead-letter and outbound streams, added before the test broker starts."""
 
-    @broker.subscriber(subjects.DLQ_ALL, stream=JStream(subjects.STREAM_DLQ, declare=False),
-                       ack_policy=AckPolicy.MANUAL)
+    @broker.subscriber(
+        subjects.DLQ_ALL, stream=JStream(subjects.STREAM_DLQ, declare=False), ack_policy=AckPolicy.MANUAL
+    )
     async def dead(msg: NatsMessage) -> None:
         captured.dead.append(msg)
 
-    @broker.subscriber(f"{subjects.OUT_PREFIX}.>", stream=JStream(subjects.STREAM_OUT, declare=False),
-                       ack_policy=AckPolicy.MANUAL)  # the handler under test decides
+    @broker.subscriber(
+        f"{subjects.OUT_PREFIX}.>",
+        stream=JStream(subjects.STREAM_OUT, declare=False),
+        ack_policy=AckPolicy.MANUAL,
+    )  # the handler under test decides
     async def reply(msg: NatsMessage) -> None:
         captured.replies.append(ReplyChunk.model_validate_json(msg.raw_message.data))
 
@@ -77,8 +81,15 @@ def reason(msg: NatsMessage) -> str:
 
 
 def inbound(bot_id: str = "app", text: str = "hello") -> InboundMessage:
-    return InboundMessage(id="in-1", platform="wecom_app", bot_id=bot_id, platform_message_id="m1",
-                          chat=Chat(id="alice", type=ChatType.DIRECT), sender=Sender(id="alice"), text=text)
+    return InboundMessage(
+        id="in-1",
+        platform="wecom_app",
+        bot_id=bot_id,
+        platform_message_id="m1",
+        chat=Chat(id="alice", type=ChatType.DIRECT),
+        sender=Sender(id="alice"),
+        text=text,
+    )
 
 
 # ---- worker -------------------------------------------------------------------------------------------
@@ -95,8 +106,12 @@ async def worker_broker(settings: Settings, captured: Captured) -> AsyncIterator
 
 async def publish_inbound(broker: object, body: bytes, delivery: int) -> None:
     assert hasattr(broker, "publish")
-    await broker.publish(body, subjects.inbound_subject("wecom_app", "app"), stream=subjects.STREAM_IN,
-                         reply_to=delivery_number(delivery))
+    await broker.publish(
+        body,
+        subjects.inbound_subject("wecom_app", "app"),
+        stream=subjects.STREAM_IN,
+        reply_to=delivery_number(delivery),
+    )
 
 
 async def test_worker_dead_letters_an_unreadable_event_and_acks_it(acks: Acks) -> None:
@@ -146,9 +161,21 @@ class FakeDelivery:
 
 
 def final(text: str) -> bytes:
-    return ReplyChunk(reply_id="r-1", inbound_id="in-1", platform="wecom_app", bot_id="app",
-                      chat=Chat(id="alice", type=ChatType.DIRECT), recipient=Sender(id="alice"), seq=1,
-                      final=True, full_text=text).model_dump_json().encode()
+    return (
+        ReplyChunk(
+            reply_id="r-1",
+            inbound_id="in-1",
+            platform="wecom_app",
+            bot_id="app",
+            chat=Chat(id="alice", type=ChatType.DIRECT),
+            recipient=Sender(id="alice"),
+            seq=1,
+            final=True,
+            full_text=text,
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 @pytest.fixture
@@ -164,8 +191,9 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @contextlib.asynccontextmanager
-async def sender_broker(settings: Settings, delivery: FakeDelivery,
-                        captured: Captured, deliveries: FakeKV) -> AsyncIterator[object]:
+async def sender_broker(
+    settings: Settings, delivery: FakeDelivery, captured: Captured, deliveries: FakeKV
+) -> AsyncIterator[object]:
     buckets = Buckets(tokens=FakeKV("tokens"), deliveries=deliveries, ratelimits=FakeKV("ratelimits"))
     async with httpx.AsyncClient() as client:
         sender = build_sender(settings, buckets, client, answer_streams=None)  # type: ignore[arg-type]
@@ -177,8 +205,12 @@ async def sender_broker(settings: Settings, delivery: FakeDelivery,
 
 async def publish_final(broker: object, body: bytes, delivery: int) -> None:
     assert hasattr(broker, "publish")
-    await broker.publish(body, subjects.outbound_subject("wecom_app", "app", 0), stream=subjects.STREAM_OUT,
-                         reply_to=delivery_number(delivery))
+    await broker.publish(
+        body,
+        subjects.outbound_subject("wecom_app", "app", 0),
+        stream=subjects.STREAM_OUT,
+        reply_to=delivery_number(delivery),
+    )
 
 
 SENDER = {"max_attempts": 2, "max_deliver": 3, "backoff_base_seconds": 0.5, "backoff_max_seconds": 30.0}
@@ -187,8 +219,9 @@ SENDER = {"max_attempts": 2, "max_deliver": 3, "backoff_base_seconds": 0.5, "bac
 async def test_sender_dead_letters_a_permanent_failure_and_acks(acks: Acks, slept: list[float]) -> None:
     captured = Captured()
     delivery = FakeDelivery(failures=[PermanentUpstreamError("wecom_app", 81013, "user not found")])
-    async with sender_broker(make_settings([wecom_app_bot()], sender=SENDER), delivery, captured,
-                             FakeKV()) as broker:
+    async with sender_broker(
+        make_settings([wecom_app_bot()], sender=SENDER), delivery, captured, FakeKV()
+    ) as broker:
         await publish_final(broker, final("hello"), 1)
     assert acks.seen == [("ack", None)]
     assert slept == [] and delivery.shown == []  # not retried
@@ -200,8 +233,9 @@ async def test_sender_naks_a_transient_failure_with_a_delay(acks: Acks, slept: l
     busy: list[Exception] = [TransientUpstreamError("wecom_app", -1, "system busy") for _ in range(2)]
     delivery = FakeDelivery(failures=busy)
     deliveries = FakeKV()
-    async with sender_broker(make_settings([wecom_app_bot()], sender=SENDER), delivery, captured,
-                             deliveries) as broker:
+    async with sender_broker(
+        make_settings([wecom_app_bot()], sender=SENDER), delivery, captured, deliveries
+    ) as broker:
         await publish_final(broker, final("hello"), 1)
         assert len(slept) == 1  # retried in-process once (max_attempts 2), then handed back
         assert len(acks.seen) == 1 and acks.seen[0][0] == "nak"
@@ -216,8 +250,9 @@ async def test_sender_naks_a_transient_failure_with_a_delay(acks: Acks, slept: l
 async def test_sender_does_not_post_a_part_again_on_redelivery(acks: Acks, slept: list[float]) -> None:
     captured = Captured()
     delivery = FakeDelivery(failures=[])
-    async with sender_broker(make_settings([wecom_app_bot()], sender=SENDER), delivery, captured,
-                             FakeKV()) as broker:
+    async with sender_broker(
+        make_settings([wecom_app_bot()], sender=SENDER), delivery, captured, FakeKV()
+    ) as broker:
         await publish_final(broker, final("one|two"), 1)
         assert delivery.shown == [("one", 0), ("two", 1)]
         delivery.failures.append(PermanentUpstreamError("wecom_app", 1, "must not be called"))
@@ -231,8 +266,9 @@ async def test_sender_dead_letters_after_the_last_delivery(acks: Acks, slept: li
     captured = Captured()
     busy: list[Exception] = [TransientUpstreamError("wecom_app", -1, "busy") for _ in range(2)]
     delivery = FakeDelivery(failures=busy)
-    async with sender_broker(make_settings([wecom_app_bot()], sender=SENDER), delivery, captured,
-                             FakeKV()) as broker:
+    async with sender_broker(
+        make_settings([wecom_app_bot()], sender=SENDER), delivery, captured, FakeKV()
+    ) as broker:
         await publish_final(broker, final("hello"), 3)  # max_deliver 3: this was the last chance
     assert acks.seen == [("ack", None)]
     assert len(captured.dead) == 1 and "gave up after 3 deliveries" in reason(captured.dead[0])

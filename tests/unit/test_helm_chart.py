@@ -18,9 +18,13 @@ from ..chart import CHART, OPERATOR_APIS, find, render, render_files, values_fil
 
 VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 K8S = "1.33.0"
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor"),
-        ("monitoring.coreos.com/v1", "PrometheusRule"),
-        ("keda.sh/v1alpha1", "ScaledObject"), ("cert-manager.io/v1", "Certificate")}
+CRDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("cert-manager.io/v1", "Certificate"),
+}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -42,13 +46,19 @@ def test_every_manifest_is_valid(path: Path) -> None:
 def test_workloads_are_restricted_and_probed() -> None:
     deployments = [d for d in render({}) if d["kind"] == "Deployment"]
     assert {d["metadata"]["name"] for d in deployments} == {
-        "imrelay-ingress", "imrelay-llm-worker", "imrelay-sender"}
+        "imrelay-ingress",
+        "imrelay-llm-worker",
+        "imrelay-sender",
+    }
     for d in deployments:
         pod = d["spec"]["template"]["spec"]
         [c] = pod["containers"]
         assert pod["securityContext"]["runAsNonRoot"] is True
-        assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                        "capabilities": {"drop": ["ALL"]}}
+        assert c["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
         assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert c["resources"]["requests"] and c["resources"]["limits"]
@@ -60,17 +70,38 @@ def test_a_config_change_rolls_the_pods() -> None:
         [d] = [x for x in render(values) if x["kind"] == "Deployment" and "sender" in x["metadata"]["name"]]
         return str(d["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
 
-    assert checksum({}) != checksum({"config": {"backends": {"default": {"kind": "echo"}}, "bots": [
-        {"id": "x", "platform": "wecom_group_robot", "credentials": {"token": "t",
-                                                                      "encoding_aes_key": "k" * 43}}]}})
+    assert checksum({}) != checksum(
+        {
+            "config": {
+                "backends": {"default": {"kind": "echo"}},
+                "bots": [
+                    {
+                        "id": "x",
+                        "platform": "wecom_group_robot",
+                        "credentials": {"token": "t", "encoding_aes_key": "k" * 43},
+                    }
+                ],
+            }
+        }
+    )
 
 
 def test_the_rendered_config_is_one_imrelay_accepts() -> None:
     values = load(CHART / "ci" / "external-nats-values.yaml")
-    [cm] = [d for d in render(values)
-            if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "imrelay-config"]
-    env = {k: "x" * 43 for k in ("OPENAI_API_KEY", "WECOM_SECRET", "WECOM_TOKEN", "WECOM_AES_KEY",
-                                  "AIBOT_AES_KEY", "AIBOT_SECRET")}
+    [cm] = [
+        d for d in render(values) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "imrelay-config"
+    ]
+    env = {
+        k: "x" * 43
+        for k in (
+            "OPENAI_API_KEY",
+            "WECOM_SECRET",
+            "WECOM_TOKEN",
+            "WECOM_AES_KEY",
+            "AIBOT_AES_KEY",
+            "AIBOT_SECRET",
+        )
+    }
     settings = parse_settings(yaml.safe_load(cm["data"]["imrelay.yaml"]), env)
     assert settings.nats.url == "nats://nats.messaging.svc:4222" and settings.nats.replicas == 3
     assert [b.id for b in settings.bots] == ["hr-helper", "assistant"]
@@ -89,33 +120,70 @@ def test_only_the_callback_port_is_exposed() -> None:
     assert http_rule == {"ports": [{"port": 8080, "protocol": "TCP"}]}
 
 
-@pytest.mark.parametrize("values", [
-    {"componets": {}},
-    {"components": {"ingress": {"enabled": True, "module": "imrelay_ingress", "replica": 3}}},
-    {"nats": {"enabled": False, "url": "nats.example.com:4222"}},
-    {"nats": {"replica": 3}},
-    {"nats": {"replicas": 2}},
-    {"config": {"bots": [{"id": "Bad_Id", "platform": "wecom_app"}]}},
-    {"config": {"extra": {"ingress": {"connections": {"header_timeout": 10}}}}},
-    {"config": {"extra": {"ingress": {"connections": {"max_connections": 0}}}}},
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"componets": {}},
+        {"components": {"ingress": {"enabled": True, "module": "imrelay_ingress", "replica": 3}}},
+        {"nats": {"enabled": False, "url": "nats.example.com:4222"}},
+        {"nats": {"replica": 3}},
+        {"nats": {"replicas": 2}},
+        {"config": {"bots": [{"id": "Bad_Id", "platform": "wecom_app"}]}},
+        {"config": {"extra": {"ingress": {"connections": {"header_timeout": 10}}}}},
+        {"config": {"extra": {"ingress": {"connections": {"max_connections": 0}}}}},
+    ],
+)
 def test_the_schema_rejects_typos(values: dict[str, Any]) -> None:
     with pytest.raises(Exception, match="(?i)schema|values|additional|pattern|length"):
         render(values)
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"keda": {"enabled": True}, "components": {"llm-worker": {
-        "enabled": True, "module": "imrelay_worker",
-        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 2,
-                        "targetCPUUtilizationPercentage": 50}}}}, "one autoscaler"),
-    ({"config": {"bots": [{"id": "ws", "platform": "wecom_aibot", "mode": "long_connection", "credentials": {
-        "token": "t", "encoding_aes_key": "${K}", "bot_id": "aib1", "secret": "${S}"}}]}},
-     "connector.enabled"),
-    ({"nats": {"enabled": False}}, "nats.url is required"),
-    ({"nats": {"url": "nats://nats.messaging:4222"}}, "choose one NATS"),
-    ({"nats": {"replicas": 1}}, r"streamReplicas \(3\) cannot exceed"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {
+                "keda": {"enabled": True},
+                "components": {
+                    "llm-worker": {
+                        "enabled": True,
+                        "module": "imrelay_worker",
+                        "autoscaling": {
+                            "enabled": True,
+                            "minReplicas": 1,
+                            "maxReplicas": 2,
+                            "targetCPUUtilizationPercentage": 50,
+                        },
+                    }
+                },
+            },
+            "one autoscaler",
+        ),
+        (
+            {
+                "config": {
+                    "bots": [
+                        {
+                            "id": "ws",
+                            "platform": "wecom_aibot",
+                            "mode": "long_connection",
+                            "credentials": {
+                                "token": "t",
+                                "encoding_aes_key": "${K}",
+                                "bot_id": "aib1",
+                                "secret": "${S}",
+                            },
+                        }
+                    ]
+                }
+            },
+            "connector.enabled",
+        ),
+        ({"nats": {"enabled": False}}, "nats.url is required"),
+        ({"nats": {"url": "nats://nats.messaging:4222"}}, "choose one NATS"),
+        ({"nats": {"replicas": 1}}, r"streamReplicas \(3\) cannot exceed"),
+    ],
+)
 def test_notes_fail_bad_installs(values: dict[str, Any], message: str) -> None:
     with pytest.raises(Exception, match=message):
         render_files(values)
@@ -142,9 +210,23 @@ def test_checkov_finds_nothing(path: Path, tmp_path: Path) -> None:
     manifest = tmp_path / "imrelay.yaml"
     manifest.write_text("\n---\n".join(v for k, v in out.items() if not k.endswith("NOTES.txt")))
     run = subprocess.run(
-        [checkov, "-f", str(manifest), "--framework", "kubernetes", "--skip-download", "--output", "json",
-         "--skip-check", ",".join(CHECKOV_SKIPS)],
-        capture_output=True, text=True, timeout=300, check=False)
+        [
+            checkov,
+            "-f",
+            str(manifest),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--output",
+            "json",
+            "--skip-check",
+            ",".join(CHECKOV_SKIPS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     report = json.loads(run.stdout)
     summary = report["summary"]
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
@@ -159,8 +241,10 @@ def test_helm_test_round_trip_pod() -> None:
     command = " ".join(pod["spec"]["containers"][0]["command"])
     assert "imrelay_sim send --bot helm-selftest" in command and "http://imrelay-ingress:8080" in command
     [cm] = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "imrelay-config"]
-    settings = parse_settings(yaml.safe_load(cm["data"]["imrelay.yaml"]),
-                              {"HELM_SELFTEST_TOKEN": "t", "HELM_SELFTEST_AES_KEY": "k" * 43})
+    settings = parse_settings(
+        yaml.safe_load(cm["data"]["imrelay.yaml"]),
+        {"HELM_SELFTEST_TOKEN": "t", "HELM_SELFTEST_AES_KEY": "k" * 43},
+    )
     bot = settings.bot("helm-selftest")
     assert bot is not None and settings.api_base(bot) == "http://imrelay-selftest:8090"
     assert settings.backends[bot.backend].kind.value == "echo"  # no model cost
@@ -216,8 +300,9 @@ def test_the_bundled_nats_has_a_user_per_service_and_encrypts_its_files() -> Non
     for component, user in (("ingress", "ingress"), ("llm-worker", "worker"), ("sender", "sender")):
         env = component_env(docs, component)
         assert env["IMRELAY_NATS_USER"] == f"imrelay-{user}"
-        assert env["IMRELAY_NATS_PASSWORD"] == {"secretKeyRef": {
-            "name": "imrelay-nats-auth", "key": f"IMRELAY_NATS_PASSWORD_{user.upper()}"}}
+        assert env["IMRELAY_NATS_PASSWORD"] == {
+            "secretKeyRef": {"name": "imrelay-nats-auth", "key": f"IMRELAY_NATS_PASSWORD_{user.upper()}"}
+        }
     # both can be turned off (a NATS you secure some other way)
     off = render({"nats": {"auth": {"enabled": False}, "encryption": {"enabled": False}}})
     conf = find(off, "ConfigMap", "imrelay-nats-config")["data"]["nats.conf"]
@@ -250,8 +335,11 @@ def test_tls_for_the_bundled_and_for_your_own_nats() -> None:
 
 # ---- extensibility -------------------------------------------------------------------------------------
 
-ROBOT: dict[str, Any] = {"id": "robot", "platform": "wecom_group_robot",
-         "credentials": {"token": "${ROBOT_TOKEN}", "encoding_aes_key": "${ROBOT_AES_KEY}"}}
+ROBOT: dict[str, Any] = {
+    "id": "robot",
+    "platform": "wecom_group_robot",
+    "credentials": {"token": "${ROBOT_TOKEN}", "encoding_aes_key": "${ROBOT_AES_KEY}"},
+}
 
 
 def pod_of(docs: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -265,7 +353,8 @@ def test_umbrella_values_and_every_escape_hatch() -> None:
     assert names == {"chat-relay-ingress", "chat-relay-llm-worker", "chat-relay-sender", "imrelay-nats-box"}
     sa = find(docs, "ServiceAccount", "chat-relay-pods")
     assert sa["metadata"]["annotations"] == {
-        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/chat-relay"}
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/chat-relay"
+    }
     ingress, worker = pod_of(docs, "chat-relay-ingress"), pod_of(docs, "chat-relay-llm-worker")
     for tpl in (ingress, worker):
         spec = tpl["spec"]
@@ -273,8 +362,9 @@ def test_umbrella_values_and_every_escape_hatch() -> None:
         assert spec["automountServiceAccountToken"] is False
         assert tpl["metadata"]["annotations"]["team"] == "chat"
         assert tpl["metadata"]["labels"]["cost-center"] == "c42"
-        assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "chat",
-                                        "effect": "NoSchedule"}]
+        assert spec["tolerations"] == [
+            {"key": "dedicated", "operator": "Equal", "value": "chat", "effect": "NoSchedule"}
+        ]
         assert spec["affinity"]["nodeAffinity"]
         assert {"name": "corp-ca", "configMap": {"name": "corp-ca"}} in spec["volumes"]
         [c] = spec["containers"]
@@ -320,15 +410,18 @@ def test_name_overrides_and_an_existing_service_account() -> None:
     assert not [d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] != "imrelay-nats"]
 
 
-@pytest.mark.parametrize("bot", [
-    {**ROBOT, "credentials": {"token": "t"}},                                  # a credential missing
-    {**ROBOT, "credentials": {**ROBOT["credentials"], "tokn": "t"}},           # a typo in credentials
-    {**ROBOT, "replay_window": 60},                                            # a typo in the bot
-    {**ROBOT, "mode": "websocket"},                                            # not a mode
-    {**ROBOT, "platform": "slack"},                                            # not a platform
-    {"id": "fs", "platform": "feishu", "credentials": {"app_id": "a", "app_secret": "s"}},
-    {**ROBOT, "temperature": 3},
-])
+@pytest.mark.parametrize(
+    "bot",
+    [
+        {**ROBOT, "credentials": {"token": "t"}},  # a credential missing
+        {**ROBOT, "credentials": {**ROBOT["credentials"], "tokn": "t"}},  # a typo in credentials
+        {**ROBOT, "replay_window": 60},  # a typo in the bot
+        {**ROBOT, "mode": "websocket"},  # not a mode
+        {**ROBOT, "platform": "slack"},  # not a platform
+        {"id": "fs", "platform": "feishu", "credentials": {"app_id": "a", "app_secret": "s"}},
+        {**ROBOT, "temperature": 3},
+    ],
+)
 def test_a_bad_bot_fails_the_install(bot: dict[str, Any]) -> None:
     with pytest.raises(Exception, match="(?i)schema|values"):
         render({"config": {"bots": [bot]}})
@@ -341,7 +434,8 @@ def test_the_chart_bot_schema_is_generated_from_the_config_models() -> None:
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema == with_chart_bots_schema(schema), (
-        "run: imrelay config schema --chart deploy/helm/imrelay/values.schema.json")
+        "run: imrelay config schema --chart deploy/helm/imrelay/values.schema.json"
+    )
     assert schema["properties"]["config"]["properties"]["bots"] == {"$ref": "#/definitions/bots"}
 
 
@@ -350,6 +444,7 @@ def test_global_values_of_an_umbrella_chart_are_accepted() -> None:
 
 
 # ---- rollouts ------------------------------------------------------------------------------------------
+
 
 def checksums(values: dict[str, Any]) -> dict[str, str]:
     annotations: dict[str, str] = pod_of(render(values), "imrelay-sender")["metadata"]["annotations"]
@@ -364,23 +459,63 @@ def test_a_secret_change_rolls_the_pods() -> None:
     assert before == checksums({"secrets": {"values": {"OPENAI_API_KEY": "one"}}})  # stable otherwise
 
 
-@pytest.mark.parametrize(("component", "values", "expected"), [
-    ("ingress", {}, {"minAvailable": 1}),
-    ("ingress", {"components": {"ingress": {"enabled": True, "module": "imrelay_ingress", "replicas": 1}}},
-     {"maxUnavailable": 1}),
-    ("sender", {"components": {"sender": {"enabled": True, "module": "imrelay_sender",
-                                          "pdb": {"enabled": True, "minAvailable": 2}}}},
-     {"maxUnavailable": 1}),
-    ("sender", {"components": {"sender": {"enabled": True, "module": "imrelay_sender",
-                                          "pdb": {"enabled": True, "minAvailable": "50%"}}}},
-     {"minAvailable": "50%"}),
-    ("sender", {"components": {"sender": {"enabled": True, "module": "imrelay_sender", "autoscaling": {
-        "enabled": True, "minReplicas": 1, "maxReplicas": 4, "targetCPUUtilizationPercentage": 70}}}},
-     {"maxUnavailable": 1}),
-    ("llm-worker", {"keda": {"enabled": True, "minReplicas": 3}}, {"minAvailable": 1}),
-])
-def test_a_pdb_never_blocks_a_drain(component: str, values: dict[str, Any],
-                                    expected: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("component", "values", "expected"),
+    [
+        ("ingress", {}, {"minAvailable": 1}),
+        (
+            "ingress",
+            {"components": {"ingress": {"enabled": True, "module": "imrelay_ingress", "replicas": 1}}},
+            {"maxUnavailable": 1},
+        ),
+        (
+            "sender",
+            {
+                "components": {
+                    "sender": {
+                        "enabled": True,
+                        "module": "imrelay_sender",
+                        "pdb": {"enabled": True, "minAvailable": 2},
+                    }
+                }
+            },
+            {"maxUnavailable": 1},
+        ),
+        (
+            "sender",
+            {
+                "components": {
+                    "sender": {
+                        "enabled": True,
+                        "module": "imrelay_sender",
+                        "pdb": {"enabled": True, "minAvailable": "50%"},
+                    }
+                }
+            },
+            {"minAvailable": "50%"},
+        ),
+        (
+            "sender",
+            {
+                "components": {
+                    "sender": {
+                        "enabled": True,
+                        "module": "imrelay_sender",
+                        "autoscaling": {
+                            "enabled": True,
+                            "minReplicas": 1,
+                            "maxReplicas": 4,
+                            "targetCPUUtilizationPercentage": 70,
+                        },
+                    }
+                }
+            },
+            {"maxUnavailable": 1},
+        ),
+        ("llm-worker", {"keda": {"enabled": True, "minReplicas": 3}}, {"minAvailable": 1}),
+    ],
+)
+def test_a_pdb_never_blocks_a_drain(component: str, values: dict[str, Any], expected: dict[str, Any]) -> None:
     pdb = find(render(values), "PodDisruptionBudget", f"imrelay-{component}")["spec"]
     assert {k: v for k, v in pdb.items() if k != "selector"} == expected
 
@@ -388,22 +523,36 @@ def test_a_pdb_never_blocks_a_drain(component: str, values: dict[str, Any],
 def test_single_replica_values_allow_drains() -> None:
     docs = render(values_file("single-replica-values.yaml"))
     pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
-    assert {d["metadata"]["name"] for d in pdbs} == {"imrelay-ingress", "imrelay-llm-worker",
-                                                     "imrelay-sender"}
+    assert {d["metadata"]["name"] for d in pdbs} == {
+        "imrelay-ingress",
+        "imrelay-llm-worker",
+        "imrelay-sender",
+    }
     assert all(d["spec"].get("maxUnavailable") == 1 and "minAvailable" not in d["spec"] for d in pdbs)
 
 
 def test_probes_and_the_ingress_pause_before_stopping() -> None:
-    docs = render({"components": {"ingress": {"enabled": True, "module": "imrelay_ingress",
-                                               "preStopSleepSeconds": 12,
-                                               "startupProbe": {"periodSeconds": 3,
-                                                                "failureThreshold": 50}}}})
+    docs = render(
+        {
+            "components": {
+                "ingress": {
+                    "enabled": True,
+                    "module": "imrelay_ingress",
+                    "preStopSleepSeconds": 12,
+                    "startupProbe": {"periodSeconds": 3, "failureThreshold": 50},
+                }
+            }
+        }
+    )
     ingress = pod_of(docs, "imrelay-ingress")["spec"]
     [c] = ingress["containers"]
     assert c["lifecycle"]["preStop"]["exec"]["command"] == ["python", "-c", "import time; time.sleep(12)"]
     assert ingress["terminationGracePeriodSeconds"] == 30 + 12  # the pause, then the time to finish
-    assert c["startupProbe"] == {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 3,
-                                 "failureThreshold": 50}
+    assert c["startupProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "admin"},
+        "periodSeconds": 3,
+        "failureThreshold": 50,
+    }
     sender = pod_of(docs, "imrelay-sender")["spec"]
     [s] = sender["containers"]
     assert "lifecycle" not in s and sender["terminationGracePeriodSeconds"] == 60
@@ -411,14 +560,20 @@ def test_probes_and_the_ingress_pause_before_stopping() -> None:
     assert s["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
-@pytest.mark.parametrize(("values", "kind", "value"), [
-    ({"serviceMonitor": {"enabled": True}}, "ServiceMonitor", "serviceMonitor.enabled"),
-    ({"prometheusRule": {"enabled": True}}, "PrometheusRule", "prometheusRule.enabled"),
-    ({"keda": {"enabled": True}}, "ScaledObject", "keda.enabled"),
-    ({"nats": {"exporter": {"podMonitor": {"enabled": True}}}}, "PodMonitor",
-     "nats.exporter.podMonitor.enabled"),
-    (values_file("nats-tls-values.yaml"), "Certificate", "nats.tls.certManager.enabled"),
-])
+@pytest.mark.parametrize(
+    ("values", "kind", "value"),
+    [
+        ({"serviceMonitor": {"enabled": True}}, "ServiceMonitor", "serviceMonitor.enabled"),
+        ({"prometheusRule": {"enabled": True}}, "PrometheusRule", "prometheusRule.enabled"),
+        ({"keda": {"enabled": True}}, "ScaledObject", "keda.enabled"),
+        (
+            {"nats": {"exporter": {"podMonitor": {"enabled": True}}}},
+            "PodMonitor",
+            "nats.exporter.podMonitor.enabled",
+        ),
+        (values_file("nats-tls-values.yaml"), "Certificate", "nats.tls.certManager.enabled"),
+    ],
+)
 def test_operator_objects_need_their_api(values: dict[str, Any], kind: str, value: str) -> None:
     with pytest.raises(Exception, match=rf"{value}=true needs the {kind} API .*set {value}=false"):
         render(values, api_versions=[])
@@ -450,6 +605,7 @@ def test_the_helm_test_secret_is_the_same_on_every_render() -> None:
 
 # ---- the bundled NATS ----------------------------------------------------------------------------------
 
+
 def test_the_bundled_nats_exports_metrics_and_can_have_a_nats_box() -> None:
     docs = render(values_file("umbrella-values.yaml"))
     pod = find(docs, "StatefulSet", "imrelay-nats")["spec"]["template"]["spec"]
@@ -467,13 +623,17 @@ def test_the_bundled_nats_exports_metrics_and_can_have_a_nats_box() -> None:
     [c] = box["containers"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
     assert env["NATS_URL"] == "nats://imrelay-nats:4222" and env["NATS_USER"] == "imrelay-cli"
-    assert env["NATS_PASSWORD"] == {"secretKeyRef": {"name": "imrelay-nats-auth",
-                                                     "key": "IMRELAY_NATS_PASSWORD_CLI"}}
+    assert env["NATS_PASSWORD"] == {
+        "secretKeyRef": {"name": "imrelay-nats-auth", "key": "IMRELAY_NATS_PASSWORD_CLI"}
+    }
     # the exporter is there by default, its PodMonitor and nats-box only when asked for
     plain = render({})
-    assert [c["name"] for c in find(plain, "StatefulSet", "imrelay-nats")["spec"]["template"]["spec"][
-        "containers"]] == ["nats", "exporter"]
+    assert [
+        c["name"]
+        for c in find(plain, "StatefulSet", "imrelay-nats")["spec"]["template"]["spec"]["containers"]
+    ] == ["nats", "exporter"]
     assert not [d for d in plain if d["kind"] == "PodMonitor" or d["metadata"]["name"] == "imrelay-nats-box"]
     off = render({"nats": {"exporter": {"enabled": False}}})
-    assert [c["name"] for c in find(off, "StatefulSet", "imrelay-nats")["spec"]["template"]["spec"][
-        "containers"]] == ["nats"]
+    assert [
+        c["name"] for c in find(off, "StatefulSet", "imrelay-nats")["spec"]["template"]["spec"]["containers"]
+    ] == ["nats"]

@@ -30,8 +30,10 @@ def qq_validation(plain_token: str, event_ts: str, key_secret: str | None = None
     headers = {"Content-Type": "application/json", "X-Bot-Appid": "1020304"}
     if key_secret is not None:  # QQ itself: signed with the bot's key
         key = ed25519.signing_key(qq_seed(key_secret))
-        headers |= {"X-Signature-Timestamp": event_ts,
-                    "X-Signature-Ed25519": ed25519.sign(key, event_ts.encode() + body)}
+        headers |= {
+            "X-Signature-Timestamp": event_ts,
+            "X-Signature-Ed25519": ed25519.sign(key, event_ts.encode() + body),
+        }
     return Request("qq", "", headers, body)
 
 
@@ -39,14 +41,21 @@ async def test_qq_validation_cannot_be_used_to_sign_a_forged_event() -> None:
     """The attack: ask op 13 to sign ``ts + <event body>``, then post that body with the signature."""
     ingress = Ingress(now=NOW)
     ts = str(int(NOW))
-    forged = json.dumps({"op": 0, "id": "x", "t": "C2C_MESSAGE_CREATE", "d": {
-        "id": "forged-1", "content": "transfer the money", "author": {"user_openid": "boss"}}}).encode()
+    forged = json.dumps(
+        {
+            "op": 0,
+            "id": "x",
+            "t": "C2C_MESSAGE_CREATE",
+            "d": {"id": "forged-1", "content": "transfer the money", "author": {"user_openid": "boss"}},
+        }
+    ).encode()
     oracle = await ingress.send(qq_validation(forged.decode(), ts))
     assert oracle.status_code == 401 and "signature" not in oracle.text
     # even had a signature been obtained somehow, the forged body would need one of its own
     stolen = "00" * 64
-    resp = await ingress.send(Request("qq", "", {"X-Signature-Timestamp": ts,
-                                                 "X-Signature-Ed25519": stolen}, forged))
+    resp = await ingress.send(
+        Request("qq", "", {"X-Signature-Timestamp": ts, "X-Signature-Ed25519": stolen}, forged)
+    )
     assert resp.status_code == 401
     assert ingress.publisher.published == []
 
@@ -104,12 +113,21 @@ async def test_dingtalk_body_for_another_robot_is_refused() -> None:
     assert ingress.publisher.published == []
 
 
-@pytest.mark.parametrize(("window", "age", "status"), [
-    (None, 299, 200), (None, 301, 401), (60, 61, 401), (3600, 3599, 200), (0, 3599, 200), (0, 3601, 401),
-    (7200, 3601, 401),  # never beyond DingTalk's own hour
-])
-async def test_dingtalk_window_is_configurable_and_tight_by_default(window: float | None, age: float,
-                                                                   status: int) -> None:
+@pytest.mark.parametrize(
+    ("window", "age", "status"),
+    [
+        (None, 299, 200),
+        (None, 301, 401),
+        (60, 61, 401),
+        (3600, 3599, 200),
+        (0, 3599, 200),
+        (0, 3601, 401),
+        (7200, 3601, 401),  # never beyond DingTalk's own hour
+    ],
+)
+async def test_dingtalk_window_is_configurable_and_tight_by_default(
+    window: float | None, age: float, status: int
+) -> None:
     s = settings(dt={} if window is None else {"replay_window_seconds": window})
     ingress = Ingress(s=s, now=NOW)
     assert (await ingress.send(signed("dt", "hi", "1", NOW - age, s))).status_code == status
@@ -129,8 +147,11 @@ async def test_dingtalk_without_a_replay_record_is_not_stored() -> None:
 
 
 def test_feishu_bot_without_encrypt_key_refuses_to_start() -> None:
-    lark = {"id": "lk", "platform": "lark", "credentials": {
-        "app_id": "cli_lk", "app_secret": "s", "verification_token": "lk-token"}}
+    lark = {
+        "id": "lk",
+        "platform": "lark",
+        "credentials": {"app_id": "cli_lk", "app_secret": "s", "verification_token": "lk-token"},
+    }
     with pytest.raises(ConfigError) as err:
         parse_settings({"bots": [lark]}, {})
     assert err.value.path == "bots.0.credentials.encrypt_key"
@@ -138,8 +159,12 @@ def test_feishu_bot_without_encrypt_key_refuses_to_start() -> None:
 
 
 def test_unsigned_opt_out_is_logged_at_start(caplog: pytest.LogCaptureFixture) -> None:
-    lark = {"id": "lk", "platform": "lark", "allow_unsigned_events": True, "credentials": {
-        "app_id": "cli_lk", "app_secret": "s", "verification_token": "lk-token"}}
+    lark = {
+        "id": "lk",
+        "platform": "lark",
+        "allow_unsigned_events": True,
+        "credentials": {"app_id": "cli_lk", "app_secret": "s", "verification_token": "lk-token"},
+    }
     with caplog.at_level(logging.WARNING, logger="imrelay.ingress"):
         create_app(parse_settings({"bots": [lark]}, {}), FakePublisher())
     assert any("lk accepts unsigned events" in r.getMessage() for r in caplog.records)

@@ -23,26 +23,47 @@ CRYPTO = WeComCrypto("tok", KEY, CORP)
 
 
 def settings(**ingress: object) -> Settings:
-    return parse_settings({"ingress": ingress, "bots": [{
-        "id": "app", "platform": "wecom_app", "credentials": {
-            "corp_id": CORP, "agent_id": AGENT, "secret": "s", "token": "tok",
-            "encoding_aes_key": KEY}}]}, {})
+    return parse_settings(
+        {
+            "ingress": ingress,
+            "bots": [
+                {
+                    "id": "app",
+                    "platform": "wecom_app",
+                    "credentials": {
+                        "corp_id": CORP,
+                        "agent_id": AGENT,
+                        "secret": "s",
+                        "token": "tok",
+                        "encoding_aes_key": KEY,
+                    },
+                }
+            ],
+        },
+        {},
+    )
 
 
 def callback(text: str = "hello", msg_id: str = "42", agent: str = AGENT) -> tuple[str, bytes]:
     now = int(time.time())
-    cb = encrypted_post(CRYPTO, app_text_xml(CORP, agent, "alice", text, msg_id, now), now,
-                        to_user=CORP, agent_id=agent)
+    cb = encrypted_post(
+        CRYPTO, app_text_xml(CORP, agent, "alice", text, msg_id, now), now, to_user=CORP, agent_id=agent
+    )
     return cb.query, cb.body
 
 
 def count(outcome: str) -> float:
-    return REGISTRY.get_sample_value("imrelay_callbacks_total",
-                                     {"platform": "wecom_app", "bot": "app", "outcome": outcome}) or 0
+    return (
+        REGISTRY.get_sample_value(
+            "imrelay_callbacks_total", {"platform": "wecom_app", "bot": "app", "outcome": outcome}
+        )
+        or 0
+    )
 
 
-async def post(pub: FakePublisher, query: str, body: bytes, s: Settings | None = None,
-               path: str = "/callback/app") -> httpx.Response:
+async def post(
+    pub: FakePublisher, query: str, body: bytes, s: Settings | None = None, path: str = "/callback/app"
+) -> httpx.Response:
     app = create_app(s or settings(), pub)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://i") as c:
         return await c.post(f"{path}?{query}", content=body)
@@ -110,12 +131,18 @@ async def test_other_agent_id_is_refused() -> None:
     assert (await post(pub, q, b)).status_code == 401 and pub.published == []
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"not xml", b"<xml><Encrypt></Encrypt></xml>", b"<xml><ToUserName>x</ToUserName></xml>",
-    b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><xml>&e;</xml>',
-    b'<!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><xml><Encrypt>&b;</Encrypt></xml>',
-    "<xml>\u4f60</xml>".encode("utf-16"),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not xml",
+        b"<xml><Encrypt></Encrypt></xml>",
+        b"<xml><ToUserName>x</ToUserName></xml>",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><xml>&e;</xml>',
+        b'<!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><xml><Encrypt>&b;</Encrypt></xml>',
+        "<xml>\u4f60</xml>".encode("utf-16"),
+    ],
+)
 async def test_malformed_bodies_are_4xx(body: bytes) -> None:
     pub = FakePublisher()
     q, _ = callback()
@@ -141,8 +168,11 @@ async def test_signed_garbage_is_400_not_500() -> None:
     # a correctly encrypted but non-XML plaintext
     enc = CRYPTO.encrypt(b"\xff\xfe not xml")
     sig = CRYPTO.sign(ts, "2", enc)
-    resp = await post(pub, f"msg_signature={sig}&timestamp={ts}&nonce=2",
-                      f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode())
+    resp = await post(
+        pub,
+        f"msg_signature={sig}&timestamp={ts}&nonce=2",
+        f"<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>".encode(),
+    )
     assert resp.status_code == 400 and pub.published == []
 
 

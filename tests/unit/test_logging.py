@@ -47,14 +47,28 @@ def test_json_lines_without_a_trace_and_with_an_exception() -> None:
 
 
 def test_failed_attempts_are_logged_at_a_falling_rate() -> None:
-    assert [n for n in range(1, 300) if should_log(n, every=120)] == [1, 2, 4, 8, 16, 32, 64, 120, 128,
-                                                                        240, 256]
+    assert [n for n in range(1, 300) if should_log(n, every=120)] == [
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        64,
+        120,
+        128,
+        240,
+        256,
+    ]
 
 
 async def test_an_outage_names_the_servers_and_is_logged_sparsely(caplog: pytest.LogCaptureFixture) -> None:
     now = [0.0]
-    outage = OutageLog(logging.getLogger("imrelay.test"), ["nats://imrelay:pw@nats-1:4222",
-                                                          "nats://nats-2:4222"], clock=lambda: now[0])
+    outage = OutageLog(
+        logging.getLogger("imrelay.test"),
+        ["nats://imrelay:pw@nats-1:4222", "nats://nats-2:4222"],
+        clock=lambda: now[0],
+    )
     caplog.set_level(logging.INFO, "imrelay.test")
     await outage.disconnected_cb()
     for _ in range(100):  # 50 s of attempts every half second
@@ -65,8 +79,10 @@ async def test_an_outage_names_the_servers_and_is_logged_sparsely(caplog: pytest
     assert lines[0] == "disconnected from NATS at nats://imrelay:***@nats-1:4222, nats://nats-2:4222"
     unreachable = [x for x in lines if "unreachable" in x]
     assert len(unreachable) == 7  # attempts 1, 2, 4, 8, 16, 32, 64 of 100
-    assert unreachable[-1].startswith("NATS at nats://imrelay:***@nats-1:4222, nats://nats-2:4222 "
-                                      "unreachable: ConnectionRefusedError (64 failed attempt(s) in 32s")
+    assert unreachable[-1].startswith(
+        "NATS at nats://imrelay:***@nats-1:4222, nats://nats-2:4222 "
+        "unreachable: ConnectionRefusedError (64 failed attempt(s) in 32s"
+    )
     assert "docs/troubleshooting.md#nats-unreachable" in unreachable[0]
     assert lines[-1].startswith("reconnected to NATS at ")
     assert "after 50.0s (100 failed attempt(s))" in lines[-1]

@@ -22,8 +22,14 @@ def test_conversation_round_trip_and_messages() -> None:
 
 def test_group_conversations_are_per_member_unless_configured() -> None:
     def msg(user: str) -> InboundMessage:
-        return InboundMessage(id="1", platform="feishu", bot_id="b", platform_message_id="k",
-                              chat=Chat(id="oc_1", type=ChatType.GROUP), sender=Sender(id=user))
+        return InboundMessage(
+            id="1",
+            platform="feishu",
+            bot_id="b",
+            platform_message_id="k",
+            chat=Chat(id="oc_1", type=ChatType.GROUP),
+            sender=Sender(id=user),
+        )
 
     assert conversation_key(msg("a"), True) != conversation_key(msg("b"), True)
     assert conversation_key(msg("a"), False) == conversation_key(msg("b"), False)

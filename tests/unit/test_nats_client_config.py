@@ -23,11 +23,14 @@ def test_no_auth_and_no_tls_by_default() -> None:
     assert cfg.auth.method == "none" and security(cfg) is None and connect_options(cfg) == {}
 
 
-@pytest.mark.parametrize(("auth", "message"), [
-    ({"user": "u"}, "user and password go together"),
-    ({"user": "u", "password": "p", "token": "t"}, "not user/password and token"),
-    ({"token": "t", "creds_file": "/x.creds"}, "not token and creds_file"),
-])
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ({"user": "u"}, "user and password go together"),
+        ({"user": "u", "password": "p", "token": "t"}, "not user/password and token"),
+        ({"token": "t", "creds_file": "/x.creds"}, "not token and creds_file"),
+    ],
+)
 def test_one_way_to_authenticate(auth: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_settings({"nats": {"auth": auth}}, {})
@@ -63,8 +66,10 @@ def test_permissions_page_is_generated_from_the_definition() -> None:
 
 def test_least_privilege_sets() -> None:
     def can_publish(svc: str, subject: str) -> bool:
-        return any(p == subject or (p.endswith(".>") and subject.startswith(p[:-1]))
-                   or p == ">" for p in PERMISSIONS[svc].publish)
+        return any(
+            p == subject or (p.endswith(".>") and subject.startswith(p[:-1])) or p == ">"
+            for p in PERMISSIONS[svc].publish
+        )
 
     assert can_publish("ingress", "imrelay.in.wecom_app.hr")
     assert not can_publish("ingress", "$KV.imrelay_memory.conv.x")

@@ -18,8 +18,11 @@ from imrelay_worker.backends.openai import OpenAIBackend
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "sse"
 EXPECTED = "你好，世界！ Hello 😀 there."
-REQUEST = ChatRequest(messages=[ChatMessage("system", "be brief"), ChatMessage("user", "hi")],
-                      user="wecom_app:b:u", conversation="wecom_app:b:u")
+REQUEST = ChatRequest(
+    messages=[ChatMessage("system", "be brief"), ChatMessage("user", "hi")],
+    user="wecom_app:b:u",
+    conversation="wecom_app:b:u",
+)
 
 
 class Pieces(httpx.AsyncByteStream):
@@ -28,28 +31,38 @@ class Pieces(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for i in range(0, len(self.data), self.size):
-            yield self.data[i:i + self.size]
+            yield self.data[i : i + self.size]
         if self.stall:
             await asyncio.sleep(self.stall)
 
 
 def backend(handler: Callable[[httpx.Request], httpx.Response], **cfg: object) -> OpenAIBackend:
-    conf = BackendConfig.model_validate({"kind": "openai", "base_url": "http://llm/v1",
-                                         "model": "gpt-4o-mini", "api_key": "sk-test",
-                                         "temperature": 0.3, **cfg})
+    conf = BackendConfig.model_validate(
+        {
+            "kind": "openai",
+            "base_url": "http://llm/v1",
+            "model": "gpt-4o-mini",
+            "api_key": "sk-test",
+            "temperature": 0.3,
+            **cfg,
+        }
+    )
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return OpenAIBackend("default", conf, client)
 
 
-def sse_handler(name: str, size: int, seen: list[httpx.Request] | None = None,
-                stall: float = 0.0) -> Callable[[httpx.Request], httpx.Response]:
+def sse_handler(
+    name: str, size: int, seen: list[httpx.Request] | None = None, stall: float = 0.0
+) -> Callable[[httpx.Request], httpx.Response]:
     data = (FIXTURES / name).read_bytes()
 
     def handler(request: httpx.Request) -> httpx.Response:
         if seen is not None:
             seen.append(request)
-        return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                              stream=Pieces(data, size, stall))
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=Pieces(data, size, stall)
+        )
+
     return handler
 
 
@@ -72,8 +85,7 @@ async def test_request_shape() -> None:
     body = json.loads(req.content)
     assert body["stream"] is True and body["model"] == "gpt-4o-mini"
     assert body["temperature"] == 0.3
-    assert body["messages"] == [{"role": "system", "content": "be brief"},
-                                {"role": "user", "content": "hi"}]
+    assert body["messages"] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
     assert body["stream_options"] == {"include_usage": True}
 
 
@@ -107,8 +119,7 @@ async def test_error_object_mid_stream() -> None:
         await collect(backend(sse_handler("openai_error_midstream.sse", 9)))
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(401, False), (400, False), (429, True),
-                                                   (503, True)])
+@pytest.mark.parametrize(("status", "retryable"), [(401, False), (400, False), (429, True), (503, True)])
 async def test_http_errors(status: int, retryable: bool) -> None:
     def handler(_: httpx.Request) -> httpx.Response:
         return httpx.Response(status, json={"error": {"message": f"nope {status}"}})
@@ -156,8 +167,9 @@ async def test_not_an_event_stream() -> None:
 def test_per_bot_model_and_temperature_override_the_backend() -> None:
     from imrelay_worker.backends.openai import request_body
 
-    cfg = BackendConfig.model_validate({"kind": "openai", "base_url": "http://x/v1", "model": "base",
-                                        "temperature": 0.7})
+    cfg = BackendConfig.model_validate(
+        {"kind": "openai", "base_url": "http://x/v1", "model": "base", "temperature": 0.7}
+    )
     req = ChatRequest(messages=[ChatMessage("user", "hi")], user="u", conversation="c")
     assert (request_body(cfg, req)["model"], request_body(cfg, req)["temperature"]) == ("base", 0.7)
     req.model, req.temperature = "bot-model", 0.0

@@ -30,16 +30,20 @@ from tests.fakes import FakeKV
 OK = None
 
 
-@pytest.mark.parametrize(("payload", "status", "wait", "exc"), [
-    ({"code": 0, "msg": "success"}, 200, None, OK),
-    ({"code": 99991663, "msg": "invalid token"}, 400, None, TokenExpiredError),
-    ({"code": 99991400, "msg": "frequency limit"}, 429, 7.0, RateLimitedError),
-    ({"code": 1500, "msg": "internal"}, 500, None, TransientUpstreamError),
-    ({"code": 230002, "msg": "bot not in chat"}, 400, None, PermanentUpstreamError),
-    (None, 502, None, TransientUpstreamError),
-])
-def test_feishu_answers(payload: object, status: int, wait: float | None,
-                        exc: type[Exception] | None) -> None:
+@pytest.mark.parametrize(
+    ("payload", "status", "wait", "exc"),
+    [
+        ({"code": 0, "msg": "success"}, 200, None, OK),
+        ({"code": 99991663, "msg": "invalid token"}, 400, None, TokenExpiredError),
+        ({"code": 99991400, "msg": "frequency limit"}, 429, 7.0, RateLimitedError),
+        ({"code": 1500, "msg": "internal"}, 500, None, TransientUpstreamError),
+        ({"code": 230002, "msg": "bot not in chat"}, 400, None, PermanentUpstreamError),
+        (None, 502, None, TransientUpstreamError),
+    ],
+)
+def test_feishu_answers(
+    payload: object, status: int, wait: float | None, exc: type[Exception] | None
+) -> None:
     if exc is None:
         feishu.check("feishu", payload, status, wait, 60.0)
         return
@@ -50,23 +54,26 @@ def test_feishu_answers(payload: object, status: int, wait: float | None,
 
 
 def test_feishu_reply_bodies() -> None:
-    text = feishu.reply_body("你好 \"x\"", ReplyFormat.TEXT, "r-0")
-    assert text["msg_type"] == "text" and json.loads(text["content"]) == {"text": "你好 \"x\""}
+    text = feishu.reply_body('你好 "x"', ReplyFormat.TEXT, "r-0")
+    assert text["msg_type"] == "text" and json.loads(text["content"]) == {"text": '你好 "x"'}
     card = feishu.reply_body("**bold**", ReplyFormat.MARKDOWN, "r-1")
     assert card["msg_type"] == "interactive" and card["uuid"] == "r-1"
     assert json.loads(card["content"])["elements"][0] == {"tag": "markdown", "content": "**bold**"}
 
 
-@pytest.mark.parametrize(("payload", "status", "exc"), [
-    ({"errcode": 0, "errmsg": "ok"}, 200, OK),
-    ({"errcode": 130101, "errmsg": "send too fast"}, 200, RateLimitedError),
-    ({"errcode": 310000, "errmsg": "keywords not in content"}, 200, PermanentUpstreamError),
-    ({"processQueryKey": "q1"}, 200, OK),
-    ({"code": "InvalidAuthentication", "message": "token"}, 401, TokenExpiredError),
-    ({"code": "Throttling"}, 429, RateLimitedError),
-    ({"code": "invalidParameter", "message": "bad"}, 400, PermanentUpstreamError),
-    (None, 503, TransientUpstreamError),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "exc"),
+    [
+        ({"errcode": 0, "errmsg": "ok"}, 200, OK),
+        ({"errcode": 130101, "errmsg": "send too fast"}, 200, RateLimitedError),
+        ({"errcode": 310000, "errmsg": "keywords not in content"}, 200, PermanentUpstreamError),
+        ({"processQueryKey": "q1"}, 200, OK),
+        ({"code": "InvalidAuthentication", "message": "token"}, 401, TokenExpiredError),
+        ({"code": "Throttling"}, 429, RateLimitedError),
+        ({"code": "invalidParameter", "message": "bad"}, 400, PermanentUpstreamError),
+        (None, 503, TransientUpstreamError),
+    ],
+)
 def test_dingtalk_answers(payload: object, status: int, exc: type[Exception] | None) -> None:
     if exc is None:
         dingtalk.check(payload, status, None, 60.0)
@@ -75,12 +82,15 @@ def test_dingtalk_answers(payload: object, status: int, exc: type[Exception] | N
             dingtalk.check(payload, status, None, 60.0)
 
 
-@pytest.mark.parametrize(("url", "ok"), [
-    ("https://oapi.dingtalk.com/robot/sendBySession?session=abc", True),
-    ("http://127.0.0.1:8090/robot/sendBySession?session=abc", True),  # the configured api_base
-    ("https://evil.example/robot/sendBySession?session=abc", False),
-    ("https://oapi.dingtalk.com/gettoken", False),
-])
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://oapi.dingtalk.com/robot/sendBySession?session=abc", True),
+        ("http://127.0.0.1:8090/robot/sendBySession?session=abc", True),  # the configured api_base
+        ("https://evil.example/robot/sendBySession?session=abc", False),
+        ("https://oapi.dingtalk.com/gettoken", False),
+    ],
+)
 def test_dingtalk_session_webhooks_only_to_dingtalk(url: str, ok: bool) -> None:
     assert dingtalk.session_allowed(url, "http://127.0.0.1:8090") is ok
 
@@ -90,14 +100,17 @@ def test_dingtalk_markdown_mentions_the_asker() -> None:
     assert dingtalk.markdown("x" * 40, None)[0] == "x" * 20
 
 
-@pytest.mark.parametrize(("payload", "status", "exc"), [
-    ({"id": "m1"}, 200, OK),
-    ({"code": 40054005, "message": "msg_seq already used"}, 400, OK),  # shown before: done
-    ({"code": 11244, "message": "token expired"}, 401, TokenExpiredError),
-    ({"code": 22009, "message": "msg limit exceed"}, 400, PermanentUpstreamError),
-    ({"message": "slow down"}, 429, RateLimitedError),
-    (None, 500, TransientUpstreamError),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "exc"),
+    [
+        ({"id": "m1"}, 200, OK),
+        ({"code": 40054005, "message": "msg_seq already used"}, 400, OK),  # shown before: done
+        ({"code": 11244, "message": "token expired"}, 401, TokenExpiredError),
+        ({"code": 22009, "message": "msg limit exceed"}, 400, PermanentUpstreamError),
+        ({"message": "slow down"}, 429, RateLimitedError),
+        (None, 500, TransientUpstreamError),
+    ],
+)
 def test_qq_answers(payload: object, status: int, exc: type[Exception] | None) -> None:
     if exc is None:
         qq.check(payload, status, None, 60.0)
@@ -114,12 +127,15 @@ def test_qq_cuts_to_five_replies_that_still_fit() -> None:
     assert qq.cap(parts[:3], 4000) == parts[:3]
 
 
-@pytest.mark.parametrize(("payload", "status", "exc"), [
-    ({"id": "1"}, 200, OK),
-    ({"message": "You are being rate limited.", "retry_after": 1.5}, 429, RateLimitedError),
-    ({"message": "Unknown Webhook", "code": 10015}, 404, PermanentUpstreamError),
-    (None, 502, TransientUpstreamError),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "exc"),
+    [
+        ({"id": "1"}, 200, OK),
+        ({"message": "You are being rate limited.", "retry_after": 1.5}, 429, RateLimitedError),
+        ({"message": "Unknown Webhook", "code": 10015}, 404, PermanentUpstreamError),
+        (None, 502, TransientUpstreamError),
+    ],
+)
 def test_discord_answers(payload: object, status: int, exc: type[Exception] | None) -> None:
     if exc is None:
         discord.check(payload, status, None)
@@ -132,16 +148,36 @@ def test_discord_answers(payload: object, status: int, exc: type[Exception] | No
 
 def test_discord_public_key_must_be_hex() -> None:
     with pytest.raises(ConfigError) as err:
-        parse_settings({"bots": [{"id": "d", "platform": "discord", "credentials": {
-            "application_id": "1", "public_key": "not-hex", "bot_token": "t"}}]}, {})
+        parse_settings(
+            {
+                "bots": [
+                    {
+                        "id": "d",
+                        "platform": "discord",
+                        "credentials": {"application_id": "1", "public_key": "not-hex", "bot_token": "t"},
+                    }
+                ]
+            },
+            {},
+        )
     assert err.value.path == "bots.0.credentials.public_key"
 
 
 def test_qq_tokens_come_from_bots_qq_com_unless_told_otherwise() -> None:
-    s = parse_settings({"bots": [
-        {"id": "a", "platform": "qq", "credentials": {"app_id": "1", "app_secret": "s"}},
-        {"id": "b", "platform": "qq", "api_base": "http://sim", "credentials": {
-            "app_id": "2", "app_secret": "s"}}]}, {})
+    s = parse_settings(
+        {
+            "bots": [
+                {"id": "a", "platform": "qq", "credentials": {"app_id": "1", "app_secret": "s"}},
+                {
+                    "id": "b",
+                    "platform": "qq",
+                    "api_base": "http://sim",
+                    "credentials": {"app_id": "2", "app_secret": "s"},
+                },
+            ]
+        },
+        {},
+    )
     assert s.auth_base(s.bots[0]) == "https://bots.qq.com"
     assert s.api_base(s.bots[0]) == "https://api.sgroup.qq.com"
     assert s.auth_base(s.bots[1]) == "http://sim"
@@ -154,9 +190,16 @@ def test_reply_windows() -> None:
     from imrelay.events import Chat, ChatType, ReplyChunk, Sender
 
     received = datetime(2026, 1, 1, tzinfo=UTC)
-    chunk = ReplyChunk(reply_id="r", inbound_id="i", platform="qq", bot_id="b",
-                       chat=Chat(id="g", type=ChatType.GROUP), recipient=Sender(id="u"), seq=0,
-                       received_at=received)
+    chunk = ReplyChunk(
+        reply_id="r",
+        inbound_id="i",
+        platform="qq",
+        bot_id="b",
+        chat=Chat(id="g", type=ChatType.GROUP),
+        recipient=Sender(id="u"),
+        seq=0,
+        received_at=received,
+    )
     assert not window_closed(chunk, 300, now=received + timedelta(seconds=299))
     assert window_closed(chunk, 300, now=received + timedelta(seconds=301))
     assert not window_closed(chunk.model_copy(update={"received_at": None}), 300)
@@ -164,14 +207,23 @@ def test_reply_windows() -> None:
 
 def wecom_app(handler: Callable[[httpx.Request], httpx.Response]) -> WeComAppDelivery:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return WeComAppDelivery(bot_id="tok", corp_id="ww1", agent_id="1000002", secret="sec",
-                            api_base="https://qyapi.weixin.qq.com", client=client,
-                            tokens=TokenCache(FakeKV()), timeout=2.5)
+    return WeComAppDelivery(
+        bot_id="tok",
+        corp_id="ww1",
+        agent_id="1000002",
+        secret="sec",
+        api_base="https://qyapi.weixin.qq.com",
+        client=client,
+        tokens=TokenCache(FakeKV()),
+        timeout=2.5,
+    )
 
 
 def calls_timed() -> float:
-    return REGISTRY.get_sample_value("imrelay_delivery_seconds_count",
-                                     {"platform": "wecom_app", "bot": "tok"}) or 0
+    return (
+        REGISTRY.get_sample_value("imrelay_delivery_seconds_count", {"platform": "wecom_app", "bot": "tok"})
+        or 0
+    )
 
 
 async def test_wecom_gettoken_is_a_timed_call_with_the_delivery_timeout() -> None:

@@ -37,8 +37,15 @@ def publisher(js: FlakyJetStream, deadline: float) -> JetStreamPublisher:
 
 
 def message() -> InboundMessage:
-    return InboundMessage(id="m1", platform="wecom_app", bot_id="b", platform_message_id="k1",
-                          chat=Chat(id="u", type=ChatType.DIRECT), sender=Sender(id="u"), text="hi")
+    return InboundMessage(
+        id="m1",
+        platform="wecom_app",
+        bot_id="b",
+        platform_message_id="k1",
+        chat=Chat(id="u", type=ChatType.DIRECT),
+        sender=Sender(id="u"),
+        text="hi",
+    )
 
 
 async def test_a_lost_puback_is_retried_with_the_same_message_id() -> None:

@@ -89,15 +89,20 @@ def test_obtained_values_are_bounded_and_kept_while_used() -> None:
     assert m.mask("configured-secret") == MASK  # configuration values are never forgotten
 
 
-@pytest.mark.parametrize(("url", "secret"), [
-    ("https://qyapi.weixin.qq.com/cgi-bin/gettoken?corpid=ww1&corpsecret=S3cr3tValue", "S3cr3tValue"),
-    ("https://qyapi.weixin.qq.com/cgi-bin/message/send?access_token=AccessTok1", "AccessTok1"),
-    ("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=693a91f6-7xxx", "693a91f6-7xxx"),
-    ("https://oapi.dingtalk.com/robot/sendBySession?session=c1a2b3d4e5", "c1a2b3d4e5"),
-    ("https://discord.com/api/v10/webhooks/1234/aW50ZXJhY3Rpb24abc/messages/@original",
-     "aW50ZXJhY3Rpb24abc"),
-    ("https://discord.com/api/v10/interactions/99/aW50ZXJhY3Rpb24xyz/callback", "aW50ZXJhY3Rpb24xyz"),
-])
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("https://qyapi.weixin.qq.com/cgi-bin/gettoken?corpid=ww1&corpsecret=S3cr3tValue", "S3cr3tValue"),
+        ("https://qyapi.weixin.qq.com/cgi-bin/message/send?access_token=AccessTok1", "AccessTok1"),
+        ("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=693a91f6-7xxx", "693a91f6-7xxx"),
+        ("https://oapi.dingtalk.com/robot/sendBySession?session=c1a2b3d4e5", "c1a2b3d4e5"),
+        (
+            "https://discord.com/api/v10/webhooks/1234/aW50ZXJhY3Rpb24abc/messages/@original",
+            "aW50ZXJhY3Rpb24abc",
+        ),
+        ("https://discord.com/api/v10/interactions/99/aW50ZXJhY3Rpb24xyz/callback", "aW50ZXJhY3Rpb24xyz"),
+    ],
+)
 def test_credentials_in_urls_are_redacted_by_their_shape(url: str, secret: str) -> None:
     out = redact.redact(url)
     assert secret not in out and MASK in out
@@ -108,14 +113,27 @@ def test_settings_and_reply_handles_register_their_secrets() -> None:
     protect_settings(marker_settings())
     assert redact.redact(f"key {MARK}-openai and {MARK}-dingsecret") == f"key {MASK} and {MASK}"
     chunk = ReplyChunk(
-        reply_id="r", inbound_id="i", platform="discord", bot_id="b",
-        chat=Chat(id="c", type=ChatType.DIRECT), recipient=Sender(id="u"), seq=0,
-        reply_handle={"application_id": "1", "interaction_token": "aW50ZXJhY3Rpb24tokenvalue"})
+        reply_id="r",
+        inbound_id="i",
+        platform="discord",
+        bot_id="b",
+        chat=Chat(id="c", type=ChatType.DIRECT),
+        recipient=Sender(id="u"),
+        seq=0,
+        reply_handle={"application_id": "1", "interaction_token": "aW50ZXJhY3Rpb24tokenvalue"},
+    )
     inbound = InboundMessage(
-        id="i", platform="dingtalk", bot_id="b", platform_message_id="m",
-        chat=Chat(id="c", type=ChatType.DIRECT), sender=Sender(id="u"),
-        reply_handle={"conversation_id": "c",
-                      "session_webhook": "https://oapi.dingtalk.com/robot/sendBySession?session=SeSsIoN42"})
+        id="i",
+        platform="dingtalk",
+        bot_id="b",
+        platform_message_id="m",
+        chat=Chat(id="c", type=ChatType.DIRECT),
+        sender=Sender(id="u"),
+        reply_handle={
+            "conversation_id": "c",
+            "session_webhook": "https://oapi.dingtalk.com/robot/sendBySession?session=SeSsIoN42",
+        },
+    )
     assert chunk.reply_handle and inbound.reply_handle
     assert MASKER.mask("t=aW50ZXJhY3Rpb24tokenvalue s=SeSsIoN42") == f"t={MASK} s={MASK}"
 
@@ -130,8 +148,9 @@ def test_an_echoed_api_key_is_masked_whatever_logger_writes_it(logs: io.StringIO
     detached.propagate = False
     detached.addHandler(logging.StreamHandler(own))
     try:
-        logging.getLogger("imrelay.worker").warning("backend failed: %s",
-                                                    f"401 Incorrect API key provided: {API_KEY}.")
+        logging.getLogger("imrelay.worker").warning(
+            "backend failed: %s", f"401 Incorrect API key provided: {API_KEY}."
+        )
         detached.error("key %s in the message itself: " + API_KEY, API_KEY)
         logging.getLogger("x").warning(f"f-string {API_KEY}")
         logging.getLogger("x").warning("%(key)s as a mapping", {"key": API_KEY})
@@ -216,8 +235,10 @@ def test_http_client_spans_carry_no_credentials(monkeypatch: pytest.MonkeyPatch)
     from imrelay.telemetry import instrument_httpx
 
     monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN", raising=False)
-    monkeypatch.setenv("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST",
-                       "authorization,x-acs-dingtalk-access-token,content-type")
+    monkeypatch.setenv(
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_CLIENT_REQUEST",
+        "authorization,x-acs-dingtalk-access-token,content-type",
+    )
     monkeypatch.setattr(_OpenTelemetrySemanticConventionStability, "_initialized", False)
     MASKER.add(API_KEY)
     exported = InMemorySpanExporter()
@@ -226,17 +247,28 @@ def test_http_client_spans_carry_no_credentials(monkeypatch: pytest.MonkeyPatch)
     tracer = provider.get_tracer("test")
 
     async def run() -> None:
-        client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(
-            401, json={"error": {"message": f"Incorrect API key provided: {API_KEY}"}})))
+        client = httpx.AsyncClient(
+            transport=httpx.MockTransport(
+                lambda r: httpx.Response(
+                    401, json={"error": {"message": f"Incorrect API key provided: {API_KEY}"}}
+                )
+            )
+        )
         from opentelemetry import trace
 
         monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
         instrument_httpx(client)
         await client.get("https://qyapi.weixin.qq.com/cgi-bin/gettoken?corpid=ww1&corpsecret=CorpSecret9")
-        await client.post("https://api.dingtalk.com/v1.0/robot/oToMessages/batchSend",
-                          headers={"x-acs-dingtalk-access-token": "DingTok-123456"}, json={})
-        await client.post("https://api.openai.com/v1/chat/completions",
-                          headers={"Authorization": f"Bearer {API_KEY}"}, json={})
+        await client.post(
+            "https://api.dingtalk.com/v1.0/robot/oToMessages/batchSend",
+            headers={"x-acs-dingtalk-access-token": "DingTok-123456"},
+            json={},
+        )
+        await client.post(
+            "https://api.openai.com/v1/chat/completions",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            json={},
+        )
         await client.post("https://discord.com/api/v10/webhooks/1/aW50ZXJhY3Rpb24zzz/messages/@original")
         with tracer.start_as_current_span(f"answer with {API_KEY}") as span:
             span.record_exception(ValueError(f"Incorrect API key provided: {API_KEY}"))
@@ -245,8 +277,12 @@ def test_http_client_spans_carry_no_credentials(monkeypatch: pytest.MonkeyPatch)
     asyncio.run(run())
     spans = exported.get_finished_spans()
     assert len(spans) == 5
-    dump = repr([(s.name, dict(s.attributes or {}), [(e.name, dict(e.attributes or {})) for e in s.events])
-                 for s in spans])
+    dump = repr(
+        [
+            (s.name, dict(s.attributes or {}), [(e.name, dict(e.attributes or {})) for e in s.events])
+            for s in spans
+        ]
+    )
     for secret in ("CorpSecret9", "DingTok-123456", API_KEY, "aW50ZXJhY3Rpb24zzz"):
         assert secret not in dump
     http = [dict(s.attributes or {}) for s in spans if s.name in ("GET", "POST")]
@@ -258,8 +294,15 @@ def test_http_client_spans_carry_no_credentials(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_credential_fields_in_json_text_are_redacted() -> None:
-    text = json.dumps({"interaction_token": "aW50ZXJhY3Rpb24abc", "max_tokens": 5, "api_key": "sk-1",
-                       "session_webhook": "https://x/robot?session=s1", "text": "hello"})
+    text = json.dumps(
+        {
+            "interaction_token": "aW50ZXJhY3Rpb24abc",
+            "max_tokens": 5,
+            "api_key": "sk-1",
+            "session_webhook": "https://x/robot?session=s1",
+            "text": "hello",
+        }
+    )
     out = redact.redact(text + " " + repr({"app_secret": "plain"}))
     assert all(s not in out for s in ("aW50ZXJhY3Rpb24abc", "sk-1", "session=s1", "plain"))
     assert '"max_tokens": 5' in out and '"text": "hello"' in out

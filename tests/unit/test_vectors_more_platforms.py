@@ -38,8 +38,12 @@ def bot_config(case: dict[str, Any]) -> dict[str, Any]:
     cred, platform = case["credentials"], case["platform"]
     extra: dict[str, Any] = {}
     if platform == "feishu":
-        creds = {"app_id": cred["app_id"], "app_secret": "unused", "encrypt_key": cred["encrypt_key"],
-                 "verification_token": cred["verification_token"]}
+        creds = {
+            "app_id": cred["app_id"],
+            "app_secret": "unused",
+            "encrypt_key": cred["encrypt_key"],
+            "verification_token": cred["verification_token"],
+        }
         extra["allow_unsigned_events"] = not cred["encrypt_key"]
     elif platform == "dingtalk":
         creds = {"app_key": cred["app_key"], "app_secret": cred["app_secret"]}
@@ -47,8 +51,11 @@ def bot_config(case: dict[str, Any]) -> dict[str, Any]:
     elif platform == "qq":
         creds = {"app_id": cred["app_id"], "app_secret": cred["bot_secret"]}
     else:
-        creds = {"application_id": cred["application_id"], "public_key": cred["public_key_hex"],
-                 "bot_token": "unused"}
+        creds = {
+            "application_id": cred["application_id"],
+            "public_key": cred["public_key_hex"],
+            "bot_token": "unused",
+        }
     return {"id": BOT, "platform": platform, "credentials": creds, **extra}
 
 
@@ -56,15 +63,23 @@ def qq_signed(case: dict[str, Any], headers: dict[str, str], body: bytes) -> dic
     """The headers QQ sends with an op 13 request: the signature of ``event_ts + body``."""
     ts = json.loads(body)["d"]["event_ts"]
     key = ed25519.signing_key(qq_seed(case["credentials"]["bot_secret"]))
-    return {**headers, "X-Signature-Method": "Ed25519", "X-Signature-Timestamp": ts,
-            "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + body)}
+    return {
+        **headers,
+        "X-Signature-Method": "Ed25519",
+        "X-Signature-Timestamp": ts,
+        "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + body),
+    }
 
 
 async def send(case: dict[str, Any], *, as_given: bool = False) -> tuple[httpx.Response, FakePublisher]:
     now = case["now"] if case.get("now") is not None else case["now_ms"] / 1000
     publisher = FakePublisher()
-    app = create_app(parse_settings({"bots": [bot_config(case)]}, {}), publisher, clock=lambda: now,
-                     replay=FakeReplayGuard())
+    app = create_app(
+        parse_settings({"bots": [bot_config(case)]}, {}),
+        publisher,
+        clock=lambda: now,
+        replay=FakeReplayGuard(),
+    )
     req = case["request"]
     body, headers = req["body"].encode(), dict(req["headers"])
     if case["platform"] == "qq" and case["kind"] == "url_verification" and not as_given:
@@ -115,8 +130,10 @@ def test_feishu_official_decrypt_known_answer() -> None:
     case = next(c for c in KNOWN if c["id"].endswith("feishu-official-decrypt-kat"))
     req = case["request"]
     encrypted = req.get("encrypt") or req.get("ciphertext")
-    assert feishu_crypto.decrypt(case["credentials"]["encrypt_key"], encrypted).decode() == \
-        case["expected"]["plaintext"]
+    assert (
+        feishu_crypto.decrypt(case["credentials"]["encrypt_key"], encrypted).decode()
+        == case["expected"]["plaintext"]
+    )
 
 
 def test_qq_seed_and_public_key_known_answer() -> None:
@@ -135,5 +152,6 @@ def test_dingtalk_custom_robot_signing_known_answer() -> None:
 
 
 def test_known_answer_cases_are_all_covered() -> None:
-    assert sorted(c["id"].split("-", 2)[2] for c in KNOWN) == sorted([
-        "feishu-official-decrypt-kat", "qq-official-seed-pubkey-kat", "dingtalk-custom-robot-send-sign"])
+    assert sorted(c["id"].split("-", 2)[2] for c in KNOWN) == sorted(
+        ["feishu-official-decrypt-kat", "qq-official-seed-pubkey-kat", "dingtalk-custom-robot-send-sign"]
+    )

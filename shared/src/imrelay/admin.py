@@ -42,17 +42,32 @@ def admin_app(ready: ReadyCheck, reasons: Reasons | None = None) -> Starlette:
             return PlainTextResponse("ready")
         return PlainTextResponse("; ".join(["not ready", *why]), status_code=503)
 
-    return Starlette(routes=[
-        Route("/metrics", metrics), Route("/healthz", healthz), Route("/readyz", readyz),
-    ])
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ]
+    )
 
 
-def serve_admin(host: str, port: int, ready: ReadyCheck, reasons: Reasons | None = None,
-                connections: ConnectionLimitsConfig | None = None) -> EmbeddedServer:
+def serve_admin(
+    host: str,
+    port: int,
+    ready: ReadyCheck,
+    reasons: Reasons | None = None,
+    connections: ConnectionLimitsConfig | None = None,
+) -> EmbeddedServer:
     """A uvicorn server for the admin app, with the admin port's connection limits; run it with
     ``await server.serve()``."""
     limits = (connections or AdminConfig().connections).limits()
-    config = uvicorn.Config(admin_app(ready, reasons), host=host, port=port, log_level="warning",
-                            access_log=False, lifespan="off",
-                            **ConnectionGuard("admin", limits).uvicorn_options())
+    config = uvicorn.Config(
+        admin_app(ready, reasons),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        **ConnectionGuard("admin", limits).uvicorn_options(),
+    )
     return EmbeddedServer(config)

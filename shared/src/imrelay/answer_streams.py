@@ -70,6 +70,7 @@ class KVStreamStore:
 
     async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None:
         data = content.encode()[:CONTENT_LIMIT_BYTES].decode("utf-8", errors="ignore")
-        body = json.dumps({"content": data, "finish": finish, "updated_at": time.time()},
-                          ensure_ascii=False).encode()
+        body = json.dumps(
+            {"content": data, "finish": finish, "updated_at": time.time()}, ensure_ascii=False
+        ).encode()
         await self.kv.put(self.key(bot_id, sid), body)

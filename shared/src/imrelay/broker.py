@@ -57,8 +57,12 @@ class PatternPrometheusMiddleware(PrometheusMiddleware[NatsMsgs, NatsPublishComm
     one per bot and partition."""
 
     def __init__(self, *, registry: CollectorRegistry, app_name: str, metrics_prefix: str) -> None:
-        super().__init__(settings_provider_factory=_pattern_labels, registry=registry,
-                         app_name=app_name, metrics_prefix=metrics_prefix)
+        super().__init__(
+            settings_provider_factory=_pattern_labels,
+            registry=registry,
+            app_name=app_name,
+            metrics_prefix=metrics_prefix,
+        )
 
 
 def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsBroker:
@@ -81,16 +85,25 @@ def make_broker(cfg: NatsConfig, service: str, graceful_timeout: float) -> NatsB
         log_level=logging.DEBUG,  # per-message lines only when debugging
         middlewares=[
             NatsTelemetryMiddleware(),
-            PatternPrometheusMiddleware(registry=registry(), app_name=f"imrelay-{service}",
-                                        metrics_prefix="imrelay_faststream"),
+            PatternPrometheusMiddleware(
+                registry=registry(), app_name=f"imrelay-{service}", metrics_prefix="imrelay_faststream"
+            ),
         ],
     )
 
 
-def durable_consumer(broker: NatsBroker, *, subject: str, stream: str, durable: str,
-                     ack_wait: float, max_deliver: int, concurrency: int,
-                     handler: Callable[[NatsMessage], Awaitable[None]],
-                     max_ack_pending: int | None = None) -> None:
+def durable_consumer(
+    broker: NatsBroker,
+    *,
+    subject: str,
+    stream: str,
+    durable: str,
+    ack_wait: float,
+    max_deliver: int,
+    concurrency: int,
+    handler: Callable[[NatsMessage], Awaitable[None]],
+    max_ack_pending: int | None = None,
+) -> None:
     """Attach ``handler`` to a durable, explicit-ack pull consumer. Handlers ack, nak or dead-letter
     themselves on their last delivery; the server allows one more delivery than ``max_deliver`` so a
     process that dies during the last attempt still gets its message dead-lettered. ``max_ack_pending=1``
@@ -101,8 +114,11 @@ def durable_consumer(broker: NatsBroker, *, subject: str, stream: str, durable: 
         durable=durable,
         pull_sub=PullSub(batch_size=1, timeout=1.0),
         config=ConsumerConfig(
-            ack_policy=JsAckPolicy.EXPLICIT, ack_wait=ack_wait, max_deliver=max_deliver + 1,
-            deliver_policy=DeliverPolicy.ALL, max_ack_pending=max_ack_pending,
+            ack_policy=JsAckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver + 1,
+            deliver_policy=DeliverPolicy.ALL,
+            max_ack_pending=max_ack_pending,
         ),
         ack_policy=AckPolicy.MANUAL,
         max_workers=concurrency,

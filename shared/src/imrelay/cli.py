@@ -1,16 +1,16 @@
 """``imrelay``: the operator's command line.
 
-    imrelay dev            run everything on this machine: embedded nats-server, ingress, llm-worker,
-                           sender and the platform simulator (Ctrl-C stops it all)
-    imrelay check-config   validate the config file and print a summary (secrets masked); --online also
-                           reaches NATS, fetches each bot's access token and calls each backend once
-    imrelay status         streams, consumer lag, each bot's token expiry and connector lease, dead letters
-    imrelay dlq list       list dead letters (imrelay.dlq.*) with the reason and the platform's code
-    imrelay dlq show N     every header and the body of dead letter N
-    imrelay dlq redrive N  send dead letter N back to where it failed (--all for every one)
-    imrelay config schema     the JSON Schema of the config file (for editors); --chart PATH regenerates
-                              the bot schema embedded in the Helm chart's values.schema.json
-    imrelay config reference  every config key with its default and meaning (Markdown)
+imrelay dev            run everything on this machine: embedded nats-server, ingress, llm-worker,
+                       sender and the platform simulator (Ctrl-C stops it all)
+imrelay check-config   validate the config file and print a summary (secrets masked); --online also
+                       reaches NATS, fetches each bot's access token and calls each backend once
+imrelay status         streams, consumer lag, each bot's token expiry and connector lease, dead letters
+imrelay dlq list       list dead letters (imrelay.dlq.*) with the reason and the platform's code
+imrelay dlq show N     every header and the body of dead letter N
+imrelay dlq redrive N  send dead letter N back to where it failed (--all for every one)
+imrelay config schema     the JSON Schema of the config file (for editors); --chart PATH regenerates
+                          the bot schema embedded in the Helm chart's values.schema.json
+imrelay config reference  every config key with its default and meaning (Markdown)
 """
 
 from __future__ import annotations
@@ -41,11 +41,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     print(f"nats: {settings.nats.url}")
     for name, b in settings.backends.items():
-        print(f"backend {name}: {b.kind.value}" + (f" {b.base_url} model={b.model}" if b.base_url
-                                                    else ""))
+        print(f"backend {name}: {b.kind.value}" + (f" {b.base_url} model={b.model}" if b.base_url else ""))
     for bot in settings.bots:
-        print(f"bot {bot.id}: {bot.platform} -> backend {bot.backend}, "
-              f"callback path /callback/{bot.id}")
+        print(f"bot {bot.id}: {bot.platform} -> backend {bot.backend}, callback path /callback/{bot.id}")
     if not args.online:
         print("ok")
         return 0
@@ -67,8 +65,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def online_checks(settings: Settings,
-                  client: httpx.AsyncClient) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
+def online_checks(
+    settings: Settings, client: httpx.AsyncClient
+) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
     """NATS reachable with JetStream; each bot's access token fetched through the sender's own token code
     (proving the secret and, where the platform checks it, that this host's IP is trusted); each backend
     answering once."""
@@ -85,7 +84,8 @@ def online_checks(settings: Settings,
             where = nc.connected_url.netloc if nc.connected_url else "?"
             present = await streams_present(js)
             return f"connected to {where}, JetStream enabled, streams " + (
-                "present" if present else "not created yet (the services create them at start)")
+                "present" if present else "not created yet (the services create them at start)"
+            )
         finally:
             await nc.close()
 
@@ -94,6 +94,7 @@ def online_checks(settings: Settings,
         from imrelay.delivery import DeliveryContext
         from imrelay.platforms import delivery_for, spec_for
     except ImportError:
+
         async def no_sender() -> str:
             raise CheckFailed("imrelay-sender is not installed here: tokens cannot be checked")
 
@@ -104,8 +105,9 @@ def online_checks(settings: Settings,
             needs_token = spec_for(bot).capabilities.needs_token
             fetch = getattr(delivery_for(bot, ctx), "_fetch_token", None) if needs_token else None
 
-            async def check_token(fetch: Any = fetch, platform: str = bot.platform,
-                                  api: str = settings.auth_base(bot)) -> str:
+            async def check_token(
+                fetch: Any = fetch, platform: str = bot.platform, api: str = settings.auth_base(bot)
+            ) -> str:
                 if fetch is None:
                     return "no access token needed (webhook or reply token)"
                 try:
@@ -120,16 +122,21 @@ def online_checks(settings: Settings,
     try:
         from imrelay_worker.backends import ChatMessage, ChatRequest, Replace, build_backend
     except ImportError:
+
         async def no_worker() -> str:
             raise CheckFailed("imrelay-worker is not installed here: backends cannot be checked")
 
         checks.append(("backends", no_worker))
     else:
         for name, cfg in settings.backends.items():
+
             async def check_backend(name: str = name, cfg: Any = cfg) -> str:
                 backend = build_backend(name, cfg, client)
-                request = ChatRequest(messages=[ChatMessage("user", "Reply with the word: ok")],
-                                      user="imrelay-check-config", conversation="imrelay-check-config")
+                request = ChatRequest(
+                    messages=[ChatMessage("user", "Reply with the word: ok")],
+                    user="imrelay-check-config",
+                    conversation="imrelay-check-config",
+                )
                 started = time.monotonic()
                 first: float | None = None
                 chars = 0
@@ -139,8 +146,10 @@ def online_checks(settings: Settings,
                     chars += len(piece.text if isinstance(piece, Replace) else piece)
                 if not chars:
                     raise CheckFailed("the backend answered with no text")
-                return (f"{cfg.kind.value} answered ({chars} characters, first words after "
-                        f"{first or 0:.2f}s, whole answer {time.monotonic() - started:.2f}s)")
+                return (
+                    f"{cfg.kind.value} answered ({chars} characters, first words after "
+                    f"{first or 0:.2f}s, whole answer {time.monotonic() - started:.2f}s)"
+                )
 
             checks.append((f"backend {name}", check_backend))
 
@@ -155,8 +164,11 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from .ops import format_dead_letter
 
     try:
-        cfg = (parse_settings({"nats": {"url": args.nats_url}}, os.environ) if args.nats_url
-               else load_settings(args.config)).nats
+        cfg = (
+            parse_settings({"nats": {"url": args.nats_url}}, os.environ)
+            if args.nats_url
+            else load_settings(args.config)
+        ).nats
     except ConfigError as exc:
         print(f"configuration error: {exc} (or pass --nats-url)", file=sys.stderr)
         return 2
@@ -208,8 +220,9 @@ def _servers(args: argparse.Namespace) -> tuple[Settings | None, int]:
     try:
         if args.nats_url:
             base = load_settings(args.config) if args.config else parse_settings({}, {})
-            return base.model_copy(update={"nats": parse_settings({"nats": {"url": args.nats_url}},
-                                                                  os.environ).nats}), 0
+            return base.model_copy(
+                update={"nats": parse_settings({"nats": {"url": args.nats_url}}, os.environ).nats}
+            ), 0
         return load_settings(args.config), 0
     except ConfigError as exc:
         print(f"configuration error: {exc} (or pass --nats-url)", file=sys.stderr)
@@ -234,8 +247,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
         except Exception as exc:
-            print(f"cannot reach NATS at {', '.join(settings.nats.servers)}: {type(exc).__name__} "
-                  "(see docs/troubleshooting.md#nats-unreachable)", file=sys.stderr)
+            print(
+                f"cannot reach NATS at {', '.join(settings.nats.servers)}: {type(exc).__name__} "
+                "(see docs/troubleshooting.md#nats-unreachable)",
+                file=sys.stderr,
+            )
             return 1
         try:
             status = await collect_status(nc.jetstream(), settings)
@@ -305,10 +321,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     nats_server = EmbeddedNats(store_dir=state / "nats", port=args.nats_port).start()
-    env = dict(os.environ, IMRELAY_CONFIG=str(Path(config).resolve()),
-               IMRELAY_NATS_URL=nats_server.url, IMRELAY_PORT=str(args.port),
-               IMRELAY_SIM_URL=f"http://127.0.0.1:{args.sim_port}",
-               IMRELAY_SIM_WS=f"ws://127.0.0.1:{args.sim_port}")
+    env = dict(
+        os.environ,
+        IMRELAY_CONFIG=str(Path(config).resolve()),
+        IMRELAY_NATS_URL=nats_server.url,
+        IMRELAY_PORT=str(args.port),
+        IMRELAY_SIM_URL=f"http://127.0.0.1:{args.sim_port}",
+        IMRELAY_SIM_WS=f"ws://127.0.0.1:{args.sim_port}",
+    )
     procs: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = False
 
@@ -329,11 +349,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
             if admin_offset is not None:
                 penv["IMRELAY_ADMIN_PORT"] = str(args.admin_port + admin_offset)
             cmd = [sys.executable, "-m", *[a.format(sim_port=args.sim_port) for a in argv]]
-            proc = subprocess.Popen(cmd, env=penv,  # noqa: S603 - our own modules
-                                    start_new_session=True)
+            proc = subprocess.Popen(  # noqa: S603 - our own modules
+                cmd,
+                env=penv,
+                start_new_session=True,
+            )
             procs.append((name, proc))
-            probe = (f"http://127.0.0.1:{args.admin_port + admin_offset}/readyz"
-                     if admin_offset is not None else f"http://127.0.0.1:{args.sim_port}/sim/stats")
+            probe = (
+                f"http://127.0.0.1:{args.admin_port + admin_offset}/readyz"
+                if admin_offset is not None
+                else f"http://127.0.0.1:{args.sim_port}/sim/stats"
+            )
             if not _wait_ready(probe, proc, 30.0):
                 print(f"{name} did not become ready; stopping", file=sys.stderr)
                 return 1
@@ -345,12 +371,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
             f"  callbacks:  http://127.0.0.1:{args.port}/callback/<bot id>   (bots: {bots})\n"
             f"  metrics:    http://127.0.0.1:{args.admin_port}/metrics (ingress), "
             f":{args.admin_port + 1} (worker), :{args.admin_port + 2} (sender)"
-            + (f", :{args.admin_port + 3} (connector)" if long_connection else "") + "\n"
+            + (f", :{args.admin_port + 3} (connector)" if long_connection else "")
+            + "\n"
             f"  simulator:  http://127.0.0.1:{args.sim_port}/sim/messages\n\n"
             "Send a message as the platform would, and see the answer:\n"
             f"  make demo      (or: uv run imrelay-sim --config {config} send --bot {first} "
             '--text "hello" --wait 10)\n'
-            "Press Ctrl-C to stop.\n", flush=True)
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
         while not stopping:
             for name, proc in procs:
                 if proc.poll() is not None:
@@ -374,8 +403,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="imrelay", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="imrelay", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--version", action="version", version=f"imrelay {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dev", help="run the whole stack on this machine")
@@ -387,16 +417,22 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--nats-port", type=int, default=4222)
     c = sub.add_parser("check-config", help="validate the config file")
     c.add_argument("--config", help="default: $IMRELAY_CONFIG or ./imrelay.yaml")
-    c.add_argument("--online", action="store_true",
-                   help="also reach NATS, fetch each bot's access token, and call each backend once")
+    c.add_argument(
+        "--online",
+        action="store_true",
+        help="also reach NATS, fetch each bot's access token, and call each backend once",
+    )
     st = sub.add_parser("status", help="streams, consumer lag, tokens, connector leases, dead letters")
     st.add_argument("--config", help="default: $IMRELAY_CONFIG or ./imrelay.yaml")
     st.add_argument("--nats-url", help="NATS server URL, or several comma-separated (overrides the config)")
     st.add_argument("--output", choices=["text", "json"], default="text")
     g = sub.add_parser("config", help="the config file's JSON Schema, or its reference in Markdown")
     g.add_argument("action", choices=["schema", "reference"])
-    g.add_argument("--chart", metavar="PATH", help="schema: regenerate the bot schema embedded in this "
-                                                   "Helm chart values.schema.json (in place)")
+    g.add_argument(
+        "--chart",
+        metavar="PATH",
+        help="schema: regenerate the bot schema embedded in this Helm chart values.schema.json (in place)",
+    )
     q = sub.add_parser("dlq", help="list, show or re-drive dead letters")
     q.add_argument("action", choices=["list", "show", "redrive"])
     q.add_argument("seq", nargs="*", type=int, help="dead-letter sequence numbers (show, redrive)")

@@ -118,9 +118,9 @@ class Settings(ConfigModel):
         return platforms.auth_base(bot)
 
 
-
 def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
     if isinstance(value, str):
+
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in environ:
@@ -137,13 +137,13 @@ def _interpolate(value: Any, environ: Mapping[str, str], path: str) -> Any:
     return value
 
 
-
-
-
 def _loc_to_path(loc: tuple[int | str, ...]) -> str:
     # Drop discriminator tags pydantic inserts for tagged unions ("bots.0.<platform>.credentials").
-    parts = [str(p) for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] != "platform"
-                                                        and isinstance(p, str) and p in platforms.tags())]
+    parts = [
+        str(p)
+        for i, p in enumerate(loc)
+        if not (i > 0 and loc[i - 1] != "platform" and isinstance(p, str) and p in platforms.tags())
+    ]
     return ".".join(parts)
 
 
@@ -173,8 +173,11 @@ def parse_settings(data: Mapping[str, Any] | None, environ: Mapping[str, str]) -
             node[keys[-1]] = environ[env]
     if any(environ.get(env) for env in _ENV_AUTH):  # a service's own credentials replace the file's
         nats = raw["nats"]
-        nats["auth"] = {k: v for k, v in nats["auth"].items()
-                        if k in {_ENV_OVERRIDES[e][-1] for e in _ENV_AUTH if environ.get(e)}}
+        nats["auth"] = {
+            k: v
+            for k, v in nats["auth"].items()
+            if k in {_ENV_OVERRIDES[e][-1] for e in _ENV_AUTH if environ.get(e)}
+        }
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
@@ -198,8 +201,9 @@ def _problem(err: Any) -> tuple[str, str]:
     return _loc_to_path(loc), msg
 
 
-def load_settings(path: str | os.PathLike[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Read and validate the config file named by ``path`` or ``IMRELAY_CONFIG``."""
     env = os.environ if environ is None else environ
     file = Path(path or env.get("IMRELAY_CONFIG") or DEFAULT_CONFIG_PATH)

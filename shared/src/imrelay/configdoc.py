@@ -24,8 +24,14 @@ from . import config as c
 from . import platforms
 from .bots import BotBase
 
-__all__ = ["MEANINGS", "chart_bots_schema", "config_reference", "config_schema", "iter_keys",
-           "with_chart_bots_schema"]
+__all__ = [
+    "MEANINGS",
+    "chart_bots_schema",
+    "config_reference",
+    "config_schema",
+    "iter_keys",
+    "with_chart_bots_schema",
+]
 
 # Meanings of keys that carry no comment in config.py, by "Model.field".
 MEANINGS: dict[str, str] = {
@@ -33,22 +39,22 @@ MEANINGS: dict[str, str] = {
     "NatsAuth.password": "NATS password (with `user`); `IMRELAY_NATS_PASSWORD`.",
     "NatsAuth.token": "A NATS token instead of a user; `IMRELAY_NATS_TOKEN`.",
     "NatsAuth.nkey_seed_file": "File holding an NKey seed to authenticate with; "
-                               "`IMRELAY_NATS_NKEY_SEED_FILE`.",
+    "`IMRELAY_NATS_NKEY_SEED_FILE`.",
     "NatsAuth.creds_file": "A `.creds` file (user JWT and NKey seed); `IMRELAY_NATS_CREDS_FILE`.",
     "NatsTLS.ca_file": "PEM file of the CA that signed the NATS servers' certificates (else the system's).",
     "NatsTLS.cert_file": "Client certificate for mutual TLS (with `key_file`).",
     "NatsTLS.key_file": "Private key of the client certificate.",
     "NatsTLS.server_name": "Name to verify in the servers' certificates, if not the URL's host.",
     "ConnectionLimitsConfig.body_min_rate_bytes_per_second": "The slowest transfer rate a body is allowed: "
-                                                             "its deadline grows by its size at this rate.",
+    "its deadline grows by its size at this rate.",
     "WorkerConfig.pseudonym_key": "Key of the pseudonyms model providers see (derived from each bot's "
-                                  "credentials when unset; set it to keep them through a credential "
-                                  "rotation).",
+    "credentials when unset; set it to keep them through a credential "
+    "rotation).",
     "NatsConfig.connect_timeout_seconds": "Seconds to wait for a NATS server to accept a connection.",
     "NatsConfig.publish_timeout_seconds": "Seconds to wait for JetStream to confirm a publish (PubAck) or "
-                                          "answer an API request.",
+    "answer an API request.",
     "NatsConfig.dedupe_window_seconds": "A platform's retry of a message already stored within this many "
-                                        "seconds is recognised by its message id and stored once.",
+    "seconds is recognised by its message id and stored once.",
     "IngressConfig.host": "Address the public callback port listens on.",
     "IngressConfig.port": "The public callback port (`/callback/<bot id>`); `IMRELAY_PORT` overrides it.",
     "IngressConfig.max_body_bytes": "Callbacks with a larger body are answered 413.",
@@ -56,22 +62,22 @@ MEANINGS: dict[str, str] = {
     "AdminConfig.port": "The admin port; `IMRELAY_ADMIN_PORT` overrides it (one per service on a host).",
     "WorkerConfig.concurrency": "Answers one llm-worker replica produces at the same time.",
     "WorkerConfig.ack_wait_seconds": "A message not acknowledged (nor marked in progress) this long is "
-                                     "redelivered to another worker.",
+    "redelivered to another worker.",
     "WorkerConfig.max_deliver": "Deliveries of one inbound message before it goes to the dead letters.",
     "WorkerConfig.answer_timeout_seconds": "An answer still streaming after this long is cut short (the "
-                                           "user gets what came, with a notice).",
+    "user gets what came, with a notice).",
     "RateLimitConfig.limit": "Messages allowed per window.",
     "RateLimitConfig.window_seconds": "The window's length in seconds.",
     "SenderConfig.ack_wait_seconds": "A reply not acknowledged (nor marked in progress) this long is "
-                                     "redelivered to another sender.",
+    "redelivered to another sender.",
     "SenderConfig.max_deliver": "Deliveries of one reply chunk before it goes to the dead letters.",
     "SenderConfig.max_attempts": "Platform calls per delivery before it is given back for redelivery.",
     "SenderConfig.backoff_base_seconds": "First pause between retries of a failed platform call "
-                                         "(doubled each time, with jitter).",
+    "(doubled each time, with jitter).",
     "SenderConfig.backoff_max_seconds": "Longest pause between retries of a failed platform call.",
     "SenderConfig.http_timeout_seconds": "Timeout of one platform API call.",
     "SenderConfig.token_refresh_skew_seconds": "Access tokens are renewed this long before they expire, "
-                                               "where the platform hands out a new one early.",
+    "where the platform hands out a new one early.",
     "MemoryConfig.enabled": "Remember conversations (recent turns) between messages.",
     "MemoryConfig.max_turns": "Turns of a conversation sent to the model with a new message.",
     "MemoryConfig.max_chars": "Characters of remembered conversation sent to the model at most.",
@@ -79,9 +85,9 @@ MEANINGS: dict[str, str] = {
     "ConnectorConfig.reconnect_max_seconds": "Longest pause between reconnection attempts (backoff).",
     "ConnectorConfig.ack_timeout_seconds": "Seconds to wait for the platform to acknowledge a frame.",
     "BackendConfig.kind": "The backend's API: `echo` (answers with the message, for trying things "
-                          "out), `openai` (any OpenAI-compatible chat completions API), `dify` or `fastgpt`.",
+    "out), `openai` (any OpenAI-compatible chat completions API), `dify` or `fastgpt`.",
     "BackendConfig.base_url": "The API's base URL (e.g. `https://api.openai.com/v1`); required except "
-                              "for `echo`.",
+    "for `echo`.",
     "BackendConfig.api_key": "The API key (write it as `${VAR}` and put the value in the environment).",
     "BackendConfig.model": "The model name (required for `openai`).",
     "BackendConfig.system_prompt": "A system prompt sent before the conversation.",
@@ -89,19 +95,18 @@ MEANINGS: dict[str, str] = {
     "BackendConfig.timeout_seconds": "Timeout of the whole backend request.",
     "BackendConfig.idle_timeout_seconds": "An answer stream silent this long is treated as failed.",
     "BackendConfig.error_message": "What the user is told when the backend fails.",
-    "BotBase.id": "The bot's id: lowercase letters, digits and `-`; its callback URL is "
-                   "`/callback/<id>`.",
+    "BotBase.id": "The bot's id: lowercase letters, digits and `-`; its callback URL is `/callback/<id>`.",
     "BotBase.backend": "The name of the backend (under `backends`) that answers this bot.",
     "BotBase.api_base": "The platform API's base URL, if not the platform's public one (private "
-                         "deployments, the simulator).",
+    "deployments, the simulator).",
     "BotBase.mode": "`callback` (the platform posts to the ingress) or `long_connection` (the connector "
-                     "dials the platform, where the platform has such a mode).",
+    "dials the platform, where the platform has such a mode).",
     "BotBase.system_prompt": "Overrides the backend's system prompt for this bot.",
     "BotBase.temperature": "Overrides the backend's temperature for this bot.",
     "BotBase.thinking_after_seconds": "Seconds without answer text before `thinking_message` is shown.",
     "BotBase.answer_timeout_seconds": "Overrides `worker.answer_timeout_seconds` for this bot.",
     "SenderConfig.rate_limits": "Platform rate limits by scope (see the section's introduction); an entry "
-                                "replaces the default of the same scope.",
+    "replaces the default of the same scope.",
     "Settings.bots": "The bots, one per platform app or robot (see `bots` below).",
     "*.platform": "The bot's platform; it decides which `credentials` and other keys apply.",
 }
@@ -110,8 +115,11 @@ MEANINGS: dict[str, str] = {
 def config_schema() -> dict[str, Any]:
     """The JSON Schema of the config file (point an editor's YAML language server at it)."""
     schema = c.Settings.model_json_schema(mode="validation")
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "imrelay configuration", **{k: v for k, v in schema.items() if k != "title"}}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "imrelay configuration",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }
 
 
 # Where the bot entries' schema sits in the Helm chart's values.schema.json.
@@ -127,7 +135,8 @@ def chart_bots_schema() -> dict[str, Any]:
     annotation = c.Settings.model_fields["bots"].annotation
     assert annotation is not None
     schema: dict[str, Any] = TypeAdapter(annotation).json_schema(
-        mode="validation", ref_template=CHART_BOTS_REF + "/$defs/{model}")
+        mode="validation", ref_template=CHART_BOTS_REF + "/$defs/{model}"
+    )
     return schema
 
 
@@ -191,7 +200,8 @@ def _type_name(annotation: Any) -> str:
         return " \\| ".join(f"`{m.value}`" for m in annotation)
     if isinstance(annotation, type):
         return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
-            annotation.__name__, annotation.__name__)
+            annotation.__name__, annotation.__name__
+        )
     return str(annotation)
 
 
@@ -202,7 +212,7 @@ def _default(field: FieldInfo) -> str:
     if value is None:
         return "unset"
     if isinstance(value, SecretStr):
-        return "`\"\"`" if not value.get_secret_value() else "(secret)"
+        return '`""`' if not value.get_secret_value() else "(secret)"
     if isinstance(value, Enum):
         return f"`{value.value}`"
     if isinstance(value, BaseModel):
@@ -212,7 +222,7 @@ def _default(field: FieldInfo) -> str:
     if isinstance(value, dict | list) and not value:
         return "empty"
     if isinstance(value, str):
-        return f"`{value}`" if value else "`\"\"`"
+        return f"`{value}`" if value else '`""`'
     return f"`{value}`"
 
 
@@ -257,8 +267,14 @@ def iter_keys(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str, 
             sub = f"{key}.<name>" if get_origin(field.annotation) is dict else key
             rows += iter_keys(nested, sub)
             continue
-        rows.append((key, _type_name(field.annotation) + _constraints(field), _default(field),
-                     _meaning(model, name, field)))
+        rows.append(
+            (
+                key,
+                _type_name(field.annotation) + _constraints(field),
+                _default(field),
+                _meaning(model, name, field),
+            )
+        )
     return rows
 
 
@@ -267,16 +283,24 @@ def _bots() -> list[tuple[str, type[BaseModel]]]:
 
 
 def _rate_scopes() -> str:
-    return ", ".join(f"`{r.name}` ({r.meaning}, default {r.default.limit} per "
-                     f"{r.default.window_seconds:g} s)" for s in platforms.SPECS for r in s.rate_scopes)
+    return ", ".join(
+        f"`{r.name}` ({r.meaning}, default {r.default.limit} per {r.default.window_seconds:g} s)"
+        for s in platforms.SPECS
+        for r in s.rate_scopes
+    )
+
 
 _SECTIONS: list[tuple[str, type[BaseModel], str]] = [
     ("nats", c.NatsConfig, "The NATS JetStream connection and the streams' settings."),
     ("ingress", c.IngressConfig, "The public callback server."),
     ("admin", c.AdminConfig, "Every service's admin port."),
     ("worker", c.WorkerConfig, "The llm-worker."),
-    ("sender", c.SenderConfig, "Delivery to the platforms. `rate_limits` maps a scope (see below) to "
-     "`{limit, window_seconds}`, replacing that scope's default."),
+    (
+        "sender",
+        c.SenderConfig,
+        "Delivery to the platforms. `rate_limits` maps a scope (see below) to "
+        "`{limit, window_seconds}`, replacing that scope's default.",
+    ),
     ("memory", c.MemoryConfig, "Conversation memory (kept in NATS KV)."),
     ("connector", c.ConnectorConfig, "Long connections (`imrelay-connector`)."),
 ]
@@ -308,18 +332,28 @@ def config_reference() -> str:
         out += [f"## `{name}`", "", intro, ""] + _table(iter_keys(model, name)) + [""]
         if name == "sender":
             out += [f"The platforms' limits (scopes of `sender.rate_limits`): {_rate_scopes()}.", ""]
-    out += ["## `backends`", "",
-            "Named LLM backends (`backends.<name>`); bots choose one by name. Default: one `echo` backend "
-            "named `default`.", ""]
+    out += [
+        "## `backends`",
+        "",
+        "Named LLM backends (`backends.<name>`); bots choose one by name. Default: one `echo` backend "
+        "named `default`.",
+        "",
+    ]
     out += _table(iter_keys(c.BackendConfig, "backends.<name>")) + [""]
-    out += ["## `bots`", "",
-            "A list of bots; each has a `platform` and that platform's `credentials`. Keys every bot has:",
-            ""]
+    out += [
+        "## `bots`",
+        "",
+        "A list of bots; each has a `platform` and that platform's `credentials`. Keys every bot has:",
+        "",
+    ]
     own = {"platform", "credentials"}  # each platform's own, listed under it
     out += _table([r for r in iter_keys(BotBase, "bots[]") if r[0].split(".")[1] not in own]) + [""]
     common = set(BotBase.model_fields) - own
     for title, model in _bots():
-        rows = [r for r in iter_keys(model, "bots[]") if r[0].split(".")[1] not in common
-                or r[0] == "bots[].platform"]
+        rows = [
+            r
+            for r in iter_keys(model, "bots[]")
+            if r[0].split(".")[1] not in common or r[0] == "bots[].platform"
+        ]
         out += [f"### {title}", ""] + _table(rows) + [""]
     return "\n".join(out)

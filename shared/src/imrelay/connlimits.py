@@ -62,10 +62,14 @@ LINGER_SECONDS = 2.0
 _FRESH, _HEADERS, _BODY, _BUSY, _IDLE, _LINGER, _CLOSING, _REFUSED = range(8)
 _NEVER = math.inf
 
-_RESPONSE_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                 b"content-length: 15\r\nconnection: close\r\n\r\nRequest Timeout")
-_RESPONSE_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                 b"content-length: 19\r\nconnection: close\r\nretry-after: 1\r\n\r\nService Unavailable")
+_RESPONSE_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 15\r\nconnection: close\r\n\r\nRequest Timeout"
+)
+_RESPONSE_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 19\r\nconnection: close\r\nretry-after: 1\r\n\r\nService Unavailable"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +134,12 @@ class ConnectionGuard:
         self.limits = limits
         self.cap = connection_cap(limits.max_connections, _fd_soft_limit())
         if self.cap < limits.max_connections:
-            log.warning("%s port: connection cap lowered from %d to %d to stay under the process's "
-                        "descriptor limit", listener, limits.max_connections, self.cap)
+            log.warning(
+                "%s port: connection cap lowered from %d to %d to stay under the process's descriptor limit",
+                listener,
+                limits.max_connections,
+                self.cap,
+            )
         self.open: set[_Guarded] = set()
         self._gauge = CONNECTIONS_OPEN.labels(listener=listener)
         self._refused = CONNECTIONS_REFUSED.labels(listener=listener)
@@ -154,8 +162,11 @@ class ConnectionGuard:
 
     def uvicorn_options(self) -> dict[str, Any]:
         """uvicorn.Config keyword arguments that go with this guard."""
-        return {"http": self.protocol_class(), "ws": "none",
-                "timeout_keep_alive": max(1, math.ceil(self.limits.keep_alive_timeout))}
+        return {
+            "http": self.protocol_class(),
+            "ws": "none",
+            "timeout_keep_alive": max(1, math.ceil(self.limits.keep_alive_timeout)),
+        }
 
     # -- called by the protocols --
 
@@ -189,8 +200,12 @@ class ConnectionGuard:
         self._timed_out[reason].inc()
         if reason in ("header", "body"):
             peer = f"{conn.client[0]}:{conn.client[1]}" if conn.client else "unknown peer"
-            log.info("%s port: closed the connection from %s: request %s not received within its "
-                     "deadline", self.listener, peer, "headers" if reason == "header" else "body")
+            log.info(
+                "%s port: closed the connection from %s: request %s not received within its deadline",
+                self.listener,
+                peer,
+                "headers" if reason == "header" else "body",
+            )
 
     # -- internals --
 
@@ -204,8 +219,12 @@ class ConnectionGuard:
         self._refusals_unlogged += 1
         now = time.monotonic()
         if now - self._last_refusal_log >= 10.0:
-            log.warning("%s port: %d connection(s) refused at the cap of %d open connections",
-                        self.listener, self._refusals_unlogged, self.cap)
+            log.warning(
+                "%s port: %d connection(s) refused at the cap of %d open connections",
+                self.listener,
+                self._refusals_unlogged,
+                self.cap,
+            )
             self._last_refusal_log = now
             self._refusals_unlogged = 0
 
@@ -285,8 +304,9 @@ class _Guarded(asyncio.Protocol):
             self._closing(now)
             return
         if phase == _BODY:
-            deadline = body_deadline(self._since, declared_length(self.headers), self._received,
-                                     self.guard.limits)
+            deadline = body_deadline(
+                self._since, declared_length(self.headers), self._received, self.guard.limits
+            )
             if deadline > now:
                 self._deadline = deadline
                 return

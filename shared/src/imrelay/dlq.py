@@ -13,9 +13,15 @@ from . import subjects as s
 from .redact import redact
 
 
-def dlq_headers(stage: str, reason: str, *, code: str | int | None = None,
-                original_subject: str = "", deliveries: int | None = None,
-                msg_id: str | None = None) -> dict[str, str]:
+def dlq_headers(
+    stage: str,
+    reason: str,
+    *,
+    code: str | int | None = None,
+    original_subject: str = "",
+    deliveries: int | None = None,
+    msg_id: str | None = None,
+) -> dict[str, str]:
     headers = {
         s.HDR_DLQ_STAGE: stage,
         s.HDR_DLQ_REASON: redact(reason).replace("\r", " ").replace("\n", " ")[:500],
@@ -42,12 +48,20 @@ class DeadLetter:
     data: bytes
 
     @classmethod
-    def from_raw(cls, seq: int, time: datetime | None, headers: dict[str, str] | None,
-                 data: bytes) -> DeadLetter:
+    def from_raw(
+        cls, seq: int, time: datetime | None, headers: dict[str, str] | None, data: bytes
+    ) -> DeadLetter:
         h = headers or {}
-        return cls(seq=seq, time=time, stage=h.get(s.HDR_DLQ_STAGE, "?"), code=h.get(s.HDR_DLQ_CODE, ""),
-                   reason=h.get(s.HDR_DLQ_REASON, ""), original_subject=h.get(s.HDR_DLQ_SUBJECT, ""),
-                   deliveries=h.get(s.HDR_DLQ_DELIVERIES, ""), data=data)
+        return cls(
+            seq=seq,
+            time=time,
+            stage=h.get(s.HDR_DLQ_STAGE, "?"),
+            code=h.get(s.HDR_DLQ_CODE, ""),
+            reason=h.get(s.HDR_DLQ_REASON, ""),
+            original_subject=h.get(s.HDR_DLQ_SUBJECT, ""),
+            deliveries=h.get(s.HDR_DLQ_DELIVERIES, ""),
+            data=data,
+        )
 
 
 def format_table(letters: list[DeadLetter]) -> str:
@@ -56,12 +70,14 @@ def format_table(letters: list[DeadLetter]) -> str:
         when = d.time.strftime("%Y-%m-%d %H:%M:%S") if d.time else "?"
         rows.append((str(d.seq), when, d.stage, d.code, d.original_subject, d.reason[:60]))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5] for r in rows
+    )
 
 
-async def list_dead_letters(js: JetStreamContext, stage: str | None = None,
-                            limit: int = 100) -> list[DeadLetter]:
+async def list_dead_letters(
+    js: JetStreamContext, stage: str | None = None, limit: int = 100
+) -> list[DeadLetter]:
     """The newest ``limit`` dead letters (of one stage, if given), oldest first."""
     info = await js.stream_info(s.STREAM_DLQ)
     out: list[DeadLetter] = []
@@ -94,7 +110,10 @@ async def redrive(js: JetStreamContext, seq: int) -> str:
     letter = DeadLetter.from_raw(seq, raw.time, raw.headers, raw.data or b"")
     if not letter.original_subject.startswith((s.IN_PREFIX + ".", s.OUT_PREFIX + ".")):
         raise ValueError(f"dead letter {seq} has no original subject to go back to")
-    await js.publish(letter.original_subject, letter.data,
-                     headers={s.HDR_MSG_ID: f"redrive:{seq}:{raw.time.timestamp() if raw.time else 0}"})
+    await js.publish(
+        letter.original_subject,
+        letter.data,
+        headers={s.HDR_MSG_ID: f"redrive:{seq}:{raw.time.timestamp() if raw.time else 0}"},
+    )
     await js.delete_msg(s.STREAM_DLQ, seq)
     return letter.original_subject

@@ -39,8 +39,7 @@ def verify(public_key: bytes | ECC.EccKey, message: bytes, signature_hex: str | 
     if len(sig) != 64 or sig[63] & 0xE0:
         raise VerifyError("malformed signature")
     try:
-        key = public_key if isinstance(public_key, ECC.EccKey) else eddsa.import_public_key(
-            bytes(public_key))
+        key = public_key if isinstance(public_key, ECC.EccKey) else eddsa.import_public_key(bytes(public_key))
     except ValueError as exc:
         raise VerifyError("configured public key is not an Ed25519 key") from exc
     try:

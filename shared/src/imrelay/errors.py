@@ -77,8 +77,10 @@ class NatsRefusedError(ConfigError):
     """NATS refused this service's credentials or TLS settings: a configuration error, not an outage."""
 
     def __init__(self, servers: str, reason: str) -> None:
-        super().__init__("nats", f"{servers} refused the connection: {reason} "
-                                 "(check nats.auth / IMRELAY_NATS_* and nats.tls)")
+        super().__init__(
+            "nats",
+            f"{servers} refused the connection: {reason} (check nats.auth / IMRELAY_NATS_* and nats.tls)",
+        )
 
 
 class CallbackError(ImrelayError):
@@ -147,8 +149,9 @@ class CheckFailed(ImrelayError):
 class BackendError(ImrelayError):
     """An LLM backend call failed. ``retryable`` says whether trying again may help."""
 
-    def __init__(self, backend: str, message: str, *, status: int | None = None,
-                 retryable: bool = False) -> None:
+    def __init__(
+        self, backend: str, message: str, *, status: int | None = None, retryable: bool = False
+    ) -> None:
         self.backend = backend
         self.status = status
         self.retryable = retryable
@@ -158,8 +161,9 @@ class BackendError(ImrelayError):
 class UpstreamError(ImrelayError):
     """A platform API answered with an error. ``retry_after`` is seconds, if the platform said."""
 
-    def __init__(self, platform: str, code: int | str, message: str = "",
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, platform: str, code: int | str, message: str = "", retry_after: float | None = None
+    ) -> None:
         self.platform = platform
         self.code = code
         self.message = message

@@ -7,6 +7,7 @@ __all__ = ["TROUBLESHOOTING", "callback_hint", "platform_anchor", "platform_hint
 
 TROUBLESHOOTING = "docs/troubleshooting.md"
 
+
 def platform_anchor(platform: str, code: object) -> str | None:
     from . import platforms
 

@@ -37,17 +37,30 @@ from .natslog import TROUBLESHOOTING, OutageLog, redact_url, should_log
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Buckets", "connect", "connect_options", "ensure_buckets", "ensure_streams", "security",
-           "stream_configs"]
+__all__ = [
+    "Buckets",
+    "connect",
+    "connect_options",
+    "ensure_buckets",
+    "ensure_streams",
+    "security",
+    "stream_configs",
+]
 
 DAY = 86400.0
 
 
-def _stream(cfg: NatsConfig, name: str, subject: str, max_age: float,
-            duplicate_window: float) -> StreamConfig:
+def _stream(
+    cfg: NatsConfig, name: str, subject: str, max_age: float, duplicate_window: float
+) -> StreamConfig:
     return StreamConfig(
-        name=name, subjects=[subject], max_age=max_age, duplicate_window=duplicate_window,
-        storage=StorageType.FILE, num_replicas=cfg.replicas, retention=RetentionPolicy.LIMITS,
+        name=name,
+        subjects=[subject],
+        max_age=max_age,
+        duplicate_window=duplicate_window,
+        storage=StorageType.FILE,
+        num_replicas=cfg.replicas,
+        retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.OLD,
     )
 
@@ -92,12 +105,19 @@ def is_refusal(exc: BaseException) -> bool:
     """A server's answer that trying again will not change: bad credentials, or a TLS failure."""
     text = str(exc).lower()
     return isinstance(exc, ssl.SSLError) or any(
-        w in text for w in ("authorization violation", "authentication", "user authentication expired",
-                            "account authentication expired"))
+        w in text
+        for w in (
+            "authorization violation",
+            "authentication",
+            "user authentication expired",
+            "account authentication expired",
+        )
+    )
 
 
-async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1,
-                  outage: OutageLog | None = None) -> NATS:
+async def connect(
+    cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -1, outage: OutageLog | None = None
+) -> NATS:
     """Connect, then keep reconnecting (for ever by default: a service keeps running through a NATS
     restart); an outage is logged with the servers' URLs at a falling rate
     (:class:`~imrelay.natslog.OutageLog`). A first connection refused for its credentials or TLS raises
@@ -111,13 +131,21 @@ async def connect(cfg: NatsConfig, name: str, *, max_reconnect_attempts: int = -
             refused.append(e)
         await outage.error_cb(e)
 
-    attempt = asyncio.ensure_future(nats.connect(
-        cfg.servers, name=name, connect_timeout=cfg.connect_timeout_seconds,
-        # two tries per server, then an error: nats-py's 0 would mean "for ever"
-        max_reconnect_attempts=1, reconnect_time_wait=0.5,
-        allow_reconnect=True, error_cb=on_error, disconnected_cb=outage.disconnected_cb,
-        reconnected_cb=outage.reconnected_cb, **connect_options(cfg),
-    ))
+    attempt = asyncio.ensure_future(
+        nats.connect(
+            cfg.servers,
+            name=name,
+            connect_timeout=cfg.connect_timeout_seconds,
+            # two tries per server, then an error: nats-py's 0 would mean "for ever"
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=outage.disconnected_cb,
+            reconnected_cb=outage.reconnected_cb,
+            **connect_options(cfg),
+        )
+    )
     try:
         # a refusal is final at once (the client itself may go on retrying a failed TLS handshake)
         while not refused:
@@ -173,9 +201,14 @@ async def connect_until_ready(cfg: NatsConfig, name: str) -> tuple[NATS, JetStre
             attempt += 1
             if should_log(attempt, every=12):
                 urls = ", ".join(redact_url(u) for u in cfg.servers)
-                log.warning("NATS at %s answers, but its streams could not be set up: %s (attempt %d; "
-                            "retrying, up to every 5s; see %s)", urls, type(exc).__name__, attempt,
-                            TROUBLESHOOTING)
+                log.warning(
+                    "NATS at %s answers, but its streams could not be set up: %s (attempt %d; "
+                    "retrying, up to every 5s; see %s)",
+                    urls,
+                    type(exc).__name__,
+                    attempt,
+                    TROUBLESHOOTING,
+                )
             with contextlib.suppress(Exception):
                 await nc.close()
             await asyncio.sleep(delay)
@@ -202,8 +235,12 @@ async def ensure_streams(js: JetStreamContext, cfg: NatsConfig) -> None:
             await js.update_stream(conf)
             log.info("updated stream %s", conf.name)
         except Exception as exc:
-            log.warning("stream %s differs from the configuration but could not be updated (%s): "
-                        "run `imrelay nats setup` with an admin user", conf.name, type(exc).__name__)
+            log.warning(
+                "stream %s differs from the configuration but could not be updated (%s): "
+                "run `imrelay nats setup` with an admin user",
+                conf.name,
+                type(exc).__name__,
+            )
 
 
 def _stream_differs(have: StreamConfig, want: StreamConfig) -> bool:
@@ -228,34 +265,67 @@ async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
 
 
 async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
-    tokens = await _bucket(js, KeyValueConfig(
-        bucket=s.KV_TOKENS, history=1, storage=StorageType.FILE, replicas=cfg.replicas,
-        description="platform access tokens and refresh locks",
-    ))
-    deliveries = await _bucket(js, KeyValueConfig(
-        bucket=s.KV_DELIVERIES, history=1, ttl=float(cfg.dedupe_window_seconds),
-        storage=StorageType.FILE, replicas=cfg.replicas,
-        description="delivered reply parts (reply id + part index)",
-    ))
-    ratelimits = await _bucket(js, KeyValueConfig(
-        bucket=s.KV_RATELIMITS, history=1, ttl=DAY, storage=StorageType.FILE, replicas=cfg.replicas,
-        description="platform rate-limit windows shared by sender replicas",
-    ))
+    tokens = await _bucket(
+        js,
+        KeyValueConfig(
+            bucket=s.KV_TOKENS,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            description="platform access tokens and refresh locks",
+        ),
+    )
+    deliveries = await _bucket(
+        js,
+        KeyValueConfig(
+            bucket=s.KV_DELIVERIES,
+            history=1,
+            ttl=float(cfg.dedupe_window_seconds),
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            description="delivered reply parts (reply id + part index)",
+        ),
+    )
+    ratelimits = await _bucket(
+        js,
+        KeyValueConfig(
+            bucket=s.KV_RATELIMITS,
+            history=1,
+            ttl=DAY,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            description="platform rate-limit windows shared by sender replicas",
+        ),
+    )
     return Buckets(tokens=tokens, deliveries=deliveries, ratelimits=ratelimits)
 
 
 async def ensure_memory_bucket(js: JetStreamContext, cfg: NatsConfig, ttl: float) -> KeyValue:
-    return await _bucket(js, KeyValueConfig(
-        bucket=s.KV_MEMORY, history=1, ttl=ttl, storage=StorageType.FILE, replicas=cfg.replicas,
-        description="conversation memory: recent turns and backend sessions",
-    ))
+    return await _bucket(
+        js,
+        KeyValueConfig(
+            bucket=s.KV_MEMORY,
+            history=1,
+            ttl=ttl,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            description="conversation memory: recent turns and backend sessions",
+        ),
+    )
 
 
 async def ensure_streams_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
-    return await _bucket(js, KeyValueConfig(
-        bucket=s.KV_STREAMS, history=1, ttl=3600.0, storage=StorageType.FILE, replicas=cfg.replicas,
-        description="answer streams platforms poll (content so far, finish)",
-    ))
+    return await _bucket(
+        js,
+        KeyValueConfig(
+            bucket=s.KV_STREAMS,
+            history=1,
+            ttl=3600.0,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            description="answer streams platforms poll (content so far, finish)",
+        ),
+    )
 
 
 # A signed header pair (from a platform that signs a timestamp, not the body) is accepted for one hour
@@ -264,17 +334,30 @@ REPLAY_TTL_SECONDS = 2 * 3600.0
 
 
 async def ensure_replay_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
-    return await _bucket(js, KeyValueConfig(
-        bucket=s.KV_REPLAY, history=1, ttl=REPLAY_TTL_SECONDS, storage=StorageType.FILE,
-        replicas=cfg.replicas, description="callback signatures seen once (key: digest, value: body digest)",
-    ))
+    return await _bucket(
+        js,
+        KeyValueConfig(
+            bucket=s.KV_REPLAY,
+            history=1,
+            ttl=REPLAY_TTL_SECONDS,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            description="callback signatures seen once (key: digest, value: body digest)",
+        ),
+    )
 
 
 async def ensure_leases_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
-    return await _bucket(js, KeyValueConfig(
-        bucket=s.KV_LEASES, history=1, storage=StorageType.FILE, replicas=cfg.replicas,
-        description="connector socket leases: one owner per bot",
-    ))
+    return await _bucket(
+        js,
+        KeyValueConfig(
+            bucket=s.KV_LEASES,
+            history=1,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            description="connector socket leases: one owner per bot",
+        ),
+    )
 
 
 async def streams_present(js: JetStreamContext) -> bool:

@@ -37,7 +37,8 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)
 def lost_race(exc: BaseException) -> bool:
     """The error a compare-and-set gets when the key is no longer at the expected revision."""
     return isinstance(exc, KeyWrongLastSequenceError) or (
-        isinstance(exc, APIError) and exc.err_code in _WRONG_LAST_SEQUENCE)
+        isinstance(exc, APIError) and exc.err_code in _WRONG_LAST_SEQUENCE
+    )
 
 
 async def read(kv: KeyValue, key: str) -> KeyValue.Entry | None:

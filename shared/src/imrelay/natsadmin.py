@@ -54,19 +54,30 @@ async def setup(settings: Settings) -> list[str]:
         await ensure_streams_bucket(js, cfg)
         await ensure_leases_bucket(js, cfg)
         await ensure_replay_bucket(js, cfg)
-        buckets = [s.KV_TOKENS, s.KV_DELIVERIES, s.KV_RATELIMITS, s.KV_MEMORY, s.KV_STREAMS, s.KV_LEASES,
-                   s.KV_REPLAY]
+        buckets = [
+            s.KV_TOKENS,
+            s.KV_DELIVERIES,
+            s.KV_RATELIMITS,
+            s.KV_MEMORY,
+            s.KV_STREAMS,
+            s.KV_LEASES,
+            s.KV_REPLAY,
+        ]
         return [c.name or "" for c in stream_configs(cfg)] + buckets
     finally:
         await nc.close()
 
 
 def server_config(environ: Mapping[str, str]) -> str:
-    passwords = {svc: environ[password_variable(svc)] for svc in SERVICES
-                 if environ.get(password_variable(svc))}
+    passwords = {
+        svc: environ[password_variable(svc)] for svc in SERVICES if environ.get(password_variable(svc))
+    }
     if not passwords:
-        raise ConfigError("", "set IMRELAY_NATS_PASSWORD_<SERVICE> for the services to authorize "
-                              f"({', '.join(s.upper() for s in SERVICES)})")
+        raise ConfigError(
+            "",
+            "set IMRELAY_NATS_PASSWORD_<SERVICE> for the services to authorize "
+            f"({', '.join(s.upper() for s in SERVICES)})",
+        )
     return authorization_block(passwords)
 
 

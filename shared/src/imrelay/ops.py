@@ -64,8 +64,9 @@ async def _kv_value(js: JetStreamContext, bucket: str, key: str) -> bytes | None
         return None
 
 
-async def collect_status(js: JetStreamContext, settings: Settings,
-                         clock: Callable[[], float] = time.time) -> dict[str, Any]:
+async def collect_status(
+    js: JetStreamContext, settings: Settings, clock: Callable[[], float] = time.time
+) -> dict[str, Any]:
     """Streams, consumers and their lag, each bot's token and connector lease, dead letters by stage."""
     now = clock()
     streams: list[dict[str, Any]] = []
@@ -76,13 +77,28 @@ async def collect_status(js: JetStreamContext, settings: Settings,
         except NotFoundError:
             streams.append({"name": name, "present": False})
             continue
-        streams.append({"name": name, "present": True, "messages": info.state.messages,
-                        "bytes": info.state.bytes, "first_seq": info.state.first_seq,
-                        "last_seq": info.state.last_seq, "replicas": info.config.num_replicas})
+        streams.append(
+            {
+                "name": name,
+                "present": True,
+                "messages": info.state.messages,
+                "bytes": info.state.bytes,
+                "first_seq": info.state.first_seq,
+                "last_seq": info.state.last_seq,
+                "replicas": info.config.num_replicas,
+            }
+        )
         for c in await js.consumers_info(name):
-            consumers.append({"stream": name, "name": c.name, "pending": c.num_pending or 0,
-                              "ack_pending": c.num_ack_pending or 0, "redelivered": c.num_redelivered or 0,
-                              "waiting": c.num_waiting or 0})
+            consumers.append(
+                {
+                    "stream": name,
+                    "name": c.name,
+                    "pending": c.num_pending or 0,
+                    "ack_pending": c.num_ack_pending or 0,
+                    "redelivered": c.num_redelivered or 0,
+                    "waiting": c.num_waiting or 0,
+                }
+            )
     dlq: dict[str, int] = {}
     try:
         info = await js.stream_info(s.STREAM_DLQ, subjects_filter=s.DLQ_ALL)
@@ -94,8 +110,11 @@ async def collect_status(js: JetStreamContext, settings: Settings,
     for bot in settings.bots:
         entry: dict[str, Any] = {"id": bot.id, "platform": bot.platform, "mode": bot.mode}
         key = token_key(bot)
-        entry["token"] = (token_summary(await _kv_value(js, s.KV_TOKENS, key), now) if key
-                          else {"state": "not used", "expires_in_seconds": None})
+        entry["token"] = (
+            token_summary(await _kv_value(js, s.KV_TOKENS, key), now)
+            if key
+            else {"state": "not used", "expires_in_seconds": None}
+        )
         if bot.mode == "long_connection":
             raw = await _kv_value(js, s.KV_LEASES, s.kv_key(bot.platform, bot.id))
             entry["lease"] = lease_summary(raw, now)
@@ -124,21 +143,29 @@ def format_status(status: dict[str, Any]) -> str:
     out = ["STREAMS"]
     rows: list[tuple[str, ...]] = [("NAME", "MESSAGES", "BYTES", "LAST SEQ", "REPLICAS")]
     for st in status["streams"]:
-        rows.append((st["name"], "missing", "", "", "") if not st["present"] else
-                    (st["name"], str(st["messages"]), str(st["bytes"]), str(st["last_seq"]),
-                     str(st["replicas"])))
+        rows.append(
+            (st["name"], "missing", "", "", "")
+            if not st["present"]
+            else (st["name"], str(st["messages"]), str(st["bytes"]), str(st["last_seq"]), str(st["replicas"]))
+        )
     out += [_table(rows), "", "CONSUMERS (lag = stored, not yet delivered)"]
     rows = [("STREAM", "CONSUMER", "LAG", "ACK PENDING", "REDELIVERED")]
-    rows += [(c["stream"], c["name"], str(c["pending"]), str(c["ack_pending"]), str(c["redelivered"]))
-             for c in status["consumers"]]
+    rows += [
+        (c["stream"], c["name"], str(c["pending"]), str(c["ack_pending"]), str(c["redelivered"]))
+        for c in status["consumers"]
+    ]
     out += [_table(rows) if len(rows) > 1 else "none", "", "BOTS"]
     rows = [("BOT", "PLATFORM", "TOKEN", "EXPIRES IN", "LEASE OWNER")]
     for b in status["bots"]:
         lease = b.get("lease")
-        owner = "-" if lease is None else (
-            f"{lease['owner']} ({lease['state']})" if lease.get("owner") else "none")
-        rows.append((b["id"], b["platform"], b["token"]["state"],
-                     _duration(b["token"]["expires_in_seconds"]), owner))
+        owner = (
+            "-"
+            if lease is None
+            else (f"{lease['owner']} ({lease['state']})" if lease.get("owner") else "none")
+        )
+        rows.append(
+            (b["id"], b["platform"], b["token"]["state"], _duration(b["token"]["expires_in_seconds"]), owner)
+        )
     out += [_table(rows) if len(rows) > 1 else "none", "", "DEAD LETTERS"]
     dlq = status["dead_letters"]
     out.append(", ".join(f"{stage}: {n}" for stage, n in dlq.items()) if dlq else "none")
@@ -155,11 +182,19 @@ def format_dead_letter(d: DeadLetter) -> str:
     except ValueError:
         body = d.data.decode("utf-8", "replace")
     when = d.time.strftime("%Y-%m-%d %H:%M:%S UTC") if d.time else "?"
-    return "\n".join([
-        f"seq:              {d.seq}", f"time:             {when}", f"stage:            {d.stage}",
-        f"platform code:    {d.code or '-'}", f"reason:           {d.reason}",
-        f"original subject: {d.original_subject}", f"deliveries:       {d.deliveries or '-'}",
-        "", body])
+    return "\n".join(
+        [
+            f"seq:              {d.seq}",
+            f"time:             {when}",
+            f"stage:            {d.stage}",
+            f"platform code:    {d.code or '-'}",
+            f"reason:           {d.reason}",
+            f"original subject: {d.original_subject}",
+            f"deliveries:       {d.deliveries or '-'}",
+            "",
+            body,
+        ]
+    )
 
 
 # ---- go-live check ------------------------------------------------------------------------------------
@@ -183,8 +218,9 @@ def explain_platform_error(platform: str, code: str, message: str) -> str:
         cause = platforms.spec(platform).causes.get(code)
     except ValueError:
         cause = None
-    return f"{platform} error {code}: {cause or message}" + (platform_hint(platform, code)
-                                                            or f" (see {TROUBLESHOOTING})")
+    return f"{platform} error {code}: {cause or message}" + (
+        platform_hint(platform, code) or f" (see {TROUBLESHOOTING})"
+    )
 
 
 def explain_exception(platform: str, exc: BaseException) -> str:
@@ -195,8 +231,9 @@ def explain_exception(platform: str, exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def run_checks(checks: list[tuple[str, Callable[[], Awaitable[str]]]],
-                     seconds_each: float = 20.0) -> list[Check]:
+async def run_checks(
+    checks: list[tuple[str, Callable[[], Awaitable[str]]]], seconds_each: float = 20.0
+) -> list[Check]:
     """Run each named check (it returns what it found, or raises what went wrong), one at a time."""
     results = []
     for what, check in checks:

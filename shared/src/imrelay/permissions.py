@@ -16,8 +16,16 @@ from dataclasses import dataclass, field
 
 from . import subjects as s
 
-__all__ = ["PERMISSIONS", "SERVICES", "Permissions", "authorization_block", "authorization_from_environment",
-           "chart_template", "markdown", "password_variable"]
+__all__ = [
+    "PERMISSIONS",
+    "SERVICES",
+    "Permissions",
+    "authorization_block",
+    "authorization_from_environment",
+    "chart_template",
+    "markdown",
+    "password_variable",
+]
 
 API = "$JS.API"
 INBOX = "_INBOX.>"  # replies to requests, JetStream API answers and PubAcks
@@ -31,8 +39,10 @@ class Permissions:
     purpose: str = field(default="", compare=False)
 
     def as_server_permissions(self) -> dict[str, object]:
-        out: dict[str, object] = {"publish": {"allow": list(self.publish)},
-                                  "subscribe": {"allow": list(self.subscribe)}}
+        out: dict[str, object] = {
+            "publish": {"allow": list(self.publish)},
+            "subscribe": {"allow": list(self.subscribe)},
+        }
         if self.allow_responses:
             out["allow_responses"] = True
         return out
@@ -47,18 +57,27 @@ def _kv(*buckets: str) -> list[str]:
     """Read and write the named KV buckets (and create them when missing)."""
     out: list[str] = []
     for b in buckets:
-        out += [f"$KV.{b}.>", f"{API}.STREAM.INFO.KV_{b}", f"{API}.STREAM.CREATE.KV_{b}",
-                f"{API}.DIRECT.GET.KV_{b}.>", f"{API}.STREAM.MSG.GET.KV_{b}"]
+        out += [
+            f"$KV.{b}.>",
+            f"{API}.STREAM.INFO.KV_{b}",
+            f"{API}.STREAM.CREATE.KV_{b}",
+            f"{API}.DIRECT.GET.KV_{b}.>",
+            f"{API}.STREAM.MSG.GET.KV_{b}",
+        ]
     return out
 
 
 def _consumer(stream: str, durable: str) -> list[str]:
     """Pull from a durable consumer (``*`` for a family such as ``sender-p<k>``): create, inspect, fetch
     and acknowledge."""
-    return [f"{API}.CONSUMER.INFO.{stream}.{durable}", f"{API}.CONSUMER.CREATE.{stream}.{durable}",
-            f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
-            f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
-            f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>"]
+    return [
+        f"{API}.CONSUMER.INFO.{stream}.{durable}",
+        f"{API}.CONSUMER.CREATE.{stream}.{durable}",
+        f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
+        f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
 
 
 STREAMS = (s.STREAM_IN, s.STREAM_OUT, s.STREAM_DLQ)
@@ -67,25 +86,41 @@ PERMISSIONS: dict[str, Permissions] = {
     "ingress": Permissions(
         publish=(s.IN_ALL, *_streams(*STREAMS), *_kv(s.KV_STREAMS, s.KV_REPLAY)),
         subscribe=(INBOX,),
-        purpose="stores verified callbacks; answers polled answer streams; records once-only signatures"),
+        purpose="stores verified callbacks; answers polled answer streams; records once-only signatures",
+    ),
     "connector": Permissions(
         publish=(s.IN_ALL, *_streams(*STREAMS), *_kv(s.KV_STREAMS, s.KV_REPLAY, s.KV_LEASES)),
-        subscribe=(INBOX, "imrelay.conn.>"), allow_responses=True,
-        purpose="stores messages from long connections; holds socket leases; answers the sender's replies"),
+        subscribe=(INBOX, "imrelay.conn.>"),
+        allow_responses=True,
+        purpose="stores messages from long connections; holds socket leases; answers the sender's replies",
+    ),
     "worker": Permissions(
-        publish=(s.OUT_ALL, "imrelay.dlq.worker", *_streams(*STREAMS), *_kv(s.KV_MEMORY),
-                 *_consumer(s.STREAM_IN, s.CONSUMER_WORKER)),
+        publish=(
+            s.OUT_ALL,
+            "imrelay.dlq.worker",
+            *_streams(*STREAMS),
+            *_kv(s.KV_MEMORY),
+            *_consumer(s.STREAM_IN, s.CONSUMER_WORKER),
+        ),
         subscribe=(INBOX,),
-        purpose="reads inbound messages, keeps conversation memory, writes reply chunks"),
+        purpose="reads inbound messages, keeps conversation memory, writes reply chunks",
+    ),
     "sender": Permissions(
-        publish=("imrelay.dlq.sender", "imrelay.conn.>", *_streams(*STREAMS),
-                 *_kv(s.KV_TOKENS, s.KV_DELIVERIES, s.KV_RATELIMITS, s.KV_STREAMS),
-                 *_consumer(s.STREAM_OUT, "*")),
+        publish=(
+            "imrelay.dlq.sender",
+            "imrelay.conn.>",
+            *_streams(*STREAMS),
+            *_kv(s.KV_TOKENS, s.KV_DELIVERIES, s.KV_RATELIMITS, s.KV_STREAMS),
+            *_consumer(s.STREAM_OUT, "*"),
+        ),
         subscribe=(INBOX,),
-        purpose="reads reply chunks; owns access tokens, rate limits and delivery records"),
+        purpose="reads reply chunks; owns access tokens, rate limits and delivery records",
+    ),
     "cli": Permissions(
-        publish=(">",), subscribe=(">",),
-        purpose="administrator: sets up streams and buckets, lists and re-drives dead letters"),
+        publish=(">",),
+        subscribe=(">",),
+        purpose="administrator: sets up streams and buckets, lists and re-drives dead letters",
+    ),
 }
 SERVICES = tuple(PERMISSIONS)
 
@@ -94,9 +129,14 @@ def authorization_block(passwords: Mapping[str, str], usernames: Mapping[str, st
     """The nats-server ``authorization { users = [...] }`` block for the services named in ``passwords``
     (user ``imrelay-<service>`` unless ``usernames`` says otherwise). Values are JSON strings, which the
     server's configuration format reads as they are (``$`` included)."""
-    users = [{"user": (usernames or {}).get(svc, f"imrelay-{svc}"), "password": pw,
-              "permissions": PERMISSIONS[svc].as_server_permissions()}
-             for svc, pw in passwords.items()]
+    users = [
+        {
+            "user": (usernames or {}).get(svc, f"imrelay-{svc}"),
+            "password": pw,
+            "permissions": PERMISSIONS[svc].as_server_permissions(),
+        }
+        for svc, pw in passwords.items()
+    ]
     return "authorization {\n  users = " + json.dumps(users, indent=2) + "\n}\n"
 
 
@@ -117,10 +157,11 @@ def authorization_from_environment() -> str:
 
 def chart_template() -> str:
     """``charts/nats/templates/_imrelay_authorization.tpl`` of the Helm chart."""
-    return ("{{- /* Generated from shared/src/imrelay/permissions.py by `imrelay nats permissions --chart`; "
-            "a test fails when they differ. */ -}}\n"
-            '{{- define "nats.imrelayAuthorization" -}}\n' + authorization_from_environment()
-            + "{{- end }}\n")
+    return (
+        "{{- /* Generated from shared/src/imrelay/permissions.py by `imrelay nats permissions --chart`; "
+        "a test fails when they differ. */ -}}\n"
+        '{{- define "nats.imrelayAuthorization" -}}\n' + authorization_from_environment() + "{{- end }}\n"
+    )
 
 
 def _code(items: Iterable[str]) -> str:

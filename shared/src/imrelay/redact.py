@@ -68,17 +68,35 @@ MIN_SUBSTRING = 6
 MIN_WORD = 3
 
 # Query parameters and header names that carry credentials, whatever the platform.
-_SECRET_PARAMS = ("access_token", "accesstoken", "corpsecret", "secret", "appsecret", "app_secret",
-                  "client_secret", "key", "api_key", "apikey", "session", "token", "sign", "signature",
-                  "msg_signature", "password", "ticket", "code", "response_code")
-_PARAM_RE = re.compile(
-    r"(?i)([?&;](?:" + "|".join(_SECRET_PARAMS) + r")=)[^&#\s\"'<>]+")
+_SECRET_PARAMS = (
+    "access_token",
+    "accesstoken",
+    "corpsecret",
+    "secret",
+    "appsecret",
+    "app_secret",
+    "client_secret",
+    "key",
+    "api_key",
+    "apikey",
+    "session",
+    "token",
+    "sign",
+    "signature",
+    "msg_signature",
+    "password",
+    "ticket",
+    "code",
+    "response_code",
+)
+_PARAM_RE = re.compile(r"(?i)([?&;](?:" + "|".join(_SECRET_PARAMS) + r")=)[^&#\s\"'<>]+")
 # Interaction paths: /interactions/{id}/{token}/callback, /webhooks/{application_id}/{token}[/messages/…]
 _PATH_RE = re.compile(r"(/(?:webhooks|interactions)/[^/?#\s\"']+/)[^/?#\s\"']+")
 # JSON or a Python dict shown as text: the string value of a field named like a credential.
 _FIELD_RE = re.compile(
     r"""(?i)(["'][\w.-]*(?:token|secret|password|api_?key|session_?webhook|webhook_?url)["']\s*:\s*["'])"""
-    r"""[^"'\\]+""")
+    r"""[^"'\\]+"""
+)
 _SECRET_HEADER_RE = re.compile(r"(?i)auth|token|secret|key|sign|cookie|session|password|credential")
 _HEADER_ATTR_RE = re.compile(r"^http\.(?:request|response)\.header\.(.+)$")
 # Secret values handed out per message: the newest ones are kept (their platforms expire them anyway).
@@ -148,9 +166,11 @@ class Masker:
 
     def _compile_short(self) -> None:
         words = sorted(self._short, key=len, reverse=True)
-        self._short_re = re.compile(
-            r"(?<![0-9A-Za-z])(?:" + "|".join(map(re.escape, words)) + r")(?![0-9A-Za-z])"
-        ) if words else None
+        self._short_re = (
+            re.compile(r"(?<![0-9A-Za-z])(?:" + "|".join(map(re.escape, words)) + r")(?![0-9A-Za-z])")
+            if words
+            else None
+        )
 
     def clear(self) -> None:
         with self._lock:
@@ -170,7 +190,7 @@ class Masker:
             last = i = 0
             end = len(text) - MIN_SUBSTRING
             while i <= end:
-                candidates = index.get(text[i:i + MIN_SUBSTRING])
+                candidates = index.get(text[i : i + MIN_SUBSTRING])
                 if candidates:
                     for value in candidates:
                         if text.startswith(value, i):
@@ -240,7 +260,8 @@ def protect_settings(settings: Settings) -> None:
         tiny += 0 < len(value) < MIN_WORD
     if tiny:
         logging.getLogger("imrelay").warning(
-            "%d configured secret(s) shorter than %d characters cannot be masked in logs", tiny, MIN_WORD)
+            "%d configured secret(s) shorter than %d characters cannot be masked in logs", tiny, MIN_WORD
+        )
 
 
 _URL_SECRET_RE = re.compile(r"(?i)[?&;](?:" + "|".join(_SECRET_PARAMS) + r")=([^&#\s\"'<>]+)")
@@ -264,7 +285,7 @@ def protect_reply_handle(handle: ReplyHandleBase) -> None:
         for m in _URL_SECRET_RE.finditer(value):
             protect_obtained(m.group(1))
         for m in _PATH_RE.finditer(value):
-            protect_obtained(value[m.end(1):m.end()])
+            protect_obtained(value[m.end(1) : m.end()])
 
 
 # ---- logs --------------------------------------------------------------------------------------------
@@ -393,11 +414,17 @@ def scrub_span(span: ReadableSpan) -> ReadableSpan:
     if status.description:
         status = Status(status.status_code, redact(status.description))
     return ReadableSpan(
-        name=redact(span.name), context=span.context, parent=span.parent, resource=span.resource,
+        name=redact(span.name),
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
         attributes=scrub_attributes(span.attributes),
         events=[Event(e.name, scrub_attributes(e.attributes), e.timestamp) for e in span.events],
         links=[Link(link.context, scrub_attributes(link.attributes)) for link in span.links],
-        kind=span.kind, status=status, start_time=span.start_time, end_time=span.end_time,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,
     )
 

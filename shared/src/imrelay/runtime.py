@@ -31,12 +31,12 @@ log = logging.getLogger("imrelay.runtime")
 
 SERVICES = {
     "ingress": "The public callback server: verifies and decrypts platform callbacks, stores them in NATS "
-               "JetStream and answers the platform once they are stored.",
+    "JetStream and answers the platform once they are stored.",
     "worker": "The llm-worker: consumes stored messages, calls each bot's model and streams the answer "
-              "back into JetStream.",
+    "back into JetStream.",
     "sender": "Delivery to the platforms: access tokens, rate limits, splitting, retries, dead letters.",
     "connector": "Holds the long connections (bots with mode: long_connection), one owner per bot where "
-                 "the platform asks, and stores what arrives on them in JetStream.",
+    "the platform asks, and stores what arrives on them in JetStream.",
 }
 
 ENVIRONMENT_HELP = """\
@@ -60,11 +60,16 @@ def version() -> str:
 
 def service_parser(service: str) -> argparse.ArgumentParser:
     """The command line every service shares: ``--help``, ``--version`` and ``--config``."""
-    p = argparse.ArgumentParser(prog=f"imrelay-{service}", description=SERVICES.get(service),
-                                epilog=ENVIRONMENT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"imrelay-{service}",
+        description=SERVICES.get(service),
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--version", action="version", version=f"imrelay-{service} {version()}")
-    p.add_argument("--config", metavar="PATH", help="the config file (default: $IMRELAY_CONFIG or "
-                                                    "./imrelay.yaml)")
+    p.add_argument(
+        "--config", metavar="PATH", help="the config file (default: $IMRELAY_CONFIG or ./imrelay.yaml)"
+    )
     return p
 
 
@@ -98,8 +103,9 @@ def stop_event() -> asyncio.Event:
     return event
 
 
-def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
-                 argv: list[str] | None = None) -> None:
+def service_main(
+    service: str, run: Callable[[], Coroutine[Any, Any, None]], argv: list[str] | None = None
+) -> None:
     """The ``main()`` of every imrelay service: the command line (``--help``, ``--version``,
     ``--config``), logging, tracing, a start line, then ``run``; a bad configuration exits 2 with the
     message (the path of the bad key), never a traceback."""
@@ -117,8 +123,13 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
         config = os.environ.get("IMRELAY_CONFIG") or DEFAULT_CONFIG_PATH
         settings = load_settings(config)
         start_series(service, settings)
-        log.info("imrelay-%s %s starting: config %s, NATS %s", service, version(),
-                 os.path.abspath(config), ", ".join(redact_url(u) for u in settings.nats.servers))
+        log.info(
+            "imrelay-%s %s starting: config %s, NATS %s",
+            service,
+            version(),
+            os.path.abspath(config),
+            ", ".join(redact_url(u) for u in settings.nats.servers),
+        )
         asyncio.run(run())
     except (ConfigError, ValueError) as exc:
         from .redact import redact
@@ -127,12 +138,14 @@ def service_main(service: str, run: Callable[[], Coroutine[Any, Any, None]],
         print(f"imrelay-{service}: {kind}{redact(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     if _stop_requested is not None:
-        log.info("imrelay-%s stopped: drained in-flight work in %.2fs", service,
-                 time.monotonic() - _stop_requested)
+        log.info(
+            "imrelay-%s stopped: drained in-flight work in %.2fs", service, time.monotonic() - _stop_requested
+        )
 
 
-async def watch_consumers(js: JetStreamContext, stream: str, consumers: list[str],
-                          interval: float = 5.0) -> None:
+async def watch_consumers(
+    js: JetStreamContext, stream: str, consumers: list[str], interval: float = 5.0
+) -> None:
     """Export each consumer's backlog (``imrelay_consumer_*_messages``) every ``interval`` seconds."""
     from .telemetry import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 
@@ -159,9 +172,12 @@ class Connected:
 WAITING_FOR_NATS = "waiting for NATS (connecting, setting up the streams)"
 
 
-async def run_until_stopped(admin: AdminConfig, connect: Callable[[], Coroutine[Any, Any, Connected]],
-                            consumers: tuple[str, list[str]] | None = None,
-                            reasons: Callable[[], list[str]] | None = None) -> None:
+async def run_until_stopped(
+    admin: AdminConfig,
+    connect: Callable[[], Coroutine[Any, Any, Connected]],
+    consumers: tuple[str, list[str]] | None = None,
+    reasons: Callable[[], list[str]] | None = None,
+) -> None:
     """Serve the admin port at once (``/healthz`` answers while NATS is still away; ``/readyz`` says 503
     until it is up), then ``connect`` (retrying until NATS answers), ``start`` the consumers, wait for
     SIGINT/SIGTERM, then ``stop`` them (which finishes in-flight work) before closing the admin port and
@@ -176,8 +192,9 @@ async def run_until_stopped(admin: AdminConfig, connect: Callable[[], Coroutine[
     service: Connected | None = None
 
     async def ready() -> bool:
-        return (running and service is not None and service.nc.is_connected
-                and await streams_present(service.js))
+        return (
+            running and service is not None and service.nc.is_connected and await streams_present(service.js)
+        )
 
     def why() -> list[str]:
         own = reasons() if reasons is not None else []

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 if TYPE_CHECKING:
     from .connlimits import Limits
 
+
 class ConfigModel(BaseModel):
     """Base of every configuration model: unknown keys refused, values frozen."""
 
@@ -33,17 +34,28 @@ class NatsAuth(ConfigModel):
     def _one_method(self) -> NatsAuth:
         if (self.user is None) != (self.password is None):
             raise ValueError("user and password go together")
-        methods = [m for m, v in (("user/password", self.user), ("token", self.token),
-                                  ("nkey_seed_file", self.nkey_seed_file), ("creds_file", self.creds_file))
-                   if v is not None]
+        methods = [
+            m
+            for m, v in (
+                ("user/password", self.user),
+                ("token", self.token),
+                ("nkey_seed_file", self.nkey_seed_file),
+                ("creds_file", self.creds_file),
+            )
+            if v is not None
+        ]
         if len(methods) > 1:
             raise ValueError(f"choose one way to authenticate, not {' and '.join(methods)}")
         return self
 
     @property
     def method(self) -> str:
-        for name, value in (("user", self.user), ("token", self.token), ("nkey", self.nkey_seed_file),
-                            ("creds", self.creds_file)):
+        for name, value in (
+            ("user", self.user),
+            ("token", self.token),
+            ("nkey", self.nkey_seed_file),
+            ("creds", self.creds_file),
+        ):
             if value is not None:
                 return name
         return "none"
@@ -120,10 +132,14 @@ class ConnectionLimitsConfig(ConfigModel):
     def limits(self, max_body_bytes: int | None = None) -> Limits:
         from .connlimits import Limits
 
-        return Limits(header_timeout=self.header_timeout_seconds, body_timeout=self.body_timeout_seconds,
-                      body_min_rate=self.body_min_rate_bytes_per_second,
-                      keep_alive_timeout=self.keep_alive_timeout_seconds,
-                      max_connections=self.max_connections, max_body_bytes=max_body_bytes)
+        return Limits(
+            header_timeout=self.header_timeout_seconds,
+            body_timeout=self.body_timeout_seconds,
+            body_min_rate=self.body_min_rate_bytes_per_second,
+            keep_alive_timeout=self.keep_alive_timeout_seconds,
+            max_connections=self.max_connections,
+            max_body_bytes=max_body_bytes,
+        )
 
 
 class IngressConfig(ConfigModel):
@@ -138,7 +154,8 @@ class AdminConfig(ConfigModel):
     port: int = Field(default=9464, ge=1, le=65535)
     # Only Prometheus and the probes talk to the admin port: a small cap is plenty.
     connections: ConnectionLimitsConfig = Field(
-        default_factory=lambda: ConnectionLimitsConfig(max_connections=64))
+        default_factory=lambda: ConnectionLimitsConfig(max_connections=64)
+    )
 
 
 class WorkerConfig(ConfigModel):
@@ -158,7 +175,6 @@ class WorkerConfig(ConfigModel):
 class RateLimitConfig(ConfigModel):
     limit: int = Field(ge=1)
     window_seconds: float = Field(gt=0)
-
 
 
 class SenderConfig(ConfigModel):

@@ -94,8 +94,12 @@ def dlq_subject(stage: str) -> str:
     return f"{DLQ_PREFIX}.{_token(stage)}"
 
 
-_PATTERNS = ((IN_PREFIX, IN_ALL), (OUT_PREFIX, OUT_ALL), (DLQ_PREFIX, DLQ_ALL),
-             (CONN_PREFIX, f"{CONN_PREFIX}.>"))
+_PATTERNS = (
+    (IN_PREFIX, IN_ALL),
+    (OUT_PREFIX, OUT_ALL),
+    (DLQ_PREFIX, DLQ_ALL),
+    (CONN_PREFIX, f"{CONN_PREFIX}.>"),
+)
 
 
 def pattern_of(subject: str) -> str:

@@ -108,84 +108,108 @@ _LLM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120
 
 BUILD_INFO = Gauge("imrelay_build_info", "Always 1; the version label names the running imrelay", ["version"])
 BOT_CONFIGURED = Gauge(
-    "imrelay_bot_configured", "1 for each bot in this process's configuration (mode: callback or "
-    "long_connection); alerts compare it with what runs", ["platform", "bot", "mode"],
+    "imrelay_bot_configured",
+    "1 for each bot in this process's configuration (mode: callback or "
+    "long_connection); alerts compare it with what runs",
+    ["platform", "bot", "mode"],
 )
 CALLBACKS = Counter(
     "imrelay_callbacks", "Platform callbacks received, by outcome", ["platform", "bot", "outcome"]
 )
 CALLBACK_ACK = Histogram(
-    "imrelay_callback_ack_seconds", "Time from callback received to the platform's ack, by outcome",
-    ["platform", "bot", "outcome"], buckets=_LATENCY_BUCKETS,
+    "imrelay_callback_ack_seconds",
+    "Time from callback received to the platform's ack, by outcome",
+    ["platform", "bot", "outcome"],
+    buckets=_LATENCY_BUCKETS,
 )
 LLM_TTFT = Histogram(
-    "imrelay_llm_time_to_first_token_seconds", "Backend request to first answer token",
-    ["platform", "bot", "backend", "model"], buckets=_LLM_BUCKETS,
+    "imrelay_llm_time_to_first_token_seconds",
+    "Backend request to first answer token",
+    ["platform", "bot", "backend", "model"],
+    buckets=_LLM_BUCKETS,
 )
 LLM_DURATION = Histogram(
-    "imrelay_llm_duration_seconds", "Whole backend answer duration, by outcome",
-    ["platform", "bot", "backend", "model", "outcome"], buckets=_LLM_BUCKETS,
+    "imrelay_llm_duration_seconds",
+    "Whole backend answer duration, by outcome",
+    ["platform", "bot", "backend", "model", "outcome"],
+    buckets=_LLM_BUCKETS,
 )
 LLM_TOKENS = Counter(
-    "imrelay_llm_tokens", "Tokens the model reported using, by type (input: the prompt, output: the "
-    "answer)", ["backend", "model", "type"],
+    "imrelay_llm_tokens",
+    "Tokens the model reported using, by type (input: the prompt, output: the answer)",
+    ["backend", "model", "type"],
 )
-DELIVERIES = Counter(
-    "imrelay_deliveries", "Platform send calls, by outcome", ["platform", "bot", "outcome"]
-)
+DELIVERIES = Counter("imrelay_deliveries", "Platform send calls, by outcome", ["platform", "bot", "outcome"])
 DELIVERY_SECONDS = Histogram(
-    "imrelay_delivery_seconds", "Duration of one platform send call", ["platform", "bot"],
+    "imrelay_delivery_seconds",
+    "Duration of one platform send call",
+    ["platform", "bot"],
     buckets=_LATENCY_BUCKETS,
 )
 RATE_LIMIT_WAIT = Histogram(
-    "imrelay_rate_limit_wait_seconds", "Time a message waited for a platform rate limit",
-    ["platform", "bot"], buckets=_LLM_BUCKETS,
+    "imrelay_rate_limit_wait_seconds",
+    "Time a message waited for a platform rate limit",
+    ["platform", "bot"],
+    buckets=_LLM_BUCKETS,
 )
 TOKEN_REFRESHES = Counter(
     "imrelay_token_refreshes", "Access-token endpoint calls, by outcome", ["platform", "bot", "outcome"]
 )
 DLQ = Counter("imrelay_dlq", "Messages written to a dead-letter subject", ["platform", "bot", "stage"])
 CONSUMER_PENDING = Gauge(
-    "imrelay_consumer_pending_messages", "Messages stored for a JetStream consumer, not yet delivered",
+    "imrelay_consumer_pending_messages",
+    "Messages stored for a JetStream consumer, not yet delivered",
     ["consumer"],
 )
 CONSUMER_ACK_PENDING = Gauge(
-    "imrelay_consumer_ack_pending_messages", "Messages delivered to a JetStream consumer, not yet acked",
+    "imrelay_consumer_ack_pending_messages",
+    "Messages delivered to a JetStream consumer, not yet acked",
     ["consumer"],
 )
 CONNECTOR_LEASE = Gauge(
-    "imrelay_connector_lease_held", "1 while this connector replica owns the bot's socket",
+    "imrelay_connector_lease_held",
+    "1 while this connector replica owns the bot's socket",
     ["platform", "bot"],
 )
 CONNECTOR_EVENTS = Counter(
-    "imrelay_connector_events", "Connector socket events: connected, kicked (replaced by a newer "
+    "imrelay_connector_events",
+    "Connector socket events: connected, kicked (replaced by a newer "
     "connection), refused (bot id or secret refused), lease_lost, reconnect, crashed (restarted)",
     ["platform", "bot", "outcome"],
 )
 CONNECTOR_STANDING_DOWN = Gauge(
-    "imrelay_connector_standing_down", "1 while this replica owns the bot's lease but keeps its socket "
+    "imrelay_connector_standing_down",
+    "1 while this replica owns the bot's lease but keeps its socket "
     "down on purpose: reason kicked (the bot was taken by another instance) or refused (the platform refused "
-    "the bot id or secret)", ["platform", "bot", "reason"],
+    "the bot id or secret)",
+    ["platform", "bot", "reason"],
 )
 CONNECTOR_BOT_OWNED = Gauge(
-    "imrelay_connector_bot_owned", "1 while some connector replica holds the bot's lease, as this replica "
+    "imrelay_connector_bot_owned",
+    "1 while some connector replica holds the bot's lease, as this replica "
     "reads the lease bucket; 0 when the bot has no owner cluster-wide (or the bucket cannot be read)",
     ["platform", "bot"],
 )
 CONNECTIONS_OPEN = Gauge(
-    "imrelay_http_connections_open", "Open connections on an HTTP port", ["listener"],
+    "imrelay_http_connections_open",
+    "Open connections on an HTTP port",
+    ["listener"],
 )
 CONNECTIONS_TIMED_OUT = Counter(
-    "imrelay_http_connection_timeouts", "HTTP connections closed by a deadline, by reason "
-    "(idle, header, body, keep_alive)", ["listener", "reason"],
+    "imrelay_http_connection_timeouts",
+    "HTTP connections closed by a deadline, by reason (idle, header, body, keep_alive)",
+    ["listener", "reason"],
 )
 CONNECTIONS_REFUSED = Counter(
-    "imrelay_http_connections_refused", "HTTP connections refused with a 503 at the connection cap",
+    "imrelay_http_connections_refused",
+    "HTTP connections refused with a 503 at the connection cap",
     ["listener"],
 )
 FIRST_REPLY = Histogram(
-    "imrelay_first_reply_seconds", "End to end: callback received to first reply delivered",
-    ["platform", "bot"], buckets=_LLM_BUCKETS,
+    "imrelay_first_reply_seconds",
+    "End to end: callback received to first reply delivered",
+    ["platform", "bot"],
+    buckets=_LLM_BUCKETS,
 )
 
 
@@ -193,8 +217,16 @@ def registry() -> CollectorRegistry:
     return REGISTRY
 
 
-CALLBACK_OUTCOMES = ("accepted", "duplicate", "stream_poll", "rejected_signature", "rejected_replay",
-                     "rejected_malformed", "rejected_oversize", "unavailable")
+CALLBACK_OUTCOMES = (
+    "accepted",
+    "duplicate",
+    "stream_poll",
+    "rejected_signature",
+    "rejected_replay",
+    "rejected_malformed",
+    "rejected_oversize",
+    "unavailable",
+)
 DELIVERY_OUTCOMES = ("ok", "retry", "duplicate_skipped", "failed", "update", "update_failed")
 TOKEN_TYPES = ("input", "output")
 
@@ -224,8 +256,9 @@ def start_series(service: str, settings: Settings) -> None:
             cfg = settings.backends.get(bot.backend)
             if cfg is not None and cfg.kind is not BackendKind.ECHO:
                 for kind in TOKEN_TYPES:
-                    LLM_TOKENS.labels(backend=bot.backend, model=model_label(bot.model or cfg.model),
-                                      type=kind)
+                    LLM_TOKENS.labels(
+                        backend=bot.backend, model=model_label(bot.model or cfg.model), type=kind
+                    )
         elif service == "sender":
             DLQ.labels(stage="sender", **labels)
             for outcome in DELIVERY_OUTCOMES:

@@ -27,13 +27,22 @@ async def run() -> None:
     await publisher.start()
     app = create_app(settings, publisher, streams=publisher.streams, replay=publisher.replay)
     limits = settings.ingress.connections.limits(max_body_bytes=settings.ingress.max_body_bytes)
-    public = EmbeddedServer(uvicorn.Config(
-        app, host=settings.ingress.host, port=settings.ingress.port, log_level="warning",
-        access_log=False, proxy_headers=True, server_header=False, timeout_graceful_shutdown=10,
-        **ConnectionGuard("public", limits).uvicorn_options(),
-    ))
-    admin = serve_admin(settings.admin.host, settings.admin.port, publisher.ready,
-                        connections=settings.admin.connections)
+    public = EmbeddedServer(
+        uvicorn.Config(
+            app,
+            host=settings.ingress.host,
+            port=settings.ingress.port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=True,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+            **ConnectionGuard("public", limits).uvicorn_options(),
+        )
+    )
+    admin = serve_admin(
+        settings.admin.host, settings.admin.port, publisher.ready, connections=settings.admin.connections
+    )
     stop = stop_event()
 
     async def refused() -> None:
@@ -43,8 +52,12 @@ async def run() -> None:
 
     tasks = [asyncio.create_task(public.serve()), asyncio.create_task(admin.serve())]
     watch = asyncio.create_task(refused())
-    log.info("ingress listening on :%d (admin :%d), %d bot(s)", settings.ingress.port,
-             settings.admin.port, len(settings.bots))
+    log.info(
+        "ingress listening on :%d (admin :%d), %d bot(s)",
+        settings.ingress.port,
+        settings.admin.port,
+        len(settings.bots),
+    )
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, watch, *tasks], return_when=asyncio.FIRST_COMPLETED)
     public.should_exit = True

@@ -55,18 +55,22 @@ def _outcome_for(exc: CallbackError) -> str:
     return "rejected_malformed"
 
 
-def create_app(settings: Settings, publisher: Publisher, *,
-               clock: Callable[[], float] = time.time,
-               adapters: Mapping[str, Adapter] | None = None,
-               streams: StreamStore | None = None,
-               replay: ReplayGuard | None = None) -> Starlette:
+def create_app(
+    settings: Settings,
+    publisher: Publisher,
+    *,
+    clock: Callable[[], float] = time.time,
+    adapters: Mapping[str, Adapter] | None = None,
+    streams: StreamStore | None = None,
+    replay: ReplayGuard | None = None,
+) -> Starlette:
     """Build the ingress app. ``publisher`` stores messages (JetStream in production, a fake in unit
     tests); ``streams`` holds the answer streams platforms poll; ``replay`` remembers once-only signatures
     (a platform whose signature does not cover the body is refused without it); ``clock`` is injectable
     for timestamp windows."""
-    table: dict[str, Adapter] = dict(adapters) if adapters is not None else {
-        bot.id: adapter_for(bot) for bot in settings.bots
-    }
+    table: dict[str, Adapter] = (
+        dict(adapters) if adapters is not None else {bot.id: adapter_for(bot) for bot in settings.bots}
+    )
     platform_of = {bot.id: bot.platform for bot in settings.bots}
     for bot in settings.bots:
         for warning in bot.start_warnings():
@@ -79,8 +83,13 @@ def create_app(settings: Settings, publisher: Publisher, *,
         platform = platform_of.get(bot_id, "unknown")
         labels = {"platform": platform, "bot": bot_id if bot_id in table else "unknown"}
 
-        def done(status: int, outcome: str, body: bytes = b"", media: str = "text/plain",
-                 headers: dict[str, str] | None = None) -> Response:
+        def done(
+            status: int,
+            outcome: str,
+            body: bytes = b"",
+            media: str = "text/plain",
+            headers: dict[str, str] | None = None,
+        ) -> Response:
             CALLBACKS.labels(outcome=outcome, **labels).inc()
             CALLBACK_ACK.labels(outcome=outcome, **labels).observe(time.perf_counter() - started)
             return Response(body, status_code=status, media_type=media, headers=headers)
@@ -90,9 +99,13 @@ def create_app(settings: Settings, publisher: Publisher, *,
             log.warning("callback for unknown bot id (path %s)", request.url.path[:80])
             return done(404, "unknown_bot")
         with tracer.start_as_current_span(
-            "imrelay.callback", kind=trace.SpanKind.SERVER,
-            attributes={"imrelay.platform": platform, "imrelay.bot": bot_id,
-                        "http.request.method": request.method},
+            "imrelay.callback",
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "imrelay.platform": platform,
+                "imrelay.bot": bot_id,
+                "http.request.method": request.method,
+            },
         ) as span:
             try:
                 body = await read_body(request, limit)
@@ -101,20 +114,31 @@ def create_app(settings: Settings, publisher: Publisher, *,
                 return done(413, "rejected_oversize")
             except ClientDisconnect:  # gone, or cut off by the body deadline: nobody to answer
                 return Response(status_code=408)
-            cb = CallbackRequest(method=request.method, query=request.query_params,
-                                 headers=request.headers, body=body, now=clock())
+            cb = CallbackRequest(
+                method=request.method,
+                query=request.query_params,
+                headers=request.headers,
+                body=body,
+                now=clock(),
+            )
             try:
                 result = adapter.handle(cb)
             except CallbackError as exc:
-                log.warning("callback rejected bot=%s reason=%s code=%s%s", bot_id, exc.reason, exc.code,
-                            callback_hint(_outcome_for(exc)))
+                log.warning(
+                    "callback rejected bot=%s reason=%s code=%s%s",
+                    bot_id,
+                    exc.reason,
+                    exc.code,
+                    callback_hint(_outcome_for(exc)),
+                )
                 span.set_attribute("imrelay.outcome", _outcome_for(exc))
                 return done(exc.status_code, _outcome_for(exc))
             except Exception as exc:
                 # Input the adapter did not foresee is still bad input: 400, never a 500. Adapters raise
                 # CallbackError for everything they check, so this is logged as a defect to fix.
-                log.error("callback rejected bot=%s reason=unexpected %s while parsing", bot_id,
-                          type(exc).__name__)
+                log.error(
+                    "callback rejected bot=%s reason=unexpected %s while parsing", bot_id, type(exc).__name__
+                )
                 return done(400, "rejected_malformed")
             if result.replay_claim is not None:
                 claim = result.replay_claim
@@ -123,12 +147,16 @@ def create_app(settings: Settings, publisher: Publisher, *,
                         raise PublishUnavailable("no replay record")
                     first_use = await replay.claim(claim.key, claim.fingerprint)
                 except Exception as exc:
-                    log.error("callback not checked bot=%s: replay record unavailable (%s); answering 503",
-                              bot_id, type(exc).__name__)
+                    log.error(
+                        "callback not checked bot=%s: replay record unavailable (%s); answering 503",
+                        bot_id,
+                        type(exc).__name__,
+                    )
                     return done(503, "unavailable", headers={"Retry-After": "1"})
                 if not first_use:
-                    log.warning("callback rejected bot=%s reason=signature already used with another body",
-                                bot_id)
+                    log.warning(
+                        "callback rejected bot=%s reason=signature already used with another body", bot_id
+                    )
                     span.set_attribute("imrelay.outcome", "rejected_replay")
                     return done(401, "rejected_replay")
             outcome = "accepted"
@@ -140,15 +168,17 @@ def create_app(settings: Settings, publisher: Publisher, *,
                 except Exception as exc:
                     log.error("stream poll bot=%s: store unavailable (%s)", bot_id, type(exc).__name__)
                     return done(503, "unavailable", headers={"Retry-After": "1"})
-                return done(200, "stream_poll", adapter.poll_reply(cb, result.stream_poll, record),
-                            "application/json")
+                return done(
+                    200, "stream_poll", adapter.poll_reply(cb, result.stream_poll, record), "application/json"
+                )
             if result.message is not None:
                 span.set_attribute("imrelay.message_id", result.message.id)
                 try:
                     duplicate = await publisher.publish(result.message)
                 except PublishUnavailable as exc:
-                    log.error("callback not stored bot=%s: JetStream unavailable (%s); answering 503",
-                              bot_id, exc)
+                    log.error(
+                        "callback not stored bot=%s: JetStream unavailable (%s); answering 503", bot_id, exc
+                    )
                     return done(503, "unavailable", b"", headers={"Retry-After": "1"})
                 if duplicate:
                     outcome = "duplicate"
@@ -159,11 +189,11 @@ def create_app(settings: Settings, publisher: Publisher, *,
                     try:
                         await streams.open(bot_id, result.stream_open)
                     except Exception as exc:
-                        log.error("stream open bot=%s failed (%s); answering 503", bot_id,
-                                  type(exc).__name__)
+                        log.error("stream open bot=%s failed (%s); answering 503", bot_id, type(exc).__name__)
                         return done(503, "unavailable", headers={"Retry-After": "1"})
             span.set_attribute("imrelay.outcome", outcome)
-            return done(result.status, outcome, result.body, result.content_type,
-                        result.extra_headers or None)
+            return done(
+                result.status, outcome, result.body, result.content_type, result.extra_headers or None
+            )
 
     return Starlette(routes=[Route("/callback/{bot_id}", callback, methods=["GET", "POST"])])

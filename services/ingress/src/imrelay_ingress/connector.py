@@ -90,23 +90,31 @@ def readiness(statuses: Iterable[BotStatus], now: float) -> list[str]:
         if st.owner:
             left = max(0.0, st.until - now)
             if st.socket == "kicked":
-                out.append(f"bot {st.bot}: taken by another instance"
-                           + (f" ({st.detail})" if st.detail else "") + f"; standing down for {left:.0f}s")
+                out.append(
+                    f"bot {st.bot}: taken by another instance"
+                    + (f" ({st.detail})" if st.detail else "")
+                    + f"; standing down for {left:.0f}s"
+                )
             elif st.socket == "refused":
-                out.append(f"bot {st.bot}: subscription refused ({st.detail}); "
-                           f"{st.fix or 'check the bot credentials'}; next try in {left:.0f}s")
+                out.append(
+                    f"bot {st.bot}: subscription refused ({st.detail}); "
+                    f"{st.fix or 'check the bot credentials'}; next try in {left:.0f}s"
+                )
             elif st.socket != "up":
                 out.append(f"bot {st.bot}: socket {st.socket}" + (f" ({st.detail})" if st.detail else ""))
         elif st.view == "free":
             out.append(f"bot {st.bot}: no owner (no connector holds its lease)")
         elif st.view == "unknown":
-            out.append(f"bot {st.bot}: owner unknown (lease bucket unreadable"
-                       + (f": {st.detail})" if st.detail else ")"))
+            out.append(
+                f"bot {st.bot}: owner unknown (lease bucket unreadable"
+                + (f": {st.detail})" if st.detail else ")")
+            )
     return out
 
 
-def next_pause(outcome: str, up_for: float, attempt: int, cfg: ConnectorConfig,
-               rand: Callable[[], float] = random.random) -> tuple[float, int]:
+def next_pause(
+    outcome: str, up_for: float, attempt: int, cfg: ConnectorConfig, rand: Callable[[], float] = random.random
+) -> tuple[float, int]:
     """(seconds to wait, attempt count) after a connection ended with ``outcome`` (``kicked``, ``refused``
     or ``ended``) having been up ``up_for`` seconds. Backoff 1 s x 2^(n-1) up to the cap, jitter down to
     half; the count starts anew after a healthy connection."""
@@ -252,8 +260,10 @@ class Attempt:
         CONNECTOR_EVENTS.labels(outcome="connected", **self.sup.labels).inc()
         if self.sup.nc is not None:
             self.sub = await self.sup.nc.subscribe(
-                subjects.connector_subject(self.sup.bot.platform, self.sup.bot.id), queue="connector",
-                cb=self._reply)
+                subjects.connector_subject(self.sup.bot.platform, self.sup.bot.id),
+                queue="connector",
+                cb=self._reply,
+            )
 
     def event(self, outcome: str) -> None:
         CONNECTOR_EVENTS.labels(outcome=outcome, **self.sup.labels).inc()
@@ -284,8 +294,9 @@ class Attempt:
             await msg.respond(answer.model_dump_json().encode())
 
 
-async def supervise(bot: str, make: Callable[[], Awaitable[None]], pause: float = 1.0, *,
-                    platform: str = "") -> None:
+async def supervise(
+    bot: str, make: Callable[[], Awaitable[None]], pause: float = 1.0, *, platform: str = ""
+) -> None:
     """Run ``make()`` forever: an error or an unexpected end is logged, counted and restarted."""
     while True:
         try:
@@ -339,8 +350,11 @@ async def hold_lease(sup: Supervised, lease: Lease) -> None:
         finally:
             _not_owner(sup)
         CONNECTOR_EVENTS.labels(outcome="lease_lost", **sup.labels).inc()
-        log.warning("bot %s: lease lost%s; socket closed", bot.id,
-                    f" (lease bucket: {lease.error})" if lease.error else "")
+        log.warning(
+            "bot %s: lease lost%s; socket closed",
+            bot.id,
+            f" (lease bucket: {lease.error})" if lease.error else "",
+        )
 
 
 def _not_owner(sup: Supervised) -> None:
@@ -358,8 +372,12 @@ async def own(sup: Supervised, tenure: Tenure) -> None:
     if left > 0:  # the previous owner was standing down after a kick: the hold-off is the bot's, not ours
         CONNECTOR_STANDING_DOWN.labels(reason="kicked", **labels).set(1)
         status.socket, status.detail, status.until = "kicked", "", time.monotonic() + left
-        log.error("bot %s: taken by another instance (as the previous owner was told); standing down "
-                  "for %.0fs more", bot.id, left)
+        log.error(
+            "bot %s: taken by another instance (as the previous owner was told); standing down "
+            "for %.0fs more",
+            bot.id,
+            left,
+        )
         if not await tenure.keep(left):
             return
     while True:
@@ -370,8 +388,13 @@ async def own(sup: Supervised, tenure: Tenure) -> None:
         if not await tenure.guard(task):
             return
         exc = task.exception() if not task.cancelled() else None
-        outcome = "kicked" if isinstance(exc, Kicked) else \
-            "refused" if isinstance(exc, CredentialsRefused) else "ended"
+        outcome = (
+            "kicked"
+            if isinstance(exc, Kicked)
+            else "refused"
+            if isinstance(exc, CredentialsRefused)
+            else "ended"
+        )
         pause, attempt = next_pause(outcome, run.up_for(), attempt, cfg)
         if isinstance(exc, Kicked):
             # Another instance runs this bot. A single owner keeps the lease (so no other replica fights
@@ -380,20 +403,34 @@ async def own(sup: Supervised, tenure: Tenure) -> None:
             CONNECTOR_STANDING_DOWN.labels(reason="kicked", **labels).set(1)
             if not await tenure.stand_down(pause):
                 return
-            log.error("bot %s: taken by another instance (the platform sent %s); socket closed, standing "
-                      "down for %.0fs. Stop the other instance running this bot.", bot.id,
-                      exc.signal or "a kick", pause)
+            log.error(
+                "bot %s: taken by another instance (the platform sent %s); socket closed, standing "
+                "down for %.0fs. Stop the other instance running this bot.",
+                bot.id,
+                exc.signal or "a kick",
+                pause,
+            )
             status.detail = exc.signal
         elif isinstance(exc, CredentialsRefused):
             CONNECTOR_EVENTS.labels(outcome="refused", **labels).inc()
             CONNECTOR_STANDING_DOWN.labels(reason="refused", **labels).set(1)
-            log.error("bot %s: the platform refused the subscription (%s): %s; trying again in %.0fs",
-                      bot.id, exc.detail, exc.fix, pause)
+            log.error(
+                "bot %s: the platform refused the subscription (%s): %s; trying again in %.0fs",
+                bot.id,
+                exc.detail,
+                exc.fix,
+                pause,
+            )
             status.detail, status.fix = exc.detail, exc.fix
         else:
             CONNECTOR_EVENTS.labels(outcome="reconnect", **labels).inc()
-            log.warning("bot %s: socket ended (%s) after %.1fs up; reconnecting in %.1fs", bot.id,
-                        type(exc).__name__ if exc else "closed", run.up_for(), pause)
+            log.warning(
+                "bot %s: socket ended (%s) after %.1fs up; reconnecting in %.1fs",
+                bot.id,
+                type(exc).__name__ if exc else "closed",
+                run.up_for(),
+                pause,
+            )
             status.detail = f"reconnecting: {type(exc).__name__ if exc else 'closed'}"
         status.socket = outcome if outcome != "ended" else "down"
         status.until = time.monotonic() + pause
@@ -425,8 +462,9 @@ def long_connection_bots(settings: Settings) -> list[tuple[BotBase, PlatformSpec
             continue
         spec = spec_for(bot)
         if spec.connection is None:
-            raise ValueError(f"bot {bot.id}: platform {bot.platform} has no long connection "
-                             "(mode: long_connection)")
+            raise ValueError(
+                f"bot {bot.id}: platform {bot.platform} has no long connection (mode: long_connection)"
+            )
         out.append((bot, spec))
     if not out:
         raise ValueError("no bot with mode: long_connection in the config: nothing to connect")
@@ -479,8 +517,9 @@ async def run() -> None:
             watched = [(s.status, s.lease, s.labels) for s in sups if s.lease is not None]
             if watched:
                 tasks.append(asyncio.create_task(watch_owners(watched, min(1.0, ttl / 5))))
-            tasks.extend(asyncio.create_task(supervise(s.bot.id, holder(s), platform=s.bot.platform))
-                         for s in sups)
+            tasks.extend(
+                asyncio.create_task(supervise(s.bot.id, holder(s), platform=s.bot.platform)) for s in sups
+            )
             log.info("connector for %d bot(s), owner %s", len(sups), owner)
 
         async def stop() -> None:
@@ -494,8 +533,7 @@ async def run() -> None:
 
         return Connected(nc, js, start, stop)
 
-    await run_until_stopped(settings.admin, connect,
-                            reasons=lambda: readiness(statuses, time.monotonic()))
+    await run_until_stopped(settings.admin, connect, reasons=lambda: readiness(statuses, time.monotonic()))
 
 
 def main() -> None:

@@ -112,8 +112,12 @@ class JetStreamPublisher:
                 await self.nc.close()
 
     async def ready(self) -> bool:
-        return (self.nc is not None and self.js is not None and self.nc.is_connected
-                and await streams_present(self.js))
+        return (
+            self.nc is not None
+            and self.js is not None
+            and self.nc.is_connected
+            and await streams_present(self.js)
+        )
 
     async def publish(self, message: InboundMessage) -> bool:
         """Store ``message``, retrying with the same ``Nats-Msg-Id`` until the deadline: a retry of a
@@ -132,8 +136,13 @@ class JetStreamPublisher:
             try:
                 if js is None or nc is None or nc.is_closed:
                     raise PublishUnavailable("not connected to NATS")
-                ack = await js.publish(subject, payload, stream=subjects.STREAM_IN, headers=headers,
-                                       timeout=max(0.05, min(self.cfg.publish_timeout_seconds, remaining)))
+                ack = await js.publish(
+                    subject,
+                    payload,
+                    stream=subjects.STREAM_IN,
+                    headers=headers,
+                    timeout=max(0.05, min(self.cfg.publish_timeout_seconds, remaining)),
+                )
                 if attempt > 1:
                     log.info("stored after %d attempts", attempt)
                 return bool(ack.duplicate)

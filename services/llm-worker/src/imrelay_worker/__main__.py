@@ -25,8 +25,9 @@ async def run() -> None:
 
     async def start() -> None:
         await worker.broker.start()
-        log.info("worker consuming (concurrency %d, admin :%d)", settings.worker.concurrency,
-                 settings.admin.port)
+        log.info(
+            "worker consuming (concurrency %d, admin :%d)", settings.worker.concurrency, settings.admin.port
+        )
 
     async def stop() -> None:
         log.info("stopping: finishing in-flight answers")
@@ -40,8 +41,9 @@ async def run() -> None:
             worker.memory = MemoryStore(kv, settings.memory)
         return Connected(nc, js, start, stop)
 
-    await run_until_stopped(settings.admin, connect,
-                            consumers=(subjects.STREAM_IN, [subjects.CONSUMER_WORKER]))
+    await run_until_stopped(
+        settings.admin, connect, consumers=(subjects.STREAM_IN, [subjects.CONSUMER_WORKER])
+    )
 
 
 def main() -> None:

@@ -39,24 +39,53 @@ class AnswerOutcome:
     error: str | None = None
 
 
-def _chunk(msg: InboundMessage, seq: int, delta: str, *, final: bool = False,
-           full_text: str | None = None, error: str | None = None, text: str | None = None,
-           placeholder: str | None = None, fmt: ReplyFormat = ReplyFormat.TEXT) -> ReplyChunk:
+def _chunk(
+    msg: InboundMessage,
+    seq: int,
+    delta: str,
+    *,
+    final: bool = False,
+    full_text: str | None = None,
+    error: str | None = None,
+    text: str | None = None,
+    placeholder: str | None = None,
+    fmt: ReplyFormat = ReplyFormat.TEXT,
+) -> ReplyChunk:
     return ReplyChunk(
-        reply_id=msg.id, inbound_id=msg.id, platform=msg.platform, bot_id=msg.bot_id,
-        chat=msg.chat, recipient=msg.sender, reply_handle=msg.reply_handle, seq=seq,
-        delta=delta, text=text if text is not None else full_text, final=final, full_text=full_text,
-        format=fmt, error=error, received_at=msg.received_at, placeholder=placeholder,
+        reply_id=msg.id,
+        inbound_id=msg.id,
+        platform=msg.platform,
+        bot_id=msg.bot_id,
+        chat=msg.chat,
+        recipient=msg.sender,
+        reply_handle=msg.reply_handle,
+        seq=seq,
+        delta=delta,
+        text=text if text is not None else full_text,
+        final=final,
+        full_text=full_text,
+        format=fmt,
+        error=error,
+        received_at=msg.received_at,
+        placeholder=placeholder,
     )
 
 
-async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publish: Publish, *,
-                         deadline_seconds: float, coalesce_seconds: float = 0.2,
-                         error_message: str, timeout_notice: str = "(answer cut short: timed out)",
-                         placeholder: str | None = None, placeholder_after: float = 3.0,
-                         fmt: ReplyFormat = ReplyFormat.TEXT,
-                         final_publish_delays: tuple[float, ...] = FINAL_PUBLISH_DELAYS,
-                         clock: Callable[[], float] = time.monotonic) -> AnswerOutcome:
+async def produce_answer(
+    msg: InboundMessage,
+    stream: AsyncIterator[Piece],
+    publish: Publish,
+    *,
+    deadline_seconds: float,
+    coalesce_seconds: float = 0.2,
+    error_message: str,
+    timeout_notice: str = "(answer cut short: timed out)",
+    placeholder: str | None = None,
+    placeholder_after: float = 3.0,
+    fmt: ReplyFormat = ReplyFormat.TEXT,
+    final_publish_delays: tuple[float, ...] = FINAL_PUBLISH_DELAYS,
+    clock: Callable[[], float] = time.monotonic,
+) -> AnswerOutcome:
     """Stream ``stream`` as reply chunks. With ``placeholder``, a chunk carrying it is published when no
     answer text has come after ``placeholder_after`` seconds (platforms that cannot edit show it first).
     Raises only when the final chunk cannot be published (then nothing of the answer is stored for sure)."""
@@ -76,8 +105,7 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
             try:
                 await publish(_chunk(msg, seq, delta, text=sent + delta, fmt=fmt))
             except Exception as exc:  # best effort: the next chunk carries this text too
-                log.info("reply %s: chunk %d not published (%s); continuing", msg.id, seq,
-                         type(exc).__name__)
+                log.info("reply %s: chunk %d not published (%s); continuing", msg.id, seq, type(exc).__name__)
             else:
                 sent += delta
                 seq += 1
@@ -133,8 +161,15 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
         final_text = f"{text}\n\n{timeout_notice}"
     else:
         final_text = f"{text}\n\n{error_message}"
-    final = _chunk(msg, seq, final_text[len(sent):] if final_text.startswith(sent) else "",
-                   final=True, full_text=final_text, error=error, fmt=fmt)
+    final = _chunk(
+        msg,
+        seq,
+        final_text[len(sent) :] if final_text.startswith(sent) else "",
+        final=True,
+        full_text=final_text,
+        error=error,
+        fmt=fmt,
+    )
     for delay in (*final_publish_delays, None):
         try:
             await publish(final)
@@ -142,8 +177,18 @@ async def produce_answer(msg: InboundMessage, stream: AsyncIterator[Piece], publ
         except Exception as exc:
             if delay is None:
                 raise
-            log.warning("reply %s: final chunk not published (%s); trying again in %.1fs", msg.id,
-                        type(exc).__name__, delay)
+            log.warning(
+                "reply %s: final chunk not published (%s); trying again in %.1fs",
+                msg.id,
+                type(exc).__name__,
+                delay,
+            )
             await asyncio.sleep(delay)
-    return AnswerOutcome(text=text, outcome=outcome, first_token_seconds=first,
-                         duration_seconds=clock() - started, chunks=seq + 1, error=error)
+    return AnswerOutcome(
+        text=text,
+        outcome=outcome,
+        first_token_seconds=first,
+        duration_seconds=clock() - started,
+        chunks=seq + 1,
+        error=error,
+    )

@@ -38,7 +38,7 @@ NON_TEXT_REPLY = "I can only read text messages for now."
 COMMANDS = {
     "/reset": "Conversation cleared. What would you like to talk about?",
     "/help": "Ask me anything in plain words. Commands: /reset forgets our conversation so far, "
-             "/help shows this message.",
+    "/help shows this message.",
 }
 
 
@@ -54,9 +54,10 @@ class Worker:
         await self.broker.publish(
             chunk.model_dump_json().encode(),
             subjects.outbound_subject(
-                chunk.platform, chunk.bot_id,
-                subjects.partition_of(f"{chunk.bot_id}:{chunk.chat.id}",
-                                      self.settings.nats.out_partitions)),
+                chunk.platform,
+                chunk.bot_id,
+                subjects.partition_of(f"{chunk.bot_id}:{chunk.chat.id}", self.settings.nats.out_partitions),
+            ),
             headers={subjects.HDR_MSG_ID: chunk.msg_id},
             stream=subjects.STREAM_OUT,
             timeout=self.settings.nats.publish_timeout_seconds,
@@ -66,9 +67,15 @@ class Worker:
         raw = msg.raw_message
         platform, bot = _labels_of(raw.subject)
         await self.broker.publish(
-            raw.data, subjects.dlq_subject("worker"),
-            headers=dlq_headers("worker", reason, original_subject=raw.subject,
-                                deliveries=raw.metadata.num_delivered, msg_id=msg_id),
+            raw.data,
+            subjects.dlq_subject("worker"),
+            headers=dlq_headers(
+                "worker",
+                reason,
+                original_subject=raw.subject,
+                deliveries=raw.metadata.num_delivered,
+                msg_id=msg_id,
+            ),
             stream=subjects.STREAM_DLQ,
         )
         DLQ.labels(platform=platform, bot=bot, stage="worker").inc()
@@ -87,13 +94,15 @@ class Worker:
         except Exception as exc:
             delivered = raw.metadata.num_delivered
             if delivered >= self.settings.worker.max_deliver:
-                await self.dead_letter(msg, f"gave up after {delivered} attempts: "
-                                            f"{type(exc).__name__}", inbound.id)
+                await self.dead_letter(
+                    msg, f"gave up after {delivered} attempts: {type(exc).__name__}", inbound.id
+                )
                 await msg.ack()
             else:
-                log.warning("inbound %s attempt %d failed (%s); retrying", inbound.id, delivered,
-                            type(exc).__name__)
-                await msg.nack(delay=min(2.0 ** delivered, 30.0))
+                log.warning(
+                    "inbound %s attempt %d failed (%s); retrying", inbound.id, delivered, type(exc).__name__
+                )
+                await msg.nack(delay=min(2.0**delivered, 30.0))
             return
         await msg.ack()
 
@@ -106,8 +115,7 @@ class Worker:
             raise NotConfiguredError(f"no bot {inbound.bot_id!r} in this worker's config")
         cfg = self.settings.backends[bot.backend]
         model = model_label(bot.model or cfg.model)
-        labels = {"platform": inbound.platform, "bot": inbound.bot_id, "backend": bot.backend,
-                  "model": model}
+        labels = {"platform": inbound.platform, "bot": inbound.bot_id, "backend": bot.backend, "model": model}
         deadline = bot.answer_timeout_seconds or self.settings.worker.answer_timeout_seconds
         text = inbound.text.strip()
         key = conversation_key(inbound, self.settings.memory.per_user_in_groups)
@@ -128,24 +136,41 @@ class Worker:
             system = bot.system_prompt or cfg.system_prompt
             history = [] if backend.keeps_history else conv.messages()
             request = ChatRequest(
-                messages=([ChatMessage("system", system)] if system else []) + history
+                messages=([ChatMessage("system", system)] if system else [])
+                + history
                 + [ChatMessage("user", text)],
                 user=names.user(f"{inbound.platform}:{inbound.bot_id}:{inbound.sender.id}"),
-                conversation=names.conversation(key), session=dict(conv.session), model=bot.model,
+                conversation=names.conversation(key),
+                session=dict(conv.session),
+                model=bot.model,
                 temperature=bot.temperature,
             )
             stream = backend.stream(request)
-        span = (tracer.start_as_current_span(f"chat {model}", kind=trace.SpanKind.CLIENT, attributes={
-            "gen_ai.operation.name": "chat", "gen_ai.system": cfg.kind.value,
-            "gen_ai.request.model": model}) if request is not None else contextlib.nullcontext(None))
+        span = (
+            tracer.start_as_current_span(
+                f"chat {model}",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.system": cfg.kind.value,
+                    "gen_ai.request.model": model,
+                },
+            )
+            if request is not None
+            else contextlib.nullcontext(None)
+        )
         async with in_progress(msg, self.settings.worker.ack_wait_seconds):
             with span as model_span:
                 result = await produce_answer(
-                    inbound, stream, self.publish_chunk, deadline_seconds=deadline,
+                    inbound,
+                    stream,
+                    self.publish_chunk,
+                    deadline_seconds=deadline,
                     coalesce_seconds=self.settings.worker.delta_interval_seconds,
                     error_message=cfg.error_message,
                     placeholder=bot.thinking_message if request is not None else None,
-                    placeholder_after=bot.thinking_after_seconds, fmt=ReplyFormat(bot.reply_format),
+                    placeholder_after=bot.thinking_after_seconds,
+                    fmt=ReplyFormat(bot.reply_format),
                 )
                 if model_span is not None and request is not None:
                     _record_usage(model_span, bot.backend, model, request.usage)
@@ -184,12 +209,18 @@ def _labels_of(subject: str) -> tuple[str, str]:
 
 def build_worker(settings: Settings, client: httpx.AsyncClient | None = None) -> Worker:
     http = client or httpx.AsyncClient(timeout=httpx.Timeout(60.0), follow_redirects=False)
-    broker = make_broker(settings.nats, "worker",
-                         graceful_timeout=settings.worker.answer_timeout_seconds)
+    broker = make_broker(settings.nats, "worker", graceful_timeout=settings.worker.answer_timeout_seconds)
     backends = {name: build_backend(name, cfg, http) for name, cfg in settings.backends.items()}
     worker = Worker(settings=settings, broker=broker, backends=backends, client=http)
     wcfg = settings.worker
-    durable_consumer(broker, subject=subjects.IN_ALL, stream=subjects.STREAM_IN,
-                     durable=subjects.CONSUMER_WORKER, ack_wait=wcfg.ack_wait_seconds,
-                     max_deliver=wcfg.max_deliver, concurrency=wcfg.concurrency, handler=worker.handle)
+    durable_consumer(
+        broker,
+        subject=subjects.IN_ALL,
+        stream=subjects.STREAM_IN,
+        durable=subjects.CONSUMER_WORKER,
+        ack_wait=wcfg.ack_wait_seconds,
+        max_deliver=wcfg.max_deliver,
+        concurrency=wcfg.concurrency,
+        handler=worker.handle,
+    )
     return worker

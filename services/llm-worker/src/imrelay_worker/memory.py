@@ -39,15 +39,19 @@ class Conversation:
     session: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return json.dumps({"turns": [[t.user, t.assistant, t.sender] for t in self.turns],
-                           "session": self.session}, ensure_ascii=False).encode()
+        return json.dumps(
+            {"turns": [[t.user, t.assistant, t.sender] for t in self.turns], "session": self.session},
+            ensure_ascii=False,
+        ).encode()
 
     @classmethod
     def from_json(cls, data: bytes | None) -> Conversation:
         try:
             d = json.loads(data or b"{}")
-            return cls(turns=[Turn(*(str(x) for x in t[:3])) for t in d.get("turns", [])],
-                       session={str(k): str(v) for k, v in (d.get("session") or {}).items()})
+            return cls(
+                turns=[Turn(*(str(x) for x in t[:3])) for t in d.get("turns", [])],
+                session={str(k): str(v) for k, v in (d.get("session") or {}).items()},
+            )
         except (ValueError, TypeError, AttributeError):
             return cls()
 

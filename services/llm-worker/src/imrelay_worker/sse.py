@@ -36,19 +36,35 @@ def error_message(resp: httpx.Response) -> str:
     return resp.reason_phrase or "error"
 
 
-async def stream_events(client: httpx.AsyncClient, name: str, url: str, *, body: dict[str, Any],
-                        headers: dict[str, str], request_timeout: float,
-                        idle_timeout: float) -> AsyncGenerator[ServerSentEvent, None]:
+async def stream_events(
+    client: httpx.AsyncClient,
+    name: str,
+    url: str,
+    *,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    request_timeout: float,
+    idle_timeout: float,
+) -> AsyncGenerator[ServerSentEvent, None]:
     """POST ``body`` and yield the events of the answer's stream."""
     try:
-        async with aconnect_sse(client, "POST", url, headers={"Accept": "text/event-stream", **headers},
-                                timeout=httpx.Timeout(request_timeout, read=idle_timeout),
-                                content=json.dumps(body, ensure_ascii=False).encode()) as source:
+        async with aconnect_sse(
+            client,
+            "POST",
+            url,
+            headers={"Accept": "text/event-stream", **headers},
+            timeout=httpx.Timeout(request_timeout, read=idle_timeout),
+            content=json.dumps(body, ensure_ascii=False).encode(),
+        ) as source:
             resp = source.response
             if resp.status_code >= 400:
                 await resp.aread()
-                raise BackendError(name, error_message(resp), status=resp.status_code,
-                                   retryable=resp.status_code in RETRYABLE_STATUS)
+                raise BackendError(
+                    name,
+                    error_message(resp),
+                    status=resp.status_code,
+                    retryable=resp.status_code in RETRYABLE_STATUS,
+                )
             async with contextlib.aclosing(source.aiter_sse()) as events:
                 while True:
                     try:

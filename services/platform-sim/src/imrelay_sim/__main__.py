@@ -1,9 +1,9 @@
 """``imrelay-sim``: run the platform simulator, or act as a platform towards the ingress.
 
-    imrelay-sim serve [--port 8090]                    play the platform APIs
-    imrelay-sim send --bot ID --text "hello" [--wait 20]   send a signed, encrypted callback
-    imrelay-sim verify-url --bot ID                    perform the console's URL verification
-    imrelay-sim messages [--bot ID]                    list what the bots delivered
+imrelay-sim serve [--port 8090]                    play the platform APIs
+imrelay-sim send --bot ID --text "hello" [--wait 20]   send a signed, encrypted callback
+imrelay-sim verify-url --bot ID                    perform the console's URL verification
+imrelay-sim messages [--bot ID]                    list what the bots delivered
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ DEFAULT_SIM = "http://127.0.0.1:8090"
 DEFAULT_INGRESS = "http://127.0.0.1:8080"
 
 
-def build_request(bot: BotConfig, text: str, user: str, msg_id: str, now: float,
-                  sim_url: str = DEFAULT_SIM, chat: str = "") -> tuple[str, dict[str, str], bytes]:
+def build_request(
+    bot: BotConfig, text: str, user: str, msg_id: str, now: float, sim_url: str = DEFAULT_SIM, chat: str = ""
+) -> tuple[str, dict[str, str], bytes]:
     """(query, headers, body) of a text message from ``user`` to ``bot`` as its platform sends it. The
     same ``msg_id`` gives the same platform ids (a platform retry); ``chat`` makes it a group message."""
     simulate = spec_for(bot).sim_request
@@ -38,8 +39,9 @@ def build_request(bot: BotConfig, text: str, user: str, msg_id: str, now: float,
     return req.query, dict(req.headers), req.body
 
 
-def build_callback(bot: BotConfig, text: str, user: str, msg_id: str, now: int,
-                   sim_url: str = DEFAULT_SIM, chat: str = "") -> tuple[str, bytes]:
+def build_callback(
+    bot: BotConfig, text: str, user: str, msg_id: str, now: int, sim_url: str = DEFAULT_SIM, chat: str = ""
+) -> tuple[str, bytes]:
     """(query, body) of a text-message callback for ``bot``, as its platform would send it."""
     query, _, body = build_request(bot, text, user, msg_id, now, sim_url, chat)
     return query, body
@@ -65,11 +67,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     from .server import create_app
 
-    settings = _settings(args.config) if args.config or os.environ.get("IMRELAY_CONFIG") \
-        or os.path.exists("imrelay.yaml") else None
+    settings = (
+        _settings(args.config)
+        if args.config or os.environ.get("IMRELAY_CONFIG") or os.path.exists("imrelay.yaml")
+        else None
+    )
     app = create_app(settings, token_lifetime=args.token_lifetime, user_limit=args.user_limit)
-    print(f"imrelay-sim: playing the platform APIs on http://{args.host}:{args.port} "
-          f"(tokens live {args.token_lifetime:g}s)", flush=True)
+    print(
+        f"imrelay-sim: playing the platform APIs on http://{args.host}:{args.port} "
+        f"(tokens live {args.token_lifetime:g}s)",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
@@ -78,14 +86,20 @@ def cmd_send(args: argparse.Namespace) -> int:
     bot = _bot(settings, args.bot)
     msg_id = args.msg_id or str(secrets.randbelow(2**63))
     spec = spec_for(bot)
-    send = SimSend(SimMessage(text=args.text, user=args.user, msg_id=msg_id, now=time.time(),
-                              sim_url=args.sim, chat=args.chat), ingress=args.ingress, wait=args.wait)
+    send = SimSend(
+        SimMessage(
+            text=args.text, user=args.user, msg_id=msg_id, now=time.time(), sim_url=args.sim, chat=args.chat
+        ),
+        ingress=args.ingress,
+        wait=args.wait,
+    )
     if bot.mode == "long_connection":
         if spec.sim_push is None:
             raise SystemExit(f"imrelay-sim: {bot.platform} long connections cannot be simulated yet")
         return spec.sim_push(bot, send)
-    query, headers, body = build_request(bot, args.text, args.user, msg_id, send.message.now, args.sim,
-                                         args.chat)
+    query, headers, body = build_request(
+        bot, args.text, args.user, msg_id, send.message.now, args.sim, args.chat
+    )
     url = f"{args.ingress}/callback/{bot.id}" + (f"?{query}" if query else "")
     with httpx.Client(timeout=10) as client:
         before = 0
@@ -119,8 +133,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
-def post_with_retries(client: httpx.Client, url: str, body: bytes, headers: dict[str, str], retries: int,
-                      interval: float, msg_id: str) -> httpx.Response | None:
+def post_with_retries(
+    client: httpx.Client,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    retries: int,
+    interval: float,
+    msg_id: str,
+) -> httpx.Response | None:
     """Post a callback the way the platforms do: a failed or timed-out one is sent again, unchanged."""
     resp: httpx.Response | None = None
     for attempt in range(retries + 1):
@@ -159,18 +180,27 @@ def cmd_messages(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="imrelay-sim", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="imrelay-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--version", action="version", version=f"imrelay-sim {__version__}")
     p.add_argument("--config", help="imrelay config file (default: $IMRELAY_CONFIG or ./imrelay.yaml)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="play the platform APIs")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8090)
-    s.add_argument("--token-lifetime", type=float, default=7200.0,
-                   help="seconds an access token stays valid (the platforms' usual: 7200)")
-    s.add_argument("--user-limit", type=int, default=30,
-                   help="messages per minute one app may send one member before 45009")
+    s.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=7200.0,
+        help="seconds an access token stays valid (the platforms' usual: 7200)",
+    )
+    s.add_argument(
+        "--user-limit",
+        type=int,
+        default=30,
+        help="messages per minute one app may send one member before 45009",
+    )
     s = sub.add_parser("send", help="send a signed, encrypted message callback to the ingress")
     s.add_argument("--bot", required=True)
     s.add_argument("--text", required=True)
@@ -180,8 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--ingress", default=DEFAULT_INGRESS)
     s.add_argument("--sim", default=DEFAULT_SIM)
     s.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the answer")
-    s.add_argument("--retries", type=int, default=0,
-                   help="send the callback again after a 5xx or no answer, as the platforms do (usually 3)")
+    s.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="send the callback again after a 5xx or no answer, as the platforms do (usually 3)",
+    )
     s.add_argument("--retry-interval", type=float, default=5.0, help="seconds between those retries")
     s = sub.add_parser("verify-url", help="perform the console's callback URL verification")
     s.add_argument("--bot", required=True)

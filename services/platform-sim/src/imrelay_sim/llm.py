@@ -48,21 +48,35 @@ class LLMState:
 
 def _chunk(content: str | None, finish: str | None = None) -> str:
     delta = {} if content is None else {"content": content}
-    body = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": "sim", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    body = {
+        "id": "chatcmpl-sim",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "sim",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
 def _usage(prompt: str, pieces: list[str]) -> dict[str, int]:
     """Token counts as a model reports them: here one token a word of the prompt, one a piece sent."""
     prompt_tokens, completion_tokens = len(prompt.split()), len(pieces)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _usage_chunk(usage: dict[str, int]) -> str:
-    body = {"id": "chatcmpl-sim", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": "sim", "choices": [], "usage": usage}
+    body = {
+        "id": "chatcmpl-sim",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": "sim",
+        "choices": [],
+        "usage": usage,
+    }
     return f"data: {json.dumps(body)}\n\n"
 
 
@@ -87,8 +101,7 @@ def routes() -> list[Route]:
 
     async def begin(request: Request, api: str) -> dict[str, Any] | Response:
         if not request.headers.get("authorization", "").startswith("Bearer "):
-            return JSONResponse({"error": {"message": "missing API key", "type": "auth"}},
-                                status_code=401)
+            return JSONResponse({"error": {"message": "missing API key", "type": "auth"}}, status_code=401)
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -100,21 +113,30 @@ def routes() -> list[Route]:
         if state.reject_key_next > 0:
             state.reject_key_next -= 1
             key = request.headers["authorization"].removeprefix("Bearer ")
-            return JSONResponse({"error": {
-                "message": f"Incorrect API key provided: {key}. You can find your API key at "
-                           "https://platform.openai.com/account/api-keys.",
-                "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}},
-                status_code=401)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {key}. You can find your API key at "
+                        "https://platform.openai.com/account/api-keys.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                },
+                status_code=401,
+            )
         if state.fail_next:
             status = state.fail_next.pop(0)
             text = f"simulated {status}"
-            return JSONResponse({"error": {"message": text}, "message": text, "status": status},
-                                status_code=status)
+            return JSONResponse(
+                {"error": {"message": text}, "message": text, "status": status}, status_code=status
+            )
         return body
 
     def last_user(body: dict[str, Any]) -> str:
-        return next((m.get("content", "") for m in reversed(body.get("messages", []))
-                     if m.get("role") == "user"), "")
+        return next(
+            (m.get("content", "") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), ""
+        )
 
     async def openai_style(body: dict[str, Any], question: str) -> AsyncIterator[str]:
         yield ": keep-alive\n\n"
@@ -124,8 +146,9 @@ def routes() -> list[Route]:
         yield _chunk(None, "stop")
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            prompt = " ".join(str(m.get("content", "")) for m in body.get("messages", [])
-                              if isinstance(m, dict))
+            prompt = " ".join(
+                str(m.get("content", "")) for m in body.get("messages", []) if isinstance(m, dict)
+            )
             yield _usage_chunk(_usage(prompt, pieces))
         yield "data: [DONE]\n\n"
 
@@ -146,26 +169,47 @@ def routes() -> list[Route]:
             return body
         conversation = str(body.get("conversation_id") or "")
         if conversation and conversation not in state.conversations:
-            return JSONResponse({"code": "not_found", "message": "Conversation Not Exists.",
-                                 "status": 404}, status_code=404)
+            return JSONResponse(
+                {"code": "not_found", "message": "Conversation Not Exists.", "status": 404}, status_code=404
+            )
         conversation = conversation or str(uuid.uuid4())
         state.conversations[conversation] = state.conversations.get(conversation, 0) + 1
         question = str(body.get("query", ""))
         message_id = str(uuid.uuid4())
 
         def event(piece: str) -> str:
-            return "data: " + json.dumps({"event": "message", "answer": piece, "message_id": message_id,
-                                          "conversation_id": conversation, "task_id": "t"},
-                                         ensure_ascii=False) + "\n\n"
+            return (
+                "data: "
+                + json.dumps(
+                    {
+                        "event": "message",
+                        "answer": piece,
+                        "message_id": message_id,
+                        "conversation_id": conversation,
+                        "task_id": "t",
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n\n"
+            )
 
         async def stream() -> AsyncIterator[str]:
             yield "event: ping\n\n"
             pieces = pieces_for(question)
             async for chunk in paced(pieces, event, question):
                 yield chunk
-            yield "data: " + json.dumps({"event": "message_end", "conversation_id": conversation,
-                                         "message_id": message_id,
-                                         "metadata": {"usage": _usage(question, pieces)}}) + "\n\n"
+            yield (
+                "data: "
+                + json.dumps(
+                    {
+                        "event": "message_end",
+                        "conversation_id": conversation,
+                        "message_id": message_id,
+                        "metadata": {"usage": _usage(question, pieces)},
+                    }
+                )
+                + "\n\n"
+            )
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 

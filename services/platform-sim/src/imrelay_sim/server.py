@@ -67,6 +67,7 @@ class SimState:
         self.seq += 1
         self.stats["delivered"] += 1
         self.messages.append({"seq": self.seq, "at": now, **entry})
+
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seq: int = 0
 
@@ -75,16 +76,27 @@ class SimState:
         return cls(settings=settings)
 
 
-def create_app(settings: Settings | None = None, *, clock: Callable[[], float] = time.time,
-               token_lifetime: float = 7200.0, user_limit: int = 30) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    token_lifetime: float = 7200.0,
+    user_limit: int = 30,
+) -> Starlette:
     state = SimState.from_settings(settings)
     state.token_lifetime, state.user_limit = token_lifetime, user_limit
 
     async def list_messages(request: Request) -> Response:
         q = request.query_params
-        out = [m for m in state.messages
-               if all(str(m.get(k, "")) == q[k] for k in ("bot", "touser", "chat", "token", "reply_to",
-                                                          "platform") if k in q)]
+        out = [
+            m
+            for m in state.messages
+            if all(
+                str(m.get(k, "")) == q[k]
+                for k in ("bot", "touser", "chat", "token", "reply_to", "platform")
+                if k in q
+            )
+        ]
         return JSONResponse(out)
 
     async def clear_messages(_: Request) -> Response:
@@ -104,8 +116,17 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             return JSONResponse({"error": "invalid json"}, status_code=400)
         if not isinstance(body, dict):
             return JSONResponse({"error": "expected an object"}, status_code=400)
-        for name in ("token_lifetime", "user_limit", "user_window", "webhook_limit",
-                     "webhook_window", "gettoken_delay", "fault_rate", "timeout_delay", "send_delay"):
+        for name in (
+            "token_lifetime",
+            "user_limit",
+            "user_window",
+            "webhook_limit",
+            "webhook_window",
+            "gettoken_delay",
+            "fault_rate",
+            "timeout_delay",
+            "send_delay",
+        ):
             if name in body:
                 setattr(state, name, type(getattr(state, name))(body[name]))
         if "gettoken_fail_next" in body:
@@ -126,12 +147,19 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             state.fail_next = [int(c) for c in body["fail_next"]]
         return JSONResponse({"ok": True})
 
-    return Starlette(routes=[
-        Route("/sim/messages", list_messages, methods=["GET"]),
-        Route("/sim/messages", clear_messages, methods=["DELETE"]),
-        Route("/sim/stats", stats, methods=["GET"]),
-        Route("/sim/tokens", issued, methods=["GET"]),
-        Route("/sim/control", control, methods=["POST"]),
-        *llm_routes(),
-        *(route for spec in platforms.SPECS if spec.sim_routes for route in spec.sim_routes(state, clock)),
-    ])
+    return Starlette(
+        routes=[
+            Route("/sim/messages", list_messages, methods=["GET"]),
+            Route("/sim/messages", clear_messages, methods=["DELETE"]),
+            Route("/sim/stats", stats, methods=["GET"]),
+            Route("/sim/tokens", issued, methods=["GET"]),
+            Route("/sim/control", control, methods=["POST"]),
+            *llm_routes(),
+            *(
+                route
+                for spec in platforms.SPECS
+                if spec.sim_routes
+                for route in spec.sim_routes(state, clock)
+            ),
+        ]
+    )

@@ -32,18 +32,25 @@ async def run() -> None:
 
         async def request(req: ConnectionRequest) -> ConnectionAnswer:
             """Ask the connector holding the bot's long connection (its queue group) to send on it."""
-            msg = await nc.request(subjects.connector_subject(req.platform, req.bot_id),
-                                   req.model_dump_json().encode(),
-                                   timeout=req.timeout_seconds or settings.sender.http_timeout_seconds)
+            msg = await nc.request(
+                subjects.connector_subject(req.platform, req.bot_id),
+                req.model_dump_json().encode(),
+                timeout=req.timeout_seconds or settings.sender.http_timeout_seconds,
+            )
             return ConnectionAnswer.model_validate_json(msg.data)
 
-        sender = build_sender(settings, buckets, client,
-                              KVStreamStore(await ensure_streams_bucket(js, settings.nats)), request)
+        sender = build_sender(
+            settings, buckets, client, KVStreamStore(await ensure_streams_bucket(js, settings.nats)), request
+        )
 
         async def start() -> None:
             await sender.broker.start()
-            log.info("sender delivering for %d bot(s) over %d partitions (admin :%d)",
-                     len(sender.deliveries), settings.nats.out_partitions, settings.admin.port)
+            log.info(
+                "sender delivering for %d bot(s) over %d partitions (admin :%d)",
+                len(sender.deliveries),
+                settings.nats.out_partitions,
+                settings.admin.port,
+            )
 
         async def stop() -> None:
             await sender.broker.stop()
@@ -51,8 +58,14 @@ async def run() -> None:
 
         return Connected(nc, js, start, stop)
 
-    await run_until_stopped(settings.admin, connect, consumers=(
-        subjects.STREAM_OUT, [subjects.sender_consumer(k) for k in range(settings.nats.out_partitions)]))
+    await run_until_stopped(
+        settings.admin,
+        connect,
+        consumers=(
+            subjects.STREAM_OUT,
+            [subjects.sender_consumer(k) for k in range(settings.nats.out_partitions)],
+        ),
+    )
 
 
 def main() -> None:

@@ -52,13 +52,21 @@ class Sender:
     deliveries: dict[str, Delivery] = field(default_factory=dict)
     _last_update: dict[str, float] = field(default_factory=dict)
 
-    async def dead_letter(self, msg: NatsMessage, platform: str, bot: str, reason: str,
-                          code: str | int | None, msg_id: str) -> None:
+    async def dead_letter(
+        self, msg: NatsMessage, platform: str, bot: str, reason: str, code: str | int | None, msg_id: str
+    ) -> None:
         raw = msg.raw_message
         await self.broker.publish(
-            raw.data, subjects.dlq_subject("sender"),
-            headers=dlq_headers("sender", reason, code=code, original_subject=raw.subject,
-                                deliveries=raw.metadata.num_delivered, msg_id=msg_id),
+            raw.data,
+            subjects.dlq_subject("sender"),
+            headers=dlq_headers(
+                "sender",
+                reason,
+                code=code,
+                original_subject=raw.subject,
+                deliveries=raw.metadata.num_delivered,
+                msg_id=msg_id,
+            ),
             stream=subjects.STREAM_DLQ,
         )
         DLQ.labels(platform=platform, bot=bot, stage="sender").inc()
@@ -69,15 +77,21 @@ class Sender:
         try:
             chunk = ReplyChunk.model_validate_json(raw.data)
         except ValidationError:
-            await self.dead_letter(msg, "unknown", "unknown", "invalid reply chunk", None,
-                                   str(raw.metadata.sequence.stream))
+            await self.dead_letter(
+                msg, "unknown", "unknown", "invalid reply chunk", None, str(raw.metadata.sequence.stream)
+            )
             await msg.ack()
             return
         delivery = self.deliveries.get(chunk.bot_id)
         if delivery is None:
-            await self.dead_letter(msg, chunk.platform, chunk.bot_id,
-                                   "no deliverable bot with this id in the sender's config",
-                                   None, chunk.msg_id)
+            await self.dead_letter(
+                msg,
+                chunk.platform,
+                chunk.bot_id,
+                "no deliverable bot with this id in the sender's config",
+                None,
+                chunk.msg_id,
+            )
             await msg.ack()
             return
         if chunk.placeholder is not None:
@@ -97,8 +111,9 @@ class Sender:
                 await self.deliver(delivery, chunk, first_reply_shown=streamed)
         except PermanentUpstreamError as exc:
             DELIVERIES.labels(platform=chunk.platform, bot=chunk.bot_id, outcome="failed").inc()
-            await self.dead_letter(msg, chunk.platform, chunk.bot_id, exc.message or str(exc),
-                                   exc.code, chunk.msg_id)
+            await self.dead_letter(
+                msg, chunk.platform, chunk.bot_id, exc.message or str(exc), exc.code, chunk.msg_id
+            )
             await msg.ack()
         except DeliveryBusy:
             # Another copy of this chunk is being delivered right now: look again later.
@@ -107,19 +122,32 @@ class Sender:
             delivered = raw.metadata.num_delivered
             code = exc.code if isinstance(exc, UpstreamError) else type(exc).__name__
             if delivered >= self.settings.sender.max_deliver:
-                DELIVERIES.labels(platform=chunk.platform, bot=chunk.bot_id,
-                                  outcome="failed").inc()
-                await self.dead_letter(msg, chunk.platform, chunk.bot_id,
-                                       f"gave up after {delivered} deliveries: {exc}", code,
-                                       chunk.msg_id)
+                DELIVERIES.labels(platform=chunk.platform, bot=chunk.bot_id, outcome="failed").inc()
+                await self.dead_letter(
+                    msg,
+                    chunk.platform,
+                    chunk.bot_id,
+                    f"gave up after {delivered} deliveries: {exc}",
+                    code,
+                    chunk.msg_id,
+                )
                 await msg.ack()
             else:
                 retry_after = exc.retry_after if isinstance(exc, UpstreamError) else None
-                delay = backoff_delay(delivered, self.settings.sender.backoff_base_seconds * 4,
-                                      self.settings.sender.backoff_max_seconds,
-                                      retry_after=retry_after)
-                log.warning("reply %s delivery %d failed (%s); redelivering in %.1fs%s",
-                            chunk.msg_id, delivered, code, delay, platform_hint(chunk.platform, code))
+                delay = backoff_delay(
+                    delivered,
+                    self.settings.sender.backoff_base_seconds * 4,
+                    self.settings.sender.backoff_max_seconds,
+                    retry_after=retry_after,
+                )
+                log.warning(
+                    "reply %s delivery %d failed (%s); redelivering in %.1fs%s",
+                    chunk.msg_id,
+                    delivered,
+                    code,
+                    delay,
+                    platform_hint(chunk.platform, code),
+                )
                 await msg.nack(delay=delay)
         else:
             await msg.ack()
@@ -192,13 +220,13 @@ class Sender:
             conf = self.settings.sender.rate_limit(scope)
             if conf is None:
                 continue
-            waited = await self.limiter.acquire(kv_key("rl", scope, key),
-                                                Limit(conf.limit, conf.window_seconds))
+            waited = await self.limiter.acquire(
+                kv_key("rl", scope, key), Limit(conf.limit, conf.window_seconds)
+            )
             if waited > 0:
                 RATE_LIMIT_WAIT.labels(platform=chunk.platform, bot=chunk.bot_id).observe(waited)
 
-    async def _send_with_retries(self, delivery: Delivery, chunk: ReplyChunk, part: str,
-                                 index: int) -> None:
+    async def _send_with_retries(self, delivery: Delivery, chunk: ReplyChunk, part: str, index: int) -> None:
         cfg = self.settings.sender
         labels = {"platform": chunk.platform, "bot": chunk.bot_id}
         attempt = 0
@@ -214,32 +242,52 @@ class Sender:
                 if attempt >= cfg.max_attempts:
                     raise
                 DELIVERIES.labels(outcome="retry", **labels).inc()
-                delay = backoff_delay(attempt, cfg.backoff_base_seconds, cfg.backoff_max_seconds,
-                                      retry_after=exc.retry_after)
+                delay = backoff_delay(
+                    attempt, cfg.backoff_base_seconds, cfg.backoff_max_seconds, retry_after=exc.retry_after
+                )
                 if exc.retry_after is not None:
                     RATE_LIMIT_WAIT.labels(**labels).observe(delay)
-                log.info("reply %s part %d: %s; retry %d in %.2fs", chunk.reply_id, index,
-                         exc.code, attempt, delay)
+                log.info(
+                    "reply %s part %d: %s; retry %d in %.2fs", chunk.reply_id, index, exc.code, attempt, delay
+                )
                 await asyncio.sleep(delay)
 
 
-def build_sender(settings: Settings, buckets: Buckets, client: httpx.AsyncClient,
-                 answer_streams: StreamStore, requester: Requester | None = None) -> Sender:
+def build_sender(
+    settings: Settings,
+    buckets: Buckets,
+    client: httpx.AsyncClient,
+    answer_streams: StreamStore,
+    requester: Requester | None = None,
+) -> Sender:
     cfg = settings.sender
     broker = make_broker(settings.nats, "sender", graceful_timeout=30.0)
     tokens = TokenCache(buckets.tokens, skew=cfg.token_refresh_skew_seconds)
     claims = DeliveryClaims(buckets.deliveries, stale_after=cfg.claim_timeout_seconds)
     limiter = RateLimiter(buckets.ratelimits, margin=cfg.rate_limit_margin_seconds)
     sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter)
-    ctx = DeliveryContext(settings=settings, client=client, tokens=tokens, deliveries=buckets.deliveries,
-                          answer_streams=answer_streams, requester=requester)
+    ctx = DeliveryContext(
+        settings=settings,
+        client=client,
+        tokens=tokens,
+        deliveries=buckets.deliveries,
+        answer_streams=answer_streams,
+        requester=requester,
+    )
     for bot in settings.bots:
         sender.deliveries[bot.id] = delivery_for(bot, ctx)
     # One consumer a partition, one message in flight each across all replicas: a conversation's replies
     # are delivered in order; conversations in different partitions go in parallel.
     for k in range(settings.nats.out_partitions):
-        durable_consumer(broker, subject=subjects.outbound_partition_filter(k),
-                         stream=subjects.STREAM_OUT, durable=subjects.sender_consumer(k),
-                         ack_wait=cfg.ack_wait_seconds, max_deliver=cfg.max_deliver, concurrency=1,
-                         max_ack_pending=1, handler=sender.handle)
+        durable_consumer(
+            broker,
+            subject=subjects.outbound_partition_filter(k),
+            stream=subjects.STREAM_OUT,
+            durable=subjects.sender_consumer(k),
+            ack_wait=cfg.ack_wait_seconds,
+            max_deliver=cfg.max_deliver,
+            concurrency=1,
+            max_ack_pending=1,
+            handler=sender.handle,
+        )
     return sender

@@ -6,8 +6,14 @@ import random
 from collections.abc import Callable
 
 
-def backoff_delay(attempt: int, base: float, cap: float, *, retry_after: float | None = None,
-                  rand: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int,
+    base: float,
+    cap: float,
+    *,
+    retry_after: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
     """Delay before retry number ``attempt`` (1-based): uniform in [0, min(cap, base * 2**(attempt-1))],
     but never less than ``retry_after`` when the platform gave one."""
     if attempt < 1:

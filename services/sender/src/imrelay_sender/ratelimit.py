@@ -44,8 +44,14 @@ def admit(times: Sequence[float], now: float, limit: int, window: float) -> tupl
 
 
 class RateLimiter:
-    def __init__(self, kv: KeyValue, *, margin: float = 1.0, clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        *,
+        margin: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.kv = kv
         self.margin = margin
         self.clock = clock

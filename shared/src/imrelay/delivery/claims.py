@@ -43,8 +43,9 @@ def _state(value: bytes | None) -> tuple[str, float]:
 
 
 class DeliveryClaims:
-    def __init__(self, kv: KeyValue, *, stale_after: float = 300.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, kv: KeyValue, *, stale_after: float = 300.0, clock: Callable[[], float] = time.time
+    ) -> None:
         self.kv = kv
         self.stale_after = stale_after
         self.clock = clock

@@ -20,8 +20,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def call(client: httpx.AsyncClient, method: str, url: str, *, platform: str, bot: str,
-               http_timeout: float, failure_code: str = "http", **kwargs: Any) -> httpx.Response:
+async def call(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    platform: str,
+    bot: str,
+    http_timeout: float,
+    failure_code: str = "http",
+    **kwargs: Any,
+) -> httpx.Response:
     """``client.request`` within ``http_timeout``, timed; a transport failure raises a
     :class:`TransientUpstreamError` with code ``failure_code`` (``"token"`` for a token endpoint)."""
     started = time.perf_counter()
@@ -59,8 +68,9 @@ def window_closed(chunk: ReplyChunk, seconds: float, now: datetime | None = None
     return ((now or datetime.now(UTC)) - chunk.received_at).total_seconds() > seconds
 
 
-async def counted_token_fetch(platform: str, bot: str,
-                              fetch: Callable[[], Awaitable[tuple[str, float]]]) -> tuple[str, float]:
+async def counted_token_fetch(
+    platform: str, bot: str, fetch: Callable[[], Awaitable[tuple[str, float]]]
+) -> tuple[str, float]:
     """Run a token-endpoint call, count it in ``imrelay_token_refreshes_total``, and turn transport or
     answer-shape failures into transient errors."""
     try:
@@ -75,17 +85,33 @@ async def counted_token_fetch(platform: str, bot: str,
     return result
 
 
-async def post_for_token(client: httpx.AsyncClient, url: str, body: dict[str, Any], *, platform: str,
-                         bot: str, http_timeout: float, check: Callable[[Any, int, float | None], None],
-                         answer_keys: tuple[str, str]) -> tuple[str, float]:
+async def post_for_token(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    *,
+    platform: str,
+    bot: str,
+    http_timeout: float,
+    check: Callable[[Any, int, float | None], None],
+    answer_keys: tuple[str, str],
+) -> tuple[str, float]:
     """A JSON token endpoint: POST ``body``, ``check(payload, status, retry_after)`` raises what a failed
     answer means, and ``answer_keys`` name the token and its lifetime in seconds (7200 when absent).
     Counted like every token fetch."""
     token_key, lifetime_key = answer_keys
 
     async def fetch() -> tuple[str, float]:
-        resp = await call(client, "POST", url, platform=platform, bot=bot, http_timeout=http_timeout,
-                          failure_code="token", json=body)
+        resp = await call(
+            client,
+            "POST",
+            url,
+            platform=platform,
+            bot=bot,
+            http_timeout=http_timeout,
+            failure_code="token",
+            json=body,
+        )
         payload = json_or_none(resp)
         check(payload, resp.status_code, retry_after(resp))
         return str(payload[token_key]), float(payload.get(lifetime_key, 7200))
@@ -93,8 +119,14 @@ async def post_for_token(client: httpx.AsyncClient, url: str, body: dict[str, An
     return await counted_token_fetch(platform, bot, fetch)
 
 
-async def with_token(tokens: TokenCache, key: str, fetch: Callable[[], Awaitable[tuple[str, float]]],
-                     use: Callable[[str], Awaitable[T]], *, renew_early: bool) -> T:
+async def with_token(
+    tokens: TokenCache,
+    key: str,
+    fetch: Callable[[], Awaitable[tuple[str, float]]],
+    use: Callable[[str], Awaitable[T]],
+    *,
+    renew_early: bool,
+) -> T:
     """Call ``use(token)``; if the platform says the token is invalid, forget it cluster-wide, fetch a new
     one and try once more."""
     token = await tokens.get(key, fetch, renew_early=renew_early)

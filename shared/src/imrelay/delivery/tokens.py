@@ -48,33 +48,49 @@ class TokenRecord:
     renew_at: float | None = None  # when to fetch again; None: derive from skew
 
     def to_json(self) -> bytes:
-        return json.dumps({"token": self.token, "expires_at": self.expires_at,
-                           "fetched_at": self.fetched_at, "renew_at": self.renew_at}).encode()
+        return json.dumps(
+            {
+                "token": self.token,
+                "expires_at": self.expires_at,
+                "fetched_at": self.fetched_at,
+                "renew_at": self.renew_at,
+            }
+        ).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> TokenRecord | None:
         try:
             d = json.loads(data)
             renew = d.get("renew_at")
-            return cls(token=str(d["token"]), expires_at=float(d["expires_at"]),
-                       fetched_at=float(d.get("fetched_at", 0)),
-                       renew_at=None if renew is None else float(renew))
+            return cls(
+                token=str(d["token"]),
+                expires_at=float(d["expires_at"]),
+                fetched_at=float(d.get("fetched_at", 0)),
+                renew_at=None if renew is None else float(renew),
+            )
         except (ValueError, KeyError, TypeError):
             return None
 
     def __repr__(self) -> str:
-        return (f"TokenRecord(token=***, expires_at={self.expires_at}, fetched_at={self.fetched_at}, "
-                f"renew_at={self.renew_at})")
+        return (
+            f"TokenRecord(token=***, expires_at={self.expires_at}, fetched_at={self.fetched_at}, "
+            f"renew_at={self.renew_at})"
+        )
 
 
-def renew_at(token: str, expires_in: float, now: float, previous: TokenRecord | None, *,
-             renew_early: bool, skew: float) -> TokenRecord:
+def renew_at(
+    token: str, expires_in: float, now: float, previous: TokenRecord | None, *, renew_early: bool, skew: float
+) -> TokenRecord:
     """The record for a token just fetched: when it expires, and when to ask again."""
     expires = now + expires_in
     if previous is not None and previous.token == token:
         # The platform gave back the token we had: it will not renew it before it expires.
-        return TokenRecord(token=token, expires_at=min(expires, previous.expires_at),
-                           fetched_at=previous.fetched_at, renew_at=previous.expires_at)
+        return TokenRecord(
+            token=token,
+            expires_at=min(expires, previous.expires_at),
+            fetched_at=previous.fetched_at,
+            renew_at=previous.expires_at,
+        )
     fresh = TokenRecord(token=token, expires_at=expires, fetched_at=now)
     when = expires - effective_skew(fresh, skew) if renew_early else expires
     return TokenRecord(token=token, expires_at=expires, fetched_at=now, renew_at=when)
@@ -109,9 +125,17 @@ def cooldown_after(failures: int, base: float, cap: float) -> float:
 
 
 class TokenCache:
-    def __init__(self, kv: KeyValue, *, skew: float = 300.0, lock_stale_seconds: float = 30.0,
-                 clock: Callable[[], float] = time.time, poll_interval: float = 0.05,
-                 base_cooldown: float = 1.0, max_cooldown: float = 60.0) -> None:
+    def __init__(
+        self,
+        kv: KeyValue,
+        *,
+        skew: float = 300.0,
+        lock_stale_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        poll_interval: float = 0.05,
+        base_cooldown: float = 1.0,
+        max_cooldown: float = 60.0,
+    ) -> None:
         self.kv = kv
         self.skew = skew
         self.base_cooldown = base_cooldown
@@ -162,8 +186,9 @@ class TokenCache:
         if now < until:
             if rec is not None and is_usable(rec, now, margin=0.0):
                 return rec, failures, rec.token
-            raise TokenUnavailable("token", "cooldown", "token endpoint failing; backing off",
-                                   retry_after=until - now)
+            raise TokenUnavailable(
+                "token", "cooldown", "token endpoint failing; backing off", retry_after=until - now
+            )
         return rec, failures, None
 
     async def _refresh_or_wait(self, key: str, fetch: Fetch, renew_early: bool) -> str:
@@ -185,14 +210,20 @@ class TokenCache:
                         body = {"until": self.clock() + pause, "failures": failures + 1}
                         await self.kv.put(f"{key}.cooldown", json.dumps(body).encode())
                         code = getattr(exc, "code", type(exc).__name__)
-                        log.warning("token endpoint for %s failed (%s, %d in a row); pausing %.1fs%s",
-                                    key, code, failures + 1, pause,
-                                    platform_hint(key.split(".", 1)[0], code))
+                        log.warning(
+                            "token endpoint for %s failed (%s, %d in a row); pausing %.1fs%s",
+                            key,
+                            code,
+                            failures + 1,
+                            pause,
+                            platform_hint(key.split(".", 1)[0], code),
+                        )
                         raise
                     if failures:
                         await self.kv.delete(f"{key}.cooldown")
-                    fresh = renew_at(token, expires_in, self.clock(), rec, renew_early=renew_early,
-                                     skew=self.skew)
+                    fresh = renew_at(
+                        token, expires_in, self.clock(), rec, renew_early=renew_early, skew=self.skew
+                    )
                     await self.kv.put(key, fresh.to_json())
                     return token
                 finally:

@@ -24,11 +24,24 @@ if TYPE_CHECKING:
     from ..callbacks import Adapter
     from ..delivery import Delivery, DeliveryContext
 
-__all__ = ["SPECS", "PlatformSpec", "ReplyHandleBase", "adapter_for", "bot_union", "default_rate_limits",
-           "delivery_for", "handle_union", "spec", "spec_for", "tags", "upgrade_handle"]
+__all__ = [
+    "SPECS",
+    "PlatformSpec",
+    "ReplyHandleBase",
+    "adapter_for",
+    "bot_union",
+    "default_rate_limits",
+    "delivery_for",
+    "handle_union",
+    "spec",
+    "spec_for",
+    "tags",
+    "upgrade_handle",
+]
 
 SPECS: tuple[PlatformSpec[Any], ...] = tuple(
-    p.SPEC for p in (wecom_app, wecom_group_robot, wecom_aibot, feishu, dingtalk, qq, discord))
+    p.SPEC for p in (wecom_app, wecom_group_robot, wecom_aibot, feishu, dingtalk, qq, discord)
+)
 
 
 @cache

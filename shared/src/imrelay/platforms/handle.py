@@ -67,8 +67,9 @@ class ReplyHandleBase(BaseModel):
             from ..errors import PermanentUpstreamError
 
             got = "none" if handle is None else repr(getattr(handle, "kind", type(handle).__name__))
-            raise PermanentUpstreamError(event.platform, "bad_handle",
-                                         f"the reply handle ({got}) is not a {cls.__name__}")
+            raise PermanentUpstreamError(
+                event.platform, "bad_handle", f"the reply handle ({got}) is not a {cls.__name__}"
+            )
         return handle
 
     def credentials(self) -> Iterator[tuple[Credential, str]]:

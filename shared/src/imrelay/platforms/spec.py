@@ -122,5 +122,6 @@ class PlatformSpec(Generic[BotT]):
 
     def __post_init__(self) -> None:
         if (self.connection is None) != (self.capabilities.long_connection is None):
-            raise ValueError(f"{self.title}: a long connection needs both capabilities.long_connection "
-                             "and connection")
+            raise ValueError(
+                f"{self.title}: a long connection needs both capabilities.long_connection and connection"
+            )

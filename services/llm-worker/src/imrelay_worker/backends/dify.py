@@ -28,8 +28,14 @@ TEXT_EVENTS = {"message", "agent_message"}
 
 
 def request_body(request: ChatRequest, conversation_id: str) -> dict[str, Any]:
-    return {"inputs": {}, "query": request.last_user_text, "response_mode": "streaming",
-            "conversation_id": conversation_id, "user": request.user, "files": []}
+    return {
+        "inputs": {},
+        "query": request.last_user_text,
+        "response_mode": "streaming",
+        "conversation_id": conversation_id,
+        "user": request.user,
+        "files": [],
+    }
 
 
 def parse_event(data: str) -> dict[str, Any] | None:
@@ -69,10 +75,17 @@ class DifyBackend:
         headers = {"Content-Type": "application/json"}
         if self.cfg.api_key is not None:
             headers["Authorization"] = f"Bearer {self.cfg.api_key.get_secret_value()}"
-        async with contextlib.aclosing(stream_events(
-                self.client, self.name, self.url, body=request_body(request, conversation),
-                headers=headers, request_timeout=self.cfg.timeout_seconds,
-                idle_timeout=self.cfg.idle_timeout_seconds)) as events:
+        async with contextlib.aclosing(
+            stream_events(
+                self.client,
+                self.name,
+                self.url,
+                body=request_body(request, conversation),
+                headers=headers,
+                request_timeout=self.cfg.timeout_seconds,
+                idle_timeout=self.cfg.idle_timeout_seconds,
+            )
+        ) as events:
             async for sse in events:
                 event = parse_event(sse.data)
                 if event is None:
@@ -89,7 +102,9 @@ class DifyBackend:
                     request.usage = usage_in(metadata if isinstance(metadata, dict) else {}) or request.usage
                     return
                 elif kind == "error":
-                    raise BackendError(self.name, f"{event.get('code', 'error')}: "
-                                                  f"{str(event.get('message', ''))[:300]}",
-                                       status=int(event.get("status") or 0) or None)
+                    raise BackendError(
+                        self.name,
+                        f"{event.get('code', 'error')}: {str(event.get('message', ''))[:300]}",
+                        status=int(event.get("status") or 0) or None,
+                    )
         raise BackendError(self.name, "stream ended without message_end", retryable=True)

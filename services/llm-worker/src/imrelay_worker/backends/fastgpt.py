@@ -30,9 +30,13 @@ def chat_id(conversation: str) -> str:
 
 
 def request_body(request: ChatRequest) -> dict[str, Any]:
-    return {"chatId": chat_id(request.conversation), "stream": True, "detail": False,
-            "variables": {"user": request.user},
-            "messages": [{"role": "user", "content": request.last_user_text}]}
+    return {
+        "chatId": chat_id(request.conversation),
+        "stream": True,
+        "detail": False,
+        "variables": {"user": request.user},
+        "messages": [{"role": "user", "content": request.last_user_text}],
+    }
 
 
 class FastGPTBackend:
@@ -48,10 +52,17 @@ class FastGPTBackend:
         headers = {"Content-Type": "application/json"}
         if self.cfg.api_key is not None:
             headers["Authorization"] = f"Bearer {self.cfg.api_key.get_secret_value()}"
-        async with contextlib.aclosing(stream_events(
-                self.client, self.name, self.url, body=request_body(request), headers=headers,
+        async with contextlib.aclosing(
+            stream_events(
+                self.client,
+                self.name,
+                self.url,
+                body=request_body(request),
+                headers=headers,
                 request_timeout=self.cfg.timeout_seconds,
-                idle_timeout=self.cfg.idle_timeout_seconds)) as events:
+                idle_timeout=self.cfg.idle_timeout_seconds,
+            )
+        ) as events:
             async for event in events:
                 if event.event == "error":
                     raise BackendError(self.name, f"error event: {event.data[:300]}")

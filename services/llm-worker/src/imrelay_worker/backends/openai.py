@@ -88,10 +88,17 @@ class OpenAIBackend:
         headers = {"Content-Type": "application/json"}
         if self.cfg.api_key is not None:
             headers["Authorization"] = f"Bearer {self.cfg.api_key.get_secret_value()}"
-        async with contextlib.aclosing(stream_events(
-                self.client, self.name, self.url, body=request_body(self.cfg, request), headers=headers,
+        async with contextlib.aclosing(
+            stream_events(
+                self.client,
+                self.name,
+                self.url,
+                body=request_body(self.cfg, request),
+                headers=headers,
                 request_timeout=self.cfg.timeout_seconds,
-                idle_timeout=self.cfg.idle_timeout_seconds)) as events:
+                idle_timeout=self.cfg.idle_timeout_seconds,
+            )
+        ) as events:
             async for event in events:
                 if event.event == "error":
                     raise BackendError(self.name, f"error event: {event.data[:300]}")

@@ -46,8 +46,9 @@ def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
 def _sim_request(bot: DingTalkBot, m: SimMessage) -> SimRequest:
     from .sim import callback
 
-    headers, body = callback(bot, m.text, m.user, m.chat or f"cid_{m.user}", bool(m.chat),
-                             f"msg{m.msg_id}", m.now, m.sim_url)
+    headers, body = callback(
+        bot, m.text, m.user, m.chat or f"cid_{m.user}", bool(m.chat), f"msg{m.msg_id}", m.now, m.sim_url
+    )
     return SimRequest("", headers, body)
 
 
@@ -58,8 +59,13 @@ SPEC = PlatformSpec[DingTalkBot](
     reply_handle=DingTalkHandle,
     api_base={"dingtalk": "https://api.dingtalk.com"},
     capabilities=Capabilities(needs_token=True),
-    rate_scopes=(RateScope("dingtalk.per_robot", RateLimitConfig(limit=20, window_seconds=60),
-                           "messages one robot may send a minute"),),
+    rate_scopes=(
+        RateScope(
+            "dingtalk.per_robot",
+            RateLimitConfig(limit=20, window_seconds=60),
+            "messages one robot may send a minute",
+        ),
+    ),
     adapter=_adapter,
     delivery=_delivery,
     token_key=_token_key,

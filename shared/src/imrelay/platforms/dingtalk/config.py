@@ -12,8 +12,10 @@ from ...sections import ConfigModel
 
 class DingTalkCredentials(ConfigModel):
     app_key: str = Field(description="The app's AppKey (Client ID).")
-    app_secret: SecretStr = Field(description="The app's AppSecret (Client Secret): checks callback "
-                                              "signatures and fetches access tokens.")
+    app_secret: SecretStr = Field(
+        description="The app's AppSecret (Client Secret): checks callback "
+        "signatures and fetches access tokens."
+    )
     # The robot's code, checked against every callback's ``robotCode``; an app robot's code is its AppKey.
     robot_code: str | None = None
 

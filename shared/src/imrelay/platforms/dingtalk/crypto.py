@@ -24,8 +24,9 @@ def sign(timestamp: str, secret: str) -> str:
     return base64.b64encode(mac.digest()).decode("ascii")
 
 
-def verify(timestamp: str | None, received: str | None, secret: str, now_ms: int,
-           window_ms: int = WINDOW_MS) -> None:
+def verify(
+    timestamp: str | None, received: str | None, secret: str, now_ms: int, window_ms: int = WINDOW_MS
+) -> None:
     """Check ``sign`` and that ``timestamp`` is within ``window_ms`` of ``now_ms`` (at most one hour)."""
     if not timestamp or not received:
         raise VerifyError("missing timestamp or sign header")

@@ -69,8 +69,9 @@ def markdown(part: str, mention: str | None) -> tuple[str, str]:
 def session_allowed(url: str, api_base: str) -> bool:
     u = urlsplit(url)
     base = urlsplit(api_base)
-    return ((u.scheme, u.netloc) in SESSION_HOSTS or (u.scheme, u.netloc) == (base.scheme, base.netloc)) \
-        and u.path.startswith("/robot/")
+    return (
+        (u.scheme, u.netloc) in SESSION_HOSTS or (u.scheme, u.netloc) == (base.scheme, base.netloc)
+    ) and u.path.startswith("/robot/")
 
 
 @dataclass
@@ -88,9 +89,16 @@ class DingTalkDelivery:
     @classmethod
     def from_bot(cls, bot: DingTalkBot, ctx: DeliveryContext) -> DingTalkDelivery:
         c = bot.credentials
-        return cls(bot_id=bot.id, app_key=c.app_key, app_secret=c.app_secret.get_secret_value(),
-                   api_base=ctx.api_base(bot), client=ctx.client, tokens=ctx.tokens, timeout=ctx.http_timeout,
-                   rate_limit_backoff=ctx.rate_limit_backoff)
+        return cls(
+            bot_id=bot.id,
+            app_key=c.app_key,
+            app_secret=c.app_secret.get_secret_value(),
+            api_base=ctx.api_base(bot),
+            client=ctx.client,
+            tokens=ctx.tokens,
+            timeout=ctx.http_timeout,
+            rate_limit_backoff=ctx.rate_limit_backoff,
+        )
 
     def __repr__(self) -> str:
         return f"DingTalkDelivery(bot_id={self.bot_id!r}, app_key={self.app_key!r}, app_secret=***)"
@@ -104,14 +112,27 @@ class DingTalkDelivery:
 
     async def _fetch_token(self) -> tuple[str, float]:
         return await post_for_token(
-            self.client, f"{self.api_base}/v1.0/oauth2/accessToken",
-            {"appKey": self.app_key, "appSecret": self.app_secret}, platform=PLATFORM, bot=self.bot_id,
-            http_timeout=self.timeout, check=lambda p, s, w: check(p, s, w, self.rate_limit_backoff),
-            answer_keys=("accessToken", "expireIn"))
+            self.client,
+            f"{self.api_base}/v1.0/oauth2/accessToken",
+            {"appKey": self.app_key, "appSecret": self.app_secret},
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            check=lambda p, s, w: check(p, s, w, self.rate_limit_backoff),
+            answer_keys=("accessToken", "expireIn"),
+        )
 
     async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        resp = await call(self.client, "POST", url, platform=PLATFORM, bot=self.bot_id,
-                          http_timeout=self.timeout, json=body, headers=headers)
+        resp = await call(
+            self.client,
+            "POST",
+            url,
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            json=body,
+            headers=headers,
+        )
         check(json_or_none(resp), resp.status_code, retry_after(resp), self.rate_limit_backoff)
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
@@ -121,8 +142,11 @@ class DingTalkDelivery:
         mention = staff if group and index == 0 else None
         title, text = markdown(part, mention)
         session, expires = handle.session_webhook, handle.session_webhook_expires_ms
-        if session and time.time() * 1000 < expires - SESSION_MARGIN_MS \
-                and session_allowed(session, self.api_base):
+        if (
+            session
+            and time.time() * 1000 < expires - SESSION_MARGIN_MS
+            and session_allowed(session, self.api_base)
+        ):
             body: dict[str, Any] = {"msgtype": "markdown", "markdown": {"title": title, "text": text}}
             if mention:
                 body["at"] = {"atUserIds": [mention]}
@@ -133,11 +157,19 @@ class DingTalkDelivery:
         param = json.dumps({"title": title, "text": text}, ensure_ascii=False)
         if group:
             url = f"{self.api_base}/v1.0/robot/groupMessages/send"
-            body = {"robotCode": robot, "openConversationId": chunk.chat.id,
-                    "msgKey": "sampleMarkdown", "msgParam": param}
+            body = {
+                "robotCode": robot,
+                "openConversationId": chunk.chat.id,
+                "msgKey": "sampleMarkdown",
+                "msgParam": param,
+            }
         else:
             url = f"{self.api_base}/v1.0/robot/oToMessages/batchSend"
             body = {"robotCode": robot, "userIds": [staff], "msgKey": "sampleMarkdown", "msgParam": param}
-        await with_token(self.tokens, kv_key(PLATFORM, self.app_key), self._fetch_token,
-                         lambda token: self._post(url, body, {"x-acs-dingtalk-access-token": token}),
-                         renew_early=True)
+        await with_token(
+            self.tokens,
+            kv_key(PLATFORM, self.app_key),
+            self._fetch_token,
+            lambda token: self._post(url, body, {"x-acs-dingtalk-access-token": token}),
+            renew_early=True,
+        )

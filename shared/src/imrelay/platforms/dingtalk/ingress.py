@@ -69,16 +69,26 @@ def normalize(body: dict[str, Any], bot_id: str, now: float) -> InboundMessage:
         content = m.content if isinstance(m.content, dict) else {}
         code = content.get("downloadCode")
         attachments.append(Attachment(kind=_MEDIA[m.msgtype], ref=code if isinstance(code, str) else ""))
-    handle = DingTalkHandle(conversation_id=m.conversationId, robot_code=m.robotCode or "",
-                            sender_staff_id=m.senderStaffId or "", session_webhook=m.sessionWebhook or "",
-                            session_webhook_expires_ms=(m.sessionWebhookExpiredTime or 0)
-                            if m.sessionWebhook else 0)
+    handle = DingTalkHandle(
+        conversation_id=m.conversationId,
+        robot_code=m.robotCode or "",
+        sender_staff_id=m.senderStaffId or "",
+        session_webhook=m.sessionWebhook or "",
+        session_webhook_expires_ms=(m.sessionWebhookExpiredTime or 0) if m.sessionWebhook else 0,
+    )
     key = f"dingtalk:msg:{m.msgId}"
     return InboundMessage(
-        id=inbound_id(bot_id, key), platform="dingtalk", bot_id=bot_id, platform_message_id=key,
-        chat=Chat(id=m.conversationId, type=chat_type), sender=Sender(id=sender, name=m.senderNick or ""),
-        text=text, mentioned=chat_type is ChatType.DIRECT or m.isInAtList is not False,
-        attachments=attachments, reply_handle=handle, received_at=datetime.fromtimestamp(now, UTC),
+        id=inbound_id(bot_id, key),
+        platform="dingtalk",
+        bot_id=bot_id,
+        platform_message_id=key,
+        chat=Chat(id=m.conversationId, type=chat_type),
+        sender=Sender(id=sender, name=m.senderNick or ""),
+        text=text,
+        mentioned=chat_type is ChatType.DIRECT or m.isInAtList is not False,
+        attachments=attachments,
+        reply_handle=handle,
+        received_at=datetime.fromtimestamp(now, UTC),
     )
 
 
@@ -97,9 +107,12 @@ class DingTalkAdapter:
 
     @classmethod
     def from_bot(cls, bot: DingTalkBot) -> DingTalkAdapter:
-        return cls(bot_id=bot.id, robot_code=bot.credentials.expected_robot_code,
-                   app_secret=bot.credentials.app_secret.get_secret_value(),
-                   window_ms=window_ms(bot.replay_window_seconds))
+        return cls(
+            bot_id=bot.id,
+            robot_code=bot.credentials.expected_robot_code,
+            app_secret=bot.credentials.app_secret.get_secret_value(),
+            window_ms=window_ms(bot.replay_window_seconds),
+        )
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method != "POST":
@@ -113,6 +126,13 @@ class DingTalkAdapter:
         msg = normalize(body, self.bot_id, request.now)
         claim = ReplayClaim(
             key=hashlib.sha256(f"dingtalk\0{self.bot_id}\0{ts}\0{sign}".encode()).hexdigest(),
-            fingerprint=hashlib.sha256(request.body).hexdigest(), ttl=2 * self.window_ms / 1000)
-        return CallbackResult(body=json_body({}), content_type="application/json", message=msg,
-                              dedupe_key=msg.platform_message_id, replay_claim=claim)
+            fingerprint=hashlib.sha256(request.body).hexdigest(),
+            ttl=2 * self.window_ms / 1000,
+        )
+        return CallbackResult(
+            body=json_body({}),
+            content_type="application/json",
+            message=msg,
+            dedupe_key=msg.platform_message_id,
+            replay_claim=claim,
+        )

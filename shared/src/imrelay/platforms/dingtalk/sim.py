@@ -21,24 +21,44 @@ if TYPE_CHECKING:
     from imrelay_sim.server import SimState
 
 
-def callback(bot: DingTalkBot, text: str, user: str, conversation: str, group: bool, msg_id: str,
-             now: float, sim_url: str, session_minutes: float = 90) -> tuple[dict[str, str], bytes]:
+def callback(
+    bot: DingTalkBot,
+    text: str,
+    user: str,
+    conversation: str,
+    group: bool,
+    msg_id: str,
+    now: float,
+    sim_url: str,
+    session_minutes: float = 90,
+) -> tuple[dict[str, str], bytes]:
     c = bot.credentials
     now_ms = int(now * 1000)
     body = {
-        "msgId": msg_id, "msgtype": "text", "text": {"content": (" " if group else "") + text},
-        "conversationId": conversation, "conversationType": "2" if group else "1",
-        "conversationTitle": "sim group" if group else "", "senderId": "$:LWCP:" + user,
-        "senderStaffId": user, "senderNick": user, "chatbotUserId": "bot", "robotCode": c.expected_robot_code,
-        "isInAtList": True, "createAt": now_ms,
+        "msgId": msg_id,
+        "msgtype": "text",
+        "text": {"content": (" " if group else "") + text},
+        "conversationId": conversation,
+        "conversationType": "2" if group else "1",
+        "conversationTitle": "sim group" if group else "",
+        "senderId": "$:LWCP:" + user,
+        "senderStaffId": user,
+        "senderNick": user,
+        "chatbotUserId": "bot",
+        "robotCode": c.expected_robot_code,
+        "isInAtList": True,
+        "createAt": now_ms,
         # opaque to the robot, as DingTalk's: who and where, and a random part
         "sessionWebhook": f"{sim_url}/robot/sendBySession?session={bot.id}.{conversation}."
-                          f"{secrets.token_hex(12)}",
+        f"{secrets.token_hex(12)}",
         "sessionWebhookExpiredTime": now_ms + int(session_minutes * 60_000),
     }
     ts = str(now_ms)
-    headers = {"Content-Type": "application/json; charset=utf-8", "timestamp": ts,
-               "sign": dingtalk_crypto.sign(ts, c.app_secret.get_secret_value())}
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "timestamp": ts,
+        "sign": dingtalk_crypto.sign(ts, c.app_secret.get_secret_value()),
+    }
     return headers, json.dumps(body, ensure_ascii=False).encode()
 
 
@@ -74,9 +94,17 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         conversation = rest.rpartition(".")[0] or rest
         if limited(bot):
             return JSONResponse({"errcode": 130101, "errmsg": "send too fast"})
-        state.record({"platform": "dingtalk", "bot": bot, "chat": conversation, "via": "session",
-                      "content": text_of(body), "at_users": (body.get("at") or {}).get("atUserIds", [])},
-                     clock())
+        state.record(
+            {
+                "platform": "dingtalk",
+                "bot": bot,
+                "chat": conversation,
+                "via": "session",
+                "content": text_of(body),
+                "at_users": (body.get("at") or {}).get("atUserIds", []),
+            },
+            clock(),
+        )
         return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
     async def token(request: Request) -> Response:
@@ -93,16 +121,25 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         state.stats["dingtalk_api"] += 1
         info = tokens.get(request.headers.get("x-acs-dingtalk-access-token", ""))
         if info is None or info[1] <= clock():
-            return JSONResponse({"code": "InvalidAuthentication", "message": "token invalid"},
-                                status_code=401)
+            return JSONResponse(
+                {"code": "InvalidAuthentication", "message": "token invalid"}, status_code=401
+            )
         body = json.loads(await request.body() or b"{}")
         bot = apps[info[0]][1]
         if limited(bot):
             return JSONResponse({"code": "Throttling", "message": "too fast"}, status_code=429)
         param = json.loads(body.get("msgParam") or "{}")
         chat = body.get("openConversationId") or ",".join(body.get("userIds") or [])
-        state.record({"platform": "dingtalk", "bot": bot, "chat": chat, "via": "api",
-                      "content": param.get("text", "")}, clock())
+        state.record(
+            {
+                "platform": "dingtalk",
+                "bot": bot,
+                "chat": chat,
+                "via": "api",
+                "content": param.get("text", ""),
+            },
+            clock(),
+        )
         return JSONResponse({"processQueryKey": f"q{state.seq}"})
 
     return [

@@ -32,8 +32,9 @@ def check(payload: Any, status: int, wait: float | None) -> None:
     code = payload.get("code", status) if isinstance(payload, dict) else status
     if status == 429:
         body_wait = payload.get("retry_after") if isinstance(payload, dict) else None
-        raise RateLimitedError(PLATFORM, code, message,
-                               retry_after=float(body_wait) if body_wait is not None else (wait or 1.0))
+        raise RateLimitedError(
+            PLATFORM, code, message, retry_after=float(body_wait) if body_wait is not None else (wait or 1.0)
+        )
     if status >= 500:
         raise TransientUpstreamError(PLATFORM, code, message or "server error")
     raise PermanentUpstreamError(PLATFORM, code, message)
@@ -51,8 +52,13 @@ class DiscordDelivery:
 
     @classmethod
     def from_bot(cls, bot: DiscordBot, ctx: DeliveryContext) -> DiscordDelivery:
-        return cls(bot_id=bot.id, application_id=bot.credentials.application_id, api_base=ctx.api_base(bot),
-                   client=ctx.client, timeout=ctx.http_timeout)
+        return cls(
+            bot_id=bot.id,
+            application_id=bot.credentials.application_id,
+            api_base=ctx.api_base(bot),
+            client=ctx.client,
+            timeout=ctx.http_timeout,
+        )
 
     def render(self, chunk: ReplyChunk) -> list[str]:
         text = chunk.full_text if chunk.full_text is not None else chunk.delta
@@ -67,26 +73,47 @@ class DiscordDelivery:
         if not token:
             raise PermanentUpstreamError(PLATFORM, "no_token", "reply handle lacks the interaction token")
         if window_closed(chunk, TOKEN_LIFETIME_SECONDS):
-            raise PermanentUpstreamError(PLATFORM, "token_expired",
-                                         "the interaction token has expired (15 minutes)")
+            raise PermanentUpstreamError(
+                PLATFORM, "token_expired", "the interaction token has expired (15 minutes)"
+            )
         return f"{self.api_base}/api/v10/webhooks/{app}/{token}"
 
     async def update(self, chunk: ReplyChunk, text: str) -> None:
         shown = text + CURSOR
         if len(shown) > CHAR_LIMIT:
             return  # past one message: the final answer adds the follow-ups
-        resp = await call(self.client, "PATCH", f"{self._base(chunk)}/messages/@original",
-                          platform=PLATFORM, bot=self.bot_id, http_timeout=self.timeout,
-                          json={"content": shown, "allowed_mentions": {"parse": []}})
+        resp = await call(
+            self.client,
+            "PATCH",
+            f"{self._base(chunk)}/messages/@original",
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            json={"content": shown, "allowed_mentions": {"parse": []}},
+        )
         check(json_or_none(resp), resp.status_code, retry_after(resp))
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
         base = self._base(chunk)
         body = {"content": part, "allowed_mentions": {"parse": []}}
         if index == 0:
-            resp = await call(self.client, "PATCH", f"{base}/messages/@original", platform=PLATFORM,
-                              bot=self.bot_id, http_timeout=self.timeout, json=body)
+            resp = await call(
+                self.client,
+                "PATCH",
+                f"{base}/messages/@original",
+                platform=PLATFORM,
+                bot=self.bot_id,
+                http_timeout=self.timeout,
+                json=body,
+            )
         else:
-            resp = await call(self.client, "POST", base, platform=PLATFORM, bot=self.bot_id,
-                              http_timeout=self.timeout, json=body)
+            resp = await call(
+                self.client,
+                "POST",
+                base,
+                platform=PLATFORM,
+                bot=self.bot_id,
+                http_timeout=self.timeout,
+                json=body,
+            )
         check(json_or_none(resp), resp.status_code, retry_after(resp))

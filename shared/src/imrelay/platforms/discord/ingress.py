@@ -26,8 +26,7 @@ from imrelay.platforms.discord.handle import DiscordHandle
 PING, APPLICATION_COMMAND = 1, 2
 PONG = json_body({"type": 1})
 DEFERRED = json_body({"type": 5})  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
-UNSUPPORTED = json_body({"type": 4, "data": {"content": "This interaction is not supported.",
-                                             "flags": 64}})
+UNSUPPORTED = json_body({"type": 4, "data": {"content": "This interaction is not supported.", "flags": 64}})
 
 
 class User(Payload):
@@ -83,10 +82,14 @@ def normalize(payload: dict[str, Any], bot_id: str, now: float) -> InboundMessag
     channel = i.channel_id or (i.channel.id if i.channel else None) or user.id
     key = f"discord:interaction:{i.id}"
     return InboundMessage(
-        id=inbound_id(bot_id, key), platform="discord", bot_id=bot_id, platform_message_id=key,
+        id=inbound_id(bot_id, key),
+        platform="discord",
+        bot_id=bot_id,
+        platform_message_id=key,
         chat=Chat(id=channel, type=ChatType.GROUP if i.guild_id else ChatType.DIRECT),
         sender=Sender(id=user.id, name=user.global_name or user.username or ""),
-        text=command_text(i.data), mentioned=True,
+        text=command_text(i.data),
+        mentioned=True,
         reply_handle=DiscordHandle(application_id=i.application_id, interaction_token=i.token),
         received_at=datetime.fromtimestamp(now, UTC),
     )
@@ -100,15 +103,19 @@ class DiscordAdapter:
 
     @classmethod
     def from_bot(cls, bot: DiscordBot) -> DiscordAdapter:
-        return cls(bot_id=bot.id, public_key=bytes.fromhex(bot.credentials.public_key),
-                   replay_window=bot.replay_window_seconds)
+        return cls(
+            bot_id=bot.id,
+            public_key=bytes.fromhex(bot.credentials.public_key),
+            replay_window=bot.replay_window_seconds,
+        )
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method != "POST":
             raise ParseError("Discord interactions are POST requests")
         ts = request.headers.get("x-signature-timestamp") or ""
-        ed25519.verify(self.public_key, ts.encode("utf-8") + request.body,
-                       request.headers.get("x-signature-ed25519"))
+        ed25519.verify(
+            self.public_key, ts.encode("utf-8") + request.body, request.headers.get("x-signature-ed25519")
+        )
         check_timestamp(ts, request.now, self.replay_window)
         payload = parse_json(request.body)
         kind = parse_model(Kind, payload, "interaction").type
@@ -117,5 +124,6 @@ class DiscordAdapter:
         if kind != APPLICATION_COMMAND:
             return CallbackResult(body=UNSUPPORTED, content_type="application/json")
         msg = normalize(payload, self.bot_id, request.now)
-        return CallbackResult(body=DEFERRED, content_type="application/json", message=msg,
-                              dedupe_key=msg.platform_message_id)
+        return CallbackResult(
+            body=DEFERRED, content_type="application/json", message=msg, dedupe_key=msg.platform_message_id
+        )

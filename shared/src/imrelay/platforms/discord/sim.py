@@ -29,19 +29,42 @@ def public_key_for(seed_hex: str) -> str:
     return ed25519.public_key_hex(ed25519.signing_key(bytes.fromhex(seed_hex)))
 
 
-def callback(bot: DiscordBot, text: str, user: str, channel: str, interaction_id: str, token: str,
-             now: float, seed_hex: str) -> tuple[dict[str, str], bytes]:
-    body = json.dumps({
-        "application_id": bot.credentials.application_id, "channel_id": channel, "guild_id": "sim-guild",
-        "data": {"id": "cmd-ask", "name": "ask", "type": 1,
-                 "options": [{"name": "q", "type": 3, "value": text}]},
-        "id": interaction_id, "member": {"user": {"id": user, "username": user}},
-        "token": token, "type": 2, "version": 1,
-    }, ensure_ascii=False).encode()
+def callback(
+    bot: DiscordBot,
+    text: str,
+    user: str,
+    channel: str,
+    interaction_id: str,
+    token: str,
+    now: float,
+    seed_hex: str,
+) -> tuple[dict[str, str], bytes]:
+    body = json.dumps(
+        {
+            "application_id": bot.credentials.application_id,
+            "channel_id": channel,
+            "guild_id": "sim-guild",
+            "data": {
+                "id": "cmd-ask",
+                "name": "ask",
+                "type": 1,
+                "options": [{"name": "q", "type": 3, "value": text}],
+            },
+            "id": interaction_id,
+            "member": {"user": {"id": user, "username": user}},
+            "token": token,
+            "type": 2,
+            "version": 1,
+        },
+        ensure_ascii=False,
+    ).encode()
     ts = str(int(now))
     key = ed25519.signing_key(bytes.fromhex(seed_hex))
-    return {"Content-Type": "application/json", "X-Signature-Timestamp": ts,
-            "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + body)}, body
+    return {
+        "Content-Type": "application/json",
+        "X-Signature-Timestamp": ts,
+        "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + body),
+    }, body
 
 
 def new_token() -> str:
@@ -49,8 +72,11 @@ def new_token() -> str:
 
 
 def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Route]:
-    apps = {bot.credentials.application_id: bot.id for bot in
-            (state.settings.bots if state.settings else []) if isinstance(bot, DiscordBot)}
+    apps = {
+        bot.credentials.application_id: bot.id
+        for bot in (state.settings.bots if state.settings else [])
+        if isinstance(bot, DiscordBot)
+    }
 
     async def edit_original(request: Request) -> Response:
         state.stats["discord_edit"] += 1
@@ -63,17 +89,34 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
                 m["history"].append([clock(), m["content"]])
                 return JSONResponse({"id": m["id"], "content": m["content"]})
         content = body.get("content", "")
-        state.record({"platform": "discord", "bot": bot, "token": token, "kind": "original", "edits": 1,
-                      "id": f"dm{state.seq + 1}", "content": content, "history": [[clock(), content]]},
-                     clock())
+        state.record(
+            {
+                "platform": "discord",
+                "bot": bot,
+                "token": token,
+                "kind": "original",
+                "edits": 1,
+                "id": f"dm{state.seq + 1}",
+                "content": content,
+                "history": [[clock(), content]],
+            },
+            clock(),
+        )
         return JSONResponse({"id": f"dm{state.seq}", "content": body.get("content", "")})
 
     async def followup(request: Request) -> Response:
         state.stats["discord_followup"] += 1
         body = json.loads(await request.body() or b"{}")
-        state.record({"platform": "discord", "bot": apps.get(request.path_params["app"], ""),
-                      "token": request.path_params["token"], "kind": "followup",
-                      "content": body.get("content", "")}, clock())
+        state.record(
+            {
+                "platform": "discord",
+                "bot": apps.get(request.path_params["app"], ""),
+                "token": request.path_params["token"],
+                "kind": "followup",
+                "content": body.get("content", ""),
+            },
+            clock(),
+        )
         return JSONResponse({"id": f"dm{state.seq}"})
 
     return [

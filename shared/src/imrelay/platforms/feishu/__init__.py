@@ -46,13 +46,25 @@ def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
 def _sim_request(bot: FeishuBot, m: SimMessage) -> SimRequest:
     from .sim import callback
 
-    headers, body = callback(bot, m.text, m.user, m.chat or f"oc_p2p_{m.user}",
-                             "group" if m.chat else "p2p", f"ev{m.msg_id}", f"om_{m.msg_id}", m.now)
+    headers, body = callback(
+        bot,
+        m.text,
+        m.user,
+        m.chat or f"oc_p2p_{m.user}",
+        "group" if m.chat else "p2p",
+        f"ev{m.msg_id}",
+        f"om_{m.msg_id}",
+        m.now,
+    )
     return SimRequest("", headers, body)
 
 
-_HINTS = {"99991663": "feishu-99991663", "99991661": "feishu-99991663", "10014": "feishu-10014",
-          "10003": "feishu-10014"}
+_HINTS = {
+    "99991663": "feishu-99991663",
+    "99991661": "feishu-99991663",
+    "10014": "feishu-10014",
+    "10003": "feishu-10014",
+}
 
 SPEC = PlatformSpec[FeishuBot](
     tags=("feishu", "lark"),
@@ -62,10 +74,14 @@ SPEC = PlatformSpec[FeishuBot](
     api_base={"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"},
     capabilities=Capabilities(edits=True, markdown=True, needs_token=True),
     rate_scopes=(
-        RateScope("feishu.per_app", RateLimitConfig(limit=50, window_seconds=1),
-                  "messages one app may send a second"),
-        RateScope("feishu.per_chat", RateLimitConfig(limit=5, window_seconds=1),
-                  "messages one chat takes a second"),
+        RateScope(
+            "feishu.per_app",
+            RateLimitConfig(limit=50, window_seconds=1),
+            "messages one app may send a second",
+        ),
+        RateScope(
+            "feishu.per_chat", RateLimitConfig(limit=5, window_seconds=1), "messages one chat takes a second"
+        ),
     ),
     adapter=_adapter,
     delivery=_delivery,
@@ -73,8 +89,10 @@ SPEC = PlatformSpec[FeishuBot](
     sim_routes=_sim_routes,
     sim_request=_sim_request,
     hints=_HINTS,
-    causes={"10014": "wrong app secret (credentials.app_secret)",
-            "10003": "wrong app id (credentials.app_id)"},
+    causes={
+        "10014": "wrong app secret (credentials.app_secret)",
+        "10003": "wrong app id (credentials.app_id)",
+    },
     demo="""\
   - id: demo-feishu
     platform: feishu

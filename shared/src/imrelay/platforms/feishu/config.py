@@ -13,8 +13,12 @@ from ...sections import ConfigModel
 class FeishuCredentials(ConfigModel):
     app_id: str = Field(description="The app's App ID.")
     app_secret: SecretStr = Field(description="The app's App Secret (fetches tenant access tokens).")
-    encrypt_key: SecretStr = Field(default=SecretStr(""), description=(
-        "The event subscription's Encrypt Key (events are signed and encrypted only when it is set)."))
+    encrypt_key: SecretStr = Field(
+        default=SecretStr(""),
+        description=(
+            "The event subscription's Encrypt Key (events are signed and encrypted only when it is set)."
+        ),
+    )
     verification_token: SecretStr = Field(description="The event subscription's Verification Token.")
 
 
@@ -32,11 +36,14 @@ class FeishuBot(BotBase):
             raise PathValueError(
                 "credentials.encrypt_key",
                 "an Encrypt Key is required (Feishu/Lark signs events only when one is set); "
-                "set allow_unsigned_events: true to accept unsigned events anyway")
+                "set allow_unsigned_events: true to accept unsigned events anyway",
+            )
         return self
 
     def start_warnings(self) -> list[str]:
         if self.allow_unsigned_events and not self.credentials.encrypt_key.get_secret_value():
-            return ["accepts unsigned events (allow_unsigned_events): anyone who learns its verification "
-                    "token can post events; set an Encrypt Key"]
+            return [
+                "accepts unsigned events (allow_unsigned_events): anyone who learns its verification "
+                "token can post events; set an Encrypt Key"
+            ]
         return []

@@ -58,15 +58,15 @@ def check(platform: str, payload: Any, status: int, wait: float | None, default_
         raise TransientUpstreamError(platform, code or status, msg or "server error")
     if code is None:
         raise (PermanentUpstreamError if status >= 400 else TransientUpstreamError)(
-            platform, status, "answer without code")
+            platform, status, "answer without code"
+        )
     if code != 0:
         raise PermanentUpstreamError(platform, code, msg)
 
 
 def reply_body(part: str, fmt: ReplyFormat, uuid: str) -> dict[str, Any]:
     if fmt is ReplyFormat.MARKDOWN:
-        card = {"config": {"wide_screen_mode": True},
-                "elements": [{"tag": "markdown", "content": part}]}
+        card = {"config": {"wide_screen_mode": True}, "elements": [{"tag": "markdown", "content": part}]}
         return {"msg_type": "interactive", "content": json.dumps(card, ensure_ascii=False), "uuid": uuid}
     return {"msg_type": "text", "content": json.dumps({"text": part}, ensure_ascii=False), "uuid": uuid}
 
@@ -75,11 +75,15 @@ ELEMENT = "answer"
 
 
 def streaming_card(summary: str) -> dict[str, Any]:
-    return {"schema": "2.0",
-            "config": {"streaming_mode": True, "summary": {"content": summary},
-                       "streaming_config": {"print_frequency_ms": {"default": 50},
-                                            "print_step": {"default": 2}}},
-            "body": {"elements": [{"tag": "markdown", "content": "", "element_id": ELEMENT}]}}
+    return {
+        "schema": "2.0",
+        "config": {
+            "streaming_mode": True,
+            "summary": {"content": summary},
+            "streaming_config": {"print_frequency_ms": {"default": 50}, "print_step": {"default": 2}},
+        },
+        "body": {"elements": [{"tag": "markdown", "content": "", "element_id": ELEMENT}]},
+    }
 
 
 @dataclass
@@ -99,10 +103,18 @@ class FeishuDelivery:
     @classmethod
     def from_bot(cls, bot: FeishuBot, ctx: DeliveryContext) -> FeishuDelivery:
         c = bot.credentials
-        return cls(bot_id=bot.id, platform=bot.platform, app_id=c.app_id,
-                   app_secret=c.app_secret.get_secret_value(), api_base=ctx.api_base(bot), client=ctx.client,
-                   tokens=ctx.tokens, timeout=ctx.http_timeout, streams=ctx.deliveries,
-                   rate_limit_backoff=ctx.rate_limit_backoff)
+        return cls(
+            bot_id=bot.id,
+            platform=bot.platform,
+            app_id=c.app_id,
+            app_secret=c.app_secret.get_secret_value(),
+            api_base=ctx.api_base(bot),
+            client=ctx.client,
+            tokens=ctx.tokens,
+            timeout=ctx.http_timeout,
+            streams=ctx.deliveries,
+            rate_limit_backoff=ctx.rate_limit_backoff,
+        )
 
     def __repr__(self) -> str:
         return f"FeishuDelivery(bot_id={self.bot_id!r}, app_id={self.app_id!r}, app_secret=***)"
@@ -116,26 +128,45 @@ class FeishuDelivery:
         return split_utf8(text, TEXT_LIMIT_BYTES) if text.strip() else []
 
     def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
-        return [("feishu.per_app", kv_key(self.platform, self.app_id)),
-                ("feishu.per_chat", kv_key(self.platform, self.app_id, chunk.chat.id))]
+        return [
+            ("feishu.per_app", kv_key(self.platform, self.app_id)),
+            ("feishu.per_chat", kv_key(self.platform, self.app_id, chunk.chat.id)),
+        ]
 
     async def _fetch_token(self) -> tuple[str, float]:
         return await post_for_token(
-            self.client, f"{self.api_base}/open-apis/auth/v3/tenant_access_token/internal",
-            {"app_id": self.app_id, "app_secret": self.app_secret}, platform=self.platform,
-            bot=self.bot_id, http_timeout=self.timeout,
+            self.client,
+            f"{self.api_base}/open-apis/auth/v3/tenant_access_token/internal",
+            {"app_id": self.app_id, "app_secret": self.app_secret},
+            platform=self.platform,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
             check=lambda p, s, w: check(self.platform, p, s, w, self.rate_limit_backoff),
-            answer_keys=("tenant_access_token", "expire"))
+            answer_keys=("tenant_access_token", "expire"),
+        )
 
     async def _api(self, method: str, path: str, body: dict[str, Any]) -> Any:
         """One authorized Feishu API call (refreshing the token once if Feishu says it is invalid)."""
+
         async def use(token: str) -> Any:
-            resp = await call(self.client, method, f"{self.api_base}{path}", platform=self.platform,
-                              bot=self.bot_id, http_timeout=self.timeout, json=body,
-                              headers={"Authorization": f"Bearer {token}"})
+            resp = await call(
+                self.client,
+                method,
+                f"{self.api_base}{path}",
+                platform=self.platform,
+                bot=self.bot_id,
+                http_timeout=self.timeout,
+                json=body,
+                headers={"Authorization": f"Bearer {token}"},
+            )
             payload = json_or_none(resp)
-            check(self.platform, payload, resp.status_code,
-                  retry_after(resp, "x-ogw-ratelimit-reset"), self.rate_limit_backoff)
+            check(
+                self.platform,
+                payload,
+                resp.status_code,
+                retry_after(resp, "x-ogw-ratelimit-reset"),
+                self.rate_limit_backoff,
+            )
             return payload
 
         return await with_token(self.tokens, self.token_key, self._fetch_token, use, renew_early=True)
@@ -155,27 +186,39 @@ class FeishuDelivery:
         key = kv_key("stream", chunk.reply_id)
         state, revision = await self._stream_state(chunk)
         if not state.get("card_id"):
-            created = await self._api("POST", "/open-apis/cardkit/v1/cards", {
-                "type": "card_json", "data": json.dumps(streaming_card(text[:40]), ensure_ascii=False)})
+            created = await self._api(
+                "POST",
+                "/open-apis/cardkit/v1/cards",
+                {"type": "card_json", "data": json.dumps(streaming_card(text[:40]), ensure_ascii=False)},
+            )
             state = {"card_id": created["data"]["card_id"], "replied": False}
             # remember the card before showing it: a crash now leaves an unseen card, never a lost one
             await self.streams.put(key, json.dumps(state).encode())
         if not state.get("replied"):
             content = json.dumps({"type": "card", "data": {"card_id": state["card_id"]}})
-            await self._api("POST", f"/open-apis/im/v1/messages/{message_id}/reply",
-                            {"msg_type": "interactive", "content": content,
-                             "uuid": f"{chunk.reply_id}-card"[:50]})
+            await self._api(
+                "POST",
+                f"/open-apis/im/v1/messages/{message_id}/reply",
+                {"msg_type": "interactive", "content": content, "uuid": f"{chunk.reply_id}-card"[:50]},
+            )
             state["replied"] = True
             await self.streams.put(key, json.dumps(state).encode())
-        await self._api("PUT", f"/open-apis/cardkit/v1/cards/{state['card_id']}/elements/{ELEMENT}/content",
-                        {"content": text, "sequence": chunk.seq + 1})
+        await self._api(
+            "PUT",
+            f"/open-apis/cardkit/v1/cards/{state['card_id']}/elements/{ELEMENT}/content",
+            {"content": text, "sequence": chunk.seq + 1},
+        )
 
     async def _finish_card(self, chunk: ReplyChunk, card_id: str, text: str) -> None:
         base = f"/open-apis/cardkit/v1/cards/{card_id}"
-        await self._api("PUT", f"{base}/elements/{ELEMENT}/content",
-                        {"content": text, "sequence": chunk.seq + 1})
-        await self._api("PATCH", f"{base}/settings", {
-            "settings": json.dumps({"config": {"streaming_mode": False}}), "sequence": chunk.seq + 2})
+        await self._api(
+            "PUT", f"{base}/elements/{ELEMENT}/content", {"content": text, "sequence": chunk.seq + 1}
+        )
+        await self._api(
+            "PATCH",
+            f"{base}/settings",
+            {"settings": json.dumps({"config": {"streaming_mode": False}}), "sequence": chunk.seq + 2},
+        )
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
         message_id = FeishuHandle.of(chunk).message_id

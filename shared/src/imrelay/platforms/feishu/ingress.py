@@ -87,7 +87,7 @@ def resolve_mentions(text: str, mentions: list[Mention]) -> tuple[str, bool]:
     names = {m.key: m.name or "" for m in mentions}
     stripped = text.lstrip()
     while (m := _PLACEHOLDER.match(stripped)) is not None:
-        stripped = stripped[m.end():].lstrip()
+        stripped = stripped[m.end() :].lstrip()
     resolved = _PLACEHOLDER.sub(lambda m: f"@{names.get(m.group(0)) or 'someone'}", stripped)
     return resolved.strip(), bool(mentions)
 
@@ -99,8 +99,13 @@ def normalize(envelope: Envelope, platform: str, bot_id: str, now: float) -> Inb
     event = parse_model(Event, envelope.event, "message event")
     message = event.message
     sender = (event.sender.sender_id if event.sender else None) or SenderId()
-    if not header.event_id or message is None or not message.chat_id or not sender.open_id \
-            or not message.message_id:
+    if (
+        not header.event_id
+        or message is None
+        or not message.chat_id
+        or not sender.open_id
+        or not message.message_id
+    ):
         raise ParseError("message event lacks event_id, chat_id, sender or message_id")
     content = loads_json(message.content or "{}", "message content")
     if not isinstance(content, dict):
@@ -117,13 +122,21 @@ def normalize(envelope: Envelope, platform: str, bot_id: str, now: float) -> Inb
     chat_type = ChatType.DIRECT if message.chat_type == "p2p" else ChatType.GROUP
     key = f"feishu:event:{header.event_id}"
     return InboundMessage(
-        id=inbound_id(bot_id, key), platform=platform, bot_id=bot_id, platform_message_id=key,
+        id=inbound_id(bot_id, key),
+        platform=platform,
+        bot_id=bot_id,
+        platform_message_id=key,
         chat=Chat(id=message.chat_id, type=chat_type),
         sender=Sender(id=sender.open_id, name=sender.user_id or ""),
-        text=text, mentioned=mentioned or chat_type is ChatType.DIRECT, attachments=attachments,
-        reply_handle=FeishuHandle(kind="lark" if platform == "lark" else "feishu",
-                                  message_id=message.message_id, chat_id=message.chat_id,
-                                  open_id=sender.open_id),
+        text=text,
+        mentioned=mentioned or chat_type is ChatType.DIRECT,
+        attachments=attachments,
+        reply_handle=FeishuHandle(
+            kind="lark" if platform == "lark" else "feishu",
+            message_id=message.message_id,
+            chat_id=message.chat_id,
+            open_id=sender.open_id,
+        ),
         received_at=datetime.fromtimestamp(now, UTC),
     )
 
@@ -144,10 +157,14 @@ class FeishuAdapter:
     @classmethod
     def from_bot(cls, bot: FeishuBot) -> FeishuAdapter:
         c = bot.credentials
-        return cls(bot_id=bot.id, platform=bot.platform, app_id=c.app_id,
-                   encrypt_key=c.encrypt_key.get_secret_value(),
-                   verification_token=c.verification_token.get_secret_value(),
-                   replay_window=bot.replay_window_seconds)
+        return cls(
+            bot_id=bot.id,
+            platform=bot.platform,
+            app_id=c.app_id,
+            encrypt_key=c.encrypt_key.get_secret_value(),
+            verification_token=c.verification_token.get_secret_value(),
+            replay_window=bot.replay_window_seconds,
+        )
 
     def _check_signature(self, request: CallbackRequest) -> bool:
         """True for a request signed with the Encrypt Key (in the window); False for an unsigned one."""
@@ -184,12 +201,17 @@ class FeishuAdapter:
         if token is None or not _equal(token, self.verification_token):
             raise VerifyError("verification token mismatch")
         if envelope.type == "url_verification":
-            return CallbackResult(body=json_body({"challenge": envelope.challenge or ""}),
-                                  content_type="application/json")
+            return CallbackResult(
+                body=json_body({"challenge": envelope.challenge or ""}), content_type="application/json"
+            )
         if self.encrypt_key and not signed:
             raise VerifyError("unsigned event")  # only the URL check may come unsigned
         if envelope.header and envelope.header.app_id and envelope.header.app_id != self.app_id:
             raise VerifyError("event for another app id")
         msg = normalize(envelope, self.platform, self.bot_id, request.now)
-        return CallbackResult(body=SUCCESS, content_type="application/json", message=msg,
-                              dedupe_key=msg.platform_message_id if msg else None)
+        return CallbackResult(
+            body=SUCCESS,
+            content_type="application/json",
+            message=msg,
+            dedupe_key=msg.platform_message_id if msg else None,
+        )

@@ -20,8 +20,16 @@ if TYPE_CHECKING:
     from imrelay_sim.server import SimState
 
 
-def callback(bot: FeishuBot, text: str, user: str, chat_id: str, chat_type: str, event_id: str,
-             message_id: str, now: float) -> tuple[dict[str, str], bytes]:
+def callback(
+    bot: FeishuBot,
+    text: str,
+    user: str,
+    chat_id: str,
+    chat_type: str,
+    event_id: str,
+    message_id: str,
+    now: float,
+) -> tuple[dict[str, str], bytes]:
     """(headers, body) of an ``im.message.receive_v1`` callback as Feishu sends it."""
     c = bot.credentials
     mentions = []
@@ -30,15 +38,30 @@ def callback(bot: FeishuBot, text: str, user: str, chat_id: str, chat_type: str,
         mentions = [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": bot.id, "tenant_key": "t"}]
     event = {
         "schema": "2.0",
-        "header": {"event_id": event_id, "token": c.verification_token.get_secret_value(),
-                   "create_time": str(int(now * 1000)), "event_type": "im.message.receive_v1",
-                   "tenant_key": "tenant", "app_id": c.app_id},
-        "event": {"sender": {"sender_id": {"open_id": user, "user_id": user, "union_id": "on_" + user},
-                             "sender_type": "user", "tenant_key": "tenant"},
-                  "message": {"message_id": message_id, "create_time": str(int(now * 1000)),
-                              "chat_id": chat_id, "chat_type": chat_type, "message_type": "text",
-                              "content": json.dumps({"text": text}, ensure_ascii=False),
-                              "mentions": mentions}},
+        "header": {
+            "event_id": event_id,
+            "token": c.verification_token.get_secret_value(),
+            "create_time": str(int(now * 1000)),
+            "event_type": "im.message.receive_v1",
+            "tenant_key": "tenant",
+            "app_id": c.app_id,
+        },
+        "event": {
+            "sender": {
+                "sender_id": {"open_id": user, "user_id": user, "union_id": "on_" + user},
+                "sender_type": "user",
+                "tenant_key": "tenant",
+            },
+            "message": {
+                "message_id": message_id,
+                "create_time": str(int(now * 1000)),
+                "chat_id": chat_id,
+                "chat_type": chat_type,
+                "message_type": "text",
+                "content": json.dumps({"text": text}, ensure_ascii=False),
+                "mentions": mentions,
+            },
+        },
     }
     plain = json.dumps(event, ensure_ascii=False).encode()
     key = c.encrypt_key.get_secret_value()
@@ -46,17 +69,23 @@ def callback(bot: FeishuBot, text: str, user: str, chat_id: str, chat_type: str,
         return {"Content-Type": "application/json"}, plain
     body = json.dumps({"encrypt": feishu_crypto.encrypt(key, plain)}).encode()
     ts, nonce = str(int(now)), secrets.token_hex(8)
-    return {"Content-Type": "application/json", "X-Lark-Request-Timestamp": ts,
-            "X-Lark-Request-Nonce": nonce,
-            "X-Lark-Signature": feishu_crypto.signature(ts, nonce, key, body)}, body
+    return {
+        "Content-Type": "application/json",
+        "X-Lark-Request-Timestamp": ts,
+        "X-Lark-Request-Nonce": nonce,
+        "X-Lark-Signature": feishu_crypto.signature(ts, nonce, key, body),
+    }, body
 
 
 def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Route]:
     apps: dict[str, tuple[str, str, str]] = {}  # app_id -> (secret, bot id, platform)
     for bot in state.settings.bots if state.settings else []:
         if isinstance(bot, FeishuBot):
-            apps[bot.credentials.app_id] = (bot.credentials.app_secret.get_secret_value(), bot.id,
-                                            bot.platform)
+            apps[bot.credentials.app_id] = (
+                bot.credentials.app_secret.get_secret_value(),
+                bot.id,
+                bot.platform,
+            )
     tokens: dict[str, tuple[str, float]] = {}
     uuids: dict[str, float] = {}
     cards: dict[str, dict[str, Any]] = {}  # card_id -> content, sequence, streaming, history
@@ -73,8 +102,9 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         tok = "t-" + secrets.token_hex(16)
         tokens[tok] = (str(body["app_id"]), clock() + state.token_lifetime)
         state.issued.append(tok)
-        return JSONResponse({"code": 0, "msg": "ok", "tenant_access_token": tok,
-                             "expire": int(state.token_lifetime)})
+        return JSONResponse(
+            {"code": 0, "msg": "ok", "tenant_access_token": tok, "expire": int(state.token_lifetime)}
+        )
 
     def authorized(request: Request) -> tuple[str, float] | None:
         info = tokens.get(request.headers.get("authorization", "").removeprefix("Bearer "))
@@ -86,8 +116,12 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         body = json.loads(await request.body() or b"{}")
         card = json.loads(body.get("data") or "{}")
         card_id = f"card_{secrets.token_hex(8)}"
-        cards[card_id] = {"content": "", "sequence": 0, "history": [],
-                          "streaming": bool(card.get("config", {}).get("streaming_mode"))}
+        cards[card_id] = {
+            "content": "",
+            "sequence": 0,
+            "history": [],
+            "streaming": bool(card.get("config", {}).get("streaming_mode")),
+        }
         return JSONResponse({"code": 0, "msg": "success", "data": {"card_id": card_id}})
 
     async def card_update(request: Request) -> tuple[dict[str, Any], dict[str, Any]] | Response:
@@ -138,8 +172,11 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
             return fail(99991663, "Invalid access token for authorization", 400)
         if state.fail_next:
             code = state.fail_next.pop(0)
-            return fail(99991400, "request trigger frequency limit", 429) if code == 429 \
+            return (
+                fail(99991400, "request trigger frequency limit", 429)
+                if code == 429
                 else Response("busy", status_code=code)
+            )
         body = json.loads(raw or b"{}")
         uuid = str(body.get("uuid", ""))
         if uuid and clock() - uuids.get(uuid, -1e18) < 3600:
@@ -148,16 +185,20 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         uuids[uuid] = clock()
         content = json.loads(body.get("content") or "{}")
         _, bot, platform = apps[info[0]]
-        entry: dict[str, Any] = {"platform": platform, "bot": bot,
-                                 "reply_to": request.path_params["message_id"],
-                                 "msgtype": body.get("msg_type")}
+        entry: dict[str, Any] = {
+            "platform": platform,
+            "bot": bot,
+            "reply_to": request.path_params["message_id"],
+            "msgtype": body.get("msg_type"),
+        }
         if content.get("type") == "card":  # a CardKit card, shown as it is updated
             card_id = str(content.get("data", {}).get("card_id", ""))
             card = cards.get(card_id)
             if card is None:
                 return fail(300309, "card not found")
-            entry.update(card_id=card_id, content=card["content"], updates=0, streaming=card["streaming"],
-                         history=[])
+            entry.update(
+                card_id=card_id, content=card["content"], updates=0, streaming=card["streaming"], history=[]
+            )
         elif body.get("msg_type") == "text":
             entry["content"] = content.get("text")
         else:
@@ -169,9 +210,10 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         Route("/open-apis/auth/v3/tenant_access_token/internal", token, methods=["POST"]),
         Route("/open-apis/im/v1/messages/{message_id}/reply", reply, methods=["POST"]),
         Route("/open-apis/cardkit/v1/cards", create_card, methods=["POST"]),
-        Route("/open-apis/cardkit/v1/cards/{card_id}/elements/{element_id}/content", card_content,
-              methods=["PUT"]),
+        Route(
+            "/open-apis/cardkit/v1/cards/{card_id}/elements/{element_id}/content",
+            card_content,
+            methods=["PUT"],
+        ),
         Route("/open-apis/cardkit/v1/cards/{card_id}/settings", card_settings, methods=["PATCH"]),
     ]
-
-

@@ -58,8 +58,13 @@ SPEC = PlatformSpec[QQBot](
     api_base={"qq": "https://api.sgroup.qq.com"},
     auth_base="https://bots.qq.com",
     capabilities=Capabilities(needs_token=True),
-    rate_scopes=(RateScope("qq.per_channel", RateLimitConfig(limit=5, window_seconds=1),
-                           "messages one channel or group takes a second"),),
+    rate_scopes=(
+        RateScope(
+            "qq.per_channel",
+            RateLimitConfig(limit=5, window_seconds=1),
+            "messages one channel or group takes a second",
+        ),
+    ),
     adapter=_adapter,
     delivery=_delivery,
     token_key=_token_key,

@@ -12,8 +12,9 @@ from ...sections import ConfigModel
 
 class QQCredentials(ConfigModel):
     app_id: str = Field(description="The bot's AppID.")
-    app_secret: SecretStr = Field(description="The bot's AppSecret: checks callback signatures and fetches "
-                                              "access tokens.")
+    app_secret: SecretStr = Field(
+        description="The bot's AppSecret: checks callback signatures and fetches access tokens."
+    )
 
 
 class QQBot(BotBase):

@@ -33,8 +33,12 @@ MAX_REPLIES = 5
 CUT_NOTICE = "\n…(answer shortened)"
 DUPLICATE_SEQ_CODES = {40054005}  # "msg_seq already used": this part was shown before
 REPLY_WINDOW_SECONDS = {"group": 300, "channel": 300, "c2c": 3600, "dm": 3600}
-PATHS = {"group": "/v2/groups/{target}/messages", "c2c": "/v2/users/{target}/messages",
-         "channel": "/channels/{target}/messages", "dm": "/dms/{guild}/messages"}
+PATHS = {
+    "group": "/v2/groups/{target}/messages",
+    "c2c": "/v2/users/{target}/messages",
+    "channel": "/channels/{target}/messages",
+    "dm": "/dms/{guild}/messages",
+}
 
 
 def check(payload: Any, status: int, wait: float | None, default_wait: float) -> None:
@@ -79,9 +83,17 @@ class QQDelivery:
     @classmethod
     def from_bot(cls, bot: QQBot, ctx: DeliveryContext) -> QQDelivery:
         c = bot.credentials
-        return cls(bot_id=bot.id, app_id=c.app_id, app_secret=c.app_secret.get_secret_value(),
-                   api_base=ctx.api_base(bot), auth_base=ctx.auth_base(bot), client=ctx.client,
-                   tokens=ctx.tokens, timeout=ctx.http_timeout, rate_limit_backoff=ctx.rate_limit_backoff)
+        return cls(
+            bot_id=bot.id,
+            app_id=c.app_id,
+            app_secret=c.app_secret.get_secret_value(),
+            api_base=ctx.api_base(bot),
+            auth_base=ctx.auth_base(bot),
+            client=ctx.client,
+            tokens=ctx.tokens,
+            timeout=ctx.http_timeout,
+            rate_limit_backoff=ctx.rate_limit_backoff,
+        )
 
     def __repr__(self) -> str:
         return f"QQDelivery(bot_id={self.bot_id!r}, app_id={self.app_id!r}, app_secret=***)"
@@ -97,15 +109,27 @@ class QQDelivery:
 
     async def _fetch_token(self) -> tuple[str, float]:
         return await post_for_token(
-            self.client, f"{self.auth_base}/app/getAppAccessToken",
-            {"appId": self.app_id, "clientSecret": self.app_secret}, platform=PLATFORM, bot=self.bot_id,
-            http_timeout=self.timeout, check=lambda p, s, w: check(p, s, w, self.rate_limit_backoff),
-            answer_keys=("access_token", "expires_in"))
+            self.client,
+            f"{self.auth_base}/app/getAppAccessToken",
+            {"appId": self.app_id, "clientSecret": self.app_secret},
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            check=lambda p, s, w: check(p, s, w, self.rate_limit_backoff),
+            answer_keys=("access_token", "expires_in"),
+        )
 
     async def _post(self, token: str, url: str, body: dict[str, Any]) -> None:
-        resp = await call(self.client, "POST", url, platform=PLATFORM, bot=self.bot_id,
-                          http_timeout=self.timeout, json=body,
-                          headers={"Authorization": f"QQBot {token}"})
+        resp = await call(
+            self.client,
+            "POST",
+            url,
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            json=body,
+            headers={"Authorization": f"QQBot {token}"},
+        )
         check(json_or_none(resp), resp.status_code, retry_after(resp), self.rate_limit_backoff)
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
@@ -114,9 +138,15 @@ class QQDelivery:
         if not h.msg_id:
             raise PermanentUpstreamError(PLATFORM, "no_handle", "reply handle lacks msg_id")
         if window_closed(chunk, REPLY_WINDOW_SECONDS.get(h.target_kind, 300)):
-            raise PermanentUpstreamError(PLATFORM, "window_closed",
-                                         "QQ no longer accepts replies to this message")
+            raise PermanentUpstreamError(
+                PLATFORM, "window_closed", "QQ no longer accepts replies to this message"
+            )
         url = self.api_base + path.format(target=h.target, guild=h.guild_id)
         body = {"content": part, "msg_type": 0, "msg_id": h.msg_id, "msg_seq": index + 1}
-        await with_token(self.tokens, kv_key(PLATFORM, self.app_id), self._fetch_token,
-                         lambda token: self._post(token, url, body), renew_early=True)
+        await with_token(
+            self.tokens,
+            kv_key(PLATFORM, self.app_id),
+            self._fetch_token,
+            lambda token: self._post(token, url, body),
+            renew_early=True,
+        )

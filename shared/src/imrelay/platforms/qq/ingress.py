@@ -87,9 +87,14 @@ def normalize(envelope: Envelope, bot_id: str, now: float) -> InboundMessage | N
     text = _MENTION.sub("", d.content or "").strip()
     key = f"qq:msg:{d.id}"
     return InboundMessage(
-        id=inbound_id(bot_id, key), platform="qq", bot_id=bot_id, platform_message_id=key,
-        chat=Chat(id=chat_id, type=chat_type), sender=Sender(id=user, name=d.author.username or ""),
-        text=text, mentioned=True,
+        id=inbound_id(bot_id, key),
+        platform="qq",
+        bot_id=bot_id,
+        platform_message_id=key,
+        chat=Chat(id=chat_id, type=chat_type),
+        sender=Sender(id=user, name=d.author.username or ""),
+        text=text,
+        mentioned=True,
         reply_handle=QQHandle(target_kind=reply_kind, target=chat_id, msg_id=d.id, guild_id=d.guild_id or ""),
         received_at=datetime.fromtimestamp(now, UTC),
     )
@@ -111,8 +116,12 @@ class QQAdapter:
     @classmethod
     def from_bot(cls, bot: QQBot) -> QQAdapter:
         secret = bot.credentials.app_secret.get_secret_value()
-        return cls(bot_id=bot.id, app_id=bot.credentials.app_id,
-                   key=ed25519.signing_key(qq_seed(secret)), replay_window=bot.replay_window_seconds)
+        return cls(
+            bot_id=bot.id,
+            app_id=bot.credentials.app_id,
+            key=ed25519.signing_key(qq_seed(secret)),
+            replay_window=bot.replay_window_seconds,
+        )
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method != "POST":
@@ -121,16 +130,24 @@ class QQAdapter:
         if appid is not None and appid != self.app_id:
             raise VerifyError("callback for another app id")
         ts = request.headers.get("x-signature-timestamp") or ""
-        ed25519.verify(self.key.public_key(), ts.encode("utf-8") + request.body,
-                       request.headers.get("x-signature-ed25519"))
+        ed25519.verify(
+            self.key.public_key(),
+            ts.encode("utf-8") + request.body,
+            request.headers.get("x-signature-ed25519"),
+        )
         check_timestamp(ts, request.now, self.replay_window)
         envelope = parse_model(Envelope, parse_json(request.body), "QQ payload")
         if envelope.op == 13:
             v = parse_model(Validation, envelope.d, "QQ validation request")
-            return CallbackResult(body=validation_answer(self.key, v.plain_token, v.event_ts),
-                                  content_type="application/json")
+            return CallbackResult(
+                body=validation_answer(self.key, v.plain_token, v.event_ts), content_type="application/json"
+            )
         if envelope.op != 0:
             return CallbackResult(body=ACK, content_type="application/json")
         msg = normalize(envelope, self.bot_id, request.now)
-        return CallbackResult(body=ACK, content_type="application/json", message=msg,
-                              dedupe_key=msg.platform_message_id if msg else None)
+        return CallbackResult(
+            body=ACK,
+            content_type="application/json",
+            message=msg,
+            dedupe_key=msg.platform_message_id if msg else None,
+        )

@@ -22,23 +22,34 @@ if TYPE_CHECKING:
     from imrelay_sim.server import SimState
 
 
-def callback(bot: QQBot, text: str, user: str, group: str, msg_id: str,
-             now: float) -> tuple[dict[str, str], bytes]:
+def callback(
+    bot: QQBot, text: str, user: str, group: str, msg_id: str, now: float
+) -> tuple[dict[str, str], bytes]:
     """A ``GROUP_AT_MESSAGE_CREATE`` dispatch (``C2C_MESSAGE_CREATE`` when ``group`` is empty)."""
     if group:
         event, d = "GROUP_AT_MESSAGE_CREATE", {"group_openid": group, "author": {"member_openid": user}}
     else:
         event, d = "C2C_MESSAGE_CREATE", {"author": {"user_openid": user}}
-    d.update({"id": msg_id, "content": (" " if group else "") + text,
-              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+08:00", time.localtime(now))})
-    body = json.dumps({"op": 0, "id": f"{event}:{secrets.token_hex(8)}", "d": d, "s": 1, "t": event},
-                      ensure_ascii=False).encode()
+    d.update(
+        {
+            "id": msg_id,
+            "content": (" " if group else "") + text,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+08:00", time.localtime(now)),
+        }
+    )
+    body = json.dumps(
+        {"op": 0, "id": f"{event}:{secrets.token_hex(8)}", "d": d, "s": 1, "t": event}, ensure_ascii=False
+    ).encode()
     ts = str(int(now))
     key = ed25519.signing_key(qq_seed(bot.credentials.app_secret.get_secret_value()))
-    return {"Content-Type": "application/json", "User-Agent": "QQBot-Callback",
-            "X-Bot-Appid": bot.credentials.app_id, "X-Signature-Method": "Ed25519",
-            "X-Signature-Timestamp": ts,
-            "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + body)}, body
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "QQBot-Callback",
+        "X-Bot-Appid": bot.credentials.app_id,
+        "X-Signature-Method": "Ed25519",
+        "X-Signature-Timestamp": ts,
+        "X-Signature-Ed25519": ed25519.sign(key, ts.encode() + body),
+    }, body
 
 
 def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Route]:
@@ -68,8 +79,9 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         body = json.loads(await request.body() or b"{}")
         msg_id, seq = str(body.get("msg_id", "")), int(body.get("msg_seq", 1))
         if not msg_id:
-            return JSONResponse({"code": 304003, "message": "proactive messages are not allowed"},
-                                status_code=400)
+            return JSONResponse(
+                {"code": 304003, "message": "proactive messages are not allowed"}, status_code=400
+            )
         if seq in replies[msg_id]:
             state.stats["duplicates_suppressed"] += 1
             return JSONResponse({"code": 40054005, "message": "msg_seq already used"}, status_code=400)
@@ -77,8 +89,17 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
             return JSONResponse({"code": 22009, "message": "msg limit exceed"}, status_code=400)
         replies[msg_id].add(seq)
         target = next(v for k, v in request.path_params.items())
-        state.record({"platform": "qq", "bot": apps[info[0]][1], "chat": target, "reply_to": msg_id,
-                      "msg_seq": seq, "content": body.get("content", "")}, clock())
+        state.record(
+            {
+                "platform": "qq",
+                "bot": apps[info[0]][1],
+                "chat": target,
+                "reply_to": msg_id,
+                "msg_seq": seq,
+                "content": body.get("content", ""),
+            },
+            clock(),
+        )
         return JSONResponse({"id": f"qqmsg{state.seq}", "timestamp": int(clock())})
 
     return [

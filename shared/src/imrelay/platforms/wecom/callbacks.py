@@ -30,8 +30,7 @@ def parse_xml(data: bytes | str) -> dict[str, str]:
     DTDs and entities are refused (defusedxml): no external entities, no entity expansion bombs.
     """
     try:
-        root: Element = fromstring(data, forbid_dtd=True, forbid_entities=True,
-                                   forbid_external=True)
+        root: Element = fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
     except (XmlParseError, DefusedXmlException, ValueError) as exc:
         raise ParseError("malformed XML", WeComCode.PARSE_XML) from exc
     out: dict[str, str] = {}
@@ -45,6 +44,7 @@ def parse_xml(data: bytes | str) -> dict[str, str]:
                 walk(child, key + ".", depth + 1)
             elif key not in out:
                 out[key] = child.text or ""
+
     walk(root, "", 1)
     return out
 
@@ -59,8 +59,7 @@ def query_params(query: Mapping[str, str], *names: str) -> list[str]:
     return values
 
 
-def verify_signed(crypto: WeComCrypto, query: Mapping[str, str], data: str, now: float,
-                  window: float) -> str:
+def verify_signed(crypto: WeComCrypto, query: Mapping[str, str], data: str, now: float, window: float) -> str:
     """Check ``msg_signature`` over ``data`` and the signed ``timestamp`` against the replay window;
     return the timestamp."""
     sig, ts, nonce = query_params(query, "msg_signature", "timestamp", "nonce")
@@ -76,8 +75,9 @@ def verify_url(crypto: WeComCrypto, query: Mapping[str, str], now: float, window
     return crypto.decrypt(echostr)
 
 
-def decrypt_post(crypto: WeComCrypto, query: Mapping[str, str], body: bytes, now: float,
-                 window: float) -> dict[str, str]:
+def decrypt_post(
+    crypto: WeComCrypto, query: Mapping[str, str], body: bytes, now: float, window: float
+) -> dict[str, str]:
     """POST callback: read ``<Encrypt>`` from the envelope, verify, decrypt, parse the inner XML."""
     query_params(query, "msg_signature", "timestamp", "nonce")
     envelope = parse_xml(body)

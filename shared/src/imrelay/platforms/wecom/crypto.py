@@ -105,18 +105,17 @@ class WeComCrypto:
         body = block_unpad(plain)
         if len(body) < _RANDOM_LEN + 4:
             raise DecryptError("plaintext too short", WeComCode.ILLEGAL_BUFFER)
-        (msg_len,) = struct.unpack(">I", body[_RANDOM_LEN:_RANDOM_LEN + 4])
+        (msg_len,) = struct.unpack(">I", body[_RANDOM_LEN : _RANDOM_LEN + 4])
         start = _RANDOM_LEN + 4
         if start + msg_len > len(body):
             raise DecryptError("message length exceeds plaintext", WeComCode.ILLEGAL_BUFFER)
-        msg = body[start:start + msg_len]
-        receive_id = body[start + msg_len:]
+        msg = body[start : start + msg_len]
+        receive_id = body[start + msg_len :]
         if not hmac.compare_digest(receive_id, self.receive_id.encode("utf-8")):
             raise VerifyError("receive id mismatch", WeComCode.VALIDATE_RECEIVE_ID)
         return msg
 
-    def verify_and_decrypt(self, msg_signature: str, timestamp: str, nonce: str,
-                           ciphertext: str) -> bytes:
+    def verify_and_decrypt(self, msg_signature: str, timestamp: str, nonce: str, ciphertext: str) -> bytes:
         self.verify(msg_signature, timestamp, nonce, ciphertext)
         return self.decrypt(ciphertext)
 
@@ -133,8 +132,9 @@ class WeComCrypto:
     def sign(self, timestamp: str, nonce: str, ciphertext: str) -> str:
         return signature(self.token, timestamp, nonce, ciphertext)
 
-    def encrypted_xml_reply(self, message: str, timestamp: str, nonce: str,
-                            random16: bytes | None = None) -> str:
+    def encrypted_xml_reply(
+        self, message: str, timestamp: str, nonce: str, random16: bytes | None = None
+    ) -> str:
         """The XML envelope of an encrypted passive reply."""
         enc = self.encrypt(message.encode("utf-8"), random16)
         sig = self.sign(timestamp, nonce, enc)
@@ -160,5 +160,8 @@ class WeComCallbackCredentials(Protocol):
 def crypto_for(credentials: WeComCallbackCredentials) -> WeComCrypto:
     """The crypto of a WeCom bot's callbacks: an app's receive id is its corp id; a group robot's and an
     AI bot's is empty."""
-    return WeComCrypto(credentials.token.get_secret_value(), credentials.encoding_aes_key.get_secret_value(),
-                       str(getattr(credentials, "corp_id", "")))
+    return WeComCrypto(
+        credentials.token.get_secret_value(),
+        credentials.encoding_aes_key.get_secret_value(),
+        str(getattr(credentials, "corp_id", "")),
+    )

@@ -43,12 +43,21 @@ def check(payload: Any, status: int, rate_limit_backoff: float = 60.0, platform:
     raise PermanentUpstreamError(platform, code, msg)
 
 
-async def post_json(client: httpx.AsyncClient, url: str, body: dict[str, Any], *, platform: str,
-                    bot: str, http_timeout: float, params: dict[str, str] | None = None,
-                    rate_limit_backoff: float = 60.0) -> dict[str, Any]:
+async def post_json(
+    client: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    *,
+    platform: str,
+    bot: str,
+    http_timeout: float,
+    params: dict[str, str] | None = None,
+    rate_limit_backoff: float = 60.0,
+) -> dict[str, Any]:
     """POST one WeCom API call, time it, and raise what its answer means; return the answer."""
-    resp = await call(client, "POST", url, platform=platform, bot=bot, http_timeout=http_timeout,
-                      params=params, json=body)
+    resp = await call(
+        client, "POST", url, platform=platform, bot=bot, http_timeout=http_timeout, params=params, json=body
+    )
     payload = json_or_none(resp)
     check(payload, resp.status_code, rate_limit_backoff, platform)
     assert isinstance(payload, dict)

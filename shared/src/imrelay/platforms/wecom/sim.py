@@ -20,8 +20,7 @@ def _cdata(value: str) -> str:
     return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
-def app_text_xml(corp_id: str, agent_id: str, user: str, text: str, msg_id: str,
-                 create_time: int) -> str:
+def app_text_xml(corp_id: str, agent_id: str, user: str, text: str, msg_id: str, create_time: int) -> str:
     return (
         f"<xml><ToUserName>{_cdata(corp_id)}</ToUserName><FromUserName>{_cdata(user)}</FromUserName>"
         f"<CreateTime>{create_time}</CreateTime><MsgType>{_cdata('text')}</MsgType>"
@@ -30,8 +29,9 @@ def app_text_xml(corp_id: str, agent_id: str, user: str, text: str, msg_id: str,
     )
 
 
-def robot_text_xml(chat_id: str, chat_type: str, user: str, name: str, text: str, msg_id: str,
-                   webhook_url: str) -> str:
+def robot_text_xml(
+    chat_id: str, chat_type: str, user: str, name: str, text: str, msg_id: str, webhook_url: str
+) -> str:
     return (
         f"<xml><WebhookUrl>{_cdata(webhook_url)}</WebhookUrl><ChatId>{_cdata(chat_id)}</ChatId>"
         f"<ChatType>{escape(chat_type)}</ChatType><From><UserId>{escape(user)}</UserId>"
@@ -40,9 +40,14 @@ def robot_text_xml(chat_id: str, chat_type: str, user: str, name: str, text: str
     )
 
 
-def encrypted_post(crypto: WeComCrypto, plaintext: str, timestamp: int,
-                   to_user: str = "", agent_id: str | None = None,
-                   nonce: str | None = None) -> SignedCallback:
+def encrypted_post(
+    crypto: WeComCrypto,
+    plaintext: str,
+    timestamp: int,
+    to_user: str = "",
+    agent_id: str | None = None,
+    nonce: str | None = None,
+) -> SignedCallback:
     """An encrypted callback POST: the envelope body and its signed query string."""
     nonce = nonce or str(secrets.randbelow(10**10))
     enc = crypto.encrypt(plaintext.encode("utf-8"))
@@ -53,14 +58,12 @@ def encrypted_post(crypto: WeComCrypto, plaintext: str, timestamp: int,
     return SignedCallback(query=query, body=body.encode("utf-8"))
 
 
-def url_verification(crypto: WeComCrypto, echo: str, timestamp: int,
-                     nonce: str | None = None) -> str:
+def url_verification(crypto: WeComCrypto, echo: str, timestamp: int, nonce: str | None = None) -> str:
     """The query string of a GET URL verification whose decrypted echostr is ``echo``."""
     nonce = nonce or str(secrets.randbelow(10**10))
     enc = crypto.encrypt(echo.encode("utf-8"))
     sig = crypto.sign(str(timestamp), nonce, enc)
-    return urlencode({"msg_signature": sig, "timestamp": str(timestamp), "nonce": nonce,
-                      "echostr": enc})
+    return urlencode({"msg_signature": sig, "timestamp": str(timestamp), "nonce": nonce, "echostr": enc})
 
 
 def url_check(credentials: WeComCallbackCredentials, echo: str, now: float) -> str:

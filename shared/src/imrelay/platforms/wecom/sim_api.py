@@ -24,8 +24,9 @@ def window_ok(log: deque[float], limit: int, window: float, now: float) -> bool:
     return len(log) < limit
 
 
-async def injected_fault(state: SimState, clock: Callable[[], float],
-                         token: str | None = None) -> Response | None:
+async def injected_fault(
+    state: SimState, clock: Callable[[], float], token: str | None = None
+) -> Response | None:
     """The next queued fault (``fail_next``), else a random one at ``fault_rate``. A fault is answered
     before anything is recorded: the platform did not act on the request."""
     if state.send_delay:

@@ -93,14 +93,17 @@ class AIBotConnection:
     async def run(self, sink: Sink, health: Health) -> None:
         """Dial, subscribe, and serve until the socket ends (raises Kicked when replaced)."""
         self.health = health
-        async with connect(self.bot.ws_url, open_timeout=10, ping_interval=None,
-                           max_size=4 * 1024 * 1024) as ws:
+        async with connect(
+            self.bot.ws_url, open_timeout=10, ping_interval=None, max_size=4 * 1024 * 1024
+        ) as ws:
             self.ws = ws
             reader = asyncio.create_task(self._read(ws, sink))
             try:
                 c = self.bot.credentials
-                ack = await self.request("aibot_subscribe", {
-                    "bot_id": c.bot_id, "secret": c.secret.get_secret_value() if c.secret else ""})
+                ack = await self.request(
+                    "aibot_subscribe",
+                    {"bot_id": c.bot_id, "secret": c.secret.get_secret_value() if c.secret else ""},
+                )
                 if ack.get("errcode") == WRONG_SECRET:
                     raise CredentialsRefused(f"errcode {ack.get('errcode')} {ack.get('errmsg')}", FIX)
                 if ack.get("errcode") != 0:
@@ -155,8 +158,11 @@ class AIBotConnection:
             if self.open_streams.get(key) is not stream:
                 return  # updated or finished meanwhile
             try:
-                ack = await self.request("aibot_respond_msg", {"msgtype": "stream", "stream": {
-                    "id": sid, "finish": False, "content": stream.content}}, rid=rid)
+                ack = await self.request(
+                    "aibot_respond_msg",
+                    {"msgtype": "stream", "stream": {"id": sid, "finish": False, "content": stream.content}},
+                    rid=rid,
+                )
             except Exception as exc:  # the next round tries again; a dead socket ends the loop anyway
                 log.info("bot %s: stream keepalive not sent (%s)", self.bot.id, type(exc).__name__)
                 return
@@ -166,8 +172,7 @@ class AIBotConnection:
                 self.health.event("stream_keepalive")
         else:
             self.open_streams.pop(key, None)
-            log.info("bot %s: stream keepalive refused (%s); letting it go", self.bot.id,
-                     ack.get("errcode"))
+            log.info("bot %s: stream keepalive refused (%s); letting it go", self.bot.id, ack.get("errcode"))
 
     async def _read(self, ws: ClientConnection, sink: Sink) -> None:
         async for raw in ws:
@@ -178,8 +183,10 @@ class AIBotConnection:
             cmd = msg.get("cmd")
             if cmd is None:
                 self._resolve(msg)
-            elif cmd == "aibot_event_callback" and \
-                    ((msg.get("body") or {}).get("event") or {}).get("eventtype") == KICK_SIGNAL:
+            elif (
+                cmd == "aibot_event_callback"
+                and ((msg.get("body") or {}).get("event") or {}).get("eventtype") == KICK_SIGNAL
+            ):
                 raise Kicked(KICK_SIGNAL)
             elif cmd in ("aibot_msg_callback", "aibot_event_callback"):
                 await self._inbound(msg, sink)
@@ -189,16 +196,21 @@ class AIBotConnection:
         body = msg.get("body") or {}
         rid = str((msg.get("headers") or {}).get("req_id", ""))
         try:
-            inbound = normalize(body, self.bot.id, time.time(),
-                                stream_id(self.bot.id, str(body.get("msgid", ""))), req_id=rid)
+            inbound = normalize(
+                body, self.bot.id, time.time(), stream_id(self.bot.id, str(body.get("msgid", ""))), req_id=rid
+            )
         except Exception as exc:
             log.warning("bot %s: unreadable frame (%s)", self.bot.id, type(exc).__name__)
             return
         try:
             await sink(inbound)
         except Exception as exc:
-            log.error("bot %s: message %s not stored (%s)", self.bot.id, inbound.platform_message_id,
-                      type(exc).__name__)
+            log.error(
+                "bot %s: message %s not stored (%s)",
+                self.bot.id,
+                inbound.platform_message_id,
+                type(exc).__name__,
+            )
 
     async def send(self, payload: dict[str, Any]) -> ConnectionAnswer:
         """A stream update from the sender: send it on the socket; the answer says whether WeCom took it."""
@@ -206,8 +218,11 @@ class AIBotConnection:
         rid, key, finish = part.req_id, (part.req_id, part.stream_id), part.finish
         lock = self.reply_locks.setdefault(rid, asyncio.Lock())
         async with lock:  # one message's frames go one at a time, each acked
-            ack = await self.request("aibot_respond_msg", {"msgtype": "stream", "stream": {
-                "id": key[1], "finish": finish, "content": part.content}}, rid=rid)
+            ack = await self.request(
+                "aibot_respond_msg",
+                {"msgtype": "stream", "stream": {"id": key[1], "finish": finish, "content": part.content}},
+                rid=rid,
+            )
             if ack.get("errcode") == 0 and not finish:
                 now = time.monotonic()
                 self.open_streams[key] = OpenStream(part.content, updated_at=now, sent_at=now)
@@ -216,8 +231,10 @@ class AIBotConnection:
             if ack.get("errcode") in GONE and finish:
                 # the message came on a socket that is gone, or its stream expired: send this part of the
                 # answer proactively
-                ack = await self.request("aibot_send_msg", {
-                    "chatid": part.chatid, "msgtype": "markdown", "markdown": {"content": part.content}})
+                ack = await self.request(
+                    "aibot_send_msg",
+                    {"chatid": part.chatid, "msgtype": "markdown", "markdown": {"content": part.content}},
+                )
         if finish:
             self.reply_locks.pop(rid, None)
         ok = ack.get("errcode") == 0 or ack.get("errcode") in GONE  # an update of a lost stream is moot

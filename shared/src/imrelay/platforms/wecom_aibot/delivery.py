@@ -67,20 +67,39 @@ class WeComAIBotDelivery:
     def from_bot(cls, bot: WeComAIBot, ctx: DeliveryContext) -> WeComAIBotDelivery:
         if ctx.answer_streams is None:
             raise ValueError("a WeCom AI bot's delivery needs the answer streams store")
-        claims = DeliveryClaims(ctx.deliveries, stale_after=ctx.cfg.claim_timeout_seconds) \
-            if ctx.deliveries is not None else None
-        return cls(bot_id=bot.id, streams=ctx.answer_streams, client=ctx.client, timeout=ctx.http_timeout,
-                   requester=ctx.requester if bot.mode == "long_connection" else None, claims=claims)
+        claims = (
+            DeliveryClaims(ctx.deliveries, stale_after=ctx.cfg.claim_timeout_seconds)
+            if ctx.deliveries is not None
+            else None
+        )
+        return cls(
+            bot_id=bot.id,
+            streams=ctx.answer_streams,
+            client=ctx.client,
+            timeout=ctx.http_timeout,
+            requester=ctx.requester if bot.mode == "long_connection" else None,
+            claims=claims,
+        )
 
     async def _via_connector(self, chunk: ReplyChunk, index: int, content: str, finish: bool) -> None:
         assert self.requester is not None
         handle = WeComAIBotHandle.of(chunk)
-        part = StreamPart(req_id=handle.req_id, stream_id=part_stream_id(self._sid(chunk), index),
-                          content=content, finish=finish, chatid=handle.chatid or chunk.recipient.id)
+        part = StreamPart(
+            req_id=handle.req_id,
+            stream_id=part_stream_id(self._sid(chunk), index),
+            content=content,
+            finish=finish,
+            chatid=handle.chatid or chunk.recipient.id,
+        )
         try:
-            answer = await self.requester(ConnectionRequest(
-                platform=self.platform, bot_id=self.bot_id, payload=part.model_dump(),
-                timeout_seconds=self.timeout))
+            answer = await self.requester(
+                ConnectionRequest(
+                    platform=self.platform,
+                    bot_id=self.bot_id,
+                    payload=part.model_dump(),
+                    timeout_seconds=self.timeout,
+                )
+            )
         except Exception as exc:
             raise TransientUpstreamError(PLATFORM, "connector", type(exc).__name__) from exc
         if not answer.ok:
@@ -139,7 +158,14 @@ class WeComAIBotDelivery:
             return
         url = WeComAIBotHandle.of(chunk).response_url
         if not url:
-            raise PermanentUpstreamError(PLATFORM, "too_long", "answer exceeds the stream and no "
-                                         "response_url came with the message")
-        await post_json(self.client, url, {"msgtype": "markdown", "markdown": {"content": part}},
-                        platform=PLATFORM, bot=self.bot_id, http_timeout=self.timeout)
+            raise PermanentUpstreamError(
+                PLATFORM, "too_long", "answer exceeds the stream and no response_url came with the message"
+            )
+        await post_json(
+            self.client,
+            url,
+            {"msgtype": "markdown", "markdown": {"content": part}},
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+        )

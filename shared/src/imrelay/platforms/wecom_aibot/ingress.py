@@ -83,8 +83,9 @@ class Poll(Payload):
     stream: StreamRef | None = None
 
 
-def normalize(payload: dict[str, Any], bot_id: str, now: float, sid: str,
-              req_id: str | None = None) -> InboundMessage:
+def normalize(
+    payload: dict[str, Any], bot_id: str, now: float, sid: str, req_id: str | None = None
+) -> InboundMessage:
     """A message callback, or with ``req_id`` a message frame of the bot's long connection (answered on
     the socket, on that frame's ``req_id``)."""
     m = parse_model(Message, payload, "AI-bot message")
@@ -114,24 +115,44 @@ def normalize(payload: dict[str, Any], bot_id: str, now: float, sid: str,
     if req_id is None:
         handle = WeComAIBotHandle(stream_id=sid, mode="callback", response_url=m.response_url or "")
     else:
-        handle = WeComAIBotHandle(stream_id=sid, mode="long_connection", response_url=m.response_url or "",
-                                  req_id=req_id, chatid=m.chatid or user)
+        handle = WeComAIBotHandle(
+            stream_id=sid,
+            mode="long_connection",
+            response_url=m.response_url or "",
+            req_id=req_id,
+            chatid=m.chatid or user,
+        )
     event = (m.event.eventtype if m.event else None) if kind == "event" else None
     return InboundMessage(
-        id=inbound_id(bot_id, key), platform="wecom_aibot", bot_id=bot_id,
-        platform_message_id=key, kind="event" if kind == "event" else "message", event=event,
+        id=inbound_id(bot_id, key),
+        platform="wecom_aibot",
+        bot_id=bot_id,
+        platform_message_id=key,
+        kind="event" if kind == "event" else "message",
+        event=event,
         chat=Chat(id=chat_id, type=ChatType.GROUP if group else ChatType.DIRECT),
-        sender=Sender(id=user), text=text.strip(), mentioned=True, attachments=attachments,
-        reply_handle=handle, received_at=datetime.fromtimestamp(now, UTC),
+        sender=Sender(id=user),
+        text=text.strip(),
+        mentioned=True,
+        attachments=attachments,
+        reply_handle=handle,
+        received_at=datetime.fromtimestamp(now, UTC),
     )
 
 
-def envelope(crypto: WeComCrypto, reply: str, timestamp: str, nonce: str,
-             random16: bytes | None = None) -> bytes:
+def envelope(
+    crypto: WeComCrypto, reply: str, timestamp: str, nonce: str, random16: bytes | None = None
+) -> bytes:
     """The encrypted, signed JSON envelope of a passive reply."""
     enc = crypto.encrypt(reply.encode("utf-8"), random16)
-    return json_body({"encrypt": enc, "msgsignature": crypto.sign(timestamp, nonce, enc),
-                      "timestamp": timestamp, "nonce": nonce})
+    return json_body(
+        {
+            "encrypt": enc,
+            "msgsignature": crypto.sign(timestamp, nonce, enc),
+            "timestamp": timestamp,
+            "nonce": nonce,
+        }
+    )
 
 
 def stream_body(sid: str, content: str, finish: bool) -> dict[str, Any]:
@@ -146,18 +167,22 @@ class WeComAIBotAdapter:
 
     @classmethod
     def from_bot(cls, bot: WeComAIBot) -> WeComAIBotAdapter:
-        return cls(bot_id=bot.id, crypto=crypto_for(bot.credentials),
-                   replay_window=bot.replay_window_seconds)
+        return cls(bot_id=bot.id, crypto=crypto_for(bot.credentials), replay_window=bot.replay_window_seconds)
 
     def encrypted(self, request: CallbackRequest, reply: dict[str, Any]) -> bytes:
         """The encrypted JSON envelope WeCom expects, signed with the request's timestamp and nonce."""
-        return envelope(self.crypto, json.dumps(reply, ensure_ascii=False),
-                        request.query.get("timestamp", ""), request.query.get("nonce", ""))
+        return envelope(
+            self.crypto,
+            json.dumps(reply, ensure_ascii=False),
+            request.query.get("timestamp", ""),
+            request.query.get("nonce", ""),
+        )
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method == "GET":
-            return CallbackResult(body=verify_url(self.crypto, request.query, request.now,
-                                                  self.replay_window))
+            return CallbackResult(
+                body=verify_url(self.crypto, request.query, request.now, self.replay_window)
+            )
         query_params(request.query, "msg_signature", "timestamp", "nonce")
         ciphertext = parse_json(request.body).get("encrypt")
         if not isinstance(ciphertext, str):
@@ -174,9 +199,13 @@ class WeComAIBotAdapter:
         msg = normalize(payload, self.bot_id, request.now, sid)
         if msg.kind == "event":
             return CallbackResult(message=msg, dedupe_key=msg.platform_message_id)
-        return CallbackResult(body=self.encrypted(request, stream_body(sid, "", False)),
-                              content_type="application/json", message=msg,
-                              dedupe_key=msg.platform_message_id, stream_open=sid)
+        return CallbackResult(
+            body=self.encrypted(request, stream_body(sid, "", False)),
+            content_type="application/json",
+            message=msg,
+            dedupe_key=msg.platform_message_id,
+            stream_open=sid,
+        )
 
     def poll_reply(self, request: CallbackRequest, sid: str, record: StreamRecord | None) -> bytes:
         if record is None:

@@ -25,11 +25,15 @@ def _signed(bot: WeComAIBot, payload: dict[str, Any], now: float) -> tuple[str, 
     return query, {"Content-Type": "application/json"}, json.dumps({"encrypt": enc}).encode()
 
 
-def message_callback(bot: WeComAIBot, text: str, user: str, msgid: str, chat: str, now: float,
-                     sim_url: str) -> tuple[str, dict[str, str], bytes]:
+def message_callback(
+    bot: WeComAIBot, text: str, user: str, msgid: str, chat: str, now: float, sim_url: str
+) -> tuple[str, dict[str, str], bytes]:
     payload: dict[str, Any] = {
-        "msgid": msgid, "aibotid": "aib" + bot.id, "chattype": "group" if chat else "single",
-        "from": {"userid": user}, "msgtype": "text",
+        "msgid": msgid,
+        "aibotid": "aib" + bot.id,
+        "chattype": "group" if chat else "single",
+        "from": {"userid": user},
+        "msgtype": "text",
         "text": {"content": (f"@{bot.id} " if chat else "") + text},
         "response_url": f"{sim_url}/cgi-bin/aibot/response?response_code={secrets.token_hex(8)}",
     }
@@ -39,8 +43,18 @@ def message_callback(bot: WeComAIBot, text: str, user: str, msgid: str, chat: st
 
 
 def refresh_callback(bot: WeComAIBot, sid: str, user: str, now: float) -> tuple[str, dict[str, str], bytes]:
-    return _signed(bot, {"msgid": secrets.token_hex(16), "aibotid": "aib" + bot.id, "chattype": "single",
-                         "from": {"userid": user}, "msgtype": "stream", "stream": {"id": sid}}, now)
+    return _signed(
+        bot,
+        {
+            "msgid": secrets.token_hex(16),
+            "aibotid": "aib" + bot.id,
+            "chattype": "single",
+            "from": {"userid": user},
+            "msgtype": "stream",
+            "stream": {"id": sid},
+        },
+        now,
+    )
 
 
 CONTENT_LIMIT_BYTES = 20480

@@ -24,8 +24,15 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
         content = str((body.get("markdown") or {}).get("content", ""))
         if len(content.encode()) > 20480:
             return err(45002, "content size out of limit")
-        state.record({"platform": "wecom_aibot", "via": "response_url",
-                      "chat": request.query_params.get("response_code", ""), "content": content}, clock())
+        state.record(
+            {
+                "platform": "wecom_aibot",
+                "via": "response_url",
+                "chat": request.query_params.get("response_code", ""),
+                "content": content,
+            },
+            clock(),
+        )
         return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
     return [Route("/cgi-bin/aibot/response", aibot_response, methods=["POST"])]

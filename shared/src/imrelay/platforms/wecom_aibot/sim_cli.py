@@ -17,9 +17,16 @@ from .config import WeComAIBot
 def push_over_socket(bot: WeComAIBot, send: SimSend) -> int:
     m = send.message
     with httpx.Client(timeout=10) as client:
-        resp = client.post(f"{m.sim_url}/sim/aibot/push", json={
-            "bot_id": bot.credentials.bot_id, "text": m.text, "user": m.user, "msgid": m.msg_id,
-            "chat": m.chat})
+        resp = client.post(
+            f"{m.sim_url}/sim/aibot/push",
+            json={
+                "bot_id": bot.credentials.bot_id,
+                "text": m.text,
+                "user": m.user,
+                "msgid": m.msg_id,
+                "chat": m.chat,
+            },
+        )
         print(f"message {m.msg_id} -> pushed on the bot's socket ({resp.status_code})", flush=True)
         if resp.status_code != 200:
             print("no connector holds this bot's socket (is imrelay-connector running?)", file=sys.stderr)
@@ -28,8 +35,11 @@ def push_over_socket(bot: WeComAIBot, send: SimSend) -> int:
         shown = ""
         sid = stream_id(bot.id, m.msg_id)
         while time.monotonic() < deadline:
-            mine = [x for x in client.get(f"{m.sim_url}/sim/messages", params={"bot": bot.id}).json()
-                    if x.get("stream_id") == sid or x.get("via") == "send"]
+            mine = [
+                x
+                for x in client.get(f"{m.sim_url}/sim/messages", params={"bot": bot.id}).json()
+                if x.get("stream_id") == sid or x.get("via") == "send"
+            ]
             if mine and mine[-1]["content"] != shown:
                 shown = mine[-1]["content"]
                 print(f"stream: {shown}", flush=True)

@@ -110,12 +110,14 @@ def _transport(fn: object, depth: int = 0) -> asyncio.WriteTransport | None:
     return None
 
 
-def routes(state: SimState, clock: Callable[[], float] = time.time,
-           gateway: Gateway | None = None) -> list[Route | WebSocketRoute]:
-    secrets_by_bot = {b.credentials.bot_id: (b.credentials.secret.get_secret_value()
-                                             if b.credentials.secret else "", b.id)
-                      for b in (state.settings.bots if state.settings else [])
-                      if isinstance(b, WeComAIBot) and b.credentials.bot_id}
+def routes(
+    state: SimState, clock: Callable[[], float] = time.time, gateway: Gateway | None = None
+) -> list[Route | WebSocketRoute]:
+    secrets_by_bot = {
+        b.credentials.bot_id: (b.credentials.secret.get_secret_value() if b.credentials.secret else "", b.id)
+        for b in (state.settings.bots if state.settings else [])
+        if isinstance(b, WeComAIBot) and b.credentials.bot_id
+    }
     current: dict[str, Conn] = {}  # bot_id -> the authenticated socket
     authenticated: dict[str, int] = {}
     streams: dict[str, dict[str, Any]] = {}  # stream id -> the message the user sees
@@ -131,6 +133,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time,
         async def run() -> None:
             await asyncio.sleep(delay)
             await action()
+
         task = asyncio.create_task(run())
         pending.add(task)
         task.add_done_callback(pending.discard)
@@ -144,6 +147,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time,
                     await conn.ws.send_text(text)
                 except Exception:  # gone meanwhile: nobody waits for this ack
                     state.stats["aibot_ws_ack_lost"] += 1
+
         if gw.ack_latency > 0:
             later(gw.ack_latency, send)
         else:
@@ -209,8 +213,14 @@ def routes(state: SimState, clock: Callable[[], float] = time.time,
                         state.stats["aibot_ws_too_large"] += 1
                         await ack(conn, req_id, TOO_LARGE, "content size out of limit")
                         continue
-                    record(conn.bot, f"send-{secrets.token_hex(4)}", content, True, "send",
-                           chat=str(body.get("chatid", "")))
+                    record(
+                        conn.bot,
+                        f"send-{secrets.token_hex(4)}",
+                        content,
+                        True,
+                        "send",
+                        chat=str(body.get("chatid", "")),
+                    )
                     await ack(conn, req_id)
                 else:
                     await ack(conn, req_id, 40058, "unsupported cmd")
@@ -231,10 +241,19 @@ def routes(state: SimState, clock: Callable[[], float] = time.time,
         old.kicked = True
         log_event(old, "kicked")
         try:
-            await old.ws.send_text(json.dumps({
-                "cmd": "aibot_event_callback", "headers": {"req_id": f"kick_{secrets.token_hex(4)}"},
-                "body": {"msgtype": "event", "create_time": int(clock()),
-                         "event": {"eventtype": "disconnected_event"}}}))
+            await old.ws.send_text(
+                json.dumps(
+                    {
+                        "cmd": "aibot_event_callback",
+                        "headers": {"req_id": f"kick_{secrets.token_hex(4)}"},
+                        "body": {
+                            "msgtype": "event",
+                            "create_time": int(clock()),
+                            "event": {"eventtype": "disconnected_event"},
+                        },
+                    }
+                )
+            )
         except Exception:  # already gone: nothing to kick
             state.stats["aibot_ws_kick_failed"] += 1
         later(gw.kick_drop_after, lambda: _drop(old))
@@ -274,14 +293,26 @@ def routes(state: SimState, clock: Callable[[], float] = time.time,
     async def list_events(_: Request) -> Response:
         return JSONResponse(events)
 
-    def record(bot_id: str, sid: str, content: str, finish: bool, via: str, chat: str = "",
-               req_id: str = "") -> None:
+    def record(
+        bot_id: str, sid: str, content: str, finish: bool, via: str, chat: str = "", req_id: str = ""
+    ) -> None:
         bot = secrets_by_bot.get(bot_id, ("", ""))[1]
         entry = streams.get(sid)
         if entry is None:
-            state.record({"platform": "wecom_aibot", "bot": bot, "via": via, "stream_id": sid,
-                          "req_id": req_id, "chat": chat, "content": content, "finish": finish,
-                          "history": [[clock(), content]]}, clock())
+            state.record(
+                {
+                    "platform": "wecom_aibot",
+                    "bot": bot,
+                    "via": via,
+                    "stream_id": sid,
+                    "req_id": req_id,
+                    "chat": chat,
+                    "content": content,
+                    "finish": finish,
+                    "history": [[clock(), content]],
+                },
+                clock(),
+            )
             streams[sid] = state.messages[-1]
         else:
             entry["content"], entry["finish"] = content, finish
@@ -295,17 +326,26 @@ def routes(state: SimState, clock: Callable[[], float] = time.time,
         req_id = f"msg_{secrets.token_hex(8)}"
         conn.req_ids.add(req_id)
         user, chat = str(body.get("user", "alice")), str(body.get("chat", ""))
-        response_url = f"{str(request.base_url).rstrip('/')}/cgi-bin/aibot/response?response_code=" \
-                       f"{secrets.token_hex(8)}"
-        msg: dict[str, Any] = {"msgid": str(body.get("msgid") or secrets.token_hex(16)),
-                               "aibotid": str(body["bot_id"]), "chattype": "group" if chat else "single",
-                               "from": {"userid": user}, "msgtype": "text", "create_time": int(clock()),
-                               "response_url": response_url,
-                               "text": {"content": str(body.get("text", ""))}}
+        response_url = (
+            f"{str(request.base_url).rstrip('/')}/cgi-bin/aibot/response?response_code={secrets.token_hex(8)}"
+        )
+        msg: dict[str, Any] = {
+            "msgid": str(body.get("msgid") or secrets.token_hex(16)),
+            "aibotid": str(body["bot_id"]),
+            "chattype": "group" if chat else "single",
+            "from": {"userid": user},
+            "msgtype": "text",
+            "create_time": int(clock()),
+            "response_url": response_url,
+            "text": {"content": str(body.get("text", ""))},
+        }
         if chat:
             msg["chatid"] = chat
-        await conn.ws.send_text(json.dumps({"cmd": "aibot_msg_callback", "headers": {"req_id": req_id},
-                                            "body": msg}, ensure_ascii=False))
+        await conn.ws.send_text(
+            json.dumps(
+                {"cmd": "aibot_msg_callback", "headers": {"req_id": req_id}, "body": msg}, ensure_ascii=False
+            )
+        )
         return JSONResponse({"req_id": req_id, "msgid": msg["msgid"]})
 
     async def event(request: Request) -> Response:
@@ -316,11 +356,21 @@ def routes(state: SimState, clock: Callable[[], float] = time.time,
             return JSONResponse({"error": "no connection for this bot"}, status_code=409)
         req_id = f"event_{secrets.token_hex(8)}"
         conn.event_req_ids.add(req_id)
-        msg = {"msgid": secrets.token_hex(16), "aibotid": str(body["bot_id"]), "chattype": "single",
-               "from": {"userid": str(body.get("user", "alice"))}, "create_time": int(clock()),
-               "msgtype": "event", "event": {"eventtype": str(body.get("eventtype", "enter_chat"))}}
-        await conn.ws.send_text(json.dumps({"cmd": "aibot_event_callback", "headers": {"req_id": req_id},
-                                            "body": msg}, ensure_ascii=False))
+        msg = {
+            "msgid": secrets.token_hex(16),
+            "aibotid": str(body["bot_id"]),
+            "chattype": "single",
+            "from": {"userid": str(body.get("user", "alice"))},
+            "create_time": int(clock()),
+            "msgtype": "event",
+            "event": {"eventtype": str(body.get("eventtype", "enter_chat"))},
+        }
+        await conn.ws.send_text(
+            json.dumps(
+                {"cmd": "aibot_event_callback", "headers": {"req_id": req_id}, "body": msg},
+                ensure_ascii=False,
+            )
+        )
         return JSONResponse({"req_id": req_id, "msgid": msg["msgid"]})
 
     async def stream_limits(request: Request) -> Response:
@@ -330,8 +380,10 @@ def routes(state: SimState, clock: Callable[[], float] = time.time,
         return JSONResponse({"expiry_seconds": limits.expiry_seconds})
 
     async def connections(_: Request) -> Response:
-        return JSONResponse({b: authenticated.get(b, 0) for b in secrets_by_bot} | {
-            "peak": state.stats.get("aibot_ws_peak", 0)})
+        return JSONResponse(
+            {b: authenticated.get(b, 0) for b in secrets_by_bot}
+            | {"peak": state.stats.get("aibot_ws_peak", 0)}
+        )
 
     return [
         WebSocketRoute("/ws/aibot", socket),

@@ -66,8 +66,13 @@ SPEC = PlatformSpec[WeComAppBot](
     reply_handle=WeComAppHandle,
     api_base={"wecom_app": API_BASE},
     capabilities=Capabilities(markdown=True, needs_token=True),
-    rate_scopes=(RateScope("wecom_app.per_user", RateLimitConfig(limit=30, window_seconds=60),
-                           "messages an app may send one member a minute"),),
+    rate_scopes=(
+        RateScope(
+            "wecom_app.per_user",
+            RateLimitConfig(limit=30, window_seconds=60),
+            "messages an app may send one member a minute",
+        ),
+    ),
     adapter=_adapter,
     delivery=_delivery,
     token_key=_token_key,

@@ -15,8 +15,8 @@ class WeComAppCredentials(ConfigModel):
     corp_id: str = Field(min_length=1, description="The CorpID (我的企业 → 企业信息).")
     agent_id: str = Field(min_length=1, description="The app's AgentId.")
     secret: SecretStr = Field(description="The app's Secret (fetches access tokens).")
-    token: SecretStr = Field(description='The callback Token (接收消息 → API 接收).')
-    encoding_aes_key: AesKey = Field(description='The callback EncodingAESKey (43 characters).')
+    token: SecretStr = Field(description="The callback Token (接收消息 → API 接收).")
+    encoding_aes_key: AesKey = Field(description="The callback EncodingAESKey (43 characters).")
 
     @field_validator("agent_id", mode="before")
     @classmethod

@@ -29,13 +29,20 @@ log = logging.getLogger("imrelay.sender.wecom_app")
 
 PLATFORM = "wecom_app"
 TEXT_LIMIT_BYTES = 2048
-def send_body(agent_id: str, touser: str, content: str,
-              fmt: ReplyFormat = ReplyFormat.TEXT) -> dict[str, Any]:
+
+
+def send_body(
+    agent_id: str, touser: str, content: str, fmt: ReplyFormat = ReplyFormat.TEXT
+) -> dict[str, Any]:
     kind = "markdown" if fmt is ReplyFormat.MARKDOWN else "text"
     return {
-        "touser": touser, "msgtype": kind, "agentid": int(agent_id) if agent_id.isdigit() else agent_id,
-        kind: {"content": content}, "safe": 0,
-        "enable_duplicate_check": 1, "duplicate_check_interval": 1800,
+        "touser": touser,
+        "msgtype": kind,
+        "agentid": int(agent_id) if agent_id.isdigit() else agent_id,
+        kind: {"content": content},
+        "safe": 0,
+        "enable_duplicate_check": 1,
+        "duplicate_check_interval": 1800,
     }
 
 
@@ -55,9 +62,17 @@ class WeComAppDelivery:
     @classmethod
     def from_bot(cls, bot: WeComAppBot, ctx: DeliveryContext) -> WeComAppDelivery:
         c = bot.credentials
-        return cls(bot_id=bot.id, corp_id=c.corp_id, agent_id=c.agent_id,
-                   secret=c.secret.get_secret_value(), api_base=ctx.api_base(bot), client=ctx.client,
-                   tokens=ctx.tokens, timeout=ctx.http_timeout, rate_limit_backoff=ctx.rate_limit_backoff)
+        return cls(
+            bot_id=bot.id,
+            corp_id=c.corp_id,
+            agent_id=c.agent_id,
+            secret=c.secret.get_secret_value(),
+            api_base=ctx.api_base(bot),
+            client=ctx.client,
+            tokens=ctx.tokens,
+            timeout=ctx.http_timeout,
+            rate_limit_backoff=ctx.rate_limit_backoff,
+        )
 
     def __repr__(self) -> str:
         return f"WeComAppDelivery(bot_id={self.bot_id!r}, corp_id={self.corp_id!r}, secret=***)"
@@ -77,9 +92,15 @@ class WeComAppDelivery:
     async def _fetch_token(self) -> tuple[str, float]:
         async def fetch() -> tuple[str, float]:
             resp = await call(
-                self.client, "GET", f"{self.api_base}/cgi-bin/gettoken", platform=PLATFORM, bot=self.bot_id,
-                http_timeout=self.timeout, failure_code="token",
-                params={"corpid": self.corp_id, "corpsecret": self.secret})
+                self.client,
+                "GET",
+                f"{self.api_base}/cgi-bin/gettoken",
+                platform=PLATFORM,
+                bot=self.bot_id,
+                http_timeout=self.timeout,
+                failure_code="token",
+                params={"corpid": self.corp_id, "corpsecret": self.secret},
+            )
             payload = resp.json()
             _check(payload, resp.status_code, platform=PLATFORM)
             return str(payload["access_token"]), float(payload.get("expires_in", 7200))
@@ -90,9 +111,15 @@ class WeComAppDelivery:
 
     async def _post(self, token: str, body: dict[str, Any]) -> None:
         payload = await post_json(
-            self.client, f"{self.api_base}/cgi-bin/message/send", body, params={"access_token": token},
-            platform=PLATFORM, bot=self.bot_id, http_timeout=self.timeout,
-            rate_limit_backoff=self.rate_limit_backoff)
+            self.client,
+            f"{self.api_base}/cgi-bin/message/send",
+            body,
+            params={"access_token": token},
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            rate_limit_backoff=self.rate_limit_backoff,
+        )
         if payload.get("invaliduser"):
             log.warning("WeCom reported invalid recipients for bot %s", self.bot_id)
 
@@ -100,5 +127,10 @@ class WeComAppDelivery:
         touser = WeComAppHandle.of(chunk).touser
         body = send_body(self.agent_id, touser, part, chunk.format)
         # WeCom returns the same token until it expires: fetch at expiry, not ahead of it.
-        await with_token(self.tokens, self.token_key, self._fetch_token,
-                         lambda token: self._post(token, body), renew_early=False)
+        await with_token(
+            self.tokens,
+            self.token_key,
+            self._fetch_token,
+            lambda token: self._post(token, body),
+            renew_early=False,
+        )

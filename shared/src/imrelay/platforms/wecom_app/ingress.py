@@ -47,21 +47,29 @@ def normalize(fields: dict[str, str], bot_id: str, agent_id: str, now: float) ->
     elif msg_type == "event":
         kind, event = "event", fields.get("Event") or None
     elif msg_type in _MEDIA_KINDS:
-        attachments.append(Attachment(kind=_MEDIA_KINDS[msg_type], ref=fields.get("MediaId", ""),
-                                      url=fields.get("PicUrl") or None))
+        attachments.append(
+            Attachment(
+                kind=_MEDIA_KINDS[msg_type], ref=fields.get("MediaId", ""), url=fields.get("PicUrl") or None
+            )
+        )
         text = fields.get("Recognition", "")
     elif msg_type == "location":
-        attachments.append(Attachment(kind="location", ref=fields.get("Label", ""),
-                                      url=None))
+        attachments.append(Attachment(kind="location", ref=fields.get("Label", ""), url=None))
     elif msg_type == "link":
-        attachments.append(Attachment(kind="link", ref=fields.get("Url", ""),
-                                      url=fields.get("Url") or None))
+        attachments.append(Attachment(kind="link", ref=fields.get("Url", ""), url=fields.get("Url") or None))
         text = fields.get("Title", "")
     return InboundMessage(
-        id=inbound_id(bot_id, key), platform="wecom_app", bot_id=bot_id,
-        platform_message_id=key, kind=kind, event=event,
-        chat=Chat(id=user, type=ChatType.DIRECT), sender=Sender(id=user),
-        text=text, mentioned=True, attachments=attachments,
+        id=inbound_id(bot_id, key),
+        platform="wecom_app",
+        bot_id=bot_id,
+        platform_message_id=key,
+        kind=kind,
+        event=event,
+        chat=Chat(id=user, type=ChatType.DIRECT),
+        sender=Sender(id=user),
+        text=text,
+        mentioned=True,
+        attachments=attachments,
         reply_handle=WeComAppHandle(touser=user, agentid=agent_id),
         received_at=datetime.fromtimestamp(now, UTC),
     )
@@ -76,15 +84,19 @@ class WeComAppAdapter:
 
     @classmethod
     def from_bot(cls, bot: WeComAppBot) -> WeComAppAdapter:
-        return cls(bot_id=bot.id, agent_id=bot.credentials.agent_id, crypto=crypto_for(bot.credentials),
-                   replay_window=bot.replay_window_seconds)
+        return cls(
+            bot_id=bot.id,
+            agent_id=bot.credentials.agent_id,
+            crypto=crypto_for(bot.credentials),
+            replay_window=bot.replay_window_seconds,
+        )
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method == "GET":
-            return CallbackResult(body=verify_url(self.crypto, request.query, request.now,
-                                                  self.replay_window))
-        fields = decrypt_post(self.crypto, request.query, request.body, request.now,
-                              self.replay_window)
+            return CallbackResult(
+                body=verify_url(self.crypto, request.query, request.now, self.replay_window)
+            )
+        fields = decrypt_post(self.crypto, request.query, request.body, request.now, self.replay_window)
         msg = normalize(fields, self.bot_id, self.agent_id, request.now)
         # Empty 200 body: "no passive reply"; the answer goes out through message/send.
         return CallbackResult(message=msg, dedupe_key=msg.platform_message_id)

@@ -38,8 +38,9 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
     async def gettoken(request: Request) -> Response:
         state.stats["gettoken"] += 1
         state.gettoken_in_flight += 1
-        state.stats["gettoken_peak_concurrency"] = max(state.stats["gettoken_peak_concurrency"],
-                                                       state.gettoken_in_flight)
+        state.stats["gettoken_peak_concurrency"] = max(
+            state.stats["gettoken_peak_concurrency"], state.gettoken_in_flight
+        )
         try:
             if state.gettoken_delay:
                 await asyncio.sleep(state.gettoken_delay)
@@ -55,8 +56,11 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
         ip = request.client.host if request.client else ""
         if state.trusted_ips is None or ip in state.trusted_ips:
             return None
-        return err(60020, f"not allow to access from your ip, hint: [sim], from ip: {ip}, more info at "
-                          "https://open.work.weixin.qq.com/devtool/query?e=60020")
+        return err(
+            60020,
+            f"not allow to access from your ip, hint: [sim], from ip: {ip}, more info at "
+            "https://open.work.weixin.qq.com/devtool/query?e=60020",
+        )
 
     def issue_token(request: Request) -> Response:
         if (refused := untrusted(request)) is not None:
@@ -78,8 +82,7 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
             state.issued.append(token)
             state.stats["tokens_issued"] += 1
         expires_in = max(int(state.tokens[token][2] - now), 1)
-        return JSONResponse({"errcode": 0, "errmsg": "ok", "access_token": token,
-                             "expires_in": expires_in})
+        return JSONResponse({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": expires_in})
 
     async def message_send(request: Request) -> Response:
         state.stats["message_send"] += 1
@@ -122,14 +125,22 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
         state.seq += 1
         state.stats["delivered"] += 1
         msgtype = body.get("msgtype", "text")
-        state.messages.append({
-            "seq": state.seq, "platform": "wecom_app",
-            "bot": state.bot_of_agent.get((corp, agent), ""), "corp_id": corp, "agent_id": agent,
-            "touser": touser, "msgtype": msgtype,
-            "content": (body.get(msgtype) or {}).get("content", ""), "at": now,
-        })
-        return JSONResponse({"errcode": 0, "errmsg": "ok", "invaliduser": "",
-                             "msgid": f"sim{state.seq}"})
+        state.messages.append(
+            {
+                "seq": state.seq,
+                "platform": "wecom_app",
+                "bot": state.bot_of_agent.get((corp, agent), ""),
+                "corp_id": corp,
+                "agent_id": agent,
+                "touser": touser,
+                "msgtype": msgtype,
+                "content": (body.get(msgtype) or {}).get("content", ""),
+                "at": now,
+            }
+        )
+        return JSONResponse({"errcode": 0, "errmsg": "ok", "invaliduser": "", "msgid": f"sim{state.seq}"})
 
-    return [Route("/cgi-bin/gettoken", gettoken, methods=["GET"]),
-            Route("/cgi-bin/message/send", message_send, methods=["POST"])]
+    return [
+        Route("/cgi-bin/gettoken", gettoken, methods=["GET"]),
+        Route("/cgi-bin/message/send", message_send, methods=["POST"]),
+    ]

@@ -42,8 +42,15 @@ def _sim_request(bot: WeComGroupRobotBot, m: SimMessage) -> SimRequest:
     from ..wecom.sim import encrypted_post, robot_text_xml
 
     chat_id = m.chat or f"wrk{bot.id}"
-    plain = robot_text_xml(chat_id, "group", m.user, m.user, f"@{bot.id} {m.text}", m.msg_id,
-                           f"{m.sim_url}/cgi-bin/webhook/send?key={bot.id}")
+    plain = robot_text_xml(
+        chat_id,
+        "group",
+        m.user,
+        m.user,
+        f"@{bot.id} {m.text}",
+        m.msg_id,
+        f"{m.sim_url}/cgi-bin/webhook/send?key={bot.id}",
+    )
     cb = encrypted_post(crypto_for(bot.credentials), plain, int(m.now))
     return SimRequest(cb.query, {"Content-Type": "text/xml"}, cb.body)
 
@@ -61,8 +68,13 @@ SPEC = PlatformSpec[WeComGroupRobotBot](
     reply_handle=WeComGroupRobotHandle,
     api_base={"wecom_group_robot": API_BASE},
     capabilities=Capabilities(markdown=True),
-    rate_scopes=(RateScope("wecom_group_robot.per_webhook", RateLimitConfig(limit=20, window_seconds=60),
-                           "messages one group's webhook takes a minute"),),
+    rate_scopes=(
+        RateScope(
+            "wecom_group_robot.per_webhook",
+            RateLimitConfig(limit=20, window_seconds=60),
+            "messages one group's webhook takes a minute",
+        ),
+    ),
     adapter=_adapter,
     delivery=_delivery,
     sim_routes=_sim_routes,

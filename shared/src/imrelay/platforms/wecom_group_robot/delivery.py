@@ -31,8 +31,10 @@ WEBHOOK_PATH = "/cgi-bin/webhook/send"
 
 def send_body(content: str, mention: str | None, fmt: ReplyFormat = ReplyFormat.TEXT) -> dict[str, Any]:
     if fmt is ReplyFormat.MARKDOWN:  # markdown mentions inline
-        return {"msgtype": "markdown",
-                "markdown": {"content": (f"<@{mention}> " if mention else "") + content}}
+        return {
+            "msgtype": "markdown",
+            "markdown": {"content": (f"<@{mention}> " if mention else "") + content},
+        }
     text: dict[str, Any] = {"content": content}
     if mention:
         text["mentioned_list"] = [mention]
@@ -42,8 +44,7 @@ def send_body(content: str, mention: str | None, fmt: ReplyFormat = ReplyFormat.
 def webhook_allowed(url: str, api_base: str) -> bool:
     """Only post to the robot webhook of the platform this bot talks to (never to an arbitrary URL)."""
     u, base = urlsplit(url), urlsplit(api_base)
-    return (u.scheme, u.netloc) == (base.scheme, base.netloc) and u.path == WEBHOOK_PATH \
-        and "key=" in u.query
+    return (u.scheme, u.netloc) == (base.scheme, base.netloc) and u.path == WEBHOOK_PATH and "key=" in u.query
 
 
 @dataclass
@@ -57,8 +58,13 @@ class WeComGroupRobotDelivery:
 
     @classmethod
     def from_bot(cls, bot: WeComGroupRobotBot, ctx: DeliveryContext) -> WeComGroupRobotDelivery:
-        return cls(bot_id=bot.id, api_base=ctx.api_base(bot), client=ctx.client, timeout=ctx.http_timeout,
-                   rate_limit_backoff=ctx.rate_limit_backoff)
+        return cls(
+            bot_id=bot.id,
+            api_base=ctx.api_base(bot),
+            client=ctx.client,
+            timeout=ctx.http_timeout,
+            rate_limit_backoff=ctx.rate_limit_backoff,
+        )
 
     def render(self, chunk: ReplyChunk) -> list[str]:
         text = chunk.full_text if chunk.full_text is not None else chunk.delta
@@ -74,9 +80,16 @@ class WeComGroupRobotDelivery:
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
         url = WeComGroupRobotHandle.of(chunk).webhook_url
         if not webhook_allowed(url, self.api_base):
-            raise PermanentUpstreamError(PLATFORM, "bad_webhook",
-                                         "the message carried no usable robot webhook URL")
+            raise PermanentUpstreamError(
+                PLATFORM, "bad_webhook", "the message carried no usable robot webhook URL"
+            )
         mention = chunk.recipient.id if chunk.chat.type is ChatType.GROUP and index == 0 else None
-        await post_json(self.client, url, send_body(part, mention, chunk.format), platform=PLATFORM,
-                        bot=self.bot_id,
-                        http_timeout=self.timeout, rate_limit_backoff=self.rate_limit_backoff)
+        await post_json(
+            self.client,
+            url,
+            send_body(part, mention, chunk.format),
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            rate_limit_backoff=self.rate_limit_backoff,
+        )

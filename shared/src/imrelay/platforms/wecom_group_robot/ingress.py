@@ -48,11 +48,18 @@ def normalize(fields: dict[str, str], bot_id: str, now: float) -> InboundMessage
         kind, event = "event", fields.get("Event.EventType") or None
     handle = WeComGroupRobotHandle(chat_id=chat_id, webhook_url=fields.get("WebhookUrl", ""))
     return InboundMessage(
-        id=inbound_id(bot_id, key), platform="wecom_group_robot", bot_id=bot_id,
-        platform_message_id=key, kind=kind, event=event,
+        id=inbound_id(bot_id, key),
+        platform="wecom_group_robot",
+        bot_id=bot_id,
+        platform_message_id=key,
+        kind=kind,
+        event=event,
         chat=Chat(id=chat_id, type=chat_type),
         sender=Sender(id=user, name=fields.get("From.Name", ""), alias=fields.get("From.Alias", "")),
-        text=text, mentioned=mentioned, attachments=attachments, reply_handle=handle,
+        text=text,
+        mentioned=mentioned,
+        attachments=attachments,
+        reply_handle=handle,
         received_at=datetime.fromtimestamp(now, UTC),
     )
 
@@ -65,14 +72,13 @@ class WeComGroupRobotAdapter:
 
     @classmethod
     def from_bot(cls, bot: WeComGroupRobotBot) -> WeComGroupRobotAdapter:
-        return cls(bot_id=bot.id, crypto=crypto_for(bot.credentials),
-                   replay_window=bot.replay_window_seconds)
+        return cls(bot_id=bot.id, crypto=crypto_for(bot.credentials), replay_window=bot.replay_window_seconds)
 
     def handle(self, request: CallbackRequest) -> CallbackResult:
         if request.method == "GET":
-            return CallbackResult(body=verify_url(self.crypto, request.query, request.now,
-                                                  self.replay_window))
-        fields = decrypt_post(self.crypto, request.query, request.body, request.now,
-                              self.replay_window)
+            return CallbackResult(
+                body=verify_url(self.crypto, request.query, request.now, self.replay_window)
+            )
+        fields = decrypt_post(self.crypto, request.query, request.body, request.now, self.replay_window)
         msg = normalize(fields, self.bot_id, request.now)
         return CallbackResult(message=msg, dedupe_key=msg.platform_message_id)

@@ -45,11 +45,18 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
         state.seq += 1
         msgtype = body.get("msgtype", "text")
         part = body.get(msgtype) or {}
-        state.messages.append({
-            "seq": state.seq, "platform": "wecom_group_robot", "bot": state.webhook_keys.get(key, ""),
-            "chat": key, "msgtype": msgtype, "content": part.get("content", ""),
-            "mentioned_list": part.get("mentioned_list", []), "at": now,
-        })
+        state.messages.append(
+            {
+                "seq": state.seq,
+                "platform": "wecom_group_robot",
+                "bot": state.webhook_keys.get(key, ""),
+                "chat": key,
+                "msgtype": msgtype,
+                "content": part.get("content", ""),
+                "mentioned_list": part.get("mentioned_list", []),
+                "at": now,
+            }
+        )
         return JSONResponse({"errcode": 0, "errmsg": "ok"})
 
     return [Route("/cgi-bin/webhook/send", webhook_send, methods=["POST"])]
