@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .errors import ImrelayError
 from .events import ConnectionAnswer, InboundMessage
 from .sections import ConnectorConfig
 
@@ -34,7 +35,7 @@ __all__ = ["Connection", "ConnectionContext", "CredentialsRefused", "Health", "K
 Sink = Callable[[InboundMessage], Awaitable[bool]]
 
 
-class Kicked(Exception):
+class Kicked(ImrelayError):
     """The platform replaced this connection with a newer one of the same bot (``signal``: how it said so)."""
 
     def __init__(self, signal: str = "") -> None:
@@ -42,7 +43,7 @@ class Kicked(Exception):
         self.signal = signal
 
 
-class CredentialsRefused(Exception):
+class CredentialsRefused(ImrelayError):
     """The platform refused the bot's credentials: ``detail`` is its answer, ``fix`` which keys to check."""
 
     def __init__(self, detail: str, fix: str = "check the bot's credentials") -> None:

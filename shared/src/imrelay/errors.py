@@ -15,6 +15,8 @@
     ├── DeliveryBusy                another copy of a reply part is being posted right now: look again later
     ├── ServiceError                a service cannot run (its admin port cannot be served)
     ├── CheckFailed                 ``imrelay check-config`` found a dependency that does not work
+    ├── Kicked                      a long connection replaced by another client's (imrelay.connections)
+    ├── CredentialsRefused          a platform refused a long connection's credentials (imrelay.connections)
     ├── BackendError                an LLM backend failed (status / message from the provider)
     └── UpstreamError               a platform API answered with an error code
         ├── TokenExpiredError       the access token is invalid or expired: refresh and retry once

@@ -26,8 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+from imrelay import kv
 
 __all__ = ["Lease", "lease_state"]
 
@@ -81,41 +82,39 @@ class Lease:
     async def _call(self, call: Awaitable[T]) -> T:
         return await asyncio.wait_for(call, timeout=max(0.5, self.ttl / 5))
 
-    async def _write(self, last: int | None) -> None:
+    async def _write(self, last: int | None) -> bool:
+        """Write the lease if the record is still at ``last`` (None: still absent); False if it is not."""
         started = self.monotonic()
-        if last is None:
-            self.revision = await self._call(self.kv.create(self.key, self._body()))
-        else:
-            self.revision = await self._call(self.kv.update(self.key, self._body(), last=last))
+        revision = await self._call(kv.update_if_revision(self.kv, self.key, self._body(), last))
+        if revision is None:
+            return False
+        self.revision = revision
         self.valid_until = started + self.ttl * VALID_SHARE
         self.error = ""
+        return True
 
     async def peek(self) -> str:
         """The lease as the bucket shows it now: ``mine``, ``taken``, ``free``; raises on a broker error."""
-        try:
-            entry = await self._call(self.kv.get(self.key))
-        except KeyNotFoundError:
-            return "free"
-        return lease_state(entry.value, self.clock(), self.owner)
+        entry = await self._call(kv.read(self.kv, self.key))
+        return "free" if entry is None else lease_state(entry.value, self.clock(), self.owner)
 
     async def acquire(self) -> bool:
         try:
-            try:
-                entry = await self._call(self.kv.get(self.key))
+            entry = await self._call(kv.read(self.kv, self.key))
+            if entry is None:
+                state, rev, previous = "free", None, None
+            else:
                 state, rev = lease_state(entry.value, self.clock(), self.owner), entry.revision
                 previous = entry.value
-            except KeyNotFoundError:
-                state, rev, previous = "free", None, None
             if state == "taken":
                 self.error = ""
                 return False
             self.down_until = max(self.down_until, _down_until(previous))
-            await self._write(rev)
+            if not await self._write(rev):
+                self.error = ""
+                return False  # someone else was quicker
             self.inherited = self.down_until
             return True
-        except KeyWrongLastSequenceError:
-            self.error = ""
-            return False  # someone else was quicker
         except Exception as exc:  # the broker is away or electing a leader: not taken, try again
             self.revision, self.error = None, type(exc).__name__ or "error"
             return False
@@ -125,15 +124,18 @@ class Lease:
         if self.revision is None:
             return False
         try:
-            await self._write(self.revision)
-            return True
-        except KeyWrongLastSequenceError:
+            if await self._write(self.revision):
+                return True
             # A write of ours may have gone through although its answer was lost: the record is still ours.
             with contextlib.suppress(Exception):
-                entry = await self._call(self.kv.get(self.key))
-                if entry.revision and lease_state(entry.value, self.clock(), self.owner) == "mine":
-                    await self._write(entry.revision)
-                    return True
+                entry = await self._call(kv.read(self.kv, self.key))
+                if (
+                    entry is not None
+                    and entry.revision
+                    and lease_state(entry.value, self.clock(), self.owner) == "mine"
+                ):
+                    if await self._write(entry.revision):
+                        return True
             self.revision = None
             return False
         except Exception as exc:  # a broker error: held until the last write runs out
@@ -147,5 +149,5 @@ class Lease:
         if self.revision is None or self.down_until > self.clock():  # a stand-down outlives us
             return
         with contextlib.suppress(Exception):  # not released: it expires on its own
-            await self.kv.delete(self.key, last=self.revision)
+            await kv.delete_if_unchanged(self.kv, self.key, self.revision)
         self.revision = None
