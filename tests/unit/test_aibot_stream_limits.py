@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 
@@ -267,3 +268,53 @@ async def test_a_part_finishing_an_expired_stream_is_sent_proactively() -> None:
         "markdown": {"content": "the whole part"},
     }
     assert not sock.open_streams
+
+
+class LateGateway:
+    """Holds back the ack of the first frame (it comes only when ``release`` is called); acks later frames
+    at once with the codes given."""
+
+    def __init__(self, sock: AIBotConnection, codes: list[int]) -> None:
+        self.sock, self.codes, self.frames = sock, codes, list[dict[str, Any]]()
+        self.held: dict[str, Any] | None = None
+
+    async def send(self, raw: str) -> None:
+        frame = json.loads(raw)
+        self.frames.append(frame)
+        if len(self.frames) == 1:
+            self.held = frame
+            return
+        ack = {"headers": frame["headers"], "errcode": self.codes.pop(0)}
+        asyncio.get_running_loop().call_later(0.05, self.sock._resolve, ack)  # WeCom answers a moment later
+
+    def release(self) -> None:
+        assert self.held is not None
+        self.sock._resolve({"headers": self.held["headers"], "errcode": 0})
+
+
+async def test_a_late_ack_is_not_taken_for_the_next_frame_of_the_same_message() -> None:
+    """A frame whose ack timed out is retried; its ack arriving late (it names only the req_id) must not be
+    read as the answer to the retry, which WeCom refused here."""
+    sock = bot_socket(keepalive=240)
+    gateway = LateGateway(sock, codes=[40058, 0])
+    sock.ws = gateway  # type: ignore[assignment]
+    with pytest.raises(TimeoutError):
+        await sock.request("aibot_respond_msg", {"n": 1}, rid="rq")
+    retry = asyncio.create_task(sock.request("aibot_respond_msg", {"n": 2}, rid="rq"))
+    await asyncio.sleep(0.01)
+    gateway.release()  # the first frame's ack, late: it comes before the retry's own
+    assert (await retry)["errcode"] == 40058  # the retry's own answer, not the late "ok"
+    assert (await sock.request("aibot_respond_msg", {"n": 3}, rid="rq"))["errcode"] == 0
+    assert [f["body"]["n"] for f in gateway.frames] == [1, 2, 3]
+
+
+async def test_a_lost_ack_holds_up_the_next_frame_once_then_is_forgotten() -> None:
+    sock = bot_socket(keepalive=240)
+    gateway = LateGateway(sock, codes=[0, 0])
+    sock.ws = gateway  # type: ignore[assignment]
+    with pytest.raises(TimeoutError):
+        await sock.request("aibot_respond_msg", {"n": 1}, rid="rq")
+    # the first ack never comes: the next frame waits one ack timeout for it, then goes out and is answered
+    assert (await sock.request("aibot_respond_msg", {"n": 2}, rid="rq"))["errcode"] == 0
+    assert (await sock.request("aibot_respond_msg", {"n": 3}, rid="rq"))["errcode"] == 0
+    assert sock.late_acks == {}

@@ -65,6 +65,9 @@ class AIBotConnection:
     open_streams: dict[tuple[str, str], OpenStream] = field(default_factory=dict)  # (req_id, stream id)
     ws: ClientConnection | None = None
     health: Health | None = None
+    # a message's frame whose ack did not come in time: its ack may still come, and must not be taken for
+    # the ack of the message's next frame (acks name only the req_id)
+    late_acks: dict[str, asyncio.Future[None]] = field(default_factory=dict)
 
     async def request(self, cmd: str, body: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
         """Send one frame and wait for WeCom's ack frame (same req_id)."""
@@ -72,7 +75,15 @@ class AIBotConnection:
         if ws is None:
             raise ConnectionError("no socket")
         rid = rid or req_id(cmd)
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        late = self.late_acks.get(rid)
+        if late is not None:  # let the late ack of the previous frame arrive first (or give up on it)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.ack_timeout_seconds):
+                    await asyncio.shield(late)
+            if self.late_acks.get(rid) is late:
+                del self.late_acks[rid]
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[dict[str, Any]] = loop.create_future()
         key = f"{rid}#{secrets.token_hex(3)}"  # several frames may share a message's req_id
         self.acks[key] = waiter
         try:
@@ -80,11 +91,18 @@ class AIBotConnection:
                 await ws.send(frame(cmd, rid, body))
             async with asyncio.timeout(self.cfg.ack_timeout_seconds):
                 return await waiter
+        except TimeoutError:
+            self.late_acks[rid] = loop.create_future()
+            raise
         finally:
             self.acks.pop(key, None)
 
     def _resolve(self, msg: dict[str, Any]) -> None:
         rid = str((msg.get("headers") or {}).get("req_id", ""))
+        late = self.late_acks.get(rid)
+        if late is not None and not late.done():
+            late.set_result(None)  # the ack of a frame that timed out: not the next frame's
+            return
         for key, waiter in list(self.acks.items()):
             if key.split("#", 1)[0] == rid and not waiter.done():
                 waiter.set_result(msg)
@@ -237,5 +255,6 @@ class AIBotConnection:
                 )
         if finish:
             self.reply_locks.pop(rid, None)
+            self.late_acks.pop(rid, None)
         ok = ack.get("errcode") == 0 or ack.get("errcode") in GONE  # an update of a lost stream is moot
         return ConnectionAnswer(ok=ok, code=ack.get("errcode"))
