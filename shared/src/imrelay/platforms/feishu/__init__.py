@@ -1,4 +1,5 @@
-"""Feishu and Lark (飞书 / Lark Suite): signed, encrypted event callbacks; replies, cards streamed by
+"""Feishu and Lark (飞书 / Lark Suite): signed, encrypted event callbacks or a long connection (every
+replica holds its own: Feishu spreads an app's events over its connections); replies, cards streamed by
 CardKit, a ``tenant_access_token``. One package for both: the same protocol on two domains."""
 
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ...sections import RateLimitConfig
-from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
+from ..spec import Capabilities, Ownership, PlatformSpec, RateScope, SimMessage, SimRequest, SimSend
 from .config import FeishuBot
 from .handle import FeishuHandle
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from ...callbacks import Adapter
+    from ...connections import Connection, ConnectionContext
     from ...delivery import Delivery, DeliveryContext
 
 
@@ -31,6 +33,13 @@ def _delivery(bot: FeishuBot, ctx: DeliveryContext) -> Delivery:
     return FeishuDelivery.from_bot(bot, ctx)
 
 
+def _connection(bot: FeishuBot, ctx: ConnectionContext) -> Connection:
+    from .. import api_base
+    from .connection import FeishuConnection, redial_for
+
+    return FeishuConnection(bot, ctx.cfg, api_base(bot), redial_for(bot.id))
+
+
 def _token_key(bot: FeishuBot) -> str:
     from ...subjects import kv_key
 
@@ -39,8 +48,15 @@ def _token_key(bot: FeishuBot) -> str:
 
 def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
     from .sim import routes
+    from .sim_gateway import routes as gateway
 
-    return list(routes(state, clock))
+    return [*routes(state, clock), *gateway(state, clock)]
+
+
+def _sim_push(bot: FeishuBot, send: SimSend) -> int:
+    from .sim_cli import push_over_socket
+
+    return push_over_socket(bot, send)
 
 
 def _sim_request(bot: FeishuBot, m: SimMessage) -> SimRequest:
@@ -72,7 +88,9 @@ SPEC = PlatformSpec[FeishuBot](
     bot_model=FeishuBot,
     reply_handle=FeishuHandle,
     api_base={"feishu": "https://open.feishu.cn", "lark": "https://open.larksuite.com"},
-    capabilities=Capabilities(edits=True, markdown=True, needs_token=True),
+    capabilities=Capabilities(
+        long_connection=Ownership.ACTIVE_ACTIVE, edits=True, markdown=True, needs_token=True
+    ),
     rate_scopes=(
         RateScope(
             "feishu.per_app",
@@ -85,9 +103,12 @@ SPEC = PlatformSpec[FeishuBot](
     ),
     adapter=_adapter,
     delivery=_delivery,
+    connection=_connection,
+    connection_events=("stale", "duplicate", "not_stored"),
     token_key=_token_key,
     sim_routes=_sim_routes,
     sim_request=_sim_request,
+    sim_push=_sim_push,
     hints=_HINTS,
     causes={
         "10014": "wrong app secret (credentials.app_secret)",
@@ -104,5 +125,10 @@ SPEC = PlatformSpec[FeishuBot](
     api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
     credentials: {app_id: cli_demo0002, app_secret: demo-secret, encrypt_key: demo-lark-encrypt-key,
                   verification_token: demo-lark-token}
+  - id: demo-feishu-ws
+    platform: feishu
+    mode: long_connection            # served by imrelay-connector over the simulator's WebSocket
+    api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
+    credentials: {app_id: cli_demo0003, app_secret: demo-ws-secret}
 """,
 )

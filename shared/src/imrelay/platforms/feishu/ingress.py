@@ -4,7 +4,8 @@ With an Encrypt Key (required unless the bot sets ``allow_unsigned_events``) eve
 signed: the signature over the raw body is checked first, then the replay window, decryption, the
 verification token inside the payload and the app id. Only the URL check may come unsigned (Feishu sends
 it so); it is answered with its challenge. ``im.message.receive_v1`` becomes an :class:`InboundMessage`
-deduplicated by ``event_id`` (Feishu retries for hours).
+deduplicated by ``event_id`` (Feishu retries for hours); the long connection (:mod:`.connection`)
+uses the same normalization, deduplicated by the chat message's id.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Header(Payload):
     token: str | None = None
     event_type: str | None = None
     app_id: str | None = None
+    create_time: str | int | None = None  # milliseconds
 
 
 class SenderId(Payload):
@@ -92,7 +94,12 @@ def resolve_mentions(text: str, mentions: list[Mention]) -> tuple[str, bool]:
     return resolved.strip(), bool(mentions)
 
 
-def normalize(envelope: Envelope, platform: str, bot_id: str, now: float) -> InboundMessage | None:
+def normalize(
+    envelope: Envelope, platform: str, bot_id: str, now: float, *, by_message_id: bool = False
+) -> InboundMessage | None:
+    """The message of an ``im.message.receive_v1`` event (None for other events). Its dedupe key is the
+    event id, or with ``by_message_id`` the chat message's id: over a long connection Feishu re-pushes
+    events after reconnects with a new event id but the same message id."""
     header = envelope.header or Header()
     if header.event_type != "im.message.receive_v1":
         return None
@@ -120,7 +127,7 @@ def normalize(envelope: Envelope, platform: str, bot_id: str, now: float) -> Inb
         ref = content.get("image_key") or content.get("file_key")
         attachments.append(Attachment(kind=_MEDIA[kind], ref=ref if isinstance(ref, str) else ""))
     chat_type = ChatType.DIRECT if message.chat_type == "p2p" else ChatType.GROUP
-    key = f"feishu:event:{header.event_id}"
+    key = f"feishu:message:{message.message_id}" if by_message_id else f"feishu:event:{header.event_id}"
     return InboundMessage(
         id=inbound_id(bot_id, key),
         platform=platform,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from imrelay_sim.server import SimState
 
 
-def callback(
+def event_json(
     bot: FeishuBot,
     text: str,
     user: str,
@@ -29,14 +29,14 @@ def callback(
     event_id: str,
     message_id: str,
     now: float,
-) -> tuple[dict[str, str], bytes]:
-    """(headers, body) of an ``im.message.receive_v1`` callback as Feishu sends it."""
+) -> dict[str, Any]:
+    """An ``im.message.receive_v1`` event (schema 2.0), as Feishu sends it on either channel."""
     c = bot.credentials
     mentions = []
     if chat_type == "group":
         text = f"@_user_1 {text}"
         mentions = [{"key": "@_user_1", "id": {"open_id": "ou_bot"}, "name": bot.id, "tenant_key": "t"}]
-    event = {
+    event: dict[str, Any] = {
         "schema": "2.0",
         "header": {
             "event_id": event_id,
@@ -63,8 +63,23 @@ def callback(
             },
         },
     }
+    return event
+
+
+def callback(
+    bot: FeishuBot,
+    text: str,
+    user: str,
+    chat_id: str,
+    chat_type: str,
+    event_id: str,
+    message_id: str,
+    now: float,
+) -> tuple[dict[str, str], bytes]:
+    """(headers, body) of an ``im.message.receive_v1`` callback as Feishu sends it."""
+    event = event_json(bot, text, user, chat_id, chat_type, event_id, message_id, now)
     plain = json.dumps(event, ensure_ascii=False).encode()
-    key = c.encrypt_key.get_secret_value()
+    key = bot.credentials.encrypt_key.get_secret_value()
     if not key:
         return {"Content-Type": "application/json"}, plain
     body = json.dumps({"encrypt": feishu_crypto.encrypt(key, plain)}).encode()
