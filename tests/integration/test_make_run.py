@@ -88,6 +88,7 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
             "demo-aibot-ws",
             "demo-feishu",
             "demo-lark",
+            "demo-feishu-ws",
             "demo-dingtalk",
             "demo-qq",
             "demo-discord",
