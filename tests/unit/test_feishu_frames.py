@@ -177,3 +177,28 @@ def test_reconnect_pause_follows_the_servers_settings() -> None:
     r.was_up = False
     assert r.pause(103.0) == 7.0  # after a failed attempt: the interval
     assert r.pause(200.0) == 0.0
+
+
+def test_a_long_connection_bot_needs_only_the_app_id_and_secret() -> None:
+    from pydantic import ValidationError
+
+    from imrelay.platforms.feishu.config import FeishuBot
+
+    creds = {"app_id": "cli_x", "app_secret": "s"}
+    bot = FeishuBot.model_validate(
+        {"id": "b", "platform": "lark", "mode": "long_connection", "credentials": creds}
+    )
+    assert bot.stale_after_seconds == 1800 and bot.start_warnings() == []
+    with pytest.raises(ValidationError, match="Verification Token is required"):
+        FeishuBot.model_validate(
+            {"id": "b", "platform": "feishu", "credentials": creds | {"encrypt_key": "k"}}
+        )
+    with pytest.raises(ValidationError, match="app_id and app_secret"):
+        FeishuBot.model_validate(
+            {
+                "id": "b",
+                "platform": "feishu",
+                "mode": "long_connection",
+                "credentials": {"app_id": "", "app_secret": ""},
+            }
+        )
