@@ -1,12 +1,13 @@
-"""DingTalk (钉钉) robots: signed HTTP callbacks answered through the message's session webhook, or the
-robot API with an access token."""
+"""DingTalk (钉钉) robots: signed HTTP callbacks, or Stream mode (a long connection each connector replica
+holds, no public URL), answered through the message's session webhook, or the robot API with an access
+token."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from ...sections import RateLimitConfig
-from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
+from ..spec import Capabilities, Ownership, PlatformSpec, RateScope, SimMessage, SimRequest, SimSend
 from .config import DingTalkBot
 from .handle import DingTalkHandle
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
     from ...callbacks import Adapter
+    from ...connections import Connection, ConnectionContext
     from ...delivery import Delivery, DeliveryContext
 
 
@@ -31,6 +33,13 @@ def _delivery(bot: DingTalkBot, ctx: DeliveryContext) -> Delivery:
     return DingTalkDelivery.from_bot(bot, ctx)
 
 
+def _connection(bot: DingTalkBot, ctx: ConnectionContext) -> Connection:
+    from .. import api_base
+    from .connection import StreamConnection
+
+    return StreamConnection(bot, ctx.cfg, api_base=api_base(bot))
+
+
 def _token_key(bot: DingTalkBot) -> str:
     from ...subjects import kv_key
 
@@ -39,8 +48,9 @@ def _token_key(bot: DingTalkBot) -> str:
 
 def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
     from .sim import routes
+    from .sim_stream import routes as stream
 
-    return list(routes(state, clock))
+    return [*routes(state, clock), *stream(state, clock)]
 
 
 def _sim_request(bot: DingTalkBot, m: SimMessage) -> SimRequest:
@@ -52,13 +62,19 @@ def _sim_request(bot: DingTalkBot, m: SimMessage) -> SimRequest:
     return SimRequest("", headers, body)
 
 
+def _sim_push(bot: DingTalkBot, send: SimSend) -> int:
+    from .sim_cli import push_over_stream
+
+    return push_over_stream(bot, send)
+
+
 SPEC = PlatformSpec[DingTalkBot](
     tags=("dingtalk",),
     title="DingTalk",
     bot_model=DingTalkBot,
     reply_handle=DingTalkHandle,
     api_base={"dingtalk": "https://api.dingtalk.com"},
-    capabilities=Capabilities(needs_token=True),
+    capabilities=Capabilities(long_connection=Ownership.ACTIVE_ACTIVE, needs_token=True),
     rate_scopes=(
         RateScope(
             "dingtalk.per_robot",
@@ -68,13 +84,21 @@ SPEC = PlatformSpec[DingTalkBot](
     ),
     adapter=_adapter,
     delivery=_delivery,
+    connection=_connection,
+    connection_events=("disconnect", "idle", "not_stored"),
     token_key=_token_key,
     sim_routes=_sim_routes,
     sim_request=_sim_request,
+    sim_push=_sim_push,
     demo="""\
   - id: demo-dingtalk
     platform: dingtalk
     api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
     credentials: {app_key: dingdemo0001, app_secret: demo-dingtalk-secret}
+  - id: demo-dingtalk-stream
+    platform: dingtalk
+    mode: long_connection            # Stream mode: served by imrelay-connector, no public URL
+    api_base: ${IMRELAY_SIM_URL:-http://127.0.0.1:8090}
+    credentials: {app_key: dingdemostream01, app_secret: demo-dingtalk-stream-secret}
 """,
 )

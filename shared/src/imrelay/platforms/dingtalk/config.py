@@ -27,3 +27,6 @@ class DingTalkCredentials(ConfigModel):
 class DingTalkBot(BotBase):
     platform: Literal["dingtalk"]
     credentials: DingTalkCredentials
+    # Stream mode (mode: long_connection): a socket that brings no frame for this long (DingTalk's own
+    # pings included) is replaced by a new one, opened before the silent one is closed
+    stream_idle_seconds: float = Field(default=120.0, gt=0)
