@@ -66,7 +66,7 @@ def conns(stack: Stack) -> list[dict[str, Any]]:
     return result
 
 
-def push(stack: Stack, text: str, **extra: str) -> httpx.Response:
+def push(stack: Stack, text: str, **extra: Any) -> httpx.Response:
     return httpx.post(
         f"{stack.sim_url}/sim/dingtalk/push",
         json={"bot_id": "ding", "text": text, "user": "alice", **extra},
@@ -108,6 +108,16 @@ def test_both_replicas_connect_and_share_the_messages(ding: Stack) -> None:
     assert len(used) == 2  # spread over both replicas' connections
     check_each_once(ding, pushed)
     assert ding.sim_stats().get("dingtalk_stream_unknown_acks", 0) == 0
+
+
+def test_an_answer_after_the_session_webhook_expired_goes_through_the_robot_api(ding: Stack) -> None:
+    both_connected(ding)
+    text = f"answered late {secrets.token_hex(3)}"
+    resp = push(ding, text, session_minutes=0)  # the webhook is already past its life
+    assert resp.status_code == 200
+    [answer] = ding.wait_for(lambda: answered(ding, text), 30, "the answer")
+    assert answer["via"] == "api" and answer["chat"] == "alice"
+    assert sim(ding, "acks")[resp.json()["messageId"]]["acks"] == 1
 
 
 def test_a_replica_killed_loses_nothing_sent_to_the_survivor(ding: Stack) -> None:

@@ -90,6 +90,7 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
             "demo-lark",
             "demo-feishu-ws",
             "demo-dingtalk",
+            "demo-dingtalk-stream",
             "demo-qq",
             "demo-discord",
         ):

@@ -6,8 +6,9 @@
 * ``/dingtalk/stream?ticket=…`` is the WebSocket: a missing, unknown, used or stale ticket is refused at
   the handshake (HTTP 403).
 * ``POST /sim/dingtalk/push`` (``bot_id``, ``text``, ``user``, ``chat``, ``msgid``, optional
-  ``connection``) sends a robot message (a ``CALLBACK`` frame on ``/v1.0/im/bot/messages/get``, its
-  ``data`` the same JSON as an HTTP-mode callback, with a session webhook) to one of the app's
+  ``connection``, ``session_minutes``: the session webhook's life, 90 by default) sends a robot message
+  (a ``CALLBACK`` frame on ``/v1.0/im/bot/messages/get``, its ``data`` the same JSON as an HTTP-mode
+  callback, with a session webhook) to one of the app's
   connections subscribed to robot messages: round robin over those not told to disconnect, else one told
   to disconnect that is still open; with none open the message is lost (HTTP 409). A robot message is
   **never sent again**, acked or not, as DingTalk does.
@@ -235,7 +236,15 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         msg_id = f"msg{body.get('msgid') or secrets.token_hex(8)}"
         sim_url = str(request.base_url).rstrip("/")
         _, raw = callback(
-            bot, str(body.get("text", "")), user, chat or f"cid_{user}", bool(chat), msg_id, clock(), sim_url
+            bot,
+            str(body.get("text", "")),
+            user,
+            chat or f"cid_{user}",
+            bool(chat),
+            msg_id,
+            clock(),
+            sim_url,
+            session_minutes=float(body.get("session_minutes", 90)),
         )
         mid = f"robot_{secrets.token_hex(8)}"
         pushed[mid] = {"connection": conn.id, "msgId": msg_id, "acks": 0}
