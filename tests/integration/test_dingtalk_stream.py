@@ -47,9 +47,12 @@ def ding(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) ->
         "reconnect_max_seconds": 2,
         "healthy_seconds": 1,
     }
+    # many messages a minute here: above the robot's 20 (kept by the sender, enforced by the simulator)
+    s.config["sender"]["rate_limits"] = {"dingtalk.per_robot": {"limit": 1000, "window_seconds": 60}}
     for name in REPLICAS:
         s.add_service(name, ["imrelay_ingress.connector"])
     with s.running("sim", "worker", "sender", *REPLICAS):
+        s.control(webhook_limit=1000)
         yield s
 
 
@@ -250,6 +253,17 @@ def test_bad_credentials_are_refused_and_a_ticket_is_single_use(ding: Stack) -> 
                 pass
 
     asyncio.run(twice())
+
+
+def test_no_ticket_or_secret_in_the_connectors_logs(ding: Stack) -> None:
+    both_connected(ding)
+    tickets = httpx.get(f"{ding.sim_url}/sim/tokens", timeout=5).json()
+    assert tickets
+    for name in REPLICAS:
+        log = ding.services[name].log.read_text()
+        assert "stream connection up" in log
+        assert APP_SECRET not in log
+        assert not [t for t in tickets if t in log]
 
 
 def test_with_jetstream_unavailable_nothing_is_acked(ding: Stack, nats_server: EmbeddedNats) -> None:

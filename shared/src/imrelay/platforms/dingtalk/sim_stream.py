@@ -137,6 +137,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         )
         ticket = secrets.token_urlsafe(24)
         tickets[ticket] = (key, robot, clock())
+        state.issued.append(ticket)  # a credential: must never show in a log
         state.stats["dingtalk_stream_tickets"] += 1
         base = str(request.base_url).rstrip("/").replace("http://", "ws://").replace("https://", "wss://")
         return JSONResponse({"endpoint": f"{base}/dingtalk/stream", "ticket": ticket})
