@@ -1,15 +1,30 @@
-"""Discord delivery: the deferred interaction response is edited into the answer (``PATCH
-…/webhooks/{application}/{token}/messages/@original``), parts after the first are follow-ups. Discord
-counts 2000 *characters* per message. The interaction token lives 15 minutes; after that Discord answers
-404 and the reply is dead-lettered. 429 waits the ``retry_after`` Discord gives.
+"""Discord delivery. Discord counts 2000 *characters* per message; 429 waits the ``retry_after`` Discord
+gives.
+
+* An interaction (``/ask``): the deferred response is edited into the answer (``PATCH
+  …/webhooks/{application}/{token}/messages/@original``), parts after the first are follow-ups. The
+  interaction token lives 15 minutes; after that Discord answers 404 and the reply is dead-lettered.
+* A Gateway message (a mention or a DM): the answer is a reply to it (``POST /channels/{channel}/messages``
+  with a ``message_reference``, bot token), edited about once a second while it grows (``PATCH
+  /channels/{channel}/messages/{id}``); the created message's id is kept in the deliveries bucket so any
+  sender replica continues the same message. Every create carries a ``nonce`` made from the reply id and
+  part with ``enforce_nonce``, so Discord returns the message already created instead of posting it twice
+  (a retry after a lost answer). While a route's ``X-RateLimit-Remaining`` is 0, updates wait for its
+  ``X-RateLimit-Reset-After`` instead of drawing a 429.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from imrelay.delivery import DeliveryContext
 from imrelay.delivery.chunking import split_chars
@@ -18,11 +33,29 @@ from imrelay.errors import PermanentUpstreamError, RateLimitedError, TransientUp
 from imrelay.events import ReplyChunk
 from imrelay.platforms.discord.config import DiscordBot
 from imrelay.platforms.discord.handle import DiscordHandle
+from imrelay.subjects import kv_key
 
 PLATFORM = "discord"
 CHAR_LIMIT = 2000
 CURSOR = " ▌"  # shown while the answer is still being written
 TOKEN_LIFETIME_SECONDS = 15 * 60
+UNKNOWN_MESSAGE = 10008  # the reply being edited was deleted
+MAX_QUIET_WAIT = 5.0  # a final part waits at most this long for a route's limit to reset (then a 429 tells)
+
+
+def nonce(reply_id: str, index: int) -> str:
+    """The create's ``nonce`` (at most 25 characters): the same reply part always has the same one."""
+    return hashlib.sha256(f"{reply_id}:{index}".encode()).hexdigest()[:25]
+
+
+def quiet_for(headers: httpx.Headers) -> float:
+    """Seconds a route takes no more calls, from Discord's rate-limit headers (0: calls left)."""
+    if headers.get("x-ratelimit-remaining") != "0":
+        return 0.0
+    try:
+        return max(float(headers.get("x-ratelimit-reset-after", "0")), 0.0)
+    except ValueError:
+        return 0.0
 
 
 def check(payload: Any, status: int, wait: float | None) -> None:
@@ -49,6 +82,10 @@ class DiscordDelivery:
     timeout: float
     platform: str = PLATFORM
     update_interval: float = 1.0  # Discord allows about one edit a second
+    bot_token: str = field(default="", repr=False)
+    streams: KeyValue | None = None  # the deliveries bucket: which message shows a reply
+    _messages: dict[str, str] = field(default_factory=dict, repr=False)  # the same, in-process
+    _quiet_until: dict[str, float] = field(default_factory=dict, repr=False)  # channel -> monotonic
 
     @classmethod
     def from_bot(cls, bot: DiscordBot, ctx: DeliveryContext) -> DiscordDelivery:
@@ -58,6 +95,8 @@ class DiscordDelivery:
             api_base=ctx.api_base(bot),
             client=ctx.client,
             timeout=ctx.http_timeout,
+            bot_token=bot.credentials.bot_token.get_secret_value(),
+            streams=ctx.deliveries,
         )
 
     def render(self, chunk: ReplyChunk) -> list[str]:
@@ -79,9 +118,13 @@ class DiscordDelivery:
         return f"{self.api_base}/api/v10/webhooks/{app}/{token}"
 
     async def update(self, chunk: ReplyChunk, text: str) -> None:
+        handle = DiscordHandle.of(chunk)
         shown = text + CURSOR
         if len(shown) > CHAR_LIMIT:
             return  # past one message: the final answer adds the follow-ups
+        if handle.is_message_reply:
+            await self._update_reply(chunk, handle, shown)
+            return
         resp = await call(
             self.client,
             "PATCH",
@@ -94,6 +137,10 @@ class DiscordDelivery:
         check(json_or_none(resp), resp.status_code, retry_after(resp))
 
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
+        handle = DiscordHandle.of(chunk)
+        if handle.is_message_reply:
+            await self._send_reply(chunk, handle, part, index)
+            return
         base = self._base(chunk)
         body = {"content": part, "allowed_mentions": {"parse": []}}
         if index == 0:
@@ -117,3 +164,108 @@ class DiscordDelivery:
                 json=body,
             )
         check(json_or_none(resp), resp.status_code, retry_after(resp))
+
+    # ---- a reply to a Gateway message --------------------------------------------------------------
+
+    async def _api(self, method: str, path: str, body: dict[str, Any], channel: str) -> Any:
+        resp = await call(
+            self.client,
+            method,
+            f"{self.api_base}/api/v10{path}",
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            json=body,
+            headers={"Authorization": f"Bot {self.bot_token}"},
+        )
+        payload = json_or_none(resp)
+        quiet = quiet_for(resp.headers)
+        if quiet or resp.status_code == 429:
+            wait = quiet or float(
+                (payload or {}).get("retry_after", 1.0) if isinstance(payload, dict) else 1.0
+            )
+            self._quiet_until[channel] = time.monotonic() + wait
+        check(payload, resp.status_code, retry_after(resp))
+        return payload
+
+    def _quiet(self, channel: str) -> float:
+        return max(0.0, self._quiet_until.get(channel, 0.0) - time.monotonic())
+
+    async def _shown_in(self, chunk: ReplyChunk) -> str:
+        """The id of the message showing this reply, if one was created."""
+        if chunk.reply_id in self._messages or self.streams is None:
+            return self._messages.get(chunk.reply_id, "")
+        try:
+            entry = await self.streams.get(kv_key("stream", chunk.reply_id))
+            found = str(json.loads(entry.value or b"{}").get("message_id", ""))
+        except KeyNotFoundError:
+            return ""
+        if found:
+            self._messages[chunk.reply_id] = found
+        return found
+
+    async def _remember(self, chunk: ReplyChunk, message_id: str) -> None:
+        self._messages[chunk.reply_id] = message_id
+        if len(self._messages) > 10_000:
+            for stale in list(self._messages)[:1000]:
+                del self._messages[stale]
+        if self.streams is not None:
+            await self.streams.put(
+                kv_key("stream", chunk.reply_id), json.dumps({"message_id": message_id}).encode()
+            )
+
+    async def _create(
+        self, chunk: ReplyChunk, handle: DiscordHandle, content: str, index: int
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "content": content,
+            "allowed_mentions": {"parse": [], "replied_user": False},
+            "nonce": nonce(chunk.reply_id, index),
+            "enforce_nonce": True,  # the same part posted again returns the message already created
+            # every part replies to the question; if it was deleted, answer in the channel anyway
+            "message_reference": {
+                "message_id": handle.message_id,
+                "channel_id": handle.channel_id,
+                "fail_if_not_exists": False,
+            },
+        }
+        created = await self._api("POST", f"/channels/{handle.channel_id}/messages", body, handle.channel_id)
+        if not isinstance(created, dict) or not created.get("id"):
+            raise TransientUpstreamError(PLATFORM, "no_id", "created message without an id")
+        return created
+
+    async def _edit(self, handle: DiscordHandle, message_id: str, content: str) -> None:
+        await self._api(
+            "PATCH",
+            f"/channels/{handle.channel_id}/messages/{message_id}",
+            {"content": content, "allowed_mentions": {"parse": [], "replied_user": False}},
+            handle.channel_id,
+        )
+
+    async def _update_reply(self, chunk: ReplyChunk, handle: DiscordHandle, shown: str) -> None:
+        if self._quiet(handle.channel_id):
+            return  # the channel's limit is spent: the next update (or the final) shows the text
+        message_id = await self._shown_in(chunk)
+        if message_id:
+            await self._edit(handle, message_id, shown)
+            return
+        created = await self._create(chunk, handle, shown, 0)
+        await self._remember(chunk, str(created["id"]))
+
+    async def _send_reply(self, chunk: ReplyChunk, handle: DiscordHandle, part: str, index: int) -> None:
+        wait = self._quiet(handle.channel_id)
+        if wait:
+            await asyncio.sleep(min(wait, MAX_QUIET_WAIT))
+        if index == 0:
+            message_id = await self._shown_in(chunk)
+            if message_id:
+                try:
+                    await self._edit(handle, message_id, part)
+                    return
+                except PermanentUpstreamError as exc:
+                    if exc.code != UNKNOWN_MESSAGE:
+                        raise
+                    # the streamed reply was deleted meanwhile: post the answer anew
+        created = await self._create(chunk, handle, part, index)
+        if created.get("content") != part:  # Discord returned the streamed message (same nonce)
+            await self._edit(handle, str(created["id"]), part)
