@@ -93,7 +93,6 @@ class GatewayConnection:
             gw.gateway_socket_url(url), open_timeout=10, ping_interval=None, max_size=8 * 1024 * 1024
         ) as ws:
             self.ws = ws
-            keep_session = True
             try:
                 await self._serve(ws, sink, health, resuming)
             except ConnectionClosed as exc:
@@ -107,13 +106,13 @@ class GatewayConnection:
                 if nxt is gw.Next.IDENTIFY:
                     self.session.forget()
                 raise Reconnect(f"closed by Discord ({code} {reason})".strip()) from None
-            except asyncio.CancelledError:
-                keep_session = False  # stopped (or the lease was lost): end the session cleanly
-                raise
             finally:
                 self.ws = None
-                with contextlib.suppress(Exception):  # 1000 ends the session, any other code keeps it
-                    await ws.close(code=gw.RESUMABLE_CLOSE if keep_session else 1000)
+                # 1000 would end the session; closing otherwise keeps it resumable, also when stopped or
+                # when the lease was lost meanwhile (a detached session delivers to nobody, and the next
+                # socket of this process resumes it, receiving whatever was not stored yet)
+                with contextlib.suppress(Exception):
+                    await ws.close(code=gw.RESUMABLE_CLOSE)
 
     async def _serve(self, ws: ClientConnection, sink: Sink, health: Health, resuming: bool) -> None:
         async with asyncio.timeout(HELLO_TIMEOUT):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
+from urllib.parse import urlsplit
 
 from ...events import Chat, ChatType, InboundMessage, Sender, inbound_id
 from .handle import DiscordHandle
@@ -65,7 +66,8 @@ class Next(Enum):
 
 def gateway_socket_url(base: str) -> str:
     """The WebSocket URL to dial, with the version and encoding Discord wants in the query."""
-    return f"{base.rstrip('/')}/?v={API_VERSION}&encoding=json"
+    path = urlsplit(base).path
+    return f"{base.rstrip('/')}{'' if path.strip('/') else '/'}?v={API_VERSION}&encoding=json"
 
 
 def frame(op: int, d: Any) -> str:

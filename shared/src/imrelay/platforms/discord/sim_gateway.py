@@ -24,8 +24,9 @@ every session of the bot (409 when it has none); ``POST /sim/discord/close`` clo
 (``code``, default 1001: a Gateway restart); ``/sim/discord/reconnect`` sends op 7;
 ``/sim/discord/invalidate`` sends op 9 (``resumable``); ``/sim/discord/control`` sets
 ``heartbeat_interval_ms``, ``resume_window``, ``identify_interval``, ``ack_heartbeats`` (false: a zombie
-connection), ``create_limit``/``edit_limit`` per ``limit_window`` seconds; ``GET /sim/discord/events``
-lists what happened to the sockets.
+connection), ``hello_paused`` (true: new sockets get no Hello until it is false again, a Gateway outage),
+``create_limit``/``edit_limit`` per ``limit_window`` seconds; ``GET /sim/discord/events`` lists what
+happened to the sockets.
 
 Channel messages: ``POST /api/v10/channels/{id}/messages`` (bot token; ``content`` 1-2000 characters,
 else 400 with 50035/50006; a ``message_reference`` to an unknown message is 400 50035 unless
@@ -72,6 +73,7 @@ class GatewayKnobs:
     resume_window: float = 120.0
     identify_interval: float = 5.0  # max_concurrency 1: one Identify per 5 s
     ack_heartbeats: bool = True
+    hello_paused: bool = False  # new sockets wait for their Hello until this is false again
     create_limit: int = 5
     edit_limit: int = 5
     limit_window: float = 5.0
@@ -118,6 +120,8 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
     channel_messages: dict[str, dict[str, Any]] = {}  # id -> {channel, author, content, entry}
     nonces: dict[tuple[str, str], tuple[float, str]] = {}  # (bot, nonce) -> (when, message id)
     buckets: dict[tuple[str, str], deque[float]] = {}
+    hello_gate = asyncio.Event()
+    hello_gate.set()
 
     def event(what: str, bot: str, **more: Any) -> None:
         log.append({"at": clock(), "event": what, "bot": bot, **more})
@@ -194,6 +198,8 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
         ):
             await close(conn, 4012, "Invalid API version")
             return
+        await hello_gate.wait()
+        conn.last_beat = clock()
         await send(
             conn, {"op": gw.HELLO, "d": {"heartbeat_interval": knobs.heartbeat_interval_ms}, "s": None}
         )
@@ -238,10 +244,10 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
         except (WebSocketDisconnect, RuntimeError) as exc:
             code = getattr(exc, "code", None)
             s = conn.session
-            if s is not None and s.conn is conn and code in (1000, 1001):
-                s.ended = True  # a client closing normally ends its session
+            if s is not None and s.conn is conn and conn.open and code in (1000, 1001):
+                s.ended = True  # a client closing normally ends its session (not its echo of our close)
                 event("ended_by_client", s.bot, session=s.sid, code=code)
-            elif s is not None:
+            elif s is not None and conn.open:
                 event("closed_by_client", s.bot, session=s.sid, code=code)
         finally:
             conn.open = False
@@ -420,6 +426,10 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
         for name, kind in GatewayKnobs.__annotations__.items():
             if name in body:
                 setattr(knobs, name, {"int": int, "float": float, "bool": bool}[kind](body[name]))
+        if knobs.hello_paused:
+            hello_gate.clear()
+        else:
+            hello_gate.set()
         return JSONResponse(dict(knobs.__dict__))
 
     async def list_sessions(_: Request) -> Response:
