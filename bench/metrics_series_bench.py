@@ -59,7 +59,7 @@ async def publish(url: str, sim: str) -> None:
                 bot_id=bot,
                 chat=Chat(id=user, type=ChatType.GROUP),
                 recipient=Sender(id=user),
-                reply_handle={"webhook_url": f"{sim}/cgi-bin/webhook/send?key={bot}"},
+                reply_handle={"webhook_url": f"{sim}/cgi-bin/webhook/send?key={bot}", "chat_id": user},
                 seq=0,
                 final=True,
                 full_text="hi",

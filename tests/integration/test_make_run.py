@@ -93,6 +93,7 @@ def test_dev_stack_answers_the_demo_message_and_stops_cleanly(tmp_path: Path) ->
             "demo-dingtalk-stream",
             "demo-qq",
             "demo-discord",
+            "demo-discord-gw",
         ):
             tried = subprocess.run(
                 [

@@ -49,7 +49,7 @@ async def publish_everywhere(url: str, sim: str, bots: list[str], partitions: in
                 bot_id=bot,
                 chat=Chat(id=user, type=ChatType.GROUP),
                 recipient=Sender(id=user),
-                reply_handle={"webhook_url": webhook},
+                reply_handle={"webhook_url": webhook, "chat_id": user},
                 seq=0,
                 final=True,
                 full_text="hi",
