@@ -1,23 +1,31 @@
 """The connector's pure parts and the lease against a fake bucket: the backoff starts anew after a healthy
 socket, a kick and a refused secret wait long, /readyz names every bot without a working socket, a
-broker error never ends a lease task (a renewal rides out an election while its last write is valid), and
-a stand-down after a kick passes to the next owner."""
+broker error never ends a lease task (a renewal rides out an election while its last write is valid),
+a stand-down after a kick passes to the next owner, and a connection's frames and messages show in the
+metrics."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast
 
 import httpx
 import pytest
 from nats.errors import NoRespondersError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from prometheus_client import REGISTRY
 
 from imrelay.admin import admin_app
+from imrelay.bots import BotBase
 from imrelay.config import ConnectorConfig
-from imrelay_ingress.connector import BotStatus, next_pause, readiness, supervise
+from imrelay.connections import Health, Sink
+from imrelay.events import Chat, ChatType, ConnectionAnswer, InboundMessage, Sender
+from imrelay.platforms.spec import PlatformSpec
+from imrelay.sections import ConfigModel
+from imrelay_ingress.connector import Attempt, BotStatus, Supervised, next_pause, readiness, supervise
 from imrelay_ingress.lease import Lease
 
 CFG = ConnectorConfig(
@@ -201,3 +209,76 @@ async def test_a_stand_down_passes_to_the_next_owner() -> None:
     assert await b.renew() and b"down_until" not in kv.entry.value
     await b.release()
     assert kv.entry is None  # no stand-down: handed over at once
+
+
+class FrameBot(BotBase):
+    platform: Literal["framelink"]
+    credentials: ConfigModel = ConfigModel()
+
+
+def sample(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, {"platform": "framelink", "bot": "f1", **labels})
+
+
+@dataclass
+class ScriptedLink:
+    """Comes up, hands over a new message, the same message again and one that cannot be stored, reports a
+    platform event, then ends; ``seen`` is what the metrics said while it was up."""
+
+    seen: dict[str, float | None] = field(default_factory=dict)
+
+    async def run(self, sink: Sink, health: Health) -> None:
+        await health.up()
+        self.seen["connected"] = sample("imrelay_connector_connected")
+        self.seen["after_up"] = sample("imrelay_connector_last_frame_timestamp_seconds")
+        msg = InboundMessage(
+            id="m1",
+            platform="framelink",
+            bot_id="f1",
+            platform_message_id="p1",
+            chat=Chat(id="c", type=ChatType.GROUP),
+            sender=Sender(id="u"),
+            text="hello",
+        )
+        assert await sink(msg) is False
+        assert await sink(msg) is True
+        with pytest.raises(ConnectionError):
+            await sink(msg.model_copy(update={"id": "m2"}))
+        health.event("framelink_ping")
+        raise ConnectionError("socket closed")
+
+    async def send(self, payload: dict[str, Any]) -> ConnectionAnswer:
+        return ConnectionAnswer(ok=False, code="unused")
+
+
+async def test_a_connections_frames_and_messages_show_in_the_metrics() -> None:
+    stored: set[str] = set()
+
+    async def sink(msg: InboundMessage) -> bool:
+        if msg.id == "m2":
+            raise ConnectionError("JetStream unavailable")
+        there = msg.id in stored
+        stored.add(msg.id)
+        return there
+
+    bot = FrameBot(id="f1", platform="framelink", mode="long_connection")
+    # the attempt never asks the platform's spec: it only runs the connection it is given
+    sup = Supervised(bot, cast(PlatformSpec[Any], None), CFG, sink, None, BotStatus("f1"))
+    for outcome in ("stored", "duplicate", "failed"):
+        assert sample("imrelay_connector_messages_total", outcome=outcome) in (None, 0.0)
+    before = time.time()
+    link = ScriptedLink()
+    with pytest.raises(ConnectionError, match="socket closed"):
+        await Attempt(sup, link).run()
+    assert link.seen["connected"] == 1.0
+    assert (link.seen["after_up"] or 0.0) >= before
+    assert sample("imrelay_connector_connected") == 0.0  # the connection ended
+    assert [
+        sample("imrelay_connector_messages_total", outcome=o) for o in ("stored", "duplicate", "failed")
+    ] == [
+        1.0,
+        1.0,
+        1.0,
+    ]
+    assert sample("imrelay_connector_events_total", outcome="framelink_ping") == 1.0
+    assert (sample("imrelay_connector_last_frame_timestamp_seconds") or 0.0) >= (link.seen["after_up"] or 0.0)

@@ -1,38 +1,43 @@
 """Telemetry names and setup, defined once. Dashboards and alerts use only these names.
 
-=======================================  =========  =======================  ==========================
-metric                                   type       labels                   meaning
-=======================================  =========  =======================  ==========================
-imrelay_callbacks_total                  counter    platform, bot, outcome   callbacks by outcome
-imrelay_build_info                       gauge      version                  1; the running version
-imrelay_bot_configured                   gauge      platform, bot, mode      1 for each configured bot
-imrelay_callback_ack_seconds             histogram  platform, bot, outcome   callback received -> ack
-imrelay_llm_time_to_first_token_seconds  histogram  platform, bot, backend,  backend request -> 1st delta
-                                                    model
-imrelay_llm_duration_seconds             histogram  platform, bot, backend,  whole backend call
-                                                    model, outcome
-imrelay_llm_tokens_total                 counter    backend, model, type     tokens the model reported
-imrelay_deliveries_total                 counter    platform, bot, outcome   platform send calls
-imrelay_delivery_seconds                 histogram  platform, bot            one platform send call
-imrelay_rate_limit_wait_seconds          histogram  platform, bot            time waited for a limit
-imrelay_token_refreshes_total            counter    platform, bot, outcome   token endpoint calls
-imrelay_dlq_total                        counter    platform, bot, stage     dead letters written
-imrelay_first_reply_seconds              histogram  platform, bot            callback -> 1st delivery
-imrelay_consumer_pending_messages        gauge      consumer                 stored, not yet delivered
-imrelay_consumer_ack_pending_messages    gauge      consumer                 delivered, not yet acked
-imrelay_connector_lease_held             gauge      platform, bot            1 while this replica owns
-imrelay_connector_events_total           counter    platform, bot, outcome   connect/kicked/lost/...
-imrelay_connector_standing_down          gauge      platform, bot, reason    1 while kept down on purpose
-imrelay_connector_bot_owned              gauge      platform, bot            0: no owner cluster-wide
-imrelay_http_connections_open            gauge      listener                 open HTTP connections
-imrelay_http_connection_timeouts_total   counter    listener, reason         closed by a deadline
-imrelay_http_connections_refused_total   counter    listener                 refused at the cap (503)
-=======================================  =========  =======================  ==========================
+==============================================  =========  =======================  =========================
+metric                                          type       labels                   meaning
+==============================================  =========  =======================  =========================
+imrelay_callbacks_total                         counter    platform, bot, outcome   callbacks by outcome
+imrelay_build_info                              gauge      version                  1; the running version
+imrelay_bot_configured                          gauge      platform, bot, mode      1 for each configured bot
+imrelay_callback_ack_seconds                    histogram  platform, bot, outcome   callback received -> ack
+imrelay_llm_time_to_first_token_seconds         histogram  platform, bot, backend,  request -> first delta
+                                                           model
+imrelay_llm_duration_seconds                    histogram  platform, bot, backend,  whole backend call
+                                                           model, outcome
+imrelay_llm_tokens_total                        counter    backend, model, type     tokens the model reported
+imrelay_deliveries_total                        counter    platform, bot, outcome   platform send calls
+imrelay_delivery_seconds                        histogram  platform, bot            one platform send call
+imrelay_rate_limit_wait_seconds                 histogram  platform, bot            time waited for a limit
+imrelay_token_refreshes_total                   counter    platform, bot, outcome   token endpoint calls
+imrelay_dlq_total                               counter    platform, bot, stage     dead letters written
+imrelay_first_reply_seconds                     histogram  platform, bot            callback -> 1st delivery
+imrelay_consumer_pending_messages               gauge      consumer                 stored, not yet delivered
+imrelay_consumer_ack_pending_messages           gauge      consumer                 delivered, not yet acked
+imrelay_connector_lease_held                    gauge      platform, bot            1 while this replica owns
+imrelay_connector_events_total                  counter    platform, bot, outcome   connect/kicked/lost/...
+imrelay_connector_standing_down                 gauge      platform, bot, reason    1 while down on purpose
+imrelay_connector_bot_owned                     gauge      platform, bot            0: no owner cluster-wide
+imrelay_connector_connected                     gauge      platform, bot            1 while connected here
+imrelay_connector_last_frame_timestamp_seconds  gauge      platform, bot            unix time of last frame
+imrelay_connector_messages_total                counter    platform, bot, outcome   messages it received
+imrelay_http_connections_open                   gauge      listener                 open HTTP connections
+imrelay_http_connection_timeouts_total          counter    listener, reason         closed by a deadline
+imrelay_http_connections_refused_total          counter    listener                 refused at the cap (503)
+==============================================  =========  =======================  =========================
 
 Outcomes: callbacks ``accepted | duplicate | stream_poll | rejected_signature | rejected_replay |
 rejected_malformed | rejected_oversize | unknown_bot | unavailable``; LLM ``ok | error | timeout``;
 deliveries ``ok | retry | duplicate_skipped | failed | update | update_failed``; tokens ``ok | error``;
-model token ``type`` ``input | output``. HTTP listeners ``public | admin``; timeout reasons
+model token ``type`` ``input | output``; connector messages ``stored | duplicate`` (the platform sent it
+again) ``| failed`` (not stored). A connection's last frame is the last thing it reported: its platform
+accepting it, a message, or a platform event. HTTP listeners ``public | admin``; timeout reasons
 ``idle`` (no byte sent), ``header``, ``body`` (408) and ``keep_alive`` (idle after an answer: the normal end
 of a connection).
 
@@ -189,6 +194,23 @@ CONNECTOR_BOT_OWNED = Gauge(
     "1 while some connector replica holds the bot's lease, as this replica "
     "reads the lease bucket; 0 when the bot has no owner cluster-wide (or the bucket cannot be read)",
     ["platform", "bot"],
+)
+CONNECTOR_CONNECTED = Gauge(
+    "imrelay_connector_connected",
+    "1 while this replica's connection of the bot is up (the platform accepted it)",
+    ["platform", "bot"],
+)
+CONNECTOR_LAST_FRAME = Gauge(
+    "imrelay_connector_last_frame_timestamp_seconds",
+    "Unix time of the last frame the bot's connection reported to this replica: its platform accepting "
+    "it, a message, or a platform event",
+    ["platform", "bot"],
+)
+CONNECTOR_MESSAGES = Counter(
+    "imrelay_connector_messages",
+    "Messages received over the bot's connection, by outcome: stored, duplicate (stored already: the "
+    "platform sent it again), failed (not stored)",
+    ["platform", "bot", "outcome"],
 )
 CONNECTIONS_OPEN = Gauge(
     "imrelay_http_connections_open",

@@ -49,7 +49,7 @@ from imrelay import subjects
 from imrelay.bots import BotBase
 from imrelay.config import ConnectorConfig, Settings, load_settings
 from imrelay.connections import Connection, ConnectionContext, CredentialsRefused, Kicked, Sink
-from imrelay.events import ConnectionAnswer, ConnectionRequest
+from imrelay.events import ConnectionAnswer, ConnectionRequest, InboundMessage
 from imrelay.jetstream import connect_until_ready, ensure_leases_bucket
 from imrelay.platforms import spec_for
 from imrelay.platforms.spec import Ownership, PlatformSpec
@@ -57,8 +57,11 @@ from imrelay.redact import protect_settings
 from imrelay.runtime import Connected, run_until_stopped, service_main
 from imrelay.telemetry import (
     CONNECTOR_BOT_OWNED,
+    CONNECTOR_CONNECTED,
     CONNECTOR_EVENTS,
+    CONNECTOR_LAST_FRAME,
     CONNECTOR_LEASE,
+    CONNECTOR_MESSAGES,
     CONNECTOR_STANDING_DOWN,
 )
 
@@ -68,6 +71,7 @@ from .publisher import JetStreamPublisher
 log = logging.getLogger("imrelay.connector")
 STAND_DOWN_REASONS = ("kicked", "refused")
 OUTCOMES = ("connected", "kicked", "refused", "lease_lost", "reconnect", "crashed")
+MESSAGE_OUTCOMES = ("stored", "duplicate", "failed")
 
 
 @dataclass
@@ -240,8 +244,9 @@ class Supervised:
 
 @dataclass
 class Attempt:
-    """One connection attempt: its health, reported into the bot's status and the metrics, and the
-    sender's requests, served while it is up."""
+    """One connection attempt: its health, reported into the bot's status and the metrics (every frame it
+    reports, its messages too, marks ``imrelay_connector_last_frame_timestamp_seconds``), and the sender's
+    requests, served while it is up."""
 
     sup: Supervised
     conn: Connection
@@ -258,6 +263,8 @@ class Attempt:
         for reason in STAND_DOWN_REASONS:
             CONNECTOR_STANDING_DOWN.labels(reason=reason, **self.sup.labels).set(0)
         CONNECTOR_EVENTS.labels(outcome="connected", **self.sup.labels).inc()
+        CONNECTOR_CONNECTED.labels(**self.sup.labels).set(1)
+        CONNECTOR_LAST_FRAME.labels(**self.sup.labels).set_to_current_time()
         if self.sup.nc is not None:
             self.sub = await self.sup.nc.subscribe(
                 subjects.connector_subject(self.sup.bot.platform, self.sup.bot.id),
@@ -267,11 +274,26 @@ class Attempt:
 
     def event(self, outcome: str) -> None:
         CONNECTOR_EVENTS.labels(outcome=outcome, **self.sup.labels).inc()
+        CONNECTOR_LAST_FRAME.labels(**self.sup.labels).set_to_current_time()
+
+    async def sink(self, message: InboundMessage) -> bool:
+        """The bot's sink, counting the message."""
+        CONNECTOR_LAST_FRAME.labels(**self.sup.labels).set_to_current_time()
+        try:
+            stored_already = await self.sup.sink(message)
+        except Exception:
+            CONNECTOR_MESSAGES.labels(outcome="failed", **self.sup.labels).inc()
+            raise
+        CONNECTOR_MESSAGES.labels(
+            outcome="duplicate" if stored_already else "stored", **self.sup.labels
+        ).inc()
+        return stored_already
 
     async def run(self) -> None:
         try:
-            await self.conn.run(self.sup.sink, self)
+            await self.conn.run(self.sink, self)
         finally:
+            CONNECTOR_CONNECTED.labels(**self.sup.labels).set(0)
             if self.sub is not None:
                 with contextlib.suppress(Exception):
                     await self.sub.unsubscribe()
@@ -476,10 +498,13 @@ def zero_series(sup: Supervised) -> None:
     from 0."""
     CONNECTOR_LEASE.labels(**sup.labels).set(0)
     CONNECTOR_BOT_OWNED.labels(**sup.labels).set(0)
+    CONNECTOR_CONNECTED.labels(**sup.labels).set(0)
     for reason in STAND_DOWN_REASONS:
         CONNECTOR_STANDING_DOWN.labels(reason=reason, **sup.labels).set(0)
     for outcome in (*OUTCOMES, *sup.spec.connection_events):
         CONNECTOR_EVENTS.labels(outcome=outcome, **sup.labels)
+    for outcome in MESSAGE_OUTCOMES:
+        CONNECTOR_MESSAGES.labels(outcome=outcome, **sup.labels)
 
 
 async def run() -> None:
