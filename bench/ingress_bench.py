@@ -27,7 +27,7 @@ from _common import free_port, start_cluster, stop_all, wait_http
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
-from imrelay_sim.__main__ import build_callback
+from imrelay_sim.client import build_callback
 
 HERE = Path(__file__).parent
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))

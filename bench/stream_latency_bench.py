@@ -29,7 +29,7 @@ from nats.js.api import StreamConfig
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.discord.sim import public_key_for
-from imrelay_sim.__main__ import build_request
+from imrelay_sim.client import build_request
 
 CONVERSATIONS = int(os.environ.get("BENCH_CONVERSATIONS", "200"))
 CONCURRENCY = 8

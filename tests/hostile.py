@@ -13,7 +13,7 @@ from imrelay.config import BotConfig, Settings, parse_settings
 from imrelay.platforms.discord import sim as discord
 from imrelay.platforms.discord.config import DiscordBot
 from imrelay_ingress.app import create_app
-from imrelay_sim.__main__ import build_request
+from imrelay_sim.client import build_request
 
 from .helpers import FakePublisher, FakeReplayGuard, FakeStreamStore
 

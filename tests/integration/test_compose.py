@@ -23,7 +23,7 @@ import yaml
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import nats_server_binary
-from imrelay_sim.__main__ import build_request
+from imrelay_sim.client import build_request
 
 from ..helpers import free_port
 

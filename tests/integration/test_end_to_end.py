@@ -13,7 +13,7 @@ import pytest
 
 from imrelay import subjects
 from imrelay.config import parse_settings
-from imrelay_sim.__main__ import build_callback
+from imrelay_sim.client import build_callback
 
 from .stack import Stack
 

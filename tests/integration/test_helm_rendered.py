@@ -37,7 +37,7 @@ import yaml
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import nats_server_binary
-from imrelay_sim.__main__ import build_request, post_with_retries
+from imrelay_sim.client import build_request, post_with_retries
 
 from ..chart import find, render
 from ..helpers import free_port

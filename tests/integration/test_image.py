@@ -23,7 +23,7 @@ import yaml
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
-from imrelay_sim.__main__ import build_request
+from imrelay_sim.client import build_request
 
 from ..helpers import free_port
 from .stack import stored_inbound

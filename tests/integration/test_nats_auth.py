@@ -28,7 +28,7 @@ from imrelay.platforms.discord import sim as discord
 from imrelay.platforms.wecom_aibot import sim as sim_aibot
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
 from imrelay.platforms.wecom_group_robot.config import WeComGroupRobotBot
-from imrelay_sim.__main__ import build_callback, build_request
+from imrelay_sim.client import build_callback, build_request
 
 from ..helpers import free_port
 from .stack import KEY, Service, Stack

@@ -15,7 +15,7 @@ import pytest
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
-from imrelay_sim.__main__ import build_callback
+from imrelay_sim.client import build_callback
 
 from ..helpers import free_port
 from .stack import KEY, Stack, stored_inbound

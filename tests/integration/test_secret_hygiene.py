@@ -34,7 +34,7 @@ from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.dingtalk import sim as sim_dingtalk
 from imrelay.platforms.dingtalk.config import DingTalkBot
 from imrelay.platforms.discord.sim import public_key_for
-from imrelay_sim.__main__ import build_request
+from imrelay_sim.client import build_request
 
 from ..helpers import free_port
 from .stack import Stack

@@ -15,7 +15,7 @@ import pytest
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.discord.sim import public_key_for
-from imrelay_sim.__main__ import build_request
+from imrelay_sim.client import build_request
 
 from .stack import Stack
 from .test_platforms_e2e import discord_token

@@ -23,28 +23,7 @@ from imrelay.errors import ConfigError
 from imrelay.platforms import spec_for
 from imrelay.platforms.spec import SimMessage, SimSend
 
-DEFAULT_SIM = "http://127.0.0.1:8090"
-DEFAULT_INGRESS = "http://127.0.0.1:8080"
-
-
-def build_request(
-    bot: BotConfig, text: str, user: str, msg_id: str, now: float, sim_url: str = DEFAULT_SIM, chat: str = ""
-) -> tuple[str, dict[str, str], bytes]:
-    """(query, headers, body) of a text message from ``user`` to ``bot`` as its platform sends it. The
-    same ``msg_id`` gives the same platform ids (a platform retry); ``chat`` makes it a group message."""
-    simulate = spec_for(bot).sim_request
-    if simulate is None:
-        raise SystemExit(f"imrelay-sim: platform {bot.platform} cannot be simulated yet")
-    req = simulate(bot, SimMessage(text=text, user=user, msg_id=msg_id, now=now, sim_url=sim_url, chat=chat))
-    return req.query, dict(req.headers), req.body
-
-
-def build_callback(
-    bot: BotConfig, text: str, user: str, msg_id: str, now: int, sim_url: str = DEFAULT_SIM, chat: str = ""
-) -> tuple[str, bytes]:
-    """(query, body) of a text-message callback for ``bot``, as its platform would send it."""
-    query, _, body = build_request(bot, text, user, msg_id, now, sim_url, chat)
-    return query, body
+from .client import DEFAULT_INGRESS, DEFAULT_SIM, build_request, post_with_retries
 
 
 def _settings(path: str | None) -> Settings:
@@ -131,31 +110,6 @@ def cmd_send(args: argparse.Namespace) -> int:
             print("no answer arrived in time", file=sys.stderr)
             return 1
     return 0
-
-
-def post_with_retries(
-    client: httpx.Client,
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    retries: int,
-    interval: float,
-    msg_id: str,
-) -> httpx.Response | None:
-    """Post a callback the way the platforms do: a failed or timed-out one is sent again, unchanged."""
-    resp: httpx.Response | None = None
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(interval)
-        try:
-            resp = client.post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            print(f"callback {msg_id} -> {type(exc).__name__}", flush=True)
-            continue
-        print(f"callback {msg_id} -> ingress answered {resp.status_code}", flush=True)
-        if resp.status_code < 500:
-            return resp
-    return resp
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
