@@ -418,7 +418,7 @@ def test_name_overrides_and_an_existing_service_account() -> None:
         {**ROBOT, "replay_window": 60},  # a typo in the bot
         {**ROBOT, "mode": "websocket"},  # not a mode
         {**ROBOT, "platform": "slack"},  # not a platform
-        {"id": "fs", "platform": "feishu", "credentials": {"app_id": "a", "app_secret": "s"}},
+        {"id": "fs", "platform": "feishu", "credentials": {"app_id": "a"}},  # no app secret
         {**ROBOT, "temperature": 3},
     ],
 )
