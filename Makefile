@@ -6,6 +6,9 @@ UV_HOME := .uv
 UV ?= $(shell command -v uv 2>/dev/null || { python3 -m uv --version >/dev/null 2>&1 && echo python3 -m uv; } \
 	|| echo $(UV_HOME)/bin/uv)
 CONFIG ?= .imrelay/dev.yaml
+# the suite runs in this many processes (its end-to-end tests mostly wait on processes and the network);
+# a test file stays in one process
+TEST_WORKERS ?= 4
 # tools some tests use; without them `make test` skips those tests and says so (.ci/run installs them)
 TEST_TOOLS := prometheus promtool buildah debootstrap node npm
 
@@ -42,7 +45,7 @@ test: install ## run the test suite (unit, vectors, end-to-end against a real na
 	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then echo "note: not installed:$$missing. The tests that need them are skipped" \
 		"(Debian packages prometheus, buildah, debootstrap, nodejs, npm; .ci/run installs them)."; fi
-	$(UV) run --frozen pytest
+	$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install ## ruff
 	$(UV) run --frozen ruff check .

@@ -8,7 +8,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,14 +59,28 @@ def chunk(run: str, i: int, user: str) -> ReplyChunk:
     )
 
 
+def partition(c: ReplyChunk) -> int:
+    return subjects.partition_of(f"app:{c.chat.id}", 16)
+
+
+def sentinel_chunks(run: str, partitions: set[int]) -> list[ReplyChunk]:
+    """One reply to a fresh user in each of ``partitions``."""
+    out: dict[int, ReplyChunk] = {}
+    n = 0
+    while len(out) < len(partitions):
+        c = chunk(run, 2000 + n, f"s{run}{n:03d}")
+        if partition(c) in partitions:
+            out.setdefault(partition(c), c)
+        n += 1
+    return list(out.values())
+
+
 async def publish(stack: Stack, chunks: list[ReplyChunk]) -> None:
     nc = await nats.connect(stack.nats.url)
     try:
         js = nc.jetstream()
         for c in chunks:
-            subject = subjects.outbound_subject(
-                "wecom_app", "app", subjects.partition_of(f"app:{c.chat.id}", 16)
-            )
+            subject = subjects.outbound_subject("wecom_app", "app", partition(c))
             await js.publish(subject, c.model_dump_json().encode(), headers={subjects.HDR_MSG_ID: c.msg_id})
     finally:
         await nc.close()
@@ -106,8 +119,17 @@ def test_faults_and_a_killed_replica_lose_nothing_and_show_nothing_twice(faulty:
         return len(mine)
 
     faulty.wait_for(lambda: delivered() == len(real), timeout=120, what="every real message")
-    time.sleep(2.0)  # a late duplicate would show now
+    # A late duplicate would be a redelivery of an earlier message; each partition hands out its next
+    # message only after the previous one is settled, so once a sentinel sent last to every partition is
+    # shown, nothing earlier can still come.
     faulty.control(fault_rate=0.0)
+    sentinels = sentinel_chunks(run, {partition(c) for c in chunks})
+    asyncio.run(publish(faulty, sentinels))
+    faulty.wait_for(
+        lambda: all(faulty.messages(touser=c.recipient.id) for c in sentinels),
+        timeout=60,
+        what="the sentinels",
+    )
     shown = [m for m in faulty.messages(bot="app") if m["touser"].startswith(f"u{run}")]
     assert sorted(m["content"] for m in shown) == sorted(c.full_text or "" for c in real)
     stats = faulty.sim_stats()
