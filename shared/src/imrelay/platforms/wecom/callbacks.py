@@ -6,11 +6,9 @@ Pure functions over bytes/str; the crypto itself lives in :mod:`imrelay.platform
 from __future__ import annotations
 
 from collections.abc import Mapping
-from xml.etree.ElementTree import Element
-from xml.etree.ElementTree import ParseError as XmlParseError
+from xml.parsers import expat
 
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
+from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 
 from imrelay.callbacks import check_timestamp
 from imrelay.errors import DecryptError, ParseError, VerifyError
@@ -24,29 +22,99 @@ __all__ = ["decrypt_post", "parse_xml", "query_params", "verify_url", "verify_si
 MAX_XML_DEPTH = 8
 
 
+def _forbid_dtd(name: str, sysid: str | None, pubid: str | None, has_internal_subset: bool) -> None:
+    raise DTDForbidden(name, sysid, pubid)
+
+
+def _forbid_entity(
+    name: str,
+    is_parameter_entity: bool,
+    value: str | None,
+    base: str | None,
+    sysid: str | None,
+    pubid: str | None,
+    notation_name: str | None,
+) -> None:
+    raise EntitiesForbidden(name, value, base, sysid, pubid, notation_name)
+
+
+def _forbid_unparsed_entity(
+    name: str, base: str | None, sysid: str | None, pubid: str | None, notation_name: str | None
+) -> None:
+    raise EntitiesForbidden(name, None, base, sysid, pubid, notation_name)
+
+
+def _forbid_external(context: str, base: str | None, sysid: str | None, pubid: str | None) -> int:
+    raise ExternalReferenceForbidden(context, base, sysid, pubid)
+
+
+def _tag(name: str) -> str:
+    """ElementTree's spelling of a namespaced name: ``{uri}local``."""
+    return "{" + name if "}" in name else name
+
+
+class _FlatBuilder:
+    """Expat handlers that build the dotted-path dict directly, without an element tree: a leaf's text
+    under its path (the first occurrence wins), an element's text before its first child otherwise
+    ignored, as :func:`parse_xml` documents."""
+
+    __slots__ = ("has_child", "out", "path", "text")
+
+    def __init__(self) -> None:
+        self.out: dict[str, str] = {}
+        self.path: list[str] = []  # dotted keys of the open elements below the root
+        self.has_child: list[bool] = []  # per open element (root included)
+        self.text: list[str] | None = None  # text of the innermost open element, until it gets a child
+
+    def start(self, name: str, attrs: object) -> None:
+        depth = len(self.has_child)
+        if depth > MAX_XML_DEPTH:
+            raise ParseError(f"XML nested deeper than {MAX_XML_DEPTH} levels", WeComCode.PARSE_XML)
+        if depth:
+            self.has_child[-1] = True
+            parent = self.path[-1] + "." if self.path else ""
+            self.path.append(parent + _tag(name))
+            self.text = []
+        self.has_child.append(False)
+
+    def end(self, name: str) -> None:
+        had_child = self.has_child.pop()
+        if not self.has_child:
+            return
+        key = self.path.pop()
+        if not had_child and key not in self.out:
+            self.out[key] = "".join(self.text or ())
+        self.text = None
+
+    def data(self, text: str) -> None:
+        if self.text is not None and not self.has_child[-1]:
+            self.text.append(text)
+
+
 def parse_xml(data: bytes | str) -> dict[str, str]:
     """Parse a flat-ish WeCom XML document into ``{"A": "..", "From.UserId": ".."}`` (dotted paths).
 
-    DTDs and entities are refused (defusedxml): no external entities, no entity expansion bombs.
+    DTDs and entities are refused (the handlers defusedxml installs: no DTD, no entity declaration, no
+    external reference), so no external entities and no entity expansion bombs. One expat parser (C) per
+    document, feeding the dict directly.
     """
+    builder = _FlatBuilder()
+    parser = expat.ParserCreate(namespace_separator="}")
+    parser.buffer_text = True
+    parser.StartDoctypeDeclHandler = _forbid_dtd
+    parser.EntityDeclHandler = _forbid_entity
+    parser.UnparsedEntityDeclHandler = _forbid_unparsed_entity
+    parser.ExternalEntityRefHandler = _forbid_external
+    parser.StartElementHandler = builder.start
+    parser.EndElementHandler = builder.end
+    parser.CharacterDataHandler = builder.data
     try:
-        root: Element = fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except (XmlParseError, DefusedXmlException, ValueError) as exc:
+        parser.Parse(data, True)
+    except ParseError:
+        raise
+    except (expat.ExpatError, DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden, ValueError) as exc:
         raise ParseError("malformed XML", WeComCode.PARSE_XML) from exc
-    out: dict[str, str] = {}
-
-    def walk(el: Element, prefix: str, depth: int) -> None:
-        if depth > MAX_XML_DEPTH:
-            raise ParseError(f"XML nested deeper than {MAX_XML_DEPTH} levels", WeComCode.PARSE_XML)
-        for child in el:
-            key = f"{prefix}{child.tag}"
-            if len(child):
-                walk(child, key + ".", depth + 1)
-            elif key not in out:
-                out[key] = child.text or ""
-
-    walk(root, "", 1)
-    return out
+    return builder.out
 
 
 def query_params(query: Mapping[str, str], *names: str) -> list[str]:
