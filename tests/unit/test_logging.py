@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from imrelay.natslog import OutageLog, should_log
-from imrelay.telemetry import JsonFormatter
+from imrelay.telemetry import JsonFormatter, inject_headers, tracer_provider
 
 
 def record(msg: str, *args: object, exc: bool = False) -> logging.LogRecord:
@@ -37,6 +37,25 @@ def test_json_lines_carry_the_active_trace() -> None:
     assert entry["service"] == "imrelay-sender"
     assert entry["logger"] == "imrelay.sender"
     assert entry["time"].endswith("+00:00")
+
+
+def test_without_an_exporter_spans_are_not_recorded_but_keep_their_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    tracer = tracer_provider("imrelay-test").get_tracer("test")
+    with tracer.start_as_current_span("imrelay.callback") as span:
+        assert not span.is_recording()
+        line = JsonFormatter("ingress").format(record("stored"))
+        headers: dict[str, str] = {}
+        inject_headers(headers)
+    ctx = span.get_span_context()
+    assert ctx.is_valid and not ctx.trace_flags.sampled
+    assert json.loads(line)["trace_id"] == format(ctx.trace_id, "032x")
+    _, trace_id, span_id, flags = headers["traceparent"].split("-")
+    assert (trace_id, span_id) == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+    assert not int(flags, 16) & 1  # not sampled
 
 
 def test_json_lines_without_a_trace_and_with_an_exception() -> None:

@@ -42,9 +42,10 @@ accepting it, a message, or a platform event. HTTP listeners ``public | admin``;
 of a connection).
 
 Tracing: W3C trace context travels in NATS headers (``traceparent``/``tracestate``). OTLP export is
-configured by the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on). HTTP client
-spans follow the stable HTTP semantic conventions; every span is scrubbed of credentials before export (see
-:mod:`imrelay.redact`), and so is every log record.
+configured by the standard ``OTEL_*`` variables (``OTEL_EXPORTER_OTLP_ENDPOINT`` turns it on); without it
+spans are not recorded (they keep their ids for log lines and pass their context on, not sampled). HTTP
+client spans follow the stable HTTP semantic conventions; every span is scrubbed of credentials before export
+(see :mod:`imrelay.redact`), and so is every log record.
 
 Labels carry only names from the configuration (platform, bot id, backend, model, consumer) and fixed
 outcome words, never a value from a request or a secret.
@@ -72,6 +73,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from .redact import RedactingSpanExporter, httpx_request_hook, install_log_redaction
@@ -302,16 +304,30 @@ def setup_tracing(service_name: str) -> None:
         return
     _tracing_ready = True
     use_stable_http_semconv()
+    trace.set_tracer_provider(tracer_provider(service_name))
+
+
+def tracer_provider(service_name: str) -> TracerProvider:
+    """The process's tracer provider: exporting over OTLP when OTEL_* asks for it, else not recording."""
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
-    provider = TracerProvider(resource=resource)
+    if exports_traces():
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider = TracerProvider(resource=resource)
+        provider.add_span_processor(BatchSpanProcessor(RedactingSpanExporter(OTLPSpanExporter())))
+    else:
+        # Nothing would receive a recorded span, so none is recorded: spans still get ids (log lines
+        # carry the trace id, NATS headers the context, marked not sampled) at a third of the cost.
+        provider = TracerProvider(resource=resource, sampler=ALWAYS_OFF)
+    return provider
+
+
+def exports_traces() -> bool:
+    """Whether the ``OTEL_*`` variables ask for OTLP export of traces."""
     wants_otlp = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     )
-    if wants_otlp and os.environ.get("OTEL_TRACES_EXPORTER", "otlp") != "none":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(RedactingSpanExporter(OTLPSpanExporter())))
-    trace.set_tracer_provider(provider)
+    return bool(wants_otlp) and os.environ.get("OTEL_TRACES_EXPORTER", "otlp") != "none"
 
 
 def use_stable_http_semconv() -> None:
