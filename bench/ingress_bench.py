@@ -1,9 +1,11 @@
 """Ingress throughput and ack latency: verified WeCom callbacks (signature + AES decrypt + XML parse +
-JetStream publish with PubAck) per second and p50/p99 latency at concurrency 64 for 10 s, beside a bare
-Starlette endpoint served the same way (uvicorn, same bodies) measured in the same run, and their ratio.
-Then the same ingress on a 3-node JetStream cluster with imrelay's streams replicated 3 times (the Helm
-chart's default), beside the single node: what replication costs (all nodes share this machine's cores,
-so the cost is overstated against nodes of their own).
+JetStream publish with PubAck) per second and p50/p99 latency at concurrency 16 and 64 (BENCH_CONCURRENCY,
+comma-separated) for 10 s each (BENCH_SECONDS), beside a bare Starlette endpoint served the same way
+(uvicorn, one process, same bodies) measured in the same run, and their ratio; for one ingress process and
+for ``ingress.workers`` processes (BENCH_WORKERS, default the number of cores).
+Then the same ingress (one process) on a 3-node JetStream cluster with imrelay's streams replicated 3 times
+(the Helm chart's default), beside the single node: what replication costs (all nodes share this machine's
+cores, so the cost is overstated against nodes of their own).
 
 Prints figures; never passes or fails on time. Needs `wrk` (Debian package `wrk`).
 """
@@ -30,30 +32,34 @@ from imrelay.natsserver import EmbeddedNats
 from imrelay_sim.client import build_callback
 
 HERE = Path(__file__).parent
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
+CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "16,64").split(",") if c.strip()]
+WORKERS = int(os.environ.get("BENCH_WORKERS", str(max(2, os.cpu_count() or 1))))
 DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
 THREADS = 2
+PER_RUN = 60_000  # callbacks prepared per ingress run (wrk starts over when a run answers more)
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
-def make_requests(path: Path, config: dict[str, Any], n: int) -> None:
+def make_requests(path: Path, config: dict[str, Any], n: int, first: int = 0) -> None:
+    """``n`` signed callbacks with message ids from ``first`` on (each ingress run gets its own, so none
+    is a duplicate of an earlier run's)."""
     bot = parse_settings(config, {}).bots[0]
     now = int(time.time())
     with open(path, "w", encoding="utf-8") as out:
         for i in range(n):
             query, body = build_callback(
-                bot, f"benchmark question {i}", f"user{i % 500}", str(10**12 + i), now
+                bot, f"benchmark question {i}", f"user{i % 500}", str(10**12 + first + i), now
             )
             out.write(f"/callback/{bot.id}?{query}\t{body.decode()}\n")
 
 
-def run_wrk(base: str, requests: Path) -> dict[str, float]:
+def run_wrk(base: str, requests: Path, concurrency: int) -> dict[str, float]:
     env = dict(os.environ, BENCH_REQUESTS=str(requests), BENCH_THREADS=str(THREADS))
     out = subprocess.run(
         [
             "wrk",
             f"-t{THREADS}",
-            f"-c{CONCURRENCY}",
+            f"-c{concurrency}",
             f"-d{DURATION}s",
             "--latency",
             "-s",
@@ -114,11 +120,16 @@ def main() -> None:
             ]
         }
         (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
-        requests = tmp / "requests.tsv"
-        print(f"preparing signed callbacks (concurrency {CONCURRENCY}, {DURATION}s per run)...", flush=True)
-        make_requests(requests, config, 120_000)
+        runs = [(c, v) for c in CONCURRENCIES for v in ("one", "multi")] + [(max(CONCURRENCIES), "r3")]
+        files = {run: tmp / f"requests-{run[1]}-{run[0]}.tsv" for run in runs}
+        levels = ", ".join(map(str, CONCURRENCIES))
+        print(f"preparing signed callbacks (concurrency {levels}, {DURATION}s per run)...", flush=True)
+        for n, run in enumerate(runs):
+            make_requests(files[run], config, PER_RUN, n * PER_RUN)
+        (tmp / "imrelay-workers.yaml").write_text(yaml.safe_dump(dict(config, ingress={"workers": WORKERS})))
 
         ingress_port, admin_port, bare_port = free_port(), free_port(), free_port()
+        multi_port, multi_admin = free_port(), free_port()
         env = dict(
             os.environ,
             IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
@@ -128,11 +139,20 @@ def main() -> None:
             IMRELAY_LOG_LEVEL="WARNING",
         )
         log = open(tmp / "servers.log", "wb")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "imrelay_ingress"], env=env, stdout=log, stderr=subprocess.STDOUT
+        for e in (
+            env,
+            dict(
+                env,
+                IMRELAY_CONFIG=str(tmp / "imrelay-workers.yaml"),
+                IMRELAY_PORT=str(multi_port),
+                IMRELAY_ADMIN_PORT=str(multi_admin),
+            ),
+        ):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "imrelay_ingress"], env=e, stdout=log, stderr=subprocess.STDOUT
+                )
             )
-        )
         procs.append(
             subprocess.Popen(
                 [
@@ -153,11 +173,19 @@ def main() -> None:
             )
         )
         wait_http(f"http://127.0.0.1:{admin_port}/readyz")
+        wait_http(f"http://127.0.0.1:{multi_admin}/readyz")
         wait_http(f"http://127.0.0.1:{bare_port}/callback/x")
 
-        bare = run_wrk(f"http://127.0.0.1:{bare_port}", requests)
+        rows: dict[int, dict[str, dict[str, float]]] = {}
         before = asyncio.run(stored(server.url))
-        ing = run_wrk(f"http://127.0.0.1:{ingress_port}", requests)
+        answered = 0.0
+        for c in CONCURRENCIES:
+            rows[c] = {
+                "bare": run_wrk(f"http://127.0.0.1:{bare_port}", files[(c, "one")], c),
+                "one": run_wrk(f"http://127.0.0.1:{ingress_port}", files[(c, "one")], c),
+                "multi": run_wrk(f"http://127.0.0.1:{multi_port}", files[(c, "multi")], c),
+            }
+            answered += rows[c]["one"]["requests"] + rows[c]["multi"]["requests"]
         after = asyncio.run(stored(server.url))
         stop_all(procs)
         procs.clear()
@@ -183,28 +211,42 @@ def main() -> None:
             )
         )
         wait_http(f"http://127.0.0.1:{r3_admin}/readyz", timeout=60)
-        r3 = run_wrk(f"http://127.0.0.1:{r3_port}", requests)
+        top = max(CONCURRENCIES)
+        r3 = run_wrk(f"http://127.0.0.1:{r3_port}", files[(top, "r3")], top)
 
         print()
-        print(f"{'':42}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-        for name, r in (
-            ("bare Starlette endpoint (200)", bare),
-            ("imrelay ingress (verify+decrypt+PubAck)", ing),
-            ("imrelay ingress, 3-node cluster, R3", r3),
-        ):
+        print(f"{'':46}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
+        table = [
+            (f"c{c} {name}", r)
+            for c in CONCURRENCIES
+            for name, r in (
+                ("bare Starlette endpoint (200)", rows[c]["bare"]),
+                ("imrelay ingress (verify+decrypt+PubAck)", rows[c]["one"]),
+                (f"imrelay ingress, ingress.workers={WORKERS}", rows[c]["multi"]),
+            )
+        ]
+        table.append((f"c{top} imrelay ingress, 3-node cluster, R3", r3))
+        for name, r in table:
             print(
-                f"{name:42.42}{r['rps']:>10.0f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}"
+                f"{name:46.46}{r['rps']:>10.0f}{r['p50'] * 1e3:>10.2f}{r['p99'] * 1e3:>10.2f}"
                 f"{r['errors']:>10.0f}"
             )
-        print(f"\ningress / bare throughput ratio: {ing['rps'] / bare['rps']:.2f}")
-        print(f"ingress p99 / bare p99:          {ing['p99'] / bare['p99']:.2f}")
+        print()
+        for c in CONCURRENCIES:
+            bare = rows[c]["bare"]
+            for label, r in (("1 process", rows[c]["one"]), (f"{WORKERS} processes", rows[c]["multi"])):
+                print(
+                    f"c{c} ingress ({label}) / bare: throughput ratio {r['rps'] / bare['rps']:.2f}, "
+                    f"p99 {r['p99'] * 1e3:.1f} ms ({r['p99'] / bare['p99']:.2f}x bare)"
+                )
+        one = rows[top]["one"]
         print(
-            f"R3 cluster / single node:        {r3['rps'] / ing['rps']:.2f} throughput, "
-            f"{r3['p99'] / ing['p99']:.2f} p99"
+            f"c{top} R3 cluster / single node:    {r3['rps'] / one['rps']:.2f} throughput, "
+            f"{r3['p99'] / one['p99']:.2f} p99"
         )
         print(
             f"messages stored in IMRELAY_IN:   {after - before} "
-            f"({ing['requests']:.0f} answered while wrk counted; requests still in flight when it "
+            f"({answered:.0f} answered while wrk counted; requests still in flight when it "
             "stopped are stored too)"
         )
         print(f"machine: {os.cpu_count()} cores shared by wrk, uvicorn and nats-server (3 of them for R3)")

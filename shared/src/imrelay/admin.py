@@ -21,13 +21,17 @@ from .telemetry import registry
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 Reasons = Callable[[], list[str]]  # why the service is not ready beyond NATS; empty when it is
+Exposition = Callable[[], Awaitable[bytes]]  # the metrics to serve, when not only this process's
 
 __all__ = ["admin_app", "serve_admin"]
 
 
-def admin_app(ready: ReadyCheck, reasons: Reasons | None = None) -> Starlette:
+def admin_app(
+    ready: ReadyCheck, reasons: Reasons | None = None, exposition: Exposition | None = None
+) -> Starlette:
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(registry()), media_type=CONTENT_TYPE_LATEST)
+        body = await exposition() if exposition is not None else generate_latest(registry())
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_: Request) -> Response:
         return PlainTextResponse("ok")
@@ -57,12 +61,13 @@ def serve_admin(
     ready: ReadyCheck,
     reasons: Reasons | None = None,
     connections: ConnectionLimitsConfig | None = None,
+    exposition: Exposition | None = None,
 ) -> EmbeddedServer:
     """A uvicorn server for the admin app, with the admin port's connection limits; run it with
     ``await server.serve()``."""
     limits = (connections or AdminConfig().connections).limits()
     config = uvicorn.Config(
-        admin_app(ready, reasons),
+        admin_app(ready, reasons, exposition),
         host=host,
         port=port,
         log_level="warning",

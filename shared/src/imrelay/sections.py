@@ -147,6 +147,10 @@ class IngressConfig(ConfigModel):
     port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     connections: ConnectionLimitsConfig = Field(default_factory=ConnectionLimitsConfig)
+    # Processes serving the public port, each with its own NATS connection; the kernel spreads new
+    # connections over them (SO_REUSEPORT). The first also serves the admin port, with the metrics of all
+    # of them summed. One process uses one CPU: set it to the CPUs a replica has (1 suits a pod per CPU).
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class AdminConfig(ConfigModel):

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import uvicorn
 
-from imrelay.admin import serve_admin
+from imrelay.admin import admin_app, serve_admin
 from imrelay.config import load_settings
 from imrelay.connlimits import ConnectionGuard
 from imrelay.errors import ConfigError
@@ -16,6 +20,7 @@ from imrelay.runtime import EmbeddedServer, service_main, stop_event
 
 from .app import create_app
 from .publisher import JetStreamPublisher
+from .workers import WORKER_SOCKET_ENV, Workers, public_socket, worker_index
 
 log = logging.getLogger("imrelay.ingress")
 
@@ -23,6 +28,7 @@ log = logging.getLogger("imrelay.ingress")
 async def run() -> None:
     settings = load_settings()
     protect_settings(settings)
+    count, index = settings.ingress.workers, worker_index()
     publisher = JetStreamPublisher(settings.nats)
     await publisher.start()
     app = create_app(settings, publisher, streams=publisher.streams, replay=publisher.replay)
@@ -40,9 +46,43 @@ async def run() -> None:
             **ConnectionGuard("public", limits).uvicorn_options(),
         )
     )
-    admin = serve_admin(
-        settings.admin.host, settings.admin.port, publisher.ready, connections=settings.admin.connections
+    # Several processes: each binds the port itself (SO_REUSEPORT), the first one before it starts the
+    # others, so a port in use stops the service at once.
+    sockets = (
+        [public_socket(settings.ingress.host, settings.ingress.port, reuse_port=True)] if count > 1 else None
     )
+    workers: Workers | None = None
+    run_dir: str | None = None
+    if index:
+        admin = EmbeddedServer(
+            uvicorn.Config(
+                admin_app(publisher.ready),
+                uds=os.environ[WORKER_SOCKET_ENV],
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+            )
+        )
+    else:
+        not_ready: list[str] = []
+
+        async def ready() -> bool:
+            ok = await publisher.ready()
+            not_ready[:] = await workers.not_ready() if workers is not None else []
+            return ok
+
+        if count > 1:
+            run_dir = tempfile.mkdtemp(prefix="imrelay-ingress-")
+            workers = Workers(count, Path(run_dir))
+            workers.start()
+        admin = serve_admin(
+            settings.admin.host,
+            settings.admin.port,
+            ready,
+            reasons=lambda: list(not_ready),
+            connections=settings.admin.connections,
+            exposition=workers.exposition if workers is not None else None,
+        )
     stop = stop_event()
 
     async def refused() -> None:
@@ -50,25 +90,36 @@ async def run() -> None:
         await publisher.connected()
         await asyncio.Event().wait()
 
-    tasks = [asyncio.create_task(public.serve()), asyncio.create_task(admin.serve())]
-    watch = asyncio.create_task(refused())
-    log.info(
-        "ingress listening on :%d (admin :%d), %d bot(s)",
-        settings.ingress.port,
-        settings.admin.port,
-        len(settings.bots),
-    )
+    async def worker_exited() -> None:
+        if workers is not None:
+            raise SystemExit(f"ingress process {await workers.exited()} exited")
+        await asyncio.Event().wait()
+
+    tasks = [asyncio.create_task(public.serve(sockets)), asyncio.create_task(admin.serve())]
+    watch = [asyncio.create_task(refused()), asyncio.create_task(worker_exited())]
+    if not index:
+        log.info(
+            "ingress listening on :%d (admin :%d), %d bot(s)",
+            settings.ingress.port,
+            settings.admin.port,
+            len(settings.bots),
+        )
     waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([waiter, watch, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait([waiter, *watch, *tasks], return_when=asyncio.FIRST_COMPLETED)
     public.should_exit = True
     admin.should_exit = True
-    watch.cancel()
+    for w in watch:
+        w.cancel()
+    if workers is not None:
+        await workers.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
     waiter.cancel()
     await publisher.close()
-    for t in [watch, *tasks]:
+    if run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    for t in [*watch, *tasks]:
         if t in done and (exc := t.exception()):
-            if isinstance(exc, ConfigError):
+            if isinstance(exc, ConfigError | SystemExit):
                 raise exc
             raise SystemExit(f"server failed: {exc}")
 
