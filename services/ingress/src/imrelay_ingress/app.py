@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from opentelemetry import trace
+from prometheus_client import Counter, Histogram
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -76,12 +77,24 @@ def create_app(
         for warning in bot.start_warnings():
             log.warning("bot %s %s", bot.id, warning)
     limit = settings.ingress.max_body_bytes
+    # The metric series of each (platform, bot, outcome), looked up once: the labels are configured names
+    # and fixed words ("unknown" for any other bot id), so there are few of them.
+    series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def observe(platform: str, bot: str, outcome: str, seconds: float) -> None:
+        key = (platform, bot, outcome)
+        pair = series.get(key)
+        if pair is None:
+            labels = {"platform": platform, "bot": bot, "outcome": outcome}
+            pair = series[key] = (CALLBACKS.labels(**labels), CALLBACK_ACK.labels(**labels))
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     async def callback(request: Request) -> Response:
         started = time.perf_counter()
         bot_id = request.path_params["bot_id"]
         platform = platform_of.get(bot_id, "unknown")
-        labels = {"platform": platform, "bot": bot_id if bot_id in table else "unknown"}
+        bot_label = bot_id if bot_id in table else "unknown"
 
         def done(
             status: int,
@@ -90,8 +103,7 @@ def create_app(
             media: str = "text/plain",
             headers: dict[str, str] | None = None,
         ) -> Response:
-            CALLBACKS.labels(outcome=outcome, **labels).inc()
-            CALLBACK_ACK.labels(outcome=outcome, **labels).observe(time.perf_counter() - started)
+            observe(platform, bot_label, outcome, time.perf_counter() - started)
             return Response(body, status_code=status, media_type=media, headers=headers)
 
         adapter = table.get(bot_id)
