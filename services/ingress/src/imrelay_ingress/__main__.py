@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -104,6 +105,9 @@ async def run() -> None:
             settings.admin.port,
             len(settings.bots),
         )
+    # What exists now (modules, settings, the apps) lives as long as the process: out of the collector's
+    # sight, a full collection walks only what requests left behind (else a pause of tens of ms).
+    gc.freeze()
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *watch, *tasks], return_when=asyncio.FIRST_COMPLETED)
     public.should_exit = True
