@@ -48,8 +48,8 @@ def samples(text: str, name: str) -> dict[str, float]:
     return out
 
 
-def test_two_processes_share_the_port_and_report_one_sum(tmp_path: Path) -> None:
-    server = EmbeddedNats(store_dir=tmp_path / "nats").start()
+def start(tmp_path: Path, server: EmbeddedNats) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """An ingress with ``workers: 2``, once its admin port says ready."""
     port, admin = free_port(), free_port()
     config: dict[str, Any] = {
         "ingress": {"host": "127.0.0.1", "port": port, "workers": 2},
@@ -76,18 +76,31 @@ def test_two_processes_share_the_port_and_report_one_sum(tmp_path: Path) -> None
     proc = subprocess.Popen(
         [sys.executable, "-m", "imrelay_ingress", "--config", str(tmp_path / "imrelay.yaml")], env=env
     )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None
-            try:
-                if httpx.get(f"http://127.0.0.1:{admin}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "not ready"
-            time.sleep(0.2)
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None
+        try:
+            if httpx.get(f"http://127.0.0.1:{admin}/readyz").status_code == 200:
+                return proc, config
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "not ready"
+        time.sleep(0.2)
 
+
+def port_closed(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/callback/w")
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_two_processes_share_the_port_and_report_one_sum(tmp_path: Path) -> None:
+    server = EmbeddedNats(store_dir=tmp_path / "nats").start()
+    proc, config = start(tmp_path, server)
+    port, admin = config["ingress"]["port"], config["admin"]["port"]
+    try:
         bot = parse_settings(config, {}).bots[0]
         now = int(time.time())
         for i in range(CALLBACKS):  # a connection each: the kernel spreads them over the processes
@@ -108,8 +121,24 @@ def test_two_processes_share_the_port_and_report_one_sum(tmp_path: Path) -> None
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        with httpx.Client() as client, pytest.raises(httpx.ConnectError):
-            client.get(f"http://127.0.0.1:{port}/callback/w")  # no process left on the port
+        assert port_closed(port)  # no process left on the port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.cleanup()
+
+
+def test_the_others_stop_when_the_first_process_is_killed(tmp_path: Path) -> None:
+    server = EmbeddedNats(store_dir=tmp_path / "nats").start()
+    proc, config = start(tmp_path, server)
+    try:
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while not port_closed(config["ingress"]["port"]):  # the other process answers until it sees
+            assert time.monotonic() < deadline, "the other ingress process kept serving"
+            time.sleep(0.2)
     finally:
         if proc.poll() is None:
             proc.kill()

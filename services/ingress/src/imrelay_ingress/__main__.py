@@ -21,7 +21,7 @@ from imrelay.runtime import EmbeddedServer, service_main, stop_event
 
 from .app import create_app
 from .publisher import JetStreamPublisher
-from .workers import WORKER_SOCKET_ENV, Workers, public_socket, worker_index
+from .workers import WORKER_SOCKET_ENV, Workers, parent_gone, public_socket, worker_index
 
 log = logging.getLogger("imrelay.ingress")
 
@@ -29,7 +29,7 @@ log = logging.getLogger("imrelay.ingress")
 async def run() -> None:
     settings = load_settings()
     protect_settings(settings)
-    count, index = settings.ingress.workers, worker_index()
+    count, index, parent = settings.ingress.workers, worker_index(), os.getppid()
     publisher = JetStreamPublisher(settings.nats)
     await publisher.start()
     app = create_app(settings, publisher, streams=publisher.streams, replay=publisher.replay)
@@ -92,8 +92,13 @@ async def run() -> None:
         await asyncio.Event().wait()
 
     async def worker_exited() -> None:
+        """Ends when a process of this ingress is gone: one the first process started, or (in those) the
+        first process itself."""
         if workers is not None:
             raise SystemExit(f"ingress process {await workers.exited()} exited")
+        if index:
+            await parent_gone(parent)
+            raise SystemExit("the first ingress process exited")
         await asyncio.Event().wait()
 
     tasks = [asyncio.create_task(public.serve(sockets)), asyncio.create_task(admin.serve())]

@@ -30,6 +30,7 @@ __all__ = [
     "WORKER_SOCKET_ENV",
     "Workers",
     "merge_expositions",
+    "parent_gone",
     "public_socket",
     "worker_index",
 ]
@@ -51,6 +52,14 @@ def worker_index() -> int:
     """0 in the first (or only) process, 1.. in the processes it started."""
     value = os.environ.get(WORKER_ENV, "")
     return int(value) if value.isdigit() else 0
+
+
+async def parent_gone(parent: int, interval: float = 1.0) -> None:
+    """Return once the process that started this one is gone (this one was handed to another parent)."""
+    while True:
+        if os.getppid() != parent:
+            return
+        await asyncio.sleep(interval)
 
 
 def public_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
