@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -91,18 +92,20 @@ async def run() -> None:
         await publisher.connected()
         await asyncio.Event().wait()
 
-    async def worker_exited() -> None:
+    async def process_gone() -> str:
         """Ends when a process of this ingress is gone: one the first process started, or (in those) the
-        first process itself."""
+        first process itself; returns why the service stops (after draining, like on SIGTERM)."""
         if workers is not None:
-            raise SystemExit(f"ingress process {await workers.exited()} exited")
+            return f"ingress process {await workers.exited()} exited"
         if index:
             await parent_gone(parent)
-            raise SystemExit("the first ingress process exited")
+            return "the first ingress process exited"
         await asyncio.Event().wait()
+        return ""
 
     tasks = [asyncio.create_task(public.serve(sockets)), asyncio.create_task(admin.serve())]
-    watch = [asyncio.create_task(refused()), asyncio.create_task(worker_exited())]
+    gone = asyncio.create_task(process_gone())
+    watch: list[asyncio.Task[Any]] = [asyncio.create_task(refused()), gone]
     if not index:
         log.info(
             "ingress listening on :%d (admin :%d), %d bot(s)",
@@ -128,9 +131,11 @@ async def run() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
     for t in [*watch, *tasks]:
         if t in done and (exc := t.exception()):
-            if isinstance(exc, ConfigError | SystemExit):
+            if isinstance(exc, ConfigError):
                 raise exc
             raise SystemExit(f"server failed: {exc}")
+    if gone in done:
+        raise SystemExit(gone.result())
 
 
 def main() -> None:
