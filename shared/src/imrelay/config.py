@@ -38,6 +38,7 @@ from .sections import (
     ConnectionLimitsConfig,
     ConnectorConfig,
     IngressConfig,
+    MediaConfig,
     MemoryConfig,
     NatsAuth,
     NatsConfig,
@@ -57,6 +58,7 @@ __all__ = [
     "ConnectionLimitsConfig",
     "ConnectorConfig",
     "IngressConfig",
+    "MediaConfig",
     "MemoryConfig",
     "NatsAuth",
     "NatsConfig",
@@ -88,6 +90,7 @@ class Settings(ConfigModel):
     sender: SenderConfig = SenderConfig()
     memory: MemoryConfig = MemoryConfig()
     connector: ConnectorConfig = ConnectorConfig()
+    media: MediaConfig = MediaConfig()
     backends: dict[str, BackendConfig] = Field(default_factory=lambda: {"default": BackendConfig()})
     bots: list[BotConfig] = Field(default_factory=list)
 

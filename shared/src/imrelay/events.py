@@ -12,7 +12,13 @@
 Both carry the ``reply_handle``: where the answer goes, a model of the event's platform
 (:class:`~imrelay.platforms.handle.ReplyHandleBase`: one per platform package, told apart by ``kind``, which
 is the event's ``platform``). Schema version 2 introduced it; a version 1 event's handle (a plain mapping
-without ``kind``) is read as its platform's model, and events are always written as version 2.
+without ``kind``) is read as its platform's model.
+
+Schema version 3 added media: an :class:`Attachment` says how its platform's package fetches it (``ref``,
+``url``, a per-message ``key``, the declared ``size`` and ``name``, a ``transcript`` of a voice message),
+and a final :class:`ReplyChunk` carries ``media``, references to images stored in the media bucket
+(:class:`~imrelay.media.MediaRef`). Version 1 and 2 events are read unchanged (their attachments have no
+sizes or keys); events are always written as version 3.
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self, TypeAlias
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from . import platforms
+from .media import MediaRef
 from .platforms.handle import ReplyHandleBase
-from .redact import protect_reply_handle
+from .redact import protect_obtained, protect_reply_handle
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+HANDLE_SCHEMA_VERSION = 2  # the first version whose reply handles carry ``kind``
 _ID_NAMESPACE = uuid.UUID("5b0a7c52-8c1e-4f53-9d0a-6e1f4d2c9a11")
 
 __all__ = [
+    "HANDLE_SCHEMA_VERSION",
     "SCHEMA_VERSION",
     "Attachment",
     "Chat",
@@ -73,10 +82,24 @@ class Sender(_Event):
     alias: str = ""  # e.g. a member's English name
 
 
+def _protected_key(key: str | None) -> str | None:
+    protect_obtained(key)
+    return key
+
+
 class Attachment(_Event):
-    kind: str  # image | voice | video | file | location | link
-    ref: str  # the platform's media id / url
+    """A piece of media in a message, as its platform named it: the platform's package fetches it (in
+    the worker, never in the ingress's ack path)."""
+
+    kind: str  # image | voice | video | file (fetched), location | link (not)
+    ref: str  # the platform's media id, resource key, download code or URL
     url: str | None = None
+    name: str = ""  # the file name the platform gave, if any
+    size: int | None = Field(default=None, ge=0)  # the size the platform declared, if any
+    mime: str | None = None  # the type the platform declared (a hint: the bytes decide)
+    # a per-message decryption key (a platform that encrypts each file with its own): a credential, masked
+    key: Annotated[str | None, AfterValidator(_protected_key), Field(repr=False)] = None
+    transcript: str | None = None  # a voice message's text, when the platform transcribed it
 
 
 def _protected(handle: ReplyHandleBase) -> ReplyHandleBase:
@@ -104,7 +127,8 @@ class _Routed(_Event):
         handle = data.get("reply_handle")
         version = data.get("schema_version", SCHEMA_VERSION)
         old = isinstance(version, int) and version < SCHEMA_VERSION
-        if isinstance(handle, dict) and (old or "kind" not in handle):
+        v1 = isinstance(version, int) and version < HANDLE_SCHEMA_VERSION
+        if isinstance(handle, dict) and (v1 or "kind" not in handle):
             platform = data.get("platform")
             if isinstance(platform, str):
                 data = {**data, "reply_handle": platforms.upgrade_handle(handle, platform)}
@@ -165,6 +189,7 @@ class ReplyChunk(_Routed):
     error: str | None = None
     received_at: datetime | None = None
     placeholder: str | None = None  # "thinking…": the first answer text is slow in coming
+    media: list[MediaRef] = Field(default_factory=list)  # images of the answer (final chunk only), in order
 
     @property
     def msg_id(self) -> str:

@@ -23,12 +23,14 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from . import subjects as s
 from .config import NatsConfig
@@ -42,6 +44,7 @@ __all__ = [
     "connect",
     "connect_options",
     "ensure_buckets",
+    "ensure_media_store",
     "ensure_streams",
     "security",
     "stream_configs",
@@ -298,6 +301,25 @@ async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
         ),
     )
     return Buckets(tokens=tokens, deliveries=deliveries, ratelimits=ratelimits)
+
+
+async def ensure_media_store(js: JetStreamContext, cfg: NatsConfig, ttl: float) -> ObjectStore:
+    """The media bucket (pictures, files and voice of messages and answers), entries expiring after
+    ``ttl`` seconds."""
+    try:
+        return await js.object_store(s.OBJ_MEDIA)
+    except NotFoundError:
+        pass
+    return await js.create_object_store(
+        s.OBJ_MEDIA,
+        config=ObjectStoreConfig(
+            bucket=s.OBJ_MEDIA,
+            ttl=ttl,
+            storage=StorageType.FILE,
+            replicas=cfg.replicas,
+            description="media of messages and answers (bytes; events carry references)",
+        ),
+    )
 
 
 async def ensure_memory_bucket(js: JetStreamContext, cfg: NatsConfig, ttl: float) -> KeyValue:

@@ -228,6 +228,43 @@ class ConnectorConfig(ConfigModel):
     refused_retry_seconds: float = Field(default=300.0, gt=0)
 
 
+class SpeechToTextConfig(ConfigModel):
+    """An OpenAI-compatible ``/audio/transcriptions`` endpoint for voice messages the platform does not
+    transcribe itself."""
+
+    base_url: str  # e.g. https://api.openai.com/v1 (``/audio/transcriptions`` is added)
+    api_key: SecretStr | None = None
+    model: str = "whisper-1"
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class MediaConfig(ConfigModel):
+    """Pictures, files, voice and video in messages and answers."""
+
+    enabled: bool = True  # off: attachments are not downloaded and answers' images stay links
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)  # per piece, besides the platform's limits
+    max_per_message: int = Field(default=8, ge=1, le=64)  # attachments read, images sent per answer
+    ttl_seconds: float = Field(default=86400.0, ge=60)  # how long the media bucket keeps the bytes
+    fetch_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_redirects: int = Field(default=3, ge=0, le=10)
+    # networks answers' images and messages' URLs may be fetched from although private (e.g. 10.0.0.0/8);
+    # loopback, link-local (the cloud metadata address) and other private addresses are refused otherwise
+    allow_private_networks: list[str] = Field(default_factory=list)
+    speech_to_text: SpeechToTextConfig | None = None  # off by default
+
+    @field_validator("allow_private_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not a network: {item!r} (e.g. 10.0.0.0/8)") from exc
+        return value
+
+
 class BackendKind(StrEnum):
     ECHO = "echo"
     OPENAI = "openai"
@@ -245,6 +282,7 @@ class BackendConfig(ConfigModel):
     timeout_seconds: float = Field(default=60.0, gt=0)
     idle_timeout_seconds: float = Field(default=30.0, gt=0)
     error_message: str = "Sorry, I could not answer that just now. Please try again in a moment."
+    vision: bool = False  # openai: the model reads images (sent as image_url data URLs)
 
     @model_validator(mode="after")
     def _check_kind(self) -> BackendConfig:

@@ -13,6 +13,7 @@ KV_MEMORY          imrelay_memory                   conversation memory
 KV_LEASES          imrelay_leases                   connector socket leases
 KV_DELIVERIES      imrelay_deliveries               delivery records (reply id + part) for idempotency
 KV_REPLAY          imrelay_replay                   signatures seen once (timestamp-signed callback headers)
+OBJ_MEDIA          imrelay_media                    Object Store: media bytes that events refer to (TTL)
 =================  ===============================  =====================================================
 """
 
@@ -43,6 +44,7 @@ KV_DELIVERIES = "imrelay_deliveries"
 KV_RATELIMITS = "imrelay_ratelimits"
 KV_STREAMS = "imrelay_streams"
 KV_REPLAY = "imrelay_replay"
+OBJ_MEDIA = "imrelay_media"  # Object Store: media bytes, referred to by events
 
 # Headers
 HDR_MSG_ID = "Nats-Msg-Id"

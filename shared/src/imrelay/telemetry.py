@@ -235,6 +235,16 @@ FIRST_REPLY = Histogram(
     ["platform", "bot"],
     buckets=_LLM_BUCKETS,
 )
+MEDIA = Counter(
+    "imrelay_media",
+    "Pieces of media by direction (in: from users, out: in answers), kind and outcome",
+    ["direction", "platform", "kind", "outcome"],
+)
+MEDIA_BYTES = Counter(
+    "imrelay_media_bytes",
+    "Bytes of media stored (in) or sent (out), by direction and kind",
+    ["direction", "platform", "kind"],
+)
 
 
 def registry() -> CollectorRegistry:
@@ -253,6 +263,18 @@ CALLBACK_OUTCOMES = (
 )
 DELIVERY_OUTCOMES = ("ok", "retry", "duplicate_skipped", "failed", "update", "update_failed")
 TOKEN_TYPES = ("input", "output")
+# ok | reused (a redelivered message's stored media) | transcribed | one of imrelay.media.MediaProblem
+MEDIA_OUTCOMES = (
+    "ok",
+    "reused",
+    "transcribed",
+    "oversize",
+    "unsupported",
+    "download_failed",
+    "upload_failed",
+    "blocked",
+    "not_read",
+)
 
 
 def model_label(model: str | None) -> str:
@@ -277,6 +299,10 @@ def start_series(service: str, settings: Settings) -> None:
                 CALLBACKS.labels(outcome=outcome, **labels)
         elif service == "worker":
             DLQ.labels(stage="worker", **labels)
+            for kind in ("image", "file", "voice", "video"):
+                MEDIA_BYTES.labels(direction="in", platform=bot.platform, kind=kind)
+                for outcome in MEDIA_OUTCOMES:
+                    MEDIA.labels(direction="in", platform=bot.platform, kind=kind, outcome=outcome)
             cfg = settings.backends.get(bot.backend)
             if cfg is not None and cfg.kind is not BackendKind.ECHO:
                 for kind in TOKEN_TYPES:
@@ -287,6 +313,9 @@ def start_series(service: str, settings: Settings) -> None:
             DLQ.labels(stage="sender", **labels)
             for outcome in DELIVERY_OUTCOMES:
                 DELIVERIES.labels(outcome=outcome, **labels)
+            for outcome in ("ok", "unsupported", "oversize", "upload_failed"):
+                MEDIA.labels(direction="out", platform=bot.platform, kind="image", outcome=outcome)
+            MEDIA_BYTES.labels(direction="out", platform=bot.platform, kind="image")
             if platforms.spec_for(bot).capabilities.needs_token:
                 for outcome in ("ok", "error"):
                     TOKEN_REFRESHES.labels(outcome=outcome, **labels)

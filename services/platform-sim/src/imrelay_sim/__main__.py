@@ -2,6 +2,8 @@
 
 imrelay-sim serve [--port 8090]                    play the platform APIs
 imrelay-sim send --bot ID --text "hello" [--wait 20]   send a signed, encrypted callback
+imrelay-sim send --bot ID --image photo.png [--file report.pdf]   a picture or a file (the simulator
+                                                   serves the bytes; the answer names their sha256)
 imrelay-sim verify-url --bot ID                    perform the console's URL verification
 imrelay-sim messages [--bot ID]                    list what the bots delivered
 """
@@ -14,6 +16,7 @@ import os
 import secrets
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -21,9 +24,9 @@ from imrelay import __version__
 from imrelay.config import BotConfig, Settings, load_settings
 from imrelay.errors import ConfigError
 from imrelay.platforms import spec_for
-from imrelay.platforms.spec import SimMessage, SimSend
+from imrelay.platforms.spec import SimMedia, SimMessage, SimSend
 
-from .client import DEFAULT_INGRESS, DEFAULT_SIM, build_request, post_with_retries
+from .client import DEFAULT_INGRESS, DEFAULT_SIM, build_request, post_with_retries, upload_media
 
 
 def _settings(path: str | None) -> Settings:
@@ -65,9 +68,16 @@ def cmd_send(args: argparse.Namespace) -> int:
     bot = _bot(settings, args.bot)
     msg_id = args.msg_id or str(secrets.randbelow(2**63))
     spec = spec_for(bot)
+    media = _media(args)
     send = SimSend(
         SimMessage(
-            text=args.text, user=args.user, msg_id=msg_id, now=time.time(), sim_url=args.sim, chat=args.chat
+            text=args.text,
+            user=args.user,
+            msg_id=msg_id,
+            now=time.time(),
+            sim_url=args.sim,
+            chat=args.chat,
+            media=media,
         ),
         ingress=args.ingress,
         wait=args.wait,
@@ -77,7 +87,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             raise SystemExit(f"imrelay-sim: {bot.platform} long connections cannot be simulated yet")
         return spec.sim_push(bot, send)
     query, headers, body = build_request(
-        bot, args.text, args.user, msg_id, send.message.now, args.sim, args.chat
+        bot, args.text, args.user, msg_id, send.message.now, args.sim, args.chat, media
     )
     url = f"{args.ingress}/callback/{bot.id}" + (f"?{query}" if query else "")
     with httpx.Client(timeout=10) as client:
@@ -110,6 +120,19 @@ def cmd_send(args: argparse.Namespace) -> int:
             print("no answer arrived in time", file=sys.stderr)
             return 1
     return 0
+
+
+def _media(args: argparse.Namespace) -> tuple[SimMedia, ...]:
+    """The files of ``--image``/``--file``/``--voice``, put into the simulator."""
+    out: list[SimMedia] = []
+    for kind in ("image", "file", "voice"):
+        for path in getattr(args, kind) or []:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise SystemExit(f"imrelay-sim: cannot read {path}: {exc.strerror}") from None
+            out.append(upload_media(args.sim, data, name=Path(path).name, kind=kind))
+    return tuple(out)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -157,7 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     s = sub.add_parser("send", help="send a signed, encrypted message callback to the ingress")
     s.add_argument("--bot", required=True)
-    s.add_argument("--text", required=True)
+    s.add_argument("--text", default="")
+    s.add_argument("--image", action="append", metavar="FILE", help="send a picture (repeatable)")
+    s.add_argument("--file", action="append", metavar="FILE", help="send a file")
+    s.add_argument("--voice", action="append", metavar="FILE", help="send a voice message")
     s.add_argument("--user", default="alice")
     s.add_argument("--msg-id", help="platform message id (repeat one to simulate a platform retry)")
     s.add_argument("--chat", default="", help="a group chat id (default: a one-to-one chat)")
@@ -178,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--bot")
     s.add_argument("--sim", default=DEFAULT_SIM)
     args = p.parse_args(argv)
+    if args.cmd == "send" and not (args.text or args.image or args.file or args.voice):
+        p.error("send needs --text, --image, --file or --voice")
     if args.cmd == "serve":
         cmd_serve(args)
         return

@@ -2,6 +2,7 @@
 routes, ``sim.py``), with the platforms' own limits and error codes, and a model.
 
 * ``POST /v1/chat/completions``: a streaming OpenAI-compatible model (see :mod:`imrelay_sim.llm`).
+* ``/sim/media``: files users send and bots upload (see :mod:`imrelay_sim.media`).
 * ``GET /sim/messages`` lists what was delivered (filters: ``bot``, ``touser``, ``chat``);
   ``DELETE /sim/messages`` clears it; ``GET /sim/stats`` counts calls; ``GET /sim/tokens`` lists the
   access tokens every platform handed out; ``POST /sim/control`` changes limits and lifetimes, expires
@@ -30,6 +31,7 @@ from starlette.routing import Route
 from imrelay import platforms
 from imrelay.config import Settings
 
+from . import media as sim_media
 from .llm import routes as llm_routes
 
 
@@ -62,6 +64,7 @@ class SimState:
     seen: dict[str, float] = field(default_factory=dict)  # a platform's duplicate check: request -> time
     rng: random.Random = field(default_factory=lambda: random.Random(1))  # noqa: S311
     settings: Settings | None = None
+    media: dict[str, sim_media.MediaItem] = field(default_factory=dict)  # id -> bytes (imrelay_sim.media)
 
     def record(self, entry: dict[str, Any], now: float) -> None:
         self.seq += 1
@@ -154,6 +157,7 @@ def create_app(
             Route("/sim/stats", stats, methods=["GET"]),
             Route("/sim/tokens", issued, methods=["GET"]),
             Route("/sim/control", control, methods=["POST"]),
+            *sim_media.routes(state),
             *llm_routes(),
             *(
                 route

@@ -1,5 +1,6 @@
 """What a platform's delivery is (each platform's package has one): render a final reply into parts and
-send one part.
+send one part; where the platform has media, fetch a message's attachments (:class:`MediaSource`, used by
+the worker) and send an answer's images (:class:`MediaSink`, used by the sender).
 
 A delivery raises the :mod:`imrelay.errors` upstream tree: ``TransientUpstreamError`` and
 ``RateLimitedError`` are retried with backoff, ``PermanentUpstreamError`` goes to the dead-letter subject.
@@ -16,7 +17,10 @@ from nats.js.kv import KeyValue
 
 from ..answer_streams import StreamStore
 from ..bots import BotBase
-from ..events import ConnectionAnswer, ConnectionRequest, ReplyChunk
+from ..events import Attachment, ConnectionAnswer, ConnectionRequest, InboundMessage, ReplyChunk
+from ..media import MediaRef
+from ..media.fetch import Downloader, Fetched
+from ..media.store import MediaStore
 from ..sections import SenderConfig
 from .tokens import TokenCache
 
@@ -50,6 +54,33 @@ class StreamingDelivery(Delivery, Protocol):
         ...
 
 
+@runtime_checkable
+class MediaSource(Protocol):
+    """A platform whose messages' media the worker fetches by the platform's own method."""
+
+    async def fetch_media(
+        self, inbound: InboundMessage, attachment: Attachment, download: Downloader
+    ) -> Fetched:
+        """The attachment's bytes (``download.limit`` applies: :class:`~imrelay.media.MediaError`
+        ``oversize`` past it). Raises ``MediaError`` (``download_failed``) when the platform refuses."""
+        ...
+
+
+@runtime_checkable
+class MediaSink(Protocol):
+    """A platform that can show an answer's images (and files) as such."""
+
+    # True: the delivery shows ``chunk.media`` itself with the final text (e.g. inside a card, or in the
+    # polled stream's last update); False: the sender calls :meth:`send_media` once for each, after the text
+    media_inline: bool
+
+    async def send_media(self, chunk: ReplyChunk, media: MediaRef, data: bytes, index: int) -> None:
+        """Upload ``data`` the platform's way and send it to the chat of ``chunk``. Raises the upstream
+        error tree like :meth:`Delivery.send`; ``MediaError`` (``unsupported``, ``oversize``) when the
+        platform cannot take it."""
+        ...
+
+
 # Asks the connector holding a bot's long connection to send something on it (NATS request/reply); raises
 # when no answer came (no owner, or none in time).
 Requester = Callable[[ConnectionRequest], Awaitable[ConnectionAnswer]]
@@ -67,6 +98,7 @@ class DeliveryContext:
     deliveries: KeyValue | None = None
     answer_streams: StreamStore | None = None
     requester: Requester | None = None
+    media: MediaStore | None = None  # the media bucket (answers' images, read by inline deliveries)
 
     @property
     def cfg(self) -> SenderConfig:

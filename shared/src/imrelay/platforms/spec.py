@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..bots import BotBase
+from ..media import MediaSupport
 from ..sections import RateLimitConfig
 from .handle import ReplyHandleBase
 
@@ -24,7 +25,16 @@ if TYPE_CHECKING:
     from ..connections import Connection, ConnectionContext
     from ..delivery import Delivery, DeliveryContext
 
-__all__ = ["Capabilities", "Ownership", "PlatformSpec", "RateScope", "SimMessage", "SimRequest", "SimSend"]
+__all__ = [
+    "Capabilities",
+    "Ownership",
+    "PlatformSpec",
+    "RateScope",
+    "SimMedia",
+    "SimMessage",
+    "SimRequest",
+    "SimSend",
+]
 
 BotT = TypeVar("BotT", bound=BotBase)
 
@@ -55,8 +65,23 @@ class RateScope:
 
 
 @dataclass(frozen=True, slots=True)
+class SimMedia:
+    """A file a simulated user sends, already put into the simulator (``POST /sim/media``): the
+    platform's simulated API serves it by ``id`` (as a media id, resource key, download code or the path
+    of a URL, ``{sim_url}/sim/media/{id}``)."""
+
+    kind: str  # image | file | voice | video
+    id: str
+    name: str
+    size: int
+    sha256: str
+    md5: str
+    mime: str = "application/octet-stream"
+
+
+@dataclass(frozen=True, slots=True)
 class SimMessage:
-    """A text message a simulated user sends (``imrelay-sim send``)."""
+    """A message a simulated user sends (``imrelay-sim send``): text, and media (``--image``/``--file``)."""
 
     text: str
     user: str
@@ -64,6 +89,7 @@ class SimMessage:
     now: float
     sim_url: str  # where the simulator plays the platform's API
     chat: str = ""  # a group chat's id; empty for a direct message
+    media: tuple[SimMedia, ...] = ()  # the platform's package puts them in the message its own way
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +132,8 @@ class PlatformSpec(Generic[BotT]):
     connection: Callable[[BotT, ConnectionContext], Connection] | None = None
     connection_events: tuple[str, ...] = ()
     token_key: Callable[[BotT], str | None] = _no_token  # the bot's access-token cache key, if it has one
+    # the media its delivery fetches from messages (``MediaSource``) and sends (``MediaSink``), and limits
+    media: MediaSupport = field(default_factory=MediaSupport)
     sim_routes: Callable[[Any, Callable[[], float]], list[BaseRoute]] | None = None  # (SimState, clock)
     sim_request: Callable[[BotT, SimMessage], SimRequest] | None = None
     # the query of the platform's URL check (a GET the ingress must answer with ``echo``), if it has one
