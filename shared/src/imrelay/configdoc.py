@@ -35,6 +35,9 @@ __all__ = [
 
 # Meanings of keys that carry no comment in config.py, by "Model.field".
 MEANINGS: dict[str, str] = {
+    "MediaConfig.fetch_timeout_seconds": "Time allowed for one download (an attachment, an answer's image).",
+    "MediaConfig.max_redirects": "Redirects followed when fetching an answer's image (each target checked "
+    "again against the private-address rules).",
     "NatsAuth.user": "NATS user name (with `password`); `IMRELAY_NATS_USER` gives a service its own.",
     "NatsAuth.password": "NATS password (with `user`); `IMRELAY_NATS_PASSWORD`.",
     "NatsAuth.token": "A NATS token instead of a user; `IMRELAY_NATS_TOKEN`.",
