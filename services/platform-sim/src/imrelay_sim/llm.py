@@ -9,6 +9,14 @@ word:
   Exists");
 * ``POST /api/v1/chat/completions``: FastGPT (OpenAI-style chunks; ``chatId`` names the conversation).
 
+Media, so tests can prove which bytes a model was given: an OpenAI-style message whose ``content`` is a
+list of parts (vision) is read as its text parts, plus ``[image <type> sha256=<hex>]`` for each
+``image_url`` data URL and ``[file <name> sha256=<hex>]`` for each ``file_url`` one; Dify takes files
+with ``POST /v1/files/upload`` (multipart ``file`` + ``user``; 15 MB at most, 413 ``file_too_large``
+beyond) and a ``chat-messages`` request's ``files`` (``local_file`` ids uploaded by the same ``user``,
+else 400 ``invalid_param``) add ``[<type> <name> sha256=<hex>]`` to the question. A question holding an
+image link (``![alt](url)``) is echoed with it, so the answer carries an image.
+
 ``POST /sim/llm`` controls them all: ``token_delay`` (seconds between chunks), ``fail_next`` (HTTP statuses
 for the next requests), ``reject_key_next`` (how many next requests get the 401 an OpenAI-style API gives a
 wrong key, which quotes the key: ``Incorrect API key provided: sk-...``), ``stall_after`` (chunks before
@@ -20,6 +28,8 @@ and ``first_token_at``, when each first piece was sent.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import re
 import time
@@ -44,6 +54,59 @@ class LLMState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     conversations: dict[str, int] = field(default_factory=dict)  # Dify conversation id -> turns
     first_token_at: list[tuple[str, float]] = field(default_factory=list)  # (question, time)
+    files: dict[str, tuple[str, str, str, str]] = field(
+        default_factory=dict
+    )  # Dify id -> user, name, mime, sha
+
+
+DIFY_MAX_UPLOAD = 15 * 1024 * 1024
+DIFY_TYPES = {"image": "image/", "document": "", "audio": "audio/", "video": "video/"}
+
+
+def _data_url(url: str) -> tuple[str, bytes] | None:
+    """(type, bytes) of a ``data:<type>;base64,<data>`` URL; None for anything else."""
+    m = re.fullmatch(r"data:([\w.+/-]+);base64,([A-Za-z0-9+/=\s]*)", url, flags=re.S)
+    if m is None:
+        return None
+    try:
+        return m.group(1), base64.b64decode(m.group(2), validate=False)
+    except ValueError:
+        return None
+
+
+def question_of(content: Any) -> str:
+    """The question a user message asks: its text, and what each media part holds (by sha256)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    seen: list[str] = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            url = (
+                (part.get("image_url") or {}).get("url", "")
+                if isinstance(part.get("image_url"), dict)
+                else ""
+            )
+            got = _data_url(str(url))
+            seen.append(
+                f"[image {got[0]} sha256={hashlib.sha256(got[1]).hexdigest()}]"
+                if got
+                else f"[image link {url}]"
+            )
+        elif kind == "file_url":
+            got = _data_url(str(part.get("url", "")))
+            name = part.get("name", "file")
+            seen.append(
+                f"[file {name} sha256={hashlib.sha256(got[1]).hexdigest()}]" if got else f"[file {name}]"
+            )
+    return " ".join(t for t in [" ".join(texts).strip(), *seen] if t)
 
 
 def _chunk(content: str | None, finish: str | None = None) -> str:
@@ -134,8 +197,11 @@ def routes() -> list[Route]:
         return body
 
     def last_user(body: dict[str, Any]) -> str:
-        return next(
-            (m.get("content", "") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), ""
+        return question_of(
+            next(
+                (m.get("content", "") for m in reversed(body.get("messages", [])) if m.get("role") == "user"),
+                "",
+            )
         )
 
     async def openai_style(body: dict[str, Any], question: str) -> AsyncIterator[str]:
@@ -175,6 +241,22 @@ def routes() -> list[Route]:
         conversation = conversation or str(uuid.uuid4())
         state.conversations[conversation] = state.conversations.get(conversation, 0) + 1
         question = str(body.get("query", ""))
+        user = str(body.get("user", ""))
+        for item in body.get("files") or []:
+            file_id = item.get("upload_file_id") if isinstance(item, dict) else None
+            known = state.files.get(str(file_id))
+            if not isinstance(item, dict) or item.get("transfer_method") != "local_file" or known is None:
+                return JSONResponse(
+                    {"code": "invalid_param", "message": "file not found", "status": 400}, status_code=400
+                )
+            owner, name, mime, sha = known
+            wanted = DIFY_TYPES.get(str(item.get("type")))
+            if owner != user or wanted is None or not mime.startswith(wanted):
+                return JSONResponse(
+                    {"code": "invalid_param", "message": "file type or user mismatch", "status": 400},
+                    status_code=400,
+                )
+            question += f" [{item['type']} {name} sha256={sha}]"
         message_id = str(uuid.uuid4())
 
         def event(piece: str) -> str:
@@ -213,6 +295,36 @@ def routes() -> list[Route]:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    async def dify_upload(request: Request) -> Response:
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return JSONResponse({"code": "unauthorized", "message": "no key", "status": 401}, status_code=401)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > DIFY_MAX_UPLOAD + 64 * 1024:
+            return JSONResponse({"code": "file_too_large", "message": "File size exceeded."}, status_code=413)
+        async with request.form(max_part_size=DIFY_MAX_UPLOAD + 1) as form:
+            upload, user = form.get("file"), form.get("user")
+            if isinstance(upload, str) or upload is None or not isinstance(user, str) or not user:
+                return JSONResponse({"code": "no_file_uploaded", "message": "file and user"}, status_code=400)
+            data = await upload.read()
+            name = upload.filename or "file"
+            mime = upload.content_type or "application/octet-stream"
+        if len(data) > DIFY_MAX_UPLOAD:
+            return JSONResponse({"code": "file_too_large", "message": "File size exceeded."}, status_code=413)
+        file_id = str(uuid.uuid4())
+        state.files[file_id] = (user, name, mime, hashlib.sha256(data).hexdigest())
+        return JSONResponse(
+            {
+                "id": file_id,
+                "name": name,
+                "size": len(data),
+                "extension": name.rsplit(".", 1)[-1] if "." in name else "",
+                "mime_type": mime,
+                "created_by": user,
+                "created_at": int(time.time()),
+            },
+            status_code=201,
+        )
+
     async def control(request: Request) -> Response:
         try:
             body = json.loads(await request.body() or b"{}")
@@ -241,6 +353,7 @@ def routes() -> list[Route]:
     return [
         Route("/v1/chat/completions", openai_endpoint("openai"), methods=["POST"]),
         Route("/v1/chat-messages", dify, methods=["POST"]),
+        Route("/v1/files/upload", dify_upload, methods=["POST"]),
         Route("/api/v1/chat/completions", openai_endpoint("fastgpt"), methods=["POST"]),
         Route("/sim/llm", control, methods=["POST"]),
         Route("/sim/llm", last_requests, methods=["GET"]),
