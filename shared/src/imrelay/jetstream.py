@@ -45,6 +45,7 @@ __all__ = [
     "connect_options",
     "ensure_buckets",
     "ensure_media_store",
+    "ensure_tokens_bucket",
     "ensure_streams",
     "security",
     "stream_configs",
@@ -267,8 +268,8 @@ async def _bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
     return await js.create_key_value(config)
 
 
-async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
-    tokens = await _bucket(
+async def ensure_tokens_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
+    return await _bucket(
         js,
         KeyValueConfig(
             bucket=s.KV_TOKENS,
@@ -278,6 +279,10 @@ async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
             description="platform access tokens and refresh locks",
         ),
     )
+
+
+async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
+    tokens = await ensure_tokens_bucket(js, cfg)
     deliveries = await _bucket(
         js,
         KeyValueConfig(

@@ -2,8 +2,9 @@
 users and ``docs/nats-permissions.md`` are generated from :data:`PERMISSIONS`.
 
 A service may publish and subscribe only to what it uses: the ingress stores inbound messages but reads no
-memory and no token; the worker reads inbound messages and its memory, never a token; only the sender
-reads tokens; the connector holds its leases. The JetStream API subjects are named per stream, bucket and
+memory, no token and no media; the worker reads inbound messages, its memory, and the platforms' tokens
+(to download users' media by the platform's own method), and writes the media bucket; the sender reads
+tokens and media; the connector holds its leases. The JetStream API subjects are named per stream, bucket and
 durable consumer. ``cli`` is the administrator (``imrelay nats setup``, ``imrelay dlq``). Every service may
 create the streams and buckets it uses when they are missing; only the administrator may change them.
 """
@@ -67,6 +68,26 @@ def _kv(*buckets: str) -> list[str]:
     return out
 
 
+def _objects(*buckets: str) -> list[str]:
+    """Read and write the named Object Store buckets (and create them when missing): objects are read
+    with ordered consumers delivering to an inbox."""
+    out: list[str] = []
+    for b in buckets:
+        stream = f"OBJ_{b}"
+        out += [
+            f"$O.{b}.>",
+            f"{API}.STREAM.INFO.{stream}",
+            f"{API}.STREAM.CREATE.{stream}",
+            f"{API}.STREAM.PURGE.{stream}",
+            f"{API}.STREAM.MSG.GET.{stream}",
+            f"{API}.DIRECT.GET.{stream}.>",
+            f"{API}.CONSUMER.CREATE.{stream}",
+            f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.DELETE.{stream}.>",
+        ]
+    return out
+
+
 def _consumer(stream: str, durable: str) -> list[str]:
     """Pull from a durable consumer (``*`` for a family such as ``sender-p<k>``): create, inspect, fetch
     and acknowledge."""
@@ -99,11 +120,13 @@ PERMISSIONS: dict[str, Permissions] = {
             s.OUT_ALL,
             "imrelay.dlq.worker",
             *_streams(*STREAMS),
-            *_kv(s.KV_MEMORY),
+            *_kv(s.KV_MEMORY, s.KV_TOKENS),
+            *_objects(s.OBJ_MEDIA),
             *_consumer(s.STREAM_IN, s.CONSUMER_WORKER),
         ),
         subscribe=(INBOX,),
-        purpose="reads inbound messages, keeps conversation memory, writes reply chunks",
+        purpose="reads inbound messages, keeps conversation memory, downloads and stores users' media "
+        "(with the platforms' tokens), writes reply chunks",
     ),
     "sender": Permissions(
         publish=(
@@ -111,10 +134,11 @@ PERMISSIONS: dict[str, Permissions] = {
             "imrelay.conn.>",
             *_streams(*STREAMS),
             *_kv(s.KV_TOKENS, s.KV_DELIVERIES, s.KV_RATELIMITS, s.KV_STREAMS),
+            *_objects(s.OBJ_MEDIA),
             *_consumer(s.STREAM_OUT, "*"),
         ),
         subscribe=(INBOX,),
-        purpose="reads reply chunks; owns access tokens, rate limits and delivery records",
+        purpose="reads reply chunks and answers' media; owns access tokens, rate limits and delivery records",
     ),
     "cli": Permissions(
         publish=(">",),

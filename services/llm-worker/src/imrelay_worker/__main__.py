@@ -6,12 +6,18 @@ import logging
 
 from imrelay import subjects
 from imrelay.config import load_settings
-from imrelay.jetstream import connect_until_ready, ensure_memory_bucket
+from imrelay.jetstream import (
+    connect_until_ready,
+    ensure_media_store,
+    ensure_memory_bucket,
+    ensure_tokens_bucket,
+)
+from imrelay.media.store import ObjectMediaStore
 from imrelay.redact import protect_settings
 from imrelay.runtime import Connected, run_until_stopped, service_main
 from imrelay.telemetry import instrument_httpx
 
-from .app import build_worker
+from .app import build_worker, media_step
 from .memory import MemoryStore
 
 log = logging.getLogger("imrelay.worker")
@@ -33,12 +39,18 @@ async def run() -> None:
         log.info("stopping: finishing in-flight answers")
         await worker.broker.stop()
         await worker.client.aclose()
+        if worker.media is not None:
+            await worker.media.direct.aclose()
 
     async def connect() -> Connected:
         nc, js = await connect_until_ready(settings.nats, "imrelay-worker-control")
         if settings.memory.enabled:
             kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)
             worker.memory = MemoryStore(kv, settings.memory)
+        if settings.media.enabled:
+            store = ObjectMediaStore(await ensure_media_store(js, settings.nats, settings.media.ttl_seconds))
+            tokens = await ensure_tokens_bucket(js, settings.nats)
+            worker.media = media_step(settings, worker.client, store, tokens)
         return Connected(nc, js, start, stop)
 
     await run_until_stopped(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from imrelay.errors import BackendError
 from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
+from imrelay.media import MediaRef
 from imrelay.redact import redact
 
 from .backends import Piece, Replace
@@ -26,6 +27,8 @@ from .backends import Piece, Replace
 log = logging.getLogger("imrelay.worker")
 
 Publish = Callable[[ReplyChunk], Awaitable[None]]
+# the final text -> (the text shown, images sent with it): the answer's image links fetched and stored
+Finish = Callable[[str], Awaitable[tuple[str, list[MediaRef]]]]
 FINAL_PUBLISH_DELAYS = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of the final chunk (a leader election)
 
 
@@ -50,6 +53,7 @@ def _chunk(
     text: str | None = None,
     placeholder: str | None = None,
     fmt: ReplyFormat = ReplyFormat.TEXT,
+    media: list[MediaRef] | None = None,
 ) -> ReplyChunk:
     return ReplyChunk(
         reply_id=msg.id,
@@ -68,6 +72,7 @@ def _chunk(
         error=error,
         received_at=msg.received_at,
         placeholder=placeholder,
+        media=media or [],
     )
 
 
@@ -85,6 +90,7 @@ async def produce_answer(
     fmt: ReplyFormat = ReplyFormat.TEXT,
     final_publish_delays: tuple[float, ...] = FINAL_PUBLISH_DELAYS,
     clock: Callable[[], float] = time.monotonic,
+    finish: Finish | None = None,
 ) -> AnswerOutcome:
     """Stream ``stream`` as reply chunks. With ``placeholder``, a chunk carrying it is published when no
     answer text has come after ``placeholder_after`` seconds (platforms that cannot edit show it first).
@@ -161,6 +167,12 @@ async def produce_answer(
         final_text = f"{text}\n\n{timeout_notice}"
     else:
         final_text = f"{text}\n\n{error_message}"
+    media: list[MediaRef] = []
+    if finish is not None and text.strip():
+        try:
+            final_text, media = await finish(final_text)
+        except Exception as exc:  # the answer's text goes out even if its images cannot
+            log.warning("reply %s: answer images not attached (%s)", msg.id, type(exc).__name__)
     final = _chunk(
         msg,
         seq,
@@ -169,6 +181,7 @@ async def produce_answer(
         full_text=final_text,
         error=error,
         fmt=fmt,
+        media=media,
     )
     for delay in (*final_publish_delays, None):
         try:

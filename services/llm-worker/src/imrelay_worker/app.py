@@ -15,26 +15,33 @@ from dataclasses import dataclass
 
 import httpx
 from faststream.nats import NatsBroker, NatsMessage
+from nats.js.kv import KeyValue
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from imrelay import subjects
 from imrelay.broker import durable_consumer, in_progress, make_broker
-from imrelay.config import Settings
+from imrelay.config import BotConfig, Settings
+from imrelay.delivery import DeliveryContext
+from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
 from imrelay.errors import NotConfiguredError
 from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
-from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TOKENS, LLM_TTFT, model_label
+from imrelay.media import MediaKind, MediaProblem, MediaRef
+from imrelay.media.store import MediaStore
+from imrelay.platforms import delivery_for, spec_for
+from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TOKENS, LLM_TTFT, instrument_httpx, model_label
 
-from .answer import produce_answer
+from .answer import Finish, produce_answer
 from .backends import Backend, ChatMessage, ChatRequest, Piece, Usage, build_backend
+from .media import Gathered, MediaStep, Unread
 from .memory import Conversation, MemoryStore, Turn, conversation_key
 from .privacy import Pseudonyms
 
 log = logging.getLogger("imrelay.worker")
 tracer = trace.get_tracer("imrelay.worker")
 
-NON_TEXT_REPLY = "I can only read text messages for now."
+NON_TEXT_REPLY = "I can read text, pictures, files and voice messages, but not this kind of message."
 COMMANDS = {
     "/reset": "Conversation cleared. What would you like to talk about?",
     "/help": "Ask me anything in plain words. Commands: /reset forgets our conversation so far, "
@@ -49,6 +56,7 @@ class Worker:
     backends: dict[str, Backend]
     client: httpx.AsyncClient
     memory: MemoryStore | None = None
+    media: MediaStep | None = None  # set once the media bucket is there
 
     async def publish_chunk(self, chunk: ReplyChunk) -> None:
         await self.broker.publish(
@@ -121,31 +129,56 @@ class Worker:
         key = conversation_key(inbound, self.settings.memory.per_user_in_groups)
         command = text.split(maxsplit=1)[0].lower() if text.startswith("/") else ""
         request: ChatRequest | None = None
+        backend = self.backends[bot.backend]
+        gathered = Gathered()
+        if command not in COMMANDS and self.media is not None and inbound.attachments:
+            async with in_progress(msg, self.settings.worker.ack_wait_seconds):
+                gathered = await self.media.gather(inbound, bot)
+                for voice in gathered.voice:
+                    transcript = await self.media.transcribe(inbound, voice)
+                    if transcript is None:
+                        gathered.unread.append(Unread(MediaKind.VOICE, MediaProblem.NOT_READ))
+                    else:
+                        gathered.transcripts.append(transcript)
+        given = [m for m in gathered.media if backend.accepts(m.ref.kind)]
+        unread = gathered.unread + [
+            Unread(m.ref.kind, MediaProblem.UNSUPPORTED) for m in gathered.media if m not in given
+        ]
+        question = "\n".join(t for t in [text, *gathered.transcripts] if t)
+        notices = "\n".join(dict.fromkeys(u.line for u in unread))
         if command in COMMANDS:
             if command == "/reset" and self.memory is not None:
                 await self.memory.forget(key)
             stream: AsyncIterator[Piece] = _once(COMMANDS[command])
-        elif not text:
+        elif not question and not given:
             if not inbound.attachments:
                 return
-            stream = _once(NON_TEXT_REPLY)
+            stream = _once(notices or NON_TEXT_REPLY)
         else:
-            backend = self.backends[bot.backend]
             names = Pseudonyms(self.settings.worker, bot)
             conv = await self.memory.load(key) if self.memory is not None else Conversation()
             system = bot.system_prompt or cfg.system_prompt
             history = [] if backend.keeps_history else conv.messages()
+            told = question
+            if unread:  # the model learns what it was not shown
+                told += "\n" + "\n".join(
+                    f"[The user also sent a {u.kind} that could not be read.]" for u in unread
+                )
             request = ChatRequest(
                 messages=([ChatMessage("system", system)] if system else [])
                 + history
-                + [ChatMessage("user", text)],
+                + [ChatMessage("user", told.strip())],
                 user=names.user(f"{inbound.platform}:{inbound.bot_id}:{inbound.sender.id}"),
                 conversation=names.conversation(key),
                 session=dict(conv.session),
                 model=bot.model,
                 temperature=bot.temperature,
+                media=given,
             )
             stream = backend.stream(request)
+            if notices:
+                stream = _after(notices + "\n\n", stream)
+            text = question or "[" + ", ".join(m.ref.name for m in given) + "]"
         span = (
             tracer.start_as_current_span(
                 f"chat {model}",
@@ -171,6 +204,7 @@ class Worker:
                     placeholder=bot.thinking_message if request is not None else None,
                     placeholder_after=bot.thinking_after_seconds,
                     fmt=ReplyFormat(bot.reply_format),
+                    finish=self._answer_images(inbound, bot),
                 )
                 if model_span is not None and request is not None:
                     _record_usage(model_span, bot.backend, model, request.usage)
@@ -187,6 +221,20 @@ class Worker:
             # only a complete answer becomes memory
             await self.memory.remember(key, Turn(text, result.text, inbound.sender.id), request.session)
 
+    def _answer_images(self, inbound: InboundMessage, bot: BotConfig) -> Finish | None:
+        """The answer's image links sent as images, where the platform can show them."""
+        media = self.media
+        if media is None or MediaKind.IMAGE not in spec_for(bot).media.outbound:
+            return None
+
+        async def finish(text: str) -> tuple[str, list[MediaRef]]:
+            new_text, refs, lines = await media.answer_images(inbound.platform, inbound.id, text)
+            if lines:
+                new_text = "\n\n".join([new_text, *lines]) if new_text else "\n".join(lines)
+            return new_text, refs
+
+        return finish
+
 
 def _record_usage(span: trace.Span, backend: str, model: str, usage: Usage | None) -> None:
     """The model's token counts on its span (GenAI conventions) and in ``imrelay_llm_tokens_total``."""
@@ -202,9 +250,42 @@ async def _once(text: str) -> AsyncIterator[Piece]:
     yield text
 
 
+async def _after(first: str, stream: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+    """``first`` (the lines about media that was not read), then the backend's answer."""
+    yield first
+    try:
+        async for piece in stream:
+            yield piece
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 def _labels_of(subject: str) -> tuple[str, str]:
     parts = subject.split(".")
     return (parts[2], parts[3]) if len(parts) >= 4 else ("unknown", "unknown")
+
+
+def media_step(
+    settings: Settings, client: httpx.AsyncClient, store: MediaStore, tokens: KeyValue
+) -> MediaStep:
+    """The worker's media step: each bot's platform package fetches its media (with the bot's token,
+    kept in the shared token cache like the sender's)."""
+    ctx = DeliveryContext(
+        settings=settings,
+        client=client,
+        tokens=TokenCache(tokens, skew=settings.sender.token_refresh_skew_seconds),
+        media=store,
+    )
+    deliveries = {bot.id: delivery_for(bot, ctx) for bot in settings.bots}
+    direct = httpx.AsyncClient(
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.media.fetch_timeout_seconds),
+    )
+    instrument_httpx(direct)
+    return MediaStep(settings.media, store, deliveries, client, direct)
 
 
 def build_worker(settings: Settings, client: httpx.AsyncClient | None = None) -> Worker:

@@ -16,6 +16,7 @@ except the bucket being unreachable (the message is then retried like any other 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -34,15 +35,11 @@ from imrelay.redact import redact
 from imrelay.sections import MediaConfig
 from imrelay.telemetry import MEDIA, MEDIA_BYTES
 
+from .backends import InputMedia
+
 log = logging.getLogger("imrelay.worker")
 
 __all__ = ["Gathered", "InputMedia", "MediaStep", "Unread"]
-
-
-@dataclass(frozen=True, slots=True)
-class InputMedia:
-    ref: MediaRef
-    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,13 +191,17 @@ class MediaStep:
         found = await self.store.find(key)
         if found is not None:
             return found
-        fetched = await fetch_url(
-            self.direct,
-            url,
-            guard=self.guard,
-            limit=self.cfg.max_bytes,
-            max_redirects=self.cfg.max_redirects,
-        )
+        try:
+            async with asyncio.timeout(self.cfg.fetch_timeout_seconds):
+                fetched = await fetch_url(
+                    self.direct,
+                    url,
+                    guard=self.guard,
+                    limit=self.cfg.max_bytes,
+                    max_redirects=self.cfg.max_redirects,
+                )
+        except TimeoutError as exc:
+            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "timed out") from exc
         mime = sniff(fetched.data)
         if mime not in IMAGE_TYPES:
             raise MediaError(MediaProblem.UNSUPPORTED, f"not an image: {mime}")
@@ -208,3 +209,30 @@ class MediaStep:
         if "." not in name:
             name += extension(mime)
         return await self.store.put(key, fetched.data, kind=MediaKind.IMAGE, name=name, mime=mime)
+
+    # ---- voice ------------------------------------------------------------------------------------
+
+    async def transcribe(self, inbound: InboundMessage, voice: InputMedia) -> str | None:
+        """A voice message's text from the configured speech-to-text endpoint (OpenAI-compatible
+        ``/audio/transcriptions``); None when none is configured or it failed (the user is told)."""
+        stt = self.cfg.speech_to_text
+        if stt is None:
+            return None
+        headers = {"Authorization": f"Bearer {stt.api_key.get_secret_value()}"} if stt.api_key else {}
+        try:
+            resp = await self.client.post(
+                f"{stt.base_url.rstrip('/')}/audio/transcriptions",
+                headers=headers,
+                files={"file": (voice.ref.name, voice.data, voice.ref.mime)},
+                data={"model": stt.model},
+                timeout=stt.timeout_seconds,
+            )
+            resp.raise_for_status()
+            text = resp.json().get("text")
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.warning("inbound %s: speech to text failed (%s)", inbound.id, type(exc).__name__)
+            return None
+        if not isinstance(text, str) or not text.strip():
+            return None
+        self._count(inbound, MediaKind.VOICE, "transcribed")
+        return text.strip()

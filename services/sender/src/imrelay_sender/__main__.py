@@ -10,7 +10,8 @@ from imrelay import subjects
 from imrelay.answer_streams import KVStreamStore
 from imrelay.config import load_settings
 from imrelay.events import ConnectionAnswer, ConnectionRequest
-from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_streams_bucket
+from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_media_store, ensure_streams_bucket
+from imrelay.media.store import ObjectMediaStore
 from imrelay.redact import protect_settings
 from imrelay.runtime import Connected, run_until_stopped, service_main
 from imrelay.telemetry import instrument_httpx
@@ -39,8 +40,18 @@ async def run() -> None:
             )
             return ConnectionAnswer.model_validate_json(msg.data)
 
+        media = (
+            ObjectMediaStore(await ensure_media_store(js, settings.nats, settings.media.ttl_seconds))
+            if settings.media.enabled
+            else None
+        )
         sender = build_sender(
-            settings, buckets, client, KVStreamStore(await ensure_streams_bucket(js, settings.nats)), request
+            settings,
+            buckets,
+            client,
+            KVStreamStore(await ensure_streams_bucket(js, settings.nats)),
+            request,
+            media,
         )
 
         async def start() -> None:

@@ -7,6 +7,12 @@ platform accepts it, so a redelivered chunk skips what was already shown. A clai
 is taken over after ``sender.claim_timeout_seconds``. Transient failures are retried in-process with backoff
 and jitter, then by JetStream (nak with delay) up to ``sender.max_deliver``; permanent ones go to
 ``imrelay.dlq.sender`` with the platform's code in headers.
+
+An answer's images (``chunk.media``, stored in the media bucket by the worker) follow its text, each its
+own part (record ``m<n>``, claimed like the text parts) sent by the platform's ``MediaSink``, unless the
+platform shows them with the text itself (``media_inline``). An image the platform refuses (too large, a
+type it cannot show, a permanent upload error) becomes one line of text instead; the answer is not
+dead-lettered for it.
 """
 
 from __future__ import annotations
@@ -14,18 +20,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import httpx
 from faststream.nats import NatsBroker, NatsMessage
+from nats.js.errors import NotFoundError, ObjectDeletedError, ObjectNotFoundError
 from pydantic import ValidationError
 
 from imrelay import subjects
 from imrelay.answer_streams import StreamStore
 from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
-from imrelay.delivery import Delivery, DeliveryContext, Requester, StreamingDelivery
+from imrelay.delivery import Delivery, DeliveryContext, MediaSink, Requester, StreamingDelivery
 from imrelay.delivery.claims import Claim, DeliveryClaims, Held
 from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
@@ -33,9 +41,12 @@ from imrelay.errors import DeliveryBusy, PermanentUpstreamError, UpstreamError
 from imrelay.events import ReplyChunk
 from imrelay.hints import platform_hint
 from imrelay.jetstream import Buckets
+from imrelay.media import MediaError, MediaProblem, MediaRef, user_line
+from imrelay.media.store import MediaStore
 from imrelay.platforms import delivery_for
+from imrelay.platforms import spec as spec_for_platform
 from imrelay.subjects import kv_key
-from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, RATE_LIMIT_WAIT
+from imrelay.telemetry import DELIVERIES, DLQ, FIRST_REPLY, MEDIA, MEDIA_BYTES, RATE_LIMIT_WAIT
 
 from .backoff import backoff_delay
 from .ratelimit import Limit, RateLimiter
@@ -50,6 +61,7 @@ class Sender:
     claims: DeliveryClaims
     limiter: RateLimiter
     deliveries: dict[str, Delivery] = field(default_factory=dict)
+    media: MediaStore | None = None
     _last_update: dict[str, float] = field(default_factory=dict)
 
     async def dead_letter(
@@ -188,7 +200,8 @@ class Sender:
 
     async def deliver(self, delivery: Delivery, chunk: ReplyChunk, first_reply_shown: bool = False) -> None:
         labels = {"platform": chunk.platform, "bot": chunk.bot_id}
-        for index, part in enumerate(delivery.render(chunk)):
+        parts = delivery.render(chunk)
+        for index, part in enumerate(parts):
             record = kv_key("reply", chunk.reply_id, str(index))
             claim = await self.claims.claim(record)
             if claim is Claim.DONE:
@@ -205,6 +218,64 @@ class Sender:
             DELIVERIES.labels(outcome="ok", **labels).inc()
             if index == 0 and not first_reply_shown:
                 await self._first_shown(chunk, labels)
+
+        if chunk.media:
+            await self._deliver_media(delivery, chunk, len(parts))
+
+    async def _deliver_media(self, delivery: Delivery, chunk: ReplyChunk, parts: int) -> None:
+        if not isinstance(delivery, MediaSink) or delivery.media_inline:
+            return
+        labels = {"platform": chunk.platform, "bot": chunk.bot_id}
+        for index, ref in enumerate(chunk.media):
+            record = kv_key("reply", chunk.reply_id, f"m{index}")
+            claim = await self.claims.claim(record)
+            if claim is Claim.DONE:
+                DELIVERIES.labels(outcome="duplicate_skipped", **labels).inc()
+                continue
+            if claim is Claim.BUSY:
+                raise DeliveryBusy(record)
+            try:
+                line = await self._send_media(delivery, chunk, ref, parts + index)
+                if line is not None:  # the image cannot be shown: say so instead
+                    await self._send_with_retries(delivery, chunk, line, parts + index)
+            except BaseException:
+                await self.claims.release(record, claim)
+                raise
+            await self.claims.done(record, claim)
+
+    async def _send_media(
+        self, delivery: MediaSink, chunk: ReplyChunk, ref: MediaRef, index: int
+    ) -> str | None:
+        """Send one image; the line to show instead when the platform cannot take it."""
+        labels = {"platform": chunk.platform, "kind": ref.kind.value}
+        problem: MediaProblem | None = None
+        limit = spec_for_platform(chunk.platform).media.limits.get(ref.kind)
+        if self.media is None:
+            problem = MediaProblem.UPLOAD_FAILED
+        else:
+            try:
+                data = await self.media.get(ref)
+            except (ObjectNotFoundError, ObjectDeletedError, NotFoundError, ValueError):
+                problem = MediaProblem.UPLOAD_FAILED  # expired from the bucket, or damaged
+            else:
+                try:
+                    await self._with_retries(
+                        chunk, index, lambda: delivery.send_media(chunk, ref, data, index)
+                    )
+                except MediaError as exc:
+                    problem = exc.problem
+                except PermanentUpstreamError as exc:
+                    log.warning("reply %s: image %s refused (%s)", chunk.reply_id, ref.key, exc.code)
+                    problem = MediaProblem.UPLOAD_FAILED
+                else:
+                    MEDIA.labels(direction="out", outcome="ok", **labels).inc()
+                    MEDIA_BYTES.labels(direction="out", **labels).inc(ref.size)
+                    DELIVERIES.labels(outcome="ok", platform=chunk.platform, bot=chunk.bot_id).inc()
+                    return None
+        MEDIA.labels(direction="out", outcome=problem.value, **labels).inc()
+        return user_line(
+            ref.kind, problem, limit=limit if problem is MediaProblem.OVERSIZE else None, outbound=True
+        )
 
     async def _first_shown(self, chunk: ReplyChunk, labels: dict[str, str]) -> None:
         """Observe the user's first sight of the answer once per reply, whichever replica shows it (the
@@ -227,6 +298,17 @@ class Sender:
                 RATE_LIMIT_WAIT.labels(platform=chunk.platform, bot=chunk.bot_id).observe(waited)
 
     async def _send_with_retries(self, delivery: Delivery, chunk: ReplyChunk, part: str, index: int) -> None:
+        await self._with_retries(chunk, index, lambda: delivery.send(chunk, part, index), delivery)
+
+    async def _with_retries(
+        self,
+        chunk: ReplyChunk,
+        index: int,
+        send: Callable[[], Awaitable[None]],
+        delivery: Delivery | None = None,
+    ) -> None:
+        """``send`` within the platform's limits, transient failures retried with backoff."""
+        delivery = delivery or self.deliveries[chunk.bot_id]
         cfg = self.settings.sender
         labels = {"platform": chunk.platform, "bot": chunk.bot_id}
         attempt = 0
@@ -234,7 +316,7 @@ class Sender:
             attempt += 1
             await self._within_limits(delivery, chunk)
             try:
-                await delivery.send(chunk, part, index)
+                await send()
                 return
             except PermanentUpstreamError:
                 raise
@@ -259,13 +341,14 @@ def build_sender(
     client: httpx.AsyncClient,
     answer_streams: StreamStore,
     requester: Requester | None = None,
+    media: MediaStore | None = None,
 ) -> Sender:
     cfg = settings.sender
     broker = make_broker(settings.nats, "sender", graceful_timeout=30.0)
     tokens = TokenCache(buckets.tokens, skew=cfg.token_refresh_skew_seconds)
     claims = DeliveryClaims(buckets.deliveries, stale_after=cfg.claim_timeout_seconds)
     limiter = RateLimiter(buckets.ratelimits, margin=cfg.rate_limit_margin_seconds)
-    sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter)
+    sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter, media=media)
     ctx = DeliveryContext(
         settings=settings,
         client=client,
@@ -273,6 +356,7 @@ def build_sender(
         deliveries=buckets.deliveries,
         answer_streams=answer_streams,
         requester=requester,
+        media=media,
     )
     for bot in settings.bots:
         sender.deliveries[bot.id] = delivery_for(bot, ctx)

@@ -1,8 +1,13 @@
 """LLM backends. Each turns a conversation into an async stream of text deltas, raising
-:class:`~imrelay.errors.BackendError` on failure. One module per backend."""
+:class:`~imrelay.errors.BackendError` on failure. One module per backend.
+
+The user's last message may come with media (``ChatRequest.media``: the bytes, already fetched, checked
+and stored by the worker): a backend takes the kinds its :meth:`Backend.accepts` says; the worker tells
+the model and the user about the others."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -10,6 +15,7 @@ from typing import Literal, Protocol
 import httpx
 
 from imrelay.config import BackendConfig, BackendKind
+from imrelay.media import MediaKind, MediaRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +32,17 @@ class Usage:
     output_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class InputMedia:
+    """A piece of media of the user's message: its stored reference and its bytes."""
+
+    ref: MediaRef
+    data: bytes
+
+    def data_url(self) -> str:
+        return f"data:{self.ref.mime};base64,{base64.b64encode(self.data).decode('ascii')}"
+
+
 @dataclass(slots=True)
 class ChatRequest:
     messages: list[ChatMessage]
@@ -37,6 +54,7 @@ class ChatRequest:
     model: str | None = None  # per-bot overrides of the backend's settings
     temperature: float | None = None
     usage: Usage | None = None  # set by the backend when the model reports its token counts
+    media: list[InputMedia] = field(default_factory=list)  # what the last user message carried
 
     @property
     def last_user_text(self) -> str:
@@ -56,6 +74,10 @@ Piece = str | Replace
 class Backend(Protocol):
     name: str
     keeps_history: bool  # the backend remembers the conversation itself: send only the new message
+
+    def accepts(self, kind: MediaKind) -> bool:
+        """Whether this backend reads media of ``kind`` (given in ``ChatRequest.media``)."""
+        ...
 
     def stream(self, request: ChatRequest) -> AsyncIterator[Piece]: ...
 

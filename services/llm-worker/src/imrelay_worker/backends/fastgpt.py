@@ -16,6 +16,7 @@ import httpx
 
 from imrelay.config import BackendConfig
 from imrelay.errors import BackendError
+from imrelay.media import MediaKind
 
 from ..sse import stream_events
 from . import ChatRequest, Piece
@@ -29,13 +30,29 @@ def chat_id(conversation: str) -> str:
     return conversation[:150] + ":" + hashlib.sha256(conversation.encode()).hexdigest()[:32]
 
 
+def content(request: ChatRequest) -> str | list[dict[str, Any]]:
+    """The new message: its text, or OpenAI-style content parts when it carries images and files
+    (``image_url`` and ``file_url`` parts with ``data:`` URLs)."""
+    if not request.media:
+        return request.last_user_text
+    parts: list[dict[str, Any]] = []
+    if request.last_user_text:
+        parts.append({"type": "text", "text": request.last_user_text})
+    for m in request.media:
+        if m.ref.kind is MediaKind.IMAGE:
+            parts.append({"type": "image_url", "image_url": {"url": m.data_url()}})
+        elif m.ref.kind is MediaKind.FILE:
+            parts.append({"type": "file_url", "name": m.ref.name, "url": m.data_url()})
+    return parts
+
+
 def request_body(request: ChatRequest) -> dict[str, Any]:
     return {
         "chatId": chat_id(request.conversation),
         "stream": True,
         "detail": False,
         "variables": {"user": request.user},
-        "messages": [{"role": "user", "content": request.last_user_text}],
+        "messages": [{"role": "user", "content": content(request)}],
     }
 
 
@@ -47,6 +64,9 @@ class FastGPTBackend:
         self.cfg = cfg
         self.client = client
         self.url = f"{(cfg.base_url or '').rstrip('/')}/v1/chat/completions"
+
+    def accepts(self, kind: MediaKind) -> bool:
+        return kind in (MediaKind.IMAGE, MediaKind.FILE)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Piece]:
         headers = {"Content-Type": "application/json"}

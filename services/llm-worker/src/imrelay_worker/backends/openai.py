@@ -17,15 +17,32 @@ import httpx
 
 from imrelay.config import BackendConfig
 from imrelay.errors import BackendError
+from imrelay.media import MediaKind
 
 from ..sse import stream_events
-from . import ChatRequest, Piece, Usage
+from . import ChatRequest, InputMedia, Piece, Usage
+
+
+def content_parts(text: str, media: list[InputMedia]) -> list[dict[str, Any]]:
+    """A user message with images, as vision models take it: a text part, then one ``image_url`` part
+    (a ``data:`` URL) per image."""
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    for m in media:
+        if m.ref.kind is MediaKind.IMAGE:
+            parts.append({"type": "image_url", "image_url": {"url": m.data_url()}})
+    return parts
 
 
 def request_body(cfg: BackendConfig, request: ChatRequest) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in request.messages]
+    images = [m for m in request.media if m.ref.kind is MediaKind.IMAGE]
+    if cfg.vision and images:
+        last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+        if last is not None:
+            messages[last] = {"role": "user", "content": content_parts(messages[last]["content"], images)}
     body: dict[str, Any] = {
         "model": request.model or cfg.model,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": messages,
         "stream": True,
         "stream_options": {"include_usage": True},
         "user": request.user,
@@ -83,6 +100,9 @@ class OpenAIBackend:
         self.cfg = cfg
         self.client = client
         self.url = f"{(cfg.base_url or '').rstrip('/')}/chat/completions"
+
+    def accepts(self, kind: MediaKind) -> bool:
+        return kind is MediaKind.IMAGE and self.cfg.vision
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Piece]:
         headers = {"Content-Type": "application/json"}
