@@ -11,6 +11,8 @@ nats:
 backends:
   default:
     kind: echo                      # answers with the user's own words; no network, no key
+media:
+  allow_private_networks: ["127.0.0.0/8"]   # the simulator serves the users' files on this machine
 bots:
 """
 
