@@ -4,6 +4,7 @@ run in-process: FastStream's test broker instead of NATS, in-memory KV buckets."
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from imrelay.config import Settings
 from imrelay.errors import PermanentUpstreamError, TransientUpstreamError
 from imrelay.events import Chat, ChatType, InboundMessage, ReplyChunk, Sender
 from imrelay.jetstream import Buckets
+from imrelay.media import MediaError, MediaKind, MediaProblem, MediaRef
+from imrelay.media.store import MediaStore
 from imrelay_sender.app import build_sender
 from imrelay_worker.app import build_worker
 from tests.conftest import make_settings, wecom_app_bot
@@ -192,11 +195,15 @@ def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 @contextlib.asynccontextmanager
 async def sender_broker(
-    settings: Settings, delivery: FakeDelivery, captured: Captured, deliveries: FakeKV
+    settings: Settings,
+    delivery: FakeDelivery,
+    captured: Captured,
+    deliveries: FakeKV,
+    media: MediaStore | None = None,
 ) -> AsyncIterator[object]:
     buckets = Buckets(tokens=FakeKV("tokens"), deliveries=deliveries, ratelimits=FakeKV("ratelimits"))
     async with httpx.AsyncClient() as client:
-        sender = build_sender(settings, buckets, client, answer_streams=None)  # type: ignore[arg-type]
+        sender = build_sender(settings, buckets, client, answer_streams=None, media=media)  # type: ignore[arg-type]
         sender.deliveries["app"] = delivery
         capture(sender.broker, captured)
         async with TestNatsBroker(sender.broker) as broker:
@@ -272,3 +279,81 @@ async def test_sender_dead_letters_after_the_last_delivery(acks: Acks, slept: li
         await publish_final(broker, final("hello"), 3)  # max_deliver 3: this was the last chance
     assert acks.seen == [("ack", None)]
     assert len(captured.dead) == 1 and "gave up after 3 deliveries" in reason(captured.dead[0])
+
+
+@dataclass
+class FakeMediaDelivery(FakeDelivery):
+    """A platform that shows images: each upload accepted, or failed as told."""
+
+    media_inline: bool = False
+    media_failures: list[Exception] = field(default_factory=list)
+    images: list[tuple[str, bytes, int]] = field(default_factory=list)
+
+    async def send_media(self, chunk: ReplyChunk, media: MediaRef, data: bytes, index: int) -> None:
+        if self.media_failures:
+            raise self.media_failures.pop(0)
+        self.images.append((media.name, data, index))
+
+
+class MemoryMediaStore:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def find(self, key: str) -> MediaRef | None:
+        return None
+
+    async def put(self, key: str, data: bytes, *, kind: MediaKind, name: str, mime: str) -> MediaRef:
+        self.objects[key] = data
+        sha = hashlib.sha256(data).hexdigest()
+        return MediaRef(kind=kind, key=key, name=name, size=len(data), sha256=sha, mime=mime)
+
+    async def get(self, ref: MediaRef) -> bytes:
+        return self.objects[ref.key]
+
+
+def final_with(text: str, *refs: MediaRef) -> bytes:
+    chunk = ReplyChunk.model_validate_json(final(text))
+    return chunk.model_copy(update={"media": list(refs)}).model_dump_json().encode()
+
+
+async def test_sender_shows_an_answers_images_after_its_text_once(acks: Acks, slept: list[float]) -> None:
+    store = MemoryMediaStore()
+    one = await store.put("out/r-1/0", b"\x89PNG one", kind=MediaKind.IMAGE, name="a.png", mime="image/png")
+    two = await store.put("out/r-1/1", b"\x89PNG two", kind=MediaKind.IMAGE, name="b.png", mime="image/png")
+    delivery = FakeMediaDelivery(media_failures=[TransientUpstreamError("wecom_app", -1, "busy")])
+    captured = Captured()
+    async with sender_broker(
+        make_settings([wecom_app_bot()], sender=SENDER), delivery, captured, FakeKV(), media=store
+    ) as broker:
+        await publish_final(broker, final_with("look", one, two), 1)
+        await publish_final(broker, final_with("look", one, two), 2)  # redelivered: nothing twice
+    assert delivery.shown == [("look", 0)]
+    assert delivery.images == [("a.png", b"\x89PNG one", 1), ("b.png", b"\x89PNG two", 2)]
+    assert len(slept) == 1  # the busy upload was retried
+    assert captured.dead == [] and acks.seen == [("ack", None), ("ack", None)]
+
+
+async def test_an_image_the_platform_refuses_becomes_a_line(acks: Acks, slept: list[float]) -> None:
+    store = MemoryMediaStore()
+    ref = await store.put("out/r-1/0", b"\x89PNG", kind=MediaKind.IMAGE, name="a.png", mime="image/png")
+    delivery = FakeMediaDelivery(media_failures=[MediaError(MediaProblem.OVERSIZE, "too big")])
+    captured = Captured()
+    async with sender_broker(
+        make_settings([wecom_app_bot()], sender=SENDER), delivery, captured, FakeKV(), media=store
+    ) as broker:
+        await publish_final(broker, final_with("look", ref), 1)
+    assert delivery.images == []
+    [(text, 0), (line, 1)] = delivery.shown
+    assert text == "look" and line.startswith("(A picture in this answer could not be shown: it is ")
+    assert captured.dead == [] and acks.seen == [("ack", None)]
+
+
+async def test_inline_platforms_show_images_themselves(acks: Acks, slept: list[float]) -> None:
+    store = MemoryMediaStore()
+    ref = await store.put("out/r-1/0", b"\x89PNG", kind=MediaKind.IMAGE, name="a.png", mime="image/png")
+    delivery = FakeMediaDelivery(media_inline=True)
+    async with sender_broker(
+        make_settings([wecom_app_bot()], sender=SENDER), delivery, Captured(), FakeKV(), media=store
+    ) as broker:
+        await publish_final(broker, final_with("look", ref), 1)
+    assert delivery.shown == [("look", 0)] and delivery.images == []
