@@ -343,8 +343,9 @@ async def test_an_image_the_platform_refuses_becomes_a_line(acks: Acks, slept: l
     ) as broker:
         await publish_final(broker, final_with("look", ref), 1)
     assert delivery.images == []
-    [(text, 0), (line, 1)] = delivery.shown
-    assert text == "look" and line.startswith("(A picture in this answer could not be shown: it is ")
+    [(text, first), (line, second)] = delivery.shown
+    assert (text, first, second) == ("look", 0, 1)
+    assert line.startswith("(A picture in this answer could not be shown: it is ")
     assert captured.dead == [] and acks.seen == [("ack", None)]
 
 
