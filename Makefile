@@ -13,7 +13,7 @@ TEST_WORKERS ?= 4
 TEST_TOOLS := prometheus promtool buildah debootstrap node npm
 
 .DEFAULT_GOAL := help
-.PHONY: help uv install install-run run demo test lint format format-check typecheck actionlint check bench images \
+.PHONY: help uv install install-run run demo demo-image test lint format format-check typecheck actionlint check bench images \
 	clean
 
 help: ## list the targets
@@ -40,6 +40,11 @@ run: install-run ## run everything locally: embedded NATS, ingress, worker, send
 BOT ?= demo
 demo: install-run ## with `make run` going: send a message as the platform would, print the answer (BOT=demo-feishu …)
 	$(UV) run --frozen --no-sync imrelay-sim --config $(CONFIG) send --bot $(BOT) --text "Hello from the $(BOT) simulator! 你好" --wait 15
+
+IMAGE ?= docs/assets/demo.png
+demo-image: install-run ## with `make run` going: send a picture (IMAGE=…) as the platform would; the echo model names its sha256
+	@sha256sum $(IMAGE) 2>/dev/null || true
+	$(UV) run --frozen --no-sync imrelay-sim --config $(CONFIG) send --bot $(BOT) --text "What is in this picture?" --image $(IMAGE) --wait 15
 
 test: install ## run the test suite (unit, vectors, end-to-end against a real nats-server)
 	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \

@@ -267,3 +267,12 @@ def test_nats_passwords_are_not_logged() -> None:
     assert _redact_url("nats://imrelay:s3cret@nats:4222") == "nats://imrelay:***@nats:4222"
     assert _redact_url("nats://tok3n@nats:4222") == "nats://***@nats:4222"
     assert _redact_url("nats://nats:4222") == "nats://nats:4222"
+
+
+def test_the_readme_media_table_is_up_to_date() -> None:
+    from imrelay.configdoc import media_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert media_table() in readme, (
+        "paste the output of `imrelay config media` into README.md's media section"
+    )

@@ -11,6 +11,7 @@ imrelay dlq redrive N  send dead letter N back to where it failed (--all for eve
 imrelay config schema     the JSON Schema of the config file (for editors); --chart PATH regenerates
                           the bot schema embedded in the Helm chart's values.schema.json
 imrelay config reference  every config key with its default and meaning (Markdown)
+imrelay config media      what each platform can receive and send as media, with its limits (Markdown)
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import json
 
-    from .configdoc import config_reference, config_schema, with_chart_bots_schema
+    from .configdoc import config_reference, config_schema, media_table, with_chart_bots_schema
 
     if args.action == "schema" and args.chart:
         with open(args.chart, encoding="utf-8") as f:
@@ -277,6 +278,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
     elif args.chart:
         raise SystemExit("imrelay: --chart goes with `config schema`")
+    elif args.action == "media":
+        print(media_table(), end="")
     else:
         print(config_reference(), end="")
     return 0
@@ -427,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--nats-url", help="NATS server URL, or several comma-separated (overrides the config)")
     st.add_argument("--output", choices=["text", "json"], default="text")
     g = sub.add_parser("config", help="the config file's JSON Schema, or its reference in Markdown")
-    g.add_argument("action", choices=["schema", "reference"])
+    g.add_argument("action", choices=["schema", "reference", "media"])
     g.add_argument(
         "--chart",
         metavar="PATH",

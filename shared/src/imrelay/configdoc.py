@@ -360,3 +360,35 @@ def config_reference() -> str:
         ]
         out += [f"### {title}", ""] + _table(rows) + [""]
     return "\n".join(out)
+
+
+def _size(n: int) -> str:
+    mib = n / (1024 * 1024)
+    return f"{mib:g} MB" if mib >= 1 else f"{n // 1024} KB"
+
+
+def media_table() -> str:
+    """The README's media table: what each platform's package fetches from messages and sends, with its
+    limits (from each ``PlatformSpec.media``)."""
+    from .media import MediaKind
+    from .platforms import SPECS
+
+    order = list(MediaKind)
+
+    def kinds(found: frozenset[MediaKind]) -> str:
+        return ", ".join(k.value for k in order if k in found) or "—"
+
+    def limits(table: dict[MediaKind, int]) -> str:
+        return ", ".join(f"{k.value} {_size(table[k])}" for k in order if k in table) or "—"
+
+    rows = [
+        "| platform | receives (from users) | sends (in answers) | upload limits | download limits | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in SPECS:
+        m = spec.media
+        rows.append(
+            f"| {spec.title} | {kinds(m.inbound)} | {kinds(m.outbound)} | {limits(m.limits)} "
+            f"| {limits(m.inbound_limits)} | {m.note or '—'} |"
+        )
+    return "\n".join(rows) + "\n"
