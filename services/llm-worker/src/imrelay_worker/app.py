@@ -27,7 +27,7 @@ from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
 from imrelay.errors import NotConfiguredError
 from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
-from imrelay.media import MediaKind, MediaProblem, MediaRef
+from imrelay.media import MEDIA_KINDS, MediaKind, MediaProblem, MediaRef
 from imrelay.media.store import MediaStore
 from imrelay.platforms import delivery_for, spec_for
 from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TOKENS, LLM_TTFT, instrument_httpx, model_label
@@ -140,6 +140,10 @@ class Worker:
                         gathered.unread.append(Unread(MediaKind.VOICE, MediaProblem.NOT_READ))
                     else:
                         gathered.transcripts.append(transcript)
+        if command not in COMMANDS and self.media is None:  # media is switched off
+            gathered.unread.extend(
+                Unread(a.kind, MediaProblem.UNSUPPORTED) for a in inbound.attachments if a.kind in MEDIA_KINDS
+            )
         given = [m for m in gathered.media if backend.accepts(m.ref.kind)]
         unread = gathered.unread + [
             Unread(m.ref.kind, MediaProblem.UNSUPPORTED) for m in gathered.media if m not in given
