@@ -34,7 +34,9 @@ from imrelay.platforms.feishu.handle import FeishuHandle
 
 SUCCESS = json_body({"msg": "success"})
 _PLACEHOLDER = re.compile(r"@_user_\d+")
-_MEDIA = {"image": "image", "file": "file", "audio": "audio", "media": "media"}
+# Feishu's message types with a resource -> the attachment kind (``media`` is a video)
+_MEDIA = {"image": "image", "file": "file", "audio": "voice", "media": "video"}
+_POST_TEXT_TAGS = {"text", "a", "md", "code_block"}
 
 
 class Header(Payload):
@@ -94,6 +96,60 @@ def resolve_mentions(text: str, mentions: list[Mention]) -> tuple[str, bool]:
     return resolved.strip(), bool(mentions)
 
 
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def media_attachment(message_type: str, content: dict[str, Any]) -> Attachment | None:
+    """The attachment of an ``image`` / ``file`` / ``audio`` / ``media`` message (None without a key).
+    Its ``ref`` is the resource key the message's resource API takes; Feishu declares no size."""
+    kind = _MEDIA[message_type]
+    ref = _str(content.get("image_key" if message_type == "image" else "file_key"))
+    if not ref:
+        return None
+    name = _str(content.get("file_name"))[:200]
+    return Attachment(kind=kind, ref=ref, name=name)
+
+
+def _post_body(content: dict[str, Any]) -> dict[str, Any]:
+    """A post's body: the event carries ``{title, content}``; a post sent in several languages carries
+    them by locale (the first one is read)."""
+    if isinstance(content.get("content"), list):
+        return content
+    for value in content.values():
+        if isinstance(value, dict) and isinstance(value.get("content"), list):
+            return value
+    return {}
+
+
+def post_content(content: dict[str, Any]) -> tuple[str, str, list[Attachment]]:
+    """A rich-text (``post``) message's title, text (its paragraphs, ``@_user_N`` placeholders kept for
+    :func:`resolve_mentions`) and its pictures (and videos) as attachments."""
+    body = _post_body(content)
+    lines: list[str] = []
+    images: list[Attachment] = []
+    title = _str(body.get("title")).strip()
+    for paragraph in body.get("content") or []:
+        if not isinstance(paragraph, list):
+            continue
+        line: list[str] = []
+        for element in paragraph:
+            if not isinstance(element, dict):
+                continue
+            tag = element.get("tag")
+            if tag in _POST_TEXT_TAGS:
+                line.append(_str(element.get("text")))
+            elif tag == "at":
+                line.append(_str(element.get("user_id")) or f"@{_str(element.get('user_name'))}")
+            elif tag == "img" and _str(element.get("image_key")):
+                images.append(Attachment(kind="image", ref=_str(element.get("image_key"))))
+            elif tag == "media" and _str(element.get("file_key")):
+                images.append(Attachment(kind="video", ref=_str(element.get("file_key"))))
+        if "".join(line).strip():
+            lines.append("".join(line).strip())
+    return title, "\n".join(lines), images
+
+
 def normalize(
     envelope: Envelope, platform: str, bot_id: str, now: float, *, by_message_id: bool = False
 ) -> InboundMessage | None:
@@ -123,9 +179,14 @@ def normalize(
     if kind == "text":
         raw = content.get("text")
         text, mentioned = resolve_mentions(raw if isinstance(raw, str) else "", message.mentions or [])
+    elif kind == "post":
+        title, raw, attachments = post_content(content)
+        text, mentioned = resolve_mentions(raw, message.mentions or [])
+        text = "\n".join(x for x in (title, text) if x)
     elif kind in _MEDIA:
-        ref = content.get("image_key") or content.get("file_key")
-        attachments.append(Attachment(kind=_MEDIA[kind], ref=ref if isinstance(ref, str) else ""))
+        attachment = media_attachment(kind, content)
+        if attachment is not None:
+            attachments.append(attachment)
     chat_type = ChatType.DIRECT if message.chat_type == "p2p" else ChatType.GROUP
     key = f"feishu:message:{message.message_id}" if by_message_id else f"feishu:event:{header.event_id}"
     return InboundMessage(
