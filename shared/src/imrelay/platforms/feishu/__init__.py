@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ...media import MediaKind, MediaSupport
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, Ownership, PlatformSpec, RateScope, SimMessage, SimRequest, SimSend
 from .config import FeishuBot
@@ -71,9 +72,19 @@ def _sim_request(bot: FeishuBot, m: SimMessage) -> SimRequest:
         f"ev{m.msg_id}",
         f"om_{m.msg_id}",
         m.now,
+        m.media,
     )
     return SimRequest("", headers, body)
 
+
+_MB = 1024 * 1024
+_MEDIA = MediaSupport(
+    inbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
+    outbound=frozenset({MediaKind.IMAGE, MediaKind.FILE}),
+    limits={MediaKind.IMAGE: 10 * _MB, MediaKind.FILE: 30 * _MB},
+    inbound_limits={kind: 100 * _MB for kind in MediaKind},
+    note="pictures of a streamed answer appear inside its card; scope im:resource",
+)
 
 _HINTS = {
     "99991663": "feishu-99991663",
@@ -106,6 +117,7 @@ SPEC = PlatformSpec[FeishuBot](
     connection=_connection,
     connection_events=("stale", "duplicate", "not_stored"),
     token_key=_token_key,
+    media=_MEDIA,
     sim_routes=_sim_routes,
     sim_request=_sim_request,
     sim_push=_sim_push,
