@@ -3,6 +3,7 @@ of the app's sockets (held by the connector replicas); the answer comes back as 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -25,6 +26,7 @@ def push_over_socket(bot: FeishuBot, send: SimSend) -> int:
                 "chat": m.chat,
                 "message_id": message_id,
                 "event_id": f"ev{m.msg_id}",
+                "media": [dataclasses.asdict(x) for x in m.media],
             },
         )
         print(f"message {message_id} -> pushed on one of the app's sockets ({resp.status_code})", flush=True)

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..spec import SimMedia
 from . import frames
 from .config import FeishuBot
 from .frames import ClientConfig, Frame, FrameError
@@ -267,6 +268,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
             event_id,
             message_id,
             created,
+            tuple(SimMedia(**m) for m in body.get("media") or [] if isinstance(m, dict)),
         )
         delivery = deliveries[event_id] = Delivery(bot.credentials.app_id, event)
         by_message.setdefault(message_id, event_id)
