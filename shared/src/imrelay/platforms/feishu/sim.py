@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imrelay.media import simstore
@@ -232,11 +232,22 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
             return fail(INVALID_PARAM, "Invalid request param: type does not match the resource")
         if len(item.data) > DOWNLOAD_LIMIT:
             return fail(DOWNLOAD_TOO_LARGE, "Downloaded file size exceeds limit")
-        state.stats["feishu_resource_bytes"] += len(item.data)
-        return Response(
-            item.data,
+        data = item.data
+
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 64 * 1024):  # counted as sent: a reader that stops early shows
+                if await request.is_disconnected():
+                    return
+                state.stats["feishu_resource_bytes"] += len(data[i : i + 64 * 1024])
+                yield data[i : i + 64 * 1024]
+
+        return StreamingResponse(
+            body(),
             media_type=item.mime,
-            headers={"Content-Disposition": f'attachment; filename="{item.name}"'},
+            headers={
+                "Content-Length": str(len(data)),
+                "Content-Disposition": f'attachment; filename="{item.name}"',
+            },
         )
 
     async def upload(request: Request, field: str, limit: int) -> tuple[bytes, str, str] | Response:
