@@ -475,3 +475,18 @@ async def test_sim_uploads_are_strict(sim: Sim) -> None:
         f"{API}/open-apis/im/v1/images", data={"image_type": "message"}, files={"image": ("a.png", image)}
     )
     assert unauthorized.json()["code"] == 99991663
+
+
+async def test_a_retried_final_shows_the_card_pictures_once(sim: Sim) -> None:
+    image = png(seed=8)
+    r = await sim.media.put("out/r1/0", image, kind=MediaKind.IMAGE, name="chart.png", mime="image/png")
+    draft = chunk("the", [], seq=0).model_copy(update={"final": False, "full_text": None})
+    await sim.delivery.update(draft, "the")
+    final = chunk("the chart:", [r], seq=1)
+    await sim.delivery.send(final, "the chart:", 0)
+    await sim.delivery.send(final, "the chart:", 0)  # the sender retried (e.g. an answer lost on the way)
+    [card] = await sim.messages()
+    assert [m["sha256"] for m in card["media"]] == [hashlib.sha256(image).hexdigest()]
+    assert card["streaming"] is False
+    uploads = (await sim.client.get(f"{API}/sim/media", params={"origin": "upload"})).json()
+    assert len(uploads) == 1  # uploaded once

@@ -55,6 +55,7 @@ TEXT_LIMIT_BYTES = 30_000  # well under Feishu's request size limit for one mess
 TOKEN_CODES = {99991661, 99991663, 99991664}
 RATE_CODES = {99991400, 230020}
 TRANSIENT_CODES = {1500, 1503, 1000004, 1000005}
+SEQUENCE_TAKEN = 300317  # CardKit: the card already has this sequence number or a later one
 
 
 def check(platform: str, payload: Any, status: int, wait: float | None, default_wait: float) -> None:
@@ -362,11 +363,11 @@ class FeishuDelivery:
         self, chunk: ReplyChunk, card_id: str, text: str, images: list[dict[str, Any]] | None = None
     ) -> None:
         base = f"/open-apis/cardkit/v1/cards/{card_id}"
-        await self._api(
+        await self._card_step(
             "PUT", f"{base}/elements/{ELEMENT}/content", {"content": text, "sequence": chunk.seq + 1}
         )
         if images:
-            await self._api(
+            await self._card_step(
                 "POST",
                 f"{base}/elements",
                 {
@@ -376,11 +377,20 @@ class FeishuDelivery:
                     "sequence": chunk.seq + 2,
                 },
             )
-        await self._api(
+        await self._card_step(
             "PATCH",
             f"{base}/settings",
             {"settings": json.dumps({"config": {"streaming_mode": False}}), "sequence": chunk.seq + 3},
         )
+
+    async def _card_step(self, method: str, path: str, body: dict[str, Any]) -> None:
+        """One step of finishing a card. The final's sequence numbers are the reply's last: a card that
+        already has one (an earlier attempt of this final got that far) needs the step no more."""
+        try:
+            await self._api(method, path, body)
+        except PermanentUpstreamError as exc:
+            if exc.code != SEQUENCE_TAKEN:
+                raise
 
     # ---- media ------------------------------------------------------------------------------------
 
@@ -498,8 +508,11 @@ class FeishuDelivery:
             if state.get("card_id") and state.get("replied"):
                 images: list[dict[str, Any]] = []
                 if chunk.media and self.media_inline:
-                    images, lines = await self._card_images(chunk)
-                    part = "\n\n".join(x for x in (part, *lines) if x)
+                    if "images" not in state:  # uploaded once: a retried final reuses them
+                        state["images"], state["image_lines"] = await self._card_images(chunk)
+                        await self.streams.put(kv_key("stream", chunk.reply_id), json.dumps(state).encode())
+                    images = list(state["images"])
+                    part = "\n\n".join(x for x in (part, *state["image_lines"]) if x)
                 await self._finish_card(chunk, str(state["card_id"]), part, images)
                 return
         if part:
