@@ -490,3 +490,32 @@ async def test_a_retried_final_shows_the_card_pictures_once(sim: Sim) -> None:
     assert card["streaming"] is False
     uploads = (await sim.client.get(f"{API}/sim/media", params={"origin": "upload"})).json()
     assert len(uploads) == 1  # uploaded once
+
+
+async def test_a_download_refused_for_the_token_fetches_a_new_one() -> None:
+    issued: list[str] = []
+    photo = png(seed=11)
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/tenant_access_token/internal"):
+            issued.append(f"t-{len(issued) + 1}")
+            return httpx.Response(200, json={"code": 0, "tenant_access_token": issued[-1], "expire": 7200})
+        assert request.url.params["type"] == "image"
+        if request.headers["authorization"] == "Bearer t-1":
+            return httpx.Response(400, json={"code": 99991663, "msg": "Invalid access token"})
+        return httpx.Response(200, content=photo, headers={"content-type": "image/png"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(platform)) as client:
+        delivery = FeishuDelivery(
+            bot_id="fs",
+            platform="feishu",
+            app_id=APP_ID,
+            app_secret=SECRET,
+            api_base=API,
+            client=client,
+            tokens=TokenCache(FakeKV("tokens")),
+            timeout=5,
+        )
+        att = Attachment(kind="image", ref="img_v3_x")
+        got = await delivery.fetch_media(inbound(att), att, Downloader(client, client, Guard(), 1 << 20))
+    assert got.data == photo and issued == ["t-1", "t-2"]
