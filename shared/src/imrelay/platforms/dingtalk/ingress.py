@@ -31,7 +31,8 @@ from imrelay.platforms.dingtalk.config import DingTalkBot
 from imrelay.platforms.dingtalk.handle import DingTalkHandle
 
 _LEADING_MENTION = re.compile(r"^\s*@\S+\s+")
-_MEDIA = {"picture": "image", "file": "file", "audio": "audio", "video": "video"}
+# DingTalk's message types with media, and the kind of each (rich text: text and pictures together)
+_MEDIA = {"picture": "image", "file": "file", "audio": "voice", "video": "video"}
 
 
 class Text(Payload):
@@ -54,6 +55,53 @@ class Message(Payload):
     sessionWebhookExpiredTime: int | None = None
 
 
+def _str(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _code(content: dict[str, Any]) -> str:
+    """A media item's download code (a picture's ``pictureDownloadCode`` is the same file's other
+    name; the robot's download API takes ``downloadCode``)."""
+    return _str(content.get("downloadCode")) or _str(content.get("pictureDownloadCode"))
+
+
+def media_attachment(msgtype: str, content: Any) -> Attachment | None:
+    """The attachment of a ``picture``, ``audio``, ``video`` or ``file`` message: its download code (and
+    a file's name; a voice message's text when DingTalk recognised it)."""
+    c = content if isinstance(content, dict) else {}
+    code = _code(c)
+    kind = _MEDIA[msgtype]
+    transcript = _str(c.get("recognition")) if kind == "voice" else ""
+    if not code and not transcript:
+        return None
+    size = c.get("fileSize")
+    return Attachment(
+        kind=kind,
+        ref=code,
+        name=_str(c.get("fileName"))[:200] if kind == "file" else "",
+        size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+        transcript=transcript or None,
+    )
+
+
+def rich_text(content: Any) -> tuple[str, list[Attachment]]:
+    """A ``richText`` message: its text items joined, its pictures as image attachments."""
+    items = content.get("richText") if isinstance(content, dict) else None
+    texts: list[str] = []
+    attachments: list[Attachment] = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        if "text" in item and isinstance(item["text"], str):
+            texts.append(item["text"])
+        elif item.get("type") == "picture" or "downloadCode" in item or "pictureDownloadCode" in item:
+            code = _code(item)
+            if code:
+                attachments.append(Attachment(kind="image", ref=code))
+    text = "".join(texts).strip()
+    return (_LEADING_MENTION.sub("", text) if text.startswith("@") else text), attachments
+
+
 def normalize(body: dict[str, Any], bot_id: str, now: float) -> InboundMessage:
     m = parse_model(Message, body, "robot message")
     sender = m.senderStaffId or m.senderId
@@ -65,10 +113,12 @@ def normalize(body: dict[str, Any], bot_id: str, now: float) -> InboundMessage:
     if m.msgtype == "text":
         text = ((m.text.content if m.text else None) or "").strip()
         text = _LEADING_MENTION.sub("", text) if text.startswith("@") else text
+    elif m.msgtype == "richText":
+        text, attachments = rich_text(m.content)
     elif m.msgtype in _MEDIA:
-        content = m.content if isinstance(m.content, dict) else {}
-        code = content.get("downloadCode")
-        attachments.append(Attachment(kind=_MEDIA[m.msgtype], ref=code if isinstance(code, str) else ""))
+        attachment = media_attachment(m.msgtype, m.content)
+        if attachment is not None:
+            attachments.append(attachment)
     handle = DingTalkHandle(
         conversation_id=m.conversationId,
         robot_code=m.robotCode or "",
