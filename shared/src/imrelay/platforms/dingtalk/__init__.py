@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ...media import MediaKind, MediaSupport
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, Ownership, PlatformSpec, RateScope, SimMessage, SimRequest, SimSend
 from .config import DingTalkBot
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from ...callbacks import Adapter
     from ...connections import Connection, ConnectionContext
     from ...delivery import Delivery, DeliveryContext
+
+
+_MB = 1024 * 1024
 
 
 def _adapter(bot: DingTalkBot) -> Adapter:
@@ -56,9 +60,20 @@ def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
 def _sim_request(bot: DingTalkBot, m: SimMessage) -> SimRequest:
     from .sim import callback
 
-    headers, body = callback(
-        bot, m.text, m.user, m.chat or f"cid_{m.user}", bool(m.chat), f"msg{m.msg_id}", m.now, m.sim_url
-    )
+    try:
+        headers, body = callback(
+            bot,
+            m.text,
+            m.user,
+            m.chat or f"cid_{m.user}",
+            bool(m.chat),
+            f"msg{m.msg_id}",
+            m.now,
+            m.sim_url,
+            media=m.media,
+        )
+    except ValueError as exc:  # media DingTalk does not send that way (voice, files, video in a group)
+        raise SystemExit(f"imrelay-sim: {exc}") from None
     return SimRequest("", headers, body)
 
 
@@ -74,6 +89,7 @@ SPEC = PlatformSpec[DingTalkBot](
     bot_model=DingTalkBot,
     reply_handle=DingTalkHandle,
     api_base={"dingtalk": "https://api.dingtalk.com"},
+    auth_base="https://oapi.dingtalk.com",  # the legacy API: media uploads, with its own token
     capabilities=Capabilities(long_connection=Ownership.ACTIVE_ACTIVE, needs_token=True),
     rate_scopes=(
         RateScope(
@@ -85,6 +101,17 @@ SPEC = PlatformSpec[DingTalkBot](
     adapter=_adapter,
     delivery=_delivery,
     connection=_connection,
+    media=MediaSupport(
+        inbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
+        outbound=frozenset({MediaKind.IMAGE}),
+        limits={
+            MediaKind.IMAGE: 20 * _MB,
+            MediaKind.VOICE: 2 * _MB,
+            MediaKind.VIDEO: 20 * _MB,
+            MediaKind.FILE: 20 * _MB,
+        },
+        note="voice arrives transcribed; in groups only pictures (files, voice, video one-to-one)",
+    ),
     connection_events=("disconnect", "idle", "not_stored"),
     token_key=_token_key,
     sim_routes=_sim_routes,
