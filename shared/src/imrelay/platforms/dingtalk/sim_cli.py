@@ -3,6 +3,7 @@ app's Stream connections (held by the connector); the answer comes back through 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -18,9 +19,19 @@ def push_over_stream(bot: DingTalkBot, send: SimSend) -> int:
         before = len(client.get(f"{m.sim_url}/sim/messages", params={"bot": bot.id}).json())
         resp = client.post(
             f"{m.sim_url}/sim/dingtalk/push",
-            json={"bot_id": bot.id, "text": m.text, "user": m.user, "msgid": m.msg_id, "chat": m.chat},
+            json={
+                "bot_id": bot.id,
+                "text": m.text,
+                "user": m.user,
+                "msgid": m.msg_id,
+                "chat": m.chat,
+                "media": [dataclasses.asdict(x) for x in m.media],
+            },
         )
         print(f"message {m.msg_id} -> pushed on a Stream connection ({resp.status_code})", flush=True)
+        if resp.status_code == 400:
+            print(f"imrelay-sim: {resp.json().get('error')}", file=sys.stderr)
+            return 1
         if resp.status_code != 200:
             print(
                 "no connector holds a Stream connection of this bot (is imrelay-connector running?)",

@@ -6,7 +6,9 @@
 * ``/dingtalk/stream?ticket=…`` is the WebSocket: a missing, unknown, used or stale ticket is refused at
   the handshake (HTTP 403).
 * ``POST /sim/dingtalk/push`` (``bot_id``, ``text``, ``user``, ``chat``, ``msgid``, optional
-  ``connection``, ``session_minutes``: the session webhook's life, 90 by default) sends a robot message
+  ``connection``, ``session_minutes``: the session webhook's life, 90 by default, ``media``: files put in
+  with ``POST /sim/media``, as ``SimMedia`` fields; voice, files and video in a group: HTTP 400) sends a
+  robot message
   (a ``CALLBACK`` frame on ``/v1.0/im/bot/messages/get``, its ``data`` the same JSON as an HTTP-mode
   callback, with a session webhook) to one of the app's
   connections subscribed to robot messages: round robin over those not told to disconnect, else one told
@@ -39,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..spec import SimMedia
 from .config import DingTalkBot
 from .frames import CALLBACK, SYSTEM, TOPIC_ROBOT
 from .sim import callback
@@ -236,17 +239,22 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         user, chat = str(body.get("user", "alice")), str(body.get("chat", ""))
         msg_id = f"msg{body.get('msgid') or secrets.token_hex(8)}"
         sim_url = str(request.base_url).rstrip("/")
-        _, raw = callback(
-            bot,
-            str(body.get("text", "")),
-            user,
-            chat or f"cid_{user}",
-            bool(chat),
-            msg_id,
-            clock(),
-            sim_url,
-            session_minutes=float(body.get("session_minutes", 90)),
-        )
+        try:
+            media = tuple(SimMedia(**m) for m in body.get("media") or [])
+            _, raw = callback(
+                bot,
+                str(body.get("text", "")),
+                user,
+                chat or f"cid_{user}",
+                bool(chat),
+                msg_id,
+                clock(),
+                sim_url,
+                session_minutes=float(body.get("session_minutes", 90)),
+                media=media,
+            )
+        except (TypeError, ValueError) as exc:  # voice, files and video are not sent in groups
+            return JSONResponse({"error": str(exc)}, status_code=400)
         mid = f"robot_{secrets.token_hex(8)}"
         pushed[mid] = {"connection": conn.id, "msgId": msg_id, "acks": 0}
         try:
