@@ -352,3 +352,29 @@ async def test_the_simulated_upload_is_strict(sim: Any) -> None:
 def test_received_at_is_the_callbacks_time() -> None:
     m = normalize(message("picture", {"downloadCode": "d"}), "dt", 1_700_000_000)
     assert m.received_at == datetime.fromtimestamp(1_700_000_000, UTC)
+
+
+async def test_tokens_dingtalk_no_longer_takes_are_renewed_once(sim: Any) -> None:
+    from imrelay.delivery.tokens import TokenRecord
+    from imrelay.subjects import kv_key
+
+    state, app = sim
+    data = png()
+    item = put(state, data, name="p.png", kind="image", origin="user")
+    kv = FakeKV()
+    stale = TokenRecord(token="revoked", expires_at=time.time() + 3600, fetched_at=time.time())
+    await kv.put(kv_key("dingtalk", APP_KEY), stale.to_json())
+    await kv.put(kv_key("dingtalk", APP_KEY, "oapi"), stale.to_json())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+        delivery = _delivery(client)
+        delivery.tokens = TokenCache(kv)
+        download = Downloader(client, client, Guard(["127.0.0.0/8"]), 1 << 20)
+        inbound = _inbound(item.id)
+        fetched = await delivery.fetch_media(inbound, inbound.attachments[0], download)
+        assert fetched.data == data
+        ref = MediaRef(
+            kind=MediaKind.IMAGE, key="k", name="a.png", size=len(data), sha256=item.sha256, mime="image/png"
+        )
+        await delivery.send_media(_chunk(False), ref, data, 0)
+    assert [m["media"]["sha256"] for m in state.messages if m.get("msgtype") == "image"] == [item.sha256]
+    assert "revoked" not in state.issued
