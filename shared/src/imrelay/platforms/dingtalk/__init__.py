@@ -104,12 +104,7 @@ SPEC = PlatformSpec[DingTalkBot](
     media=MediaSupport(
         inbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
         outbound=frozenset({MediaKind.IMAGE}),
-        limits={
-            MediaKind.IMAGE: 20 * _MB,
-            MediaKind.VOICE: 2 * _MB,
-            MediaKind.VIDEO: 20 * _MB,
-            MediaKind.FILE: 20 * _MB,
-        },
+        limits={MediaKind.IMAGE: 20 * _MB},  # media/upload's image limit (answers send images only)
         note="voice arrives transcribed; in groups only pictures (files, voice, video one-to-one)",
     ),
     connection_events=("disconnect", "idle", "not_stored"),
