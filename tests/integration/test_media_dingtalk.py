@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
-import struct
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.spec import SimMedia
 from imrelay_sim.client import build_request, upload_media
 
+from ..media_files import pdf, png
 from .stack import Stack
 
 pytestmark = pytest.mark.nats
@@ -31,22 +30,7 @@ pytestmark = pytest.mark.nats
 MAX_BYTES = 64 * 1024
 
 
-def png(seed: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + bytes([seed % 256, 0, 0]) * 4 for _ in range(4))
-    header = struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
-
-
-PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+PDF = pdf("imrelay DingTalk test")
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +122,7 @@ def user() -> str:
 
 
 def test_a_picture_reaches_the_vision_model_byte_exact(ding: Stack) -> None:
-    data = png(1)
+    data = png(2, 2)
     pic = upload_media(ding.sim_url, data, name="photo.png", kind="image")
     u = user()
     post(ding, "dt-vision", "", u, (pic,))  # a picture alone: no text
@@ -152,7 +136,7 @@ def test_a_picture_reaches_the_vision_model_byte_exact(ding: Stack) -> None:
 
 
 def test_a_picture_and_a_pdf_reach_dify_over_stream_mode(ding: Stack) -> None:
-    data = png(2)
+    data = png(3, 3)
     pic = upload_media(ding.sim_url, data, name="scan.png", kind="image")
     u = user()
     assert push(ding, "", u, (pic,)).status_code == 200
@@ -184,7 +168,7 @@ def test_a_voice_message_is_read_as_dingtalks_recognition(ding: Stack) -> None:
 
 
 def test_an_image_in_an_answer_is_shown_byte_exact(ding: Stack) -> None:
-    data = png(3)
+    data = png(5, 5)
     chart = upload_media(ding.sim_url, data, name="chart.png", kind="image")
     u = user()
     post(ding, "dt-vision", f"here: ![chart]({ding.sim_url}/sim/media/{chart.id})", u)
@@ -202,7 +186,7 @@ def test_an_image_in_an_answer_is_shown_byte_exact(ding: Stack) -> None:
 
 
 def test_a_picture_above_the_limit_gets_a_polite_line(ding: Stack) -> None:
-    big = b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(MAX_BYTES + 1024)
+    big = png(noise=MAX_BYTES + 1024)
     pic = upload_media(ding.sim_url, big, name="huge.png", kind="image")
     u = user()
     before = ding.metric("worker", "imrelay_media_total", {"platform": "dingtalk", "outcome": "oversize"})

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import time
-import zlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,24 +35,10 @@ from imrelay.platforms.spec import SimMedia
 from imrelay_sim import media as sim_media
 from imrelay_sim.server import SimState
 from tests.fakes import FakeKV
+from tests.media_files import png
 
 SIM = "http://127.0.0.1:8090"
 APP_KEY, SECRET = "dingmedia01", "ding-media-secret"
-
-
-def png(width: int = 2, height: int = 2) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 def message(msgtype: str, content: Any, **extra: Any) -> dict[str, Any]:
