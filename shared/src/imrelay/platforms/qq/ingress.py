@@ -5,7 +5,13 @@ checked against the replay window; op 0 dispatches are acked with op 12.
 The op 13 answer signs ``event_ts + plain_token`` with the same key that signs events (``timestamp +
 body``). So that the answer can never serve as an event signature, only a verified request is answered and
 only a ``plain_token`` of letters and digits is signed: an event body is a JSON object and starts with
-``{``."""
+``{``.
+
+Media: C2C, group and channel messages carry ``attachments[] {content_type, filename, size, url}``; each
+becomes an :class:`~imrelay.events.Attachment` whose ``ref`` is the URL (fetched by the delivery through the
+SSRF guard). ``content_type`` is a MIME type (``image/png``, ``video/mp4``) or a word (``file``, ``voice``);
+a voice message (silk) may carry QQ's recognition in ``asr_refer_text`` and a WAV copy in
+``voice_wav_url``. A message with attachments and no text is a message too."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from Crypto.PublicKey import ECC
 from pydantic import Field
@@ -28,7 +35,7 @@ from imrelay.callbacks import (
     parse_model,
 )
 from imrelay.errors import ParseError, VerifyError
-from imrelay.events import Chat, ChatType, InboundMessage, Sender, inbound_id
+from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.qq.config import QQBot
 from imrelay.platforms.qq.handle import QQHandle, TargetKind
 from imrelay.platforms.qq.keys import qq_seed
@@ -63,6 +70,15 @@ class Author(Payload):
     username: str | None = None
 
 
+class QQAttachment(Payload):
+    content_type: str | None = None
+    filename: str | None = None
+    size: Any = None  # a number (QQ has sent it as a string too)
+    url: str | None = None
+    asr_refer_text: str | None = None  # a voice message as QQ recognised it
+    voice_wav_url: str | None = None  # a voice message as WAV (the original is silk)
+
+
 class Message(Payload):
     id: str
     content: str | None = None
@@ -70,6 +86,47 @@ class Message(Payload):
     channel_id: str | None = None
     guild_id: str | None = None
     author: Author
+    attachments: list[QQAttachment] = Field(default_factory=list)
+
+
+def _url(raw: str | None) -> str:
+    """QQ's attachment URLs, some without a scheme (``gchat.qpic.cn/...`` in channels): https then."""
+    url = (raw or "").strip()
+    if url and not urlsplit(url).scheme:
+        url = "https://" + url.lstrip("/")
+    return url
+
+
+def media_kind(content_type: str, filename: str = "") -> str:
+    """The attachment kind of a QQ ``content_type`` (a MIME type or QQ's word for it)."""
+    t = content_type.strip().lower()
+    if t.startswith("image") or t in ("pic", "picture"):
+        return "image"
+    if t.startswith(("voice", "audio")) or filename.lower().endswith((".silk", ".amr")):
+        return "voice"
+    if t.startswith("video"):
+        return "video"
+    return "file"
+
+
+def attachment(a: QQAttachment) -> Attachment | None:
+    """One of a message's ``attachments``, as an :class:`Attachment` (``None`` without a URL or text)."""
+    content_type = (a.content_type or "").strip()
+    name = (a.filename or "").strip().rsplit("/", 1)[-1][:200]
+    kind = media_kind(content_type, name)
+    url = _url(a.url)
+    transcript = (a.asr_refer_text or "").strip() if kind == "voice" else ""
+    mime = content_type if "/" in content_type else None
+    if kind == "voice" and a.voice_wav_url:  # the WAV copy, which speech-to-text reads
+        url, mime = _url(a.voice_wav_url), "audio/wav"
+    if not url and not transcript:
+        return None
+    size = a.size if isinstance(a.size, int) and not isinstance(a.size, bool) and a.size >= 0 else None
+    if isinstance(a.size, str) and a.size.strip().isdigit():
+        size = int(a.size)
+    return Attachment(
+        kind=kind, ref=url, url=url or None, name=name, size=size, mime=mime, transcript=transcript or None
+    )
 
 
 def normalize(envelope: Envelope, bot_id: str, now: float) -> InboundMessage | None:
@@ -85,6 +142,7 @@ def normalize(envelope: Envelope, bot_id: str, now: float) -> InboundMessage | N
     if not chat_id:
         raise ParseError(f"QQ message lacks {chat_field}")
     text = _MENTION.sub("", d.content or "").strip()
+    attachments = [a for raw in d.attachments if (a := attachment(raw)) is not None]
     key = f"qq:msg:{d.id}"
     return InboundMessage(
         id=inbound_id(bot_id, key),
@@ -94,6 +152,7 @@ def normalize(envelope: Envelope, bot_id: str, now: float) -> InboundMessage | N
         chat=Chat(id=chat_id, type=chat_type),
         sender=Sender(id=user, name=d.author.username or ""),
         text=text,
+        attachments=attachments,
         mentioned=True,
         reply_handle=QQHandle(target_kind=reply_kind, target=chat_id, msg_id=d.id, guild_id=d.guild_id or ""),
         received_at=datetime.fromtimestamp(now, UTC),
