@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ...media import MediaKind, MediaSupport
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
 from .config import QQBot
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
     from ...callbacks import Adapter
     from ...delivery import Delivery, DeliveryContext
+
+
+_MB = 1024 * 1024
 
 
 def _adapter(bot: QQBot) -> Adapter:
@@ -46,7 +50,9 @@ def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
 def _sim_request(bot: QQBot, m: SimMessage) -> SimRequest:
     from .sim import callback
 
-    headers, body = callback(bot, m.text, m.user, m.chat, f"ROBOT1.0_{m.msg_id}", m.now)
+    headers, body = callback(
+        bot, m.text, m.user, m.chat, f"ROBOT1.0_{m.msg_id}", m.now, media=m.media, sim_url=m.sim_url
+    )
     return SimRequest("", headers, body)
 
 
@@ -67,6 +73,12 @@ SPEC = PlatformSpec[QQBot](
     ),
     adapter=_adapter,
     delivery=_delivery,
+    media=MediaSupport(
+        inbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
+        outbound=frozenset({MediaKind.IMAGE}),
+        limits={MediaKind.IMAGE: 30 * _MB},  # the upload's image limit (answers send images only)
+        note="answers' images one-to-one and in groups (not guild channels); voice as QQ's recognition",
+    ),
     token_key=_token_key,
     sim_routes=_sim_routes,
     sim_request=_sim_request,
