@@ -136,6 +136,7 @@ def test_upload_checks_type_and_size_before_uploading() -> None:
     assert qq.upload_check(MediaKind.VOICE, "audio/silk", 1000) == 3
     for kind, mime in [
         (MediaKind.IMAGE, "image/webp"),
+        (MediaKind.IMAGE, "image/gif"),
         (MediaKind.FILE, "application/pdf"),
         (MediaKind.VOICE, "audio/amr"),
     ]:

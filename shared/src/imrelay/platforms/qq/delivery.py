@@ -66,7 +66,7 @@ UPLOAD_LIMITS: dict[MediaKind, int] = {
     MediaKind.VOICE: 20 * MB,
 }
 UPLOAD_TYPES: dict[MediaKind, frozenset[str]] = {
-    MediaKind.IMAGE: frozenset({"image/png", "image/jpeg", "image/gif"}),
+    MediaKind.IMAGE: frozenset({"image/png", "image/jpeg"}),
     MediaKind.VIDEO: frozenset({"video/mp4"}),
     MediaKind.VOICE: frozenset({"audio/silk"}),
 }

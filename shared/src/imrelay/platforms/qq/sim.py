@@ -6,7 +6,7 @@ Media, as strict as QQ's documentation (the error codes below are the simulator'
 * A simulated user's files arrive as ``attachments[] {content_type, filename, size, url}``, the URL the
   simulator's ``{sim_url}/sim/media/{id}``; a voice message (silk) carries its text in ``asr_refer_text``.
 * ``POST /v2/users/{openid}/files`` and ``/v2/groups/{group_openid}/files`` ``{file_type, file_data |
-  url, srv_send_msg}``: ``file_type`` 1 image (PNG/JPG/GIF, 30 MB), 2 video (MP4, 100 MB), 3 voice (SILK,
+  url, srv_send_msg}``: ``file_type`` 1 image (PNG/JPG, 30 MB), 2 video (MP4, 100 MB), 3 voice (SILK,
   20 MB); 4 (files) is not open to bots. ``file_data`` is base64 of the bytes; a ``url`` the simulator
   cannot serve is 304082 (rich media fetch failed); ``srv_send_msg: true`` would be a proactive message
   (refused, 304003). Answers ``{file_uuid, file_info, ttl}``: the ``file_info`` is good in that chat for
