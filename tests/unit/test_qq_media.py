@@ -349,3 +349,21 @@ async def test_the_simulated_upload_and_media_message_are_strict(sim: Any) -> No
         assert (await show("/v2/users/u1", "unknown", 1)).status_code == 400
         assert (await show("/v2/groups/g1", ok["file_info"], 1)).status_code == 400  # another chat's
         assert (await show("/v2/users/u1", ok["file_info"], 1)).status_code == 200
+
+
+async def test_a_token_qq_no_longer_takes_is_renewed_for_the_upload(sim: Any) -> None:
+    from imrelay.delivery.tokens import TokenRecord
+    from imrelay.subjects import kv_key
+
+    state, app = sim
+    data = png()
+    kv = FakeKV()
+    stale = TokenRecord(token="revoked", expires_at=time.time() + 3600, fetched_at=time.time())
+    await kv.put(kv_key("qq", APP_ID), stale.to_json())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+        delivery = QQDelivery("qq", APP_ID, SECRET, SIM, SIM, client, TokenCache(kv), 5)
+        await delivery.send_media(_chunk("c2c", "x", 1), _ref(data), data, 1)
+    (sent,) = [m for m in state.messages if m.get("msgtype") == "image"]
+    assert sent["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert state.stats["qq_upload"] == 2 and len(state.issued) == 1  # refused once, then a new token
+    assert "revoked" not in repr(delivery) and SECRET not in repr(delivery)
