@@ -106,10 +106,10 @@ class FakeStreamStore:
 
         self.records.setdefault((bot_id, sid), StreamRecord("", False, 0.0))
 
-    async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None:
+    async def put(self, bot_id: str, sid: str, content: str, finish: bool, media: Any = ()) -> None:
         from imrelay.answer_streams import StreamRecord
 
-        self.records[(bot_id, sid)] = StreamRecord(content, finish, 0.0)
+        self.records[(bot_id, sid)] = StreamRecord(content, finish, 0.0, tuple(media))
 
 
 class FakeReplayGuard:

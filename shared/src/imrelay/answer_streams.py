@@ -3,7 +3,8 @@ bucket.
 
 Some platforms show an answer by polling: the ingress's first reply to a message names a stream, then the
 platform keeps calling back with refresh requests, and whichever ingress replica receives one answers with
-the content accumulated so far — which the sender keeps up to date here — until ``finish``.
+the content accumulated so far — which the sender keeps up to date here — until ``finish``. A finished
+stream may name images of the answer (references into the media bucket) for the last poll answer to show.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from nats.js.kv import KeyValue
 
 from .kv import create_if_absent, read
+from .media import MediaRef
 from .subjects import kv_key
 
 __all__ = ["KVStreamStore", "StreamRecord", "StreamStore", "stream_id"]
@@ -35,6 +38,7 @@ class StreamRecord:
     content: str
     finish: bool
     updated_at: float
+    media: tuple[MediaRef, ...] = ()  # images shown with the finished content
 
 
 class StreamStore(Protocol):
@@ -42,7 +46,9 @@ class StreamStore(Protocol):
 
     async def open(self, bot_id: str, sid: str) -> None: ...
 
-    async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None: ...
+    async def put(
+        self, bot_id: str, sid: str, content: str, finish: bool, media: Sequence[MediaRef] = ()
+    ) -> None: ...
 
 
 class KVStreamStore:
@@ -59,7 +65,8 @@ class KVStreamStore:
             return None
         try:
             d = json.loads(entry.value or b"{}")
-            return StreamRecord(str(d["content"]), bool(d["finish"]), float(d["updated_at"]))
+            media = tuple(MediaRef.model_validate(m) for m in d.get("media") or ())
+            return StreamRecord(str(d["content"]), bool(d["finish"]), float(d["updated_at"]), media)
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -68,9 +75,12 @@ class KVStreamStore:
         body = json.dumps({"content": "", "finish": False, "updated_at": time.time()}).encode()
         await create_if_absent(self.kv, self.key(bot_id, sid), body)
 
-    async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None:
+    async def put(
+        self, bot_id: str, sid: str, content: str, finish: bool, media: Sequence[MediaRef] = ()
+    ) -> None:
         data = content.encode()[:CONTENT_LIMIT_BYTES].decode("utf-8", errors="ignore")
-        body = json.dumps(
-            {"content": data, "finish": finish, "updated_at": time.time()}, ensure_ascii=False
-        ).encode()
+        record: dict[str, object] = {"content": data, "finish": finish, "updated_at": time.time()}
+        if media:
+            record["media"] = [m.model_dump(mode="json") for m in media]
+        body = json.dumps(record, ensure_ascii=False).encode()
         await self.kv.put(self.key(bot_id, sid), body)

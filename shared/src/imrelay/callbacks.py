@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from imrelay.answer_streams import StreamRecord
 from imrelay.errors import ParseError, ReplayError, VerifyError
 from imrelay.events import InboundMessage
+from imrelay.media import MediaRef
 
 # Platform payloads nest a few levels deep; anything deeper is refused before it reaches a parser (deep
 # nesting makes recursive parsers and walkers fail with RecursionError).
@@ -167,4 +168,13 @@ class Adapter(Protocol):
 
 @runtime_checkable
 class StreamingAdapter(Adapter, Protocol):
-    def poll_reply(self, request: CallbackRequest, sid: str, record: StreamRecord | None) -> bytes: ...
+    def poll_reply(
+        self,
+        request: CallbackRequest,
+        sid: str,
+        record: StreamRecord | None,
+        images: Sequence[tuple[MediaRef, bytes]] = (),
+    ) -> bytes:
+        """The answer to a poll of stream ``sid``; ``images`` are the bytes of ``record.media`` (those that
+        could be read) once the stream is finished."""
+        ...

@@ -33,7 +33,9 @@ async def run() -> None:
     count, index, parent = settings.ingress.workers, worker_index(), os.getppid()
     publisher = JetStreamPublisher(settings.nats)
     await publisher.start()
-    app = create_app(settings, publisher, streams=publisher.streams, replay=publisher.replay)
+    app = create_app(
+        settings, publisher, streams=publisher.streams, replay=publisher.replay, media=publisher.media
+    )
     limits = settings.ingress.connections.limits(max_body_bytes=settings.ingress.max_body_bytes)
     public = EmbeddedServer(
         uvicorn.Config(

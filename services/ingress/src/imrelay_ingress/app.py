@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
@@ -13,7 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from imrelay.answer_streams import StreamStore
+from imrelay.answer_streams import StreamRecord, StreamStore
 from imrelay.callbacks import Adapter, CallbackRequest, StreamingAdapter
 from imrelay.config import Settings
 from imrelay.errors import (
@@ -25,6 +26,7 @@ from imrelay.errors import (
     VerifyError,
 )
 from imrelay.hints import callback_hint
+from imrelay.media import MediaRef
 from imrelay.platforms import adapter_for
 from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
 
@@ -56,6 +58,25 @@ def _outcome_for(exc: CallbackError) -> str:
     return "rejected_malformed"
 
 
+class MediaReader(Protocol):
+    async def get(self, ref: MediaRef) -> bytes: ...
+
+
+async def _stream_images(
+    media: MediaReader | None, bot_id: str, record: StreamRecord | None
+) -> list[tuple[MediaRef, bytes]]:
+    """The bytes of a finished stream's images; one that cannot be read is left out (and logged)."""
+    if record is None or not record.finish or not record.media or media is None:
+        return []
+    images: list[tuple[MediaRef, bytes]] = []
+    for ref in record.media:
+        try:
+            images.append((ref, await media.get(ref)))
+        except Exception as exc:
+            log.warning("stream poll bot=%s: an image was not read (%s)", bot_id, type(exc).__name__)
+    return images
+
+
 def create_app(
     settings: Settings,
     publisher: Publisher,
@@ -64,11 +85,12 @@ def create_app(
     adapters: Mapping[str, Adapter] | None = None,
     streams: StreamStore | None = None,
     replay: ReplayGuard | None = None,
+    media: MediaReader | None = None,
 ) -> Starlette:
     """Build the ingress app. ``publisher`` stores messages (JetStream in production, a fake in unit
     tests); ``streams`` holds the answer streams platforms poll; ``replay`` remembers once-only signatures
-    (a platform whose signature does not cover the body is refused without it); ``clock`` is injectable
-    for timestamp windows."""
+    (a platform whose signature does not cover the body is refused without it); ``media`` reads the images a
+    finished answer stream shows; ``clock`` is injectable for timestamp windows."""
     table: dict[str, Adapter] = (
         dict(adapters) if adapters is not None else {bot.id: adapter_for(bot) for bot in settings.bots}
     )
@@ -180,8 +202,12 @@ def create_app(
                 except Exception as exc:
                     log.error("stream poll bot=%s: store unavailable (%s)", bot_id, type(exc).__name__)
                     return done(503, "unavailable", headers={"Retry-After": "1"})
+                images = await _stream_images(media, bot_id, record)
                 return done(
-                    200, "stream_poll", adapter.poll_reply(cb, result.stream_poll, record), "application/json"
+                    200,
+                    "stream_poll",
+                    adapter.poll_reply(cb, result.stream_poll, record, images),
+                    "application/json",
                 )
             if result.message is not None:
                 span.set_attribute("imrelay.message_id", result.message.id)

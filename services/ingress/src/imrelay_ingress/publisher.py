@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 from nats.aio.client import Client as NATS
@@ -21,6 +22,8 @@ from imrelay.jetstream import (
     ensure_streams_bucket,
     streams_present,
 )
+from imrelay.media import MediaRef
+from imrelay.media.store import ObjectMediaStore
 from imrelay.replay import KVReplayGuard
 from imrelay.telemetry import inject_headers
 
@@ -52,8 +55,26 @@ class LazyStreamStore:
     async def open(self, bot_id: str, sid: str) -> None:
         await self._store().open(bot_id, sid)
 
-    async def put(self, bot_id: str, sid: str, content: str, finish: bool) -> None:
-        await self._store().put(bot_id, sid, content, finish)
+    async def put(
+        self, bot_id: str, sid: str, content: str, finish: bool, media: Sequence[MediaRef] = ()
+    ) -> None:
+        await self._store().put(bot_id, sid, content, finish, media)
+
+
+class LazyMediaReader:
+    """Reads answers' images from the media bucket (written by the worker) for the poll answers that show
+    them; the bucket is opened on first use."""
+
+    def __init__(self) -> None:
+        self.js: JetStreamContext | None = None
+        self._store: ObjectMediaStore | None = None
+
+    async def get(self, ref: MediaRef) -> bytes:
+        if self._store is None:
+            if self.js is None:
+                raise PublishUnavailable("not connected to NATS")
+            self._store = ObjectMediaStore(await self.js.object_store(subjects.OBJ_MEDIA))
+        return await self._store.get(ref)
 
 
 class ReplayGuard(Protocol):
@@ -85,6 +106,7 @@ class JetStreamPublisher:
         self._connect_task: asyncio.Task[None] | None = None
         self.streams = LazyStreamStore()
         self.replay = LazyReplayGuard()
+        self.media = LazyMediaReader()
 
     async def start(self) -> None:
         """Connect in the background: until NATS answers, callbacks get 503 and readyz says no."""
@@ -95,6 +117,7 @@ class JetStreamPublisher:
         self.streams.kv = await ensure_streams_bucket(js, self.cfg)
         self.replay.guard = KVReplayGuard(await ensure_replay_bucket(js, self.cfg))
         self.nc, self.js = nc, js
+        self.media.js = js
         log.info("connected to NATS")
 
     async def connected(self) -> None:
