@@ -9,6 +9,7 @@ from ..spec import Capabilities, Ownership, PlatformSpec, SimMessage, SimRequest
 from ..wecom.config import API_BASE, HINTS
 from .config import WeComAIBot
 from .handle import WeComAIBotHandle
+from .media import SUPPORT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -86,6 +87,7 @@ SPEC = PlatformSpec[WeComAIBot](
     sim_url_check=_sim_url_check,
     sim_push=_sim_push,
     sim_answer=_sim_answer,
+    media=SUPPORT,
     hints=HINTS,
     demo="""\
   - id: demo-aibot

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,11 +23,13 @@ from imrelay.answer_streams import StreamRecord, stream_id
 from imrelay.callbacks import CallbackRequest, CallbackResult, Payload, json_body, parse_json, parse_model
 from imrelay.errors import ParseError
 from imrelay.events import Attachment, Chat, ChatType, InboundMessage, Sender, inbound_id
+from imrelay.media import MediaRef
 from imrelay.platforms.wecom.crypto import WeComCrypto, crypto_for
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
 from imrelay.platforms.wecom_aibot.handle import WeComAIBotHandle
 
 from ..wecom.callbacks import query_params, verify_signed, verify_url
+from .media import INLINE_IMAGES, inline_image
 
 UNKNOWN_STREAM = "This answer is no longer available. Please ask again."
 _LEADING_MENTION = re.compile(r"^\s*@\S+\s*")
@@ -42,6 +45,10 @@ class Content(Payload):
 
 class Media(Payload):
     url: str | None = None
+    aeskey: str | None = None  # the file's own key (base64); absent: the bot's EncodingAESKey
+    filename: str | None = None
+    name: str | None = None
+    size: int | None = None
 
 
 class Item(Payload):
@@ -71,6 +78,7 @@ class Message(Payload):
     file: Media | None = None
     video: Media | None = None
     event: EventInfo | None = None
+    aeskey: str | None = None  # some messages carry the key beside the media
     # ``from`` is a keyword: read through an alias
     sender: From = Field(alias="from")
 
@@ -81,6 +89,20 @@ class StreamRef(Payload):
 
 class Poll(Payload):
     stream: StreamRef | None = None
+
+
+def attachment(kind: str, media: Media, aeskey: str | None = None) -> Attachment:
+    """A media item of a message: its encrypted file's URL, and its key when the message has one."""
+    url = media.url or ""
+    size = media.size if media.size is not None and media.size >= 0 else None
+    return Attachment(
+        kind=kind,
+        ref=url,
+        url=url,
+        name=media.filename or media.name or "",
+        size=size,
+        key=media.aeskey or aeskey or None,
+    )
 
 
 def normalize(
@@ -103,12 +125,15 @@ def normalize(
             if item.msgtype == "text":
                 text += (item.text.content if item.text else None) or ""
             elif item.msgtype == "image":
-                url = (item.image.url if item.image else None) or ""
-                attachments.append(Attachment(kind="image", ref=url, url=url or None))
+                if item.image is not None and item.image.url:
+                    attachments.append(attachment("image", item.image, m.aeskey))
     elif kind in ("image", "file", "video"):
         media: Media | None = getattr(m, kind)
-        url = (media.url if media else None) or ""
-        attachments.append(Attachment(kind=kind, ref=url, url=url or None))
+        if media is not None and media.url:
+            attachments.append(attachment(kind, media, m.aeskey))
+    if kind == "voice" and text:  # WeCom transcribed it: nothing to download
+        attachments.append(Attachment(kind="voice", ref="", transcript=text))
+        text = ""
     if group:
         text = _LEADING_MENTION.sub("", text, count=1)
     key = f"wecom_aibot:msgid:{m.msgid}"
@@ -207,7 +232,16 @@ class WeComAIBotAdapter:
             stream_open=sid,
         )
 
-    def poll_reply(self, request: CallbackRequest, sid: str, record: StreamRecord | None) -> bytes:
+    def poll_reply(
+        self,
+        request: CallbackRequest,
+        sid: str,
+        record: StreamRecord | None,
+        images: Sequence[tuple[MediaRef, bytes]] = (),
+    ) -> bytes:
         if record is None:
             return self.encrypted(request, stream_body(sid, UNKNOWN_STREAM, True))
-        return self.encrypted(request, stream_body(sid, record.content, record.finish))
+        body = stream_body(sid, record.content, record.finish)
+        if record.finish and images:  # only the finished stream may carry images
+            body["stream"]["msg_item"] = [inline_image(data) for _, data in images[:INLINE_IMAGES]]
+        return self.encrypted(request, body)
