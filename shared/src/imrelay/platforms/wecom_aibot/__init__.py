@@ -49,7 +49,7 @@ def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
 def _sim_request(bot: WeComAIBot, m: SimMessage) -> SimRequest:
     from .sim import message_callback
 
-    query, headers, body = message_callback(bot, m.text, m.user, m.msg_id, m.chat, m.now, m.sim_url)
+    query, headers, body = message_callback(bot, m.text, m.user, m.msg_id, m.chat, m.now, m.sim_url, m.media)
     return SimRequest(query, headers, body)
 
 

@@ -15,6 +15,12 @@ into parts, each a stream of its own. An open stream the model is silent on is s
 every ``connector.stream_keepalive_seconds`` so that WeCom does not expire it; a part finishing a stream
 that is gone (the message came on a socket that is gone, or the stream expired) is sent as a markdown
 message (``aibot_send_msg``) instead.
+
+An answer's image comes as :class:`~.frames.MediaFrame` requests, one per frame of WeCom's upload
+(``aibot_upload_media_init`` -> ``upload_id``, the chunks, ``aibot_upload_media_finish`` -> ``media_id``);
+after the finish the image is sent on the message's ``req_id`` (after that message's earlier frames), or
+to its chat when that socket or stream is gone. An upload this socket does not know (begun on an earlier
+one) is refused; the sender starts it again.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from ...connections import CredentialsRefused, Health, Kicked, Sink
 from ...events import ConnectionAnswer
 from ...sections import ConnectorConfig
 from .config import WeComAIBot
-from .frames import GONE, WRONG_SECRET, StreamPart, frame, req_id
+from .frames import GONE, INVALID_REQ_ID, WRONG_SECRET, MediaFrame, StreamPart, frame, req_id
 from .ingress import normalize
 
 log = logging.getLogger("imrelay.connector")
@@ -68,6 +74,7 @@ class AIBotConnection:
     # a message's frame whose ack did not come in time: its ack may still come, and must not be taken for
     # the ack of the message's next frame (acks name only the req_id)
     late_acks: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    uploads: dict[str, str] = field(default_factory=dict)  # the sender's name of an upload -> upload_id
 
     async def request(self, cmd: str, body: dict[str, Any], rid: str | None = None) -> dict[str, Any]:
         """Send one frame and wait for WeCom's ack frame (same req_id)."""
@@ -232,6 +239,8 @@ class AIBotConnection:
 
     async def send(self, payload: dict[str, Any]) -> ConnectionAnswer:
         """A stream update from the sender: send it on the socket; the answer says whether WeCom took it."""
+        if "op" in payload:
+            return await self._media(MediaFrame.model_validate(payload))
         part = StreamPart.model_validate(payload)
         rid, key, finish = part.req_id, (part.req_id, part.stream_id), part.finish
         lock = self.reply_locks.setdefault(rid, asyncio.Lock())
@@ -258,3 +267,33 @@ class AIBotConnection:
             self.late_acks.pop(rid, None)
         ok = ack.get("errcode") == 0 or ack.get("errcode") in GONE  # an update of a lost stream is moot
         return ConnectionAnswer(ok=ok, code=ack.get("errcode"))
+
+    async def _media(self, step: MediaFrame) -> ConnectionAnswer:
+        """One step of sending an answer's image (see the module's description)."""
+        if step.op == "upload_init":
+            ack = await self.request("aibot_upload_media_init", step.body)
+            upload_id = (ack.get("body") or {}).get("upload_id")
+            if ack.get("errcode") == 0 and upload_id:
+                self.uploads[step.upload] = str(upload_id)
+            return ConnectionAnswer(ok=ack.get("errcode") == 0 and bool(upload_id), code=ack.get("errcode"))
+        upload_id = self.uploads.get(step.upload)
+        if upload_id is None:
+            return ConnectionAnswer(ok=False, code="unknown_upload")
+        if step.op == "upload_chunk":
+            ack = await self.request("aibot_upload_media_chunk", {"upload_id": upload_id, **step.body})
+            return ConnectionAnswer(ok=ack.get("errcode") == 0, code=ack.get("errcode"))
+        self.uploads.pop(step.upload, None)
+        ack = await self.request("aibot_upload_media_finish", {"upload_id": upload_id})
+        media_id = (ack.get("body") or {}).get("media_id")
+        if ack.get("errcode") != 0 or not media_id:
+            return ConnectionAnswer(ok=False, code=ack.get("errcode"))
+        image = {"msgtype": "image", "image": {"media_id": str(media_id)}}
+        ack = {"errcode": INVALID_REQ_ID}
+        if step.req_id:
+            async with self.reply_locks.setdefault(step.req_id, asyncio.Lock()):
+                ack = await self.request("aibot_respond_msg", image, rid=step.req_id)
+            if step.req_id in self.reply_locks and not self.reply_locks[step.req_id].locked():
+                self.reply_locks.pop(step.req_id, None)
+        if ack.get("errcode") in GONE:  # its message's socket or stream is gone: to the chat instead
+            ack = await self.request("aibot_send_msg", {"chatid": step.chatid, **image})
+        return ConnectionAnswer(ok=ack.get("errcode") == 0, code=ack.get("errcode"))

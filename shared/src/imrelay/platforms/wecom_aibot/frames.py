@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -26,6 +26,22 @@ class StreamPart(BaseModel):
     stream_id: str
     content: str
     finish: bool
+    chatid: str = ""
+
+
+class MediaFrame(BaseModel):
+    """One step of sending an answer's image on the socket: ``upload_init`` (``body``: type, filename,
+    total_size, total_chunks, md5), each ``upload_chunk`` (``body``: chunk_index, base64_data), then
+    ``upload_finish``, after which the connector replies on the message's ``req_id`` with the image (or sends
+    it to ``chatid`` when that message's socket or stream is gone). ``upload`` is the sender's name for the
+    upload; the connector keeps WeCom's ``upload_id`` under it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    op: Literal["upload_init", "upload_chunk", "upload_finish"]
+    upload: str
+    body: dict[str, Any] = {}
+    req_id: str = ""
     chatid: str = ""
 
 

@@ -3,6 +3,7 @@ socket (held by the connector); in callback mode WeCom polls the answer's stream
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -25,6 +26,7 @@ def push_over_socket(bot: WeComAIBot, send: SimSend) -> int:
                 "user": m.user,
                 "msgid": m.msg_id,
                 "chat": m.chat,
+                "media": [dataclasses.asdict(x) for x in m.media],
             },
         )
         print(f"message {m.msg_id} -> pushed on the bot's socket ({resp.status_code})", flush=True)

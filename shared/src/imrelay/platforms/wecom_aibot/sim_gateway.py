@@ -27,11 +27,23 @@ describe them, on the strict side where the live behaviour is not documented:
 
 One ``req_id`` may carry several streams (each its own id, each finished): that is how an answer over the
 size limit is shown. Each stream is one entry in ``/sim/messages`` carrying its ``req_id``.
+
+Media. ``POST /sim/aibot/push`` with ``media`` (files put into the simulator) pushes a picture, file, voice
+or ``mixed`` message as :func:`.sim.message_body` makes it. A bot's upload is held to the limits of §12e,
+strictly: ``aibot_upload_media_init`` needs a known ``type``, a ``filename``, ``total_size`` within the
+type's limit (image 10 MB, voice 2 MB, video 10 MB, file 20 MB), ``total_chunks`` 1-100 and matching the
+size in 512 KB chunks, and an ``md5``; each ``aibot_upload_media_chunk`` must be the next one in order,
+valid base64 and at most 512 KB raw (the last one the rest); ``aibot_upload_media_finish`` needs every chunk
+and the bytes' md5 and size to match, and answers a ``media_id`` (kept ``UPLOAD_SECONDS``, one bot's own). An
+image, file, voice or video reply (``aibot_respond_msg`` on a message's ``req_id``, or ``aibot_send_msg``)
+naming that ``media_id`` is recorded with ``msgtype`` and ``media`` (its size, sha256, md5).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import secrets
 import time
@@ -44,7 +56,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from imrelay.media import simstore
+from imrelay.platforms.spec import SimMedia
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
+
+from .sim import message_body
 
 if TYPE_CHECKING:
     from imrelay_sim.server import SimState
@@ -53,6 +69,37 @@ if TYPE_CHECKING:
 CONTENT_LIMIT_BYTES = 20480
 TOO_LARGE, INVALID_REQ_ID, STREAM_EXPIRED = 45002, 846605, 846608
 WRONG_SECRET = 853000
+BAD_PARAM, BAD_SIZE, BAD_TYPE, BAD_MD5, BAD_MEDIA_ID = 40058, 40009, 40005, 301019, 40007
+CHUNK_BYTES, MAX_CHUNKS = 512 * 1024, 100
+UPLOAD_LIMITS = {"image": 10 << 20, "voice": 2 << 20, "video": 10 << 20, "file": 20 << 20}
+UPLOAD_SECONDS = 3 * 24 * 3600  # a media_id's life
+
+
+@dataclass
+class Upload:
+    bot: str
+    type: str
+    filename: str
+    total_size: int
+    total_chunks: int
+    md5: str
+    chunks: list[bytes] = field(default_factory=list)
+
+
+def upload_refusal(body: dict[str, Any]) -> tuple[int, str] | None:
+    """Why ``aibot_upload_media_init`` is refused, if it is."""
+    kind, size, count = body.get("type"), body.get("total_size"), body.get("total_chunks")
+    if kind not in UPLOAD_LIMITS:
+        return BAD_TYPE, "invalid media type"
+    if not body.get("filename") or not isinstance(body.get("md5"), str) or len(body["md5"]) != 32:
+        return BAD_PARAM, "filename and md5 are required"
+    if not isinstance(size, int) or not isinstance(count, int) or size <= 0:
+        return BAD_PARAM, "total_size and total_chunks are required"
+    if size > UPLOAD_LIMITS[kind]:
+        return BAD_SIZE, "invalid media size"
+    if not 1 <= count <= MAX_CHUNKS or count != -(-size // CHUNK_BYTES):
+        return BAD_PARAM, "invalid total_chunks"
+    return None
 
 
 @dataclass
@@ -125,6 +172,50 @@ def routes(
     gw = gateway or Gateway()
     events: list[dict[str, Any]] = []
     pending: set[asyncio.Task[None]] = set()
+    uploads: dict[str, Upload] = {}  # upload_id -> what came of it so far
+    media_ids: dict[str, tuple[str, str, float]] = {}  # media_id -> (bot, type, expires)
+
+    def upload_chunk(conn: Conn, body: dict[str, Any]) -> tuple[int, str]:
+        up = uploads.get(str(body.get("upload_id", "")))
+        if up is None or up.bot != conn.bot:
+            return BAD_PARAM, "invalid upload_id"
+        if body.get("chunk_index") != len(up.chunks):
+            return BAD_PARAM, f"chunk {len(up.chunks)} expected"
+        try:
+            piece = base64.b64decode(str(body.get("base64_data", "")), validate=True)
+        except ValueError:
+            return BAD_PARAM, "invalid base64_data"
+        last = len(up.chunks) == up.total_chunks - 1
+        expected = up.total_size - CHUNK_BYTES * (up.total_chunks - 1) if last else CHUNK_BYTES
+        if len(piece) > CHUNK_BYTES or len(piece) != expected or len(up.chunks) >= up.total_chunks:
+            return BAD_SIZE, "invalid chunk size"
+        up.chunks.append(piece)
+        return 0, "ok"
+
+    def media_reply(conn: Conn, body: dict[str, Any], *, req_id: str = "", chat: str = "") -> tuple[int, str]:
+        kind = str(body["msgtype"])
+        media_id = str((body.get(kind) or {}).get("media_id", ""))
+        known = media_ids.get(media_id)
+        item = simstore.get(state, media_id)
+        if known is None or item is None or known[0] != conn.bot or known[2] < clock():
+            return BAD_MEDIA_ID, "invalid media_id"
+        if known[1] != kind:
+            return BAD_TYPE, "media type does not match msgtype"
+        state.record(
+            {
+                "platform": "wecom_aibot",
+                "bot": secrets_by_bot.get(conn.bot, ("", ""))[1],
+                "via": "stream" if req_id else "send",
+                "req_id": req_id,
+                "chat": chat,
+                "content": f"[{kind} {item.name}]",
+                "msgtype": kind,
+                "media": item.describe(),
+                "finish": True,
+            },
+            clock(),
+        )
+        return 0, "ok"
 
     def log_event(conn: Conn, what: str, bot_id: str = "") -> None:
         events.append({"at": clock(), "bot_id": bot_id or conn.bot, "event": what, "socket": id(conn)})
@@ -138,8 +229,13 @@ def routes(
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    async def ack(conn: Conn, req_id: str, errcode: int = 0, errmsg: str = "ok") -> None:
-        text = json.dumps({"headers": {"req_id": req_id}, "errcode": errcode, "errmsg": errmsg})
+    async def ack(
+        conn: Conn, req_id: str, errcode: int = 0, errmsg: str = "ok", body: dict[str, Any] | None = None
+    ) -> None:
+        answer: dict[str, Any] = {"headers": {"req_id": req_id}, "errcode": errcode, "errmsg": errmsg}
+        if body is not None:
+            answer["body"] = body
+        text = json.dumps(answer)
 
         async def send() -> None:
             if conn.open:
@@ -191,6 +287,10 @@ def routes(
                     if req_id not in conn.req_ids:  # unknown, from another socket, or an event's
                         await ack(conn, req_id, INVALID_REQ_ID, "invalid req_id")
                         continue
+                    if body.get("msgtype") in UPLOAD_LIMITS:
+                        code, msg = media_reply(conn, body, req_id=req_id)
+                        await ack(conn, req_id, code, msg)
+                        continue
                     stream = body.get("stream") or {}
                     sid, content = str(stream.get("id", "")), str(stream.get("content", ""))
                     if len(content.encode()) > CONTENT_LIMIT_BYTES:
@@ -207,6 +307,9 @@ def routes(
                     limits.updated(sid, bool(stream.get("finish")), clock())
                     record(conn.bot, sid, content, bool(stream.get("finish")), "stream", req_id=req_id)
                     await ack(conn, req_id)
+                elif cmd == "aibot_send_msg" and body.get("msgtype") in UPLOAD_LIMITS:
+                    code, msg = media_reply(conn, body, chat=str(body.get("chatid", "")))
+                    await ack(conn, req_id, code, msg)
                 elif cmd == "aibot_send_msg":
                     content = str((body.get("markdown") or {}).get("content", ""))
                     if len(content.encode()) > CONTENT_LIMIT_BYTES:
@@ -222,6 +325,56 @@ def routes(
                         chat=str(body.get("chatid", "")),
                     )
                     await ack(conn, req_id)
+                elif cmd == "aibot_upload_media_init":
+                    why = upload_refusal(body)
+                    if why is not None:
+                        state.stats["aibot_upload_refused"] += 1
+                        await ack(conn, req_id, *why)
+                        continue
+                    upload_id = f"up{secrets.token_hex(8)}"
+                    uploads[upload_id] = Upload(
+                        conn.bot,
+                        str(body["type"]),
+                        str(body["filename"]),
+                        int(body["total_size"]),
+                        int(body["total_chunks"]),
+                        str(body["md5"]).lower(),
+                    )
+                    await ack(conn, req_id, body={"upload_id": upload_id})
+                elif cmd == "aibot_upload_media_chunk":
+                    code, msg = upload_chunk(conn, body)
+                    if code:
+                        state.stats["aibot_upload_refused"] += 1
+                    await ack(conn, req_id, code, msg)
+                elif cmd == "aibot_upload_media_finish":
+                    up = uploads.get(str(body.get("upload_id", "")))
+                    if up is None or up.bot != conn.bot:
+                        await ack(conn, req_id, BAD_PARAM, "invalid upload_id")
+                        continue
+                    data = b"".join(up.chunks)
+                    del uploads[str(body["upload_id"])]
+                    if len(up.chunks) != up.total_chunks or len(data) != up.total_size:
+                        state.stats["aibot_upload_refused"] += 1
+                        await ack(conn, req_id, BAD_PARAM, "chunks missing")
+                        continue
+                    if hashlib.md5(data).hexdigest() != up.md5:  # noqa: S324 - WeCom's checksum
+                        state.stats["aibot_upload_refused"] += 1
+                        await ack(conn, req_id, BAD_MD5, "md5 mismatch")
+                        continue
+                    item = simstore.put(
+                        state,
+                        data,
+                        name=up.filename,
+                        kind=up.type,
+                        origin="upload",
+                        id=f"media{secrets.token_hex(10)}",
+                    )
+                    media_ids[item.id] = (conn.bot, up.type, clock() + UPLOAD_SECONDS)
+                    await ack(
+                        conn,
+                        req_id,
+                        body={"type": up.type, "media_id": item.id, "created_at": int(clock())},
+                    )
                 else:
                     await ack(conn, req_id, 40058, "unsupported cmd")
         except (WebSocketDisconnect, RuntimeError, ValueError):
@@ -329,15 +482,16 @@ def routes(
         response_url = (
             f"{str(request.base_url).rstrip('/')}/cgi-bin/aibot/response?response_code={secrets.token_hex(8)}"
         )
+        media = [SimMedia(**m) for m in body.get("media") or []]
+        base = str(request.base_url).rstrip("/")
         msg: dict[str, Any] = {
             "msgid": str(body.get("msgid") or secrets.token_hex(16)),
             "aibotid": str(body["bot_id"]),
             "chattype": "group" if chat else "single",
             "from": {"userid": user},
-            "msgtype": "text",
             "create_time": int(clock()),
             "response_url": response_url,
-            "text": {"content": str(body.get("text", ""))},
+            **message_body(str(body.get("text", "")), media, base, clock()),
         }
         if chat:
             msg["chatid"] = chat
