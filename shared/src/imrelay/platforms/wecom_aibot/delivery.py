@@ -72,7 +72,7 @@ def part_stream_id(sid: str, index: int) -> str:
 @dataclass
 class WeComAIBotDelivery:
     bot_id: str
-    streams: StreamStore
+    streams: StreamStore | None  # None where nothing is sent (the worker fetching media)
     client: httpx.AsyncClient
     timeout: float
     platform: str = PLATFORM
@@ -92,8 +92,6 @@ class WeComAIBotDelivery:
 
     @classmethod
     def from_bot(cls, bot: WeComAIBot, ctx: DeliveryContext) -> WeComAIBotDelivery:
-        if ctx.answer_streams is None:
-            raise ValueError("a WeCom AI bot's delivery needs the answer streams store")
         claims = (
             DeliveryClaims(ctx.deliveries, stale_after=ctx.cfg.claim_timeout_seconds)
             if ctx.deliveries is not None
@@ -155,6 +153,11 @@ class WeComAIBotDelivery:
     def limits(self, chunk: ReplyChunk) -> list[tuple[str, str]]:
         return []
 
+    def _streams(self) -> StreamStore:
+        if self.streams is None:
+            raise ValueError("a WeCom AI bot's delivery needs the answer streams store")
+        return self.streams
+
     def _sid(self, chunk: ReplyChunk) -> str:
         sid = WeComAIBotHandle.of(chunk).stream_id
         if not sid:
@@ -164,7 +167,7 @@ class WeComAIBotDelivery:
     async def update(self, chunk: ReplyChunk, text: str) -> None:
         parts = parts_of(text)
         if self.requester is None:
-            await self.streams.put(self.bot_id, self._sid(chunk), parts[0], False)
+            await self._streams().put(self.bot_id, self._sid(chunk), parts[0], False)
             return
         for index, part in enumerate(parts[:-1]):  # the answer has grown past these: finish them
             if not await self._finish_part(chunk, index, part):
@@ -201,7 +204,7 @@ class WeComAIBotDelivery:
             media, lines = inline_media(chunk.media)
             if lines:
                 part = with_lines(part, lines)
-            await self.streams.put(self.bot_id, self._sid(chunk), part, True, media)
+            await self._streams().put(self.bot_id, self._sid(chunk), part, True, media)
             return
         url = WeComAIBotHandle.of(chunk).response_url
         if not url:

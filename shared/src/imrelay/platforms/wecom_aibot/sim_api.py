@@ -55,6 +55,8 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
 
         async def body() -> AsyncIterator[bytes]:
             for i in range(0, len(data), PIECE):
+                if await request.is_disconnected():  # the reader stopped: so do we
+                    return
                 state.stats["aibot_media_served"] += len(data[i : i + PIECE])
                 yield data[i : i + PIECE]
 
