@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 
 from imrelay.callbacks import CallbackRequest
 from imrelay.config import ConnectorConfig
+from imrelay.errors import PermanentUpstreamError, TransientUpstreamError
 from imrelay.events import Attachment, Chat, ChatType, ConnectionAnswer, ConnectionRequest, ReplyChunk, Sender
 from imrelay.media import MediaError, MediaKind, MediaProblem, MediaRef
 from imrelay.media.fetch import Downloader, Guard
@@ -343,3 +344,88 @@ async def test_a_pushed_picture_is_fetched_and_decrypted_byte_exact() -> None:
             with pytest.raises(MediaError) as err:  # another key: not the file
                 await delivery.fetch_media(inbound, gone, download)
             assert err.value.problem is MediaProblem.DOWNLOAD_FAILED
+
+
+async def test_the_ingress_reads_a_finished_streams_images_and_leaves_out_one_it_cannot_read() -> None:
+    from imrelay.answer_streams import StreamRecord
+    from imrelay_ingress.app import _stream_images
+
+    kept, lost = ref(size=1), ref(size=2)
+
+    class Bucket:
+        async def get(self, r: MediaRef) -> bytes:
+            if r == lost:
+                raise ValueError("expired")
+            return b"png"
+
+    record = StreamRecord("done", True, 0.0, (kept, lost))
+    assert await _stream_images(Bucket(), "cb", record) == [(kept, b"png")]
+    assert await _stream_images(Bucket(), "cb", StreamRecord("so far", False, 0.0, (kept,))) == []
+    assert await _stream_images(None, "cb", record) == []
+
+
+class UploadGateway:
+    """Stands in for the socket: acks uploads with their ids, and refuses the reply on the message's req_id
+    with ``reply_code`` (846605: that message came on a socket that is gone)."""
+
+    def __init__(self, sock: AIBotConnection, reply_code: int) -> None:
+        self.sock, self.reply_code, self.frames = sock, reply_code, list[dict[str, Any]]()
+
+    async def send(self, raw: str) -> None:
+        frame = json.loads(raw)
+        self.frames.append(frame)
+        ack: dict[str, Any] = {"headers": frame["headers"], "errcode": 0}
+        if frame["cmd"] == "aibot_upload_media_init":
+            ack["body"] = {"upload_id": "up1"}
+        elif frame["cmd"] == "aibot_upload_media_finish":
+            ack["body"] = {"type": "image", "media_id": "m1", "created_at": 1}
+        elif frame["cmd"] == "aibot_respond_msg":
+            ack["errcode"] = self.reply_code
+        self.sock._resolve(ack)
+
+
+@pytest.mark.parametrize("reply_code", [0, 846605])
+async def test_the_connector_replies_with_the_image_or_sends_it_to_the_chat(reply_code: int) -> None:
+    bot = SETTINGS.bot("ws")
+    assert isinstance(bot, WeComAIBot)
+    sock = AIBotConnection(bot, ConnectorConfig(ack_timeout_seconds=1))
+    gateway = UploadGateway(sock, reply_code)
+    sock.ws = gateway  # type: ignore[assignment]
+    frames = upload_frames(png(), "a.png", upload="u", req_id="rq", chatid="alice")
+    answers = [await sock.send(f.model_dump()) for f in frames]
+    assert all(a.ok for a in answers)
+    cmds = [f["cmd"] for f in gateway.frames]
+    assert cmds[:3] == ["aibot_upload_media_init", "aibot_upload_media_chunk", "aibot_upload_media_finish"]
+    assert gateway.frames[1]["body"]["upload_id"] == "up1"
+    reply = gateway.frames[3]
+    assert reply["cmd"] == "aibot_respond_msg" and reply["headers"]["req_id"] == "rq"
+    assert reply["body"] == {"msgtype": "image", "image": {"media_id": "m1"}}
+    if reply_code:
+        assert gateway.frames[4]["cmd"] == "aibot_send_msg"
+        assert gateway.frames[4]["body"] == {
+            "chatid": "alice",
+            "msgtype": "image",
+            "image": {"media_id": "m1"},
+        }
+    else:
+        assert len(gateway.frames) == 4
+    # an upload this socket does not know (begun on an earlier one) is refused: the sender starts again
+    late = await sock.send(frames[1].model_dump())
+    assert not late.ok and late.code == "unknown_upload"
+
+
+@pytest.mark.parametrize(
+    ("code", "error"), [(40009, PermanentUpstreamError), ("unknown_upload", TransientUpstreamError)]
+)
+async def test_a_refused_upload_is_permanent_and_a_lost_one_is_tried_again(
+    code: int | str, error: type[Exception]
+) -> None:
+    async def requester(req: ConnectionRequest) -> ConnectionAnswer:
+        return ConnectionAnswer(ok=False, code=code)
+
+    delivery = WeComAIBotDelivery(
+        bot_id="ws", streams=None, client=httpx.AsyncClient(), timeout=1, requester=requester
+    )
+    handle = WeComAIBotHandle(stream_id="sid", mode="long_connection", req_id="rq")
+    with pytest.raises(error):
+        await delivery.send_media(final_chunk(handle), ref(size=len(png())), png(), 1)

@@ -257,8 +257,10 @@ class WeComAIBotDelivery:
             chatid=handle.chatid or chunk.recipient.id,
         ):
             code = await self._ask(frame.model_dump())
-            if code != 0:
+            if isinstance(code, int) and code != 0:  # WeCom refused it
                 raise PermanentUpstreamError(PLATFORM, str(code), f"{frame.op} refused")
+            if code != 0:  # our side (a timeout, an upload begun on an earlier socket): start again
+                raise TransientUpstreamError(PLATFORM, str(code), f"{frame.op} not sent")
 
 
 def media_name(media: MediaRef) -> str:
