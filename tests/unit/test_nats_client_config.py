@@ -78,7 +78,9 @@ def test_least_privilege_sets() -> None:
     assert can_publish("worker", "$JS.API.DIRECT.GET.KV_imrelay_tokens.$KV.imrelay_tokens.x")
     assert not can_publish("worker", "$KV.imrelay_deliveries.reply.x.0")
     assert can_publish("worker", "$O.imrelay_media.C.abc") and can_publish("sender", "$O.imrelay_media.C.abc")
-    assert not can_publish("ingress", "$O.imrelay_media.C.abc")
+    assert not can_publish("ingress", "$O.imrelay_media.C.abc")  # it reads answers' images, writes none
+    assert can_publish("ingress", "$JS.API.STREAM.INFO.OBJ_imrelay_media")
+    assert not can_publish("ingress", "$JS.API.STREAM.CREATE.OBJ_imrelay_media")
     assert not can_publish("worker", "imrelay.in.wecom_app.hr")
     assert can_publish("sender", "$JS.API.DIRECT.GET.KV_imrelay_tokens.$KV.imrelay_tokens.x")
     assert can_publish("connector", "$KV.imrelay_leases.wecom_aibot.bot")

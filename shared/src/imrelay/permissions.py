@@ -2,7 +2,8 @@
 users and ``docs/nats-permissions.md`` are generated from :data:`PERMISSIONS`.
 
 A service may publish and subscribe only to what it uses: the ingress stores inbound messages but reads no
-memory, no token and no media; the worker reads inbound messages, its memory, and the platforms' tokens
+memory and no token, and only reads answers' images from the media bucket (for platforms that poll the
+answer); the worker reads inbound messages, its memory, and the platforms' tokens
 (to download users' media by the platform's own method), and writes the media bucket; the sender reads
 tokens and media; the connector holds its leases. The JetStream API subjects are named per stream, bucket and
 durable consumer. ``cli`` is the administrator (``imrelay nats setup``, ``imrelay dlq``). Every service may
@@ -88,6 +89,22 @@ def _objects(*buckets: str) -> list[str]:
     return out
 
 
+def _objects_read(*buckets: str) -> list[str]:
+    """Read the named Object Store buckets (no writes, no creation)."""
+    out: list[str] = []
+    for b in buckets:
+        stream = f"OBJ_{b}"
+        out += [
+            f"{API}.STREAM.INFO.{stream}",
+            f"{API}.STREAM.MSG.GET.{stream}",
+            f"{API}.DIRECT.GET.{stream}.>",
+            f"{API}.CONSUMER.CREATE.{stream}",
+            f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.DELETE.{stream}.>",
+        ]
+    return out
+
+
 def _consumer(stream: str, durable: str) -> list[str]:
     """Pull from a durable consumer (``*`` for a family such as ``sender-p<k>``): create, inspect, fetch
     and acknowledge."""
@@ -105,9 +122,10 @@ STREAMS = (s.STREAM_IN, s.STREAM_OUT, s.STREAM_DLQ)
 
 PERMISSIONS: dict[str, Permissions] = {
     "ingress": Permissions(
-        publish=(s.IN_ALL, *_streams(*STREAMS), *_kv(s.KV_STREAMS, s.KV_REPLAY)),
+        publish=(s.IN_ALL, *_streams(*STREAMS), *_kv(s.KV_STREAMS, s.KV_REPLAY), *_objects_read(s.OBJ_MEDIA)),
         subscribe=(INBOX,),
-        purpose="stores verified callbacks; answers polled answer streams; records once-only signatures",
+        purpose="stores verified callbacks; answers polled answer streams (with their images); records "
+        "once-only signatures",
     ),
     "connector": Permissions(
         publish=(s.IN_ALL, *_streams(*STREAMS), *_kv(s.KV_STREAMS, s.KV_REPLAY, s.KV_LEASES)),

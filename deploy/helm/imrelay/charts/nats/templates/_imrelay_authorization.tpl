@@ -24,7 +24,13 @@ authorization {
           "$JS.API.STREAM.INFO.KV_imrelay_replay",
           "$JS.API.STREAM.CREATE.KV_imrelay_replay",
           "$JS.API.DIRECT.GET.KV_imrelay_replay.>",
-          "$JS.API.STREAM.MSG.GET.KV_imrelay_replay"
+          "$JS.API.STREAM.MSG.GET.KV_imrelay_replay",
+          "$JS.API.STREAM.INFO.OBJ_imrelay_media",
+          "$JS.API.STREAM.MSG.GET.OBJ_imrelay_media",
+          "$JS.API.DIRECT.GET.OBJ_imrelay_media.>",
+          "$JS.API.CONSUMER.CREATE.OBJ_imrelay_media",
+          "$JS.API.CONSUMER.CREATE.OBJ_imrelay_media.>",
+          "$JS.API.CONSUMER.DELETE.OBJ_imrelay_media.>"
         ]
       },
       "subscribe": {
