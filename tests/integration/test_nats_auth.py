@@ -28,9 +28,10 @@ from imrelay.platforms.discord import sim as discord
 from imrelay.platforms.wecom_aibot import sim as sim_aibot
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
 from imrelay.platforms.wecom_group_robot.config import WeComGroupRobotBot
-from imrelay_sim.client import build_callback, build_request
+from imrelay_sim.client import build_callback, build_request, upload_media
 
 from ..helpers import free_port
+from ..media_files import png
 from .stack import KEY, Service, Stack
 
 pytestmark = pytest.mark.nats
@@ -88,6 +89,7 @@ def stack(
     root: Path = tmp_path_factory.mktemp("secure-stack")
     s = Stack.create(root, secure_nats, extra_env={"DISCORD_SIM_SEED": SEED})
     s.config["nats"] = {"tls": {"ca_file": pki["ca"]}}
+    s.config["media"] = {"allow_private_networks": ["127.0.0.0/8"]}  # the simulator's files
     sim = s.sim_url
     s.config["bots"] += [
         {
@@ -218,6 +220,53 @@ def test_group_robot_and_ai_bot_callbacks_answer(stack: Stack) -> None:
         return str(stream["content"]) if stream["finish"] else ""
 
     assert stack.wait_for(finished, what="the AI bot's finished stream") == "ai bot over tls"
+    assert violations(stack.nats) == []
+
+
+def test_media_in_and_out_through_per_service_users(stack: Stack) -> None:
+    """A user's picture is downloaded and stored by the worker, an answer's picture read back by the sender
+    (Feishu) and by the ingress (the AI bot's polled stream), each with its own user."""
+    photo, chart = png(12, 12), png(30, 10)
+    sent = upload_media(stack.sim_url, photo, name="photo.png", kind="image")
+    shown = upload_media(stack.sim_url, chart, name="chart.png", kind="image")
+    link = f"![chart]({stack.sim_url}/sim/media/{shown.id})"
+    settings = parse_settings(stack.config, {})
+    fs = settings.bot("fs")
+    assert fs is not None
+    msg_id = str(secrets.randbelow(2**40))
+    query, headers, body = build_request(fs, link, "u-media", msg_id, time.time(), stack.sim_url, "", (sent,))
+    resp = httpx.post(f"{stack.ingress_url}/callback/fs?{query}", content=body, headers=headers, timeout=10)
+    assert resp.status_code == 200
+
+    def card() -> dict[str, Any] | None:
+        return next(
+            (
+                m
+                for m in stack.messages(bot="fs", reply_to=f"om_{msg_id}")
+                if m.get("media") and not m.get("streaming")
+            ),
+            None,
+        )
+
+    answer = stack.wait_for(card, what="the answer with its picture")
+    assert sent.sha256 in answer["content"]  # the echo model was given the user's picture
+    assert [m["sha256"] for m in answer["media"]] == [hashlib.sha256(chart).hexdigest()]
+    ai = settings.bot("ai")
+    assert isinstance(ai, WeComAIBot)
+    query, headers, body = sim_aibot.message_callback(
+        ai, link, "u-media", secrets.token_hex(16), "", time.time(), stack.sim_url
+    )
+    first = httpx.post(f"{stack.ingress_url}/callback/ai?{query}", content=body, headers=headers, timeout=10)
+    sid = sim_aibot.read_reply(ai, first.content)["stream"]["id"]
+
+    def finished() -> list[Any]:
+        q, h, b = sim_aibot.refresh_callback(ai, sid, "u-media", time.time())
+        reply = httpx.post(f"{stack.ingress_url}/callback/ai?{q}", content=b, headers=h, timeout=10)
+        stream = sim_aibot.read_reply(ai, reply.content)["stream"]
+        return list(stream.get("msg_item") or []) if stream["finish"] else []
+
+    [item] = stack.wait_for(finished, what="the AI bot's stream with its picture")
+    assert item["image"]["md5"] == hashlib.md5(chart).hexdigest()  # noqa: S324 - WeCom's checksum
     assert violations(stack.nats) == []
 
 
