@@ -11,6 +11,12 @@ gives.
   part with ``enforce_nonce``, so Discord returns the message already created instead of posting it twice
   (a retry after a lost answer). While a route's ``X-RateLimit-Remaining`` is 0, updates wait for its
   ``X-RateLimit-Reset-After`` instead of drawing a 429.
+
+Media: a message's attachment is fetched from its signed CDN URL through the SSRF guard (no token: the
+URL's signature is its credential). An answer's image is a message of its own after the text: a
+multipart ``payload_json`` + ``files[0]`` follow-up of the interaction, or a reply in the channel (with a
+``nonce`` of its own). Discord's limit per file is 20 MiB unless the interaction said otherwise
+(``attachment_size_limit``); 413 / 40005 is "too large".
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from imrelay.delivery import DeliveryContext
 from imrelay.delivery.chunking import split_chars
 from imrelay.delivery.http import call, json_or_none, retry_after, window_closed
 from imrelay.errors import PermanentUpstreamError, RateLimitedError, TransientUpstreamError
-from imrelay.events import ReplyChunk
+from imrelay.events import Attachment, InboundMessage, ReplyChunk
+from imrelay.media import MediaError, MediaProblem, MediaRef
+from imrelay.media.fetch import Downloader, Fetched
 from imrelay.platforms.discord.config import DiscordBot
 from imrelay.platforms.discord.handle import DiscordHandle
+from imrelay.platforms.discord.media import TOO_LARGE, UPLOAD_LIMIT, multipart, upload_check
 from imrelay.subjects import kv_key
 
 PLATFORM = "discord"
@@ -81,6 +90,7 @@ class DiscordDelivery:
     client: httpx.AsyncClient
     timeout: float
     platform: str = PLATFORM
+    media_inline: bool = False  # answers' images follow the text as messages of their own
     update_interval: float = 1.0  # Discord allows about one edit a second
     bot_token: str = field(default="", repr=False)
     streams: KeyValue | None = None  # the deliveries bucket: which message shows a reply
@@ -167,7 +177,8 @@ class DiscordDelivery:
 
     # ---- a reply to a Gateway message --------------------------------------------------------------
 
-    async def _api(self, method: str, path: str, body: dict[str, Any], channel: str) -> Any:
+    async def _api(self, method: str, path: str, body: dict[str, Any], channel: str, **request: Any) -> Any:
+        """A bot-token call; ``request`` (form ``data`` and ``files``) replaces the JSON ``body``."""
         resp = await call(
             self.client,
             method,
@@ -175,7 +186,7 @@ class DiscordDelivery:
             platform=PLATFORM,
             bot=self.bot_id,
             http_timeout=self.timeout,
-            json=body,
+            **(request or {"json": body}),
             headers={"Authorization": f"Bot {self.bot_token}"},
         )
         payload = json_or_none(resp)
@@ -269,3 +280,62 @@ class DiscordDelivery:
         created = await self._create(chunk, handle, part, index)
         if created.get("content") != part:  # Discord returned the streamed message (same nonce)
             await self._edit(handle, str(created["id"]), part)
+
+    # ---- media ------------------------------------------------------------------------------------
+
+    async def fetch_media(
+        self, inbound: InboundMessage, attachment: Attachment, download: Downloader
+    ) -> Fetched:
+        """An attachment from its signed CDN URL, through the guard (the bot token is not sent)."""
+        url = attachment.url or attachment.ref
+        if not url:
+            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "no attachment URL")
+        return await download.url(url)
+
+    async def send_media(self, chunk: ReplyChunk, media: MediaRef, data: bytes, index: int) -> None:
+        handle = DiscordHandle.of(chunk)
+        upload_check(media, len(data), handle.attachment_size_limit or UPLOAD_LIMIT)
+        try:
+            if handle.is_message_reply:
+                await self._send_file_reply(chunk, handle, media, data, index)
+            else:
+                await self._send_file_followup(chunk, media, data)
+        except PermanentUpstreamError as exc:
+            if exc.code in (TOO_LARGE, 413):
+                raise MediaError(MediaProblem.OVERSIZE, str(exc.code)) from exc
+            raise
+
+    async def _send_file_followup(self, chunk: ReplyChunk, media: MediaRef, data: bytes) -> None:
+        form, files = multipart({"allowed_mentions": {"parse": []}}, media, data)
+        resp = await call(
+            self.client,
+            "POST",
+            self._base(chunk),
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            data=form,
+            files=files,
+        )
+        check(json_or_none(resp), resp.status_code, retry_after(resp))
+
+    async def _send_file_reply(
+        self, chunk: ReplyChunk, handle: DiscordHandle, media: MediaRef, data: bytes, index: int
+    ) -> None:
+        wait = self._quiet(handle.channel_id)
+        if wait:
+            await asyncio.sleep(min(wait, MAX_QUIET_WAIT))
+        payload = {
+            "allowed_mentions": {"parse": [], "replied_user": False},
+            "nonce": nonce(chunk.reply_id, index),
+            "enforce_nonce": True,  # a retry after a lost answer does not post the image twice
+            "message_reference": {
+                "message_id": handle.message_id,
+                "channel_id": handle.channel_id,
+                "fail_if_not_exists": False,
+            },
+        }
+        form, files = multipart(payload, media, data)
+        await self._api(
+            "POST", f"/channels/{handle.channel_id}/messages", {}, handle.channel_id, data=form, files=files
+        )

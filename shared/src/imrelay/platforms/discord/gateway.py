@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from ...events import Chat, ChatType, InboundMessage, Sender, inbound_id
 from .handle import DiscordHandle
+from .media import from_message
 
 API_VERSION = 10
 DISPATCH, HEARTBEAT, IDENTIFY, RESUME, RECONNECT, INVALID_SESSION, HELLO, HEARTBEAT_ACK = (
@@ -206,6 +207,7 @@ def normalize(
             id=str(author["id"]), name=str(author.get("global_name") or author.get("username") or "")
         ),
         text=strip_mention(str(message.get("content", "")), bot_user_id),
+        attachments=from_message(message),
         mentioned=True,
         reply_handle=DiscordHandle(
             application_id=application_id, channel_id=channel, message_id=msg_id, guild_id=guild

@@ -18,6 +18,9 @@ class DiscordHandle(ReplyHandleBase):
     channel_id: str = ""  # a Gateway message's answer: a reply in this channel ...
     message_id: str = ""  # ... referencing this message
     guild_id: str = ""  # empty for a DM
+    # the largest file this interaction's answer may carry (the interaction's ``attachment_size_limit``);
+    # 0: Discord's default
+    attachment_size_limit: int = 0
 
     @model_validator(mode="after")
     def _somewhere(self) -> DiscordHandle:

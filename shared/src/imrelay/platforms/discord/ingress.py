@@ -22,6 +22,7 @@ from imrelay.errors import ParseError
 from imrelay.events import Chat, ChatType, InboundMessage, Sender, inbound_id
 from imrelay.platforms.discord.config import DiscordBot
 from imrelay.platforms.discord.handle import DiscordHandle
+from imrelay.platforms.discord.media import ATTACHMENT_OPTION, from_command
 
 PING, APPLICATION_COMMAND = 1, 2
 PONG = json_body({"type": 1})
@@ -44,6 +45,7 @@ class Channel(Payload):
 
 
 class Option(Payload):
+    type: int | None = None
     value: Any = None
 
 
@@ -62,6 +64,7 @@ class Interaction(Payload):
     member: Member | None = None
     user: User | None = None
     data: CommandData | None = None
+    attachment_size_limit: int | None = None  # the largest file the answer may carry
 
 
 class Kind(Payload):
@@ -69,8 +72,13 @@ class Kind(Payload):
 
 
 def command_text(data: CommandData | None) -> str:
-    """The text of a slash command: its string options joined (``/ask q:<question>``)."""
-    parts = [o.value for o in (data.options if data else None) or [] if isinstance(o.value, str)]
+    """The text of a slash command: its string options joined (``/ask q:<question>``); an ATTACHMENT
+    option's value is an attachment id, not text."""
+    parts = [
+        o.value
+        for o in (data.options if data else None) or []
+        if isinstance(o.value, str) and o.type != ATTACHMENT_OPTION
+    ]
     return " ".join(p for p in parts if p).strip()
 
 
@@ -80,6 +88,8 @@ def normalize(payload: dict[str, Any], bot_id: str, now: float) -> InboundMessag
     if not i.id or not i.token or not i.application_id or user is None or not user.id:
         raise ParseError("interaction lacks id, token, application_id or user")
     channel = i.channel_id or (i.channel.id if i.channel else None) or user.id
+    data = payload.get("data")
+    limit = i.attachment_size_limit if i.attachment_size_limit and i.attachment_size_limit > 0 else 0
     key = f"discord:interaction:{i.id}"
     return InboundMessage(
         id=inbound_id(bot_id, key),
@@ -89,8 +99,11 @@ def normalize(payload: dict[str, Any], bot_id: str, now: float) -> InboundMessag
         chat=Chat(id=channel, type=ChatType.GROUP if i.guild_id else ChatType.DIRECT),
         sender=Sender(id=user.id, name=user.global_name or user.username or ""),
         text=command_text(i.data),
+        attachments=from_command(data if isinstance(data, dict) else None),
         mentioned=True,
-        reply_handle=DiscordHandle(application_id=i.application_id, interaction_token=i.token),
+        reply_handle=DiscordHandle(
+            application_id=i.application_id, interaction_token=i.token, attachment_size_limit=limit
+        ),
         received_at=datetime.fromtimestamp(now, UTC),
     )
 
