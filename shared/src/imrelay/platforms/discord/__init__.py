@@ -9,6 +9,7 @@ import hashlib
 import os
 from typing import TYPE_CHECKING, Any
 
+from ...media import MediaKind, MediaSupport
 from ..spec import Capabilities, Ownership, PlatformSpec, SimMessage, SimRequest, SimSend
 from .config import DiscordBot
 from .handle import DiscordHandle
@@ -55,6 +56,9 @@ def _sim_push(bot: DiscordBot, send: SimSend) -> int:
     return push_over_gateway(bot, send)
 
 
+_MB = 1024 * 1024
+
+
 def _sim_request(bot: DiscordBot, m: SimMessage) -> SimRequest:
     from .sim import DEMO_SEED, callback, public_key_for
 
@@ -62,7 +66,18 @@ def _sim_request(bot: DiscordBot, m: SimMessage) -> SimRequest:
     if public_key_for(seed) != bot.credentials.public_key:
         raise SystemExit("imrelay-sim: set DISCORD_SIM_SEED to the hex seed of this bot's public key")
     token = "aW50ZXJhY3Rpb24" + hashlib.sha256(m.msg_id.encode()).hexdigest()[:40]
-    headers, body = callback(bot, m.text, m.user, m.chat or f"dm-{m.user}", m.msg_id, token, m.now, seed)
+    headers, body = callback(
+        bot,
+        m.text,
+        m.user,
+        m.chat or f"dm-{m.user}",
+        m.msg_id,
+        token,
+        m.now,
+        seed,
+        media=m.media,
+        sim_url=m.sim_url,
+    )
     return SimRequest("", headers, body)
 
 
@@ -77,6 +92,12 @@ SPEC = PlatformSpec[DiscordBot](
     delivery=_delivery,
     connection=_connection,
     connection_events=("message", "replayed_duplicate"),
+    media=MediaSupport(
+        inbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
+        outbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VIDEO}),
+        limits={MediaKind.IMAGE: 20 * _MB, MediaKind.FILE: 20 * _MB, MediaKind.VIDEO: 20 * _MB},
+        note="attachments of /ask and of mentions and DMs; answers' images as attachments (20 MiB)",
+    ),
     sim_routes=_sim_routes,
     sim_request=_sim_request,
     sim_push=_sim_push,

@@ -4,6 +4,7 @@ the answer is the reply that appears in the channel, edited while it grows."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -19,7 +20,14 @@ def push_over_gateway(bot: DiscordBot, send: SimSend) -> int:
     with httpx.Client(timeout=10) as client:
         resp = client.post(
             f"{m.sim_url}/sim/discord/push",
-            json={"bot": bot.id, "text": m.text, "user": m.user, "channel": m.chat, "msg_id": m.msg_id},
+            json={
+                "bot": bot.id,
+                "text": m.text,
+                "user": m.user,
+                "channel": m.chat,
+                "msg_id": m.msg_id,
+                "media": [dataclasses.asdict(x) for x in m.media],
+            },
         )
         print(f"message {m.msg_id} -> sent on the bot's Gateway session ({resp.status_code})", flush=True)
         if resp.status_code != 200:

@@ -58,6 +58,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from imrelay.platforms.discord import gateway as gw
 from imrelay.platforms.discord.config import DiscordBot
+from imrelay.platforms.discord.sim import attachment_object, keep_uploads, message_flags, read_send
+from imrelay.platforms.spec import SimMedia
 
 if TYPE_CHECKING:
     from imrelay_sim.server import SimState
@@ -351,7 +353,11 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
         bot_id = bot.credentials.application_id
         mention = in_guild and body.get("mention", True)
         text = str(body.get("text", ""))
-        content = f"<@{bot_id}> {text}" if mention else text
+        content = f"<@{bot_id}> {text}".strip() if mention else text
+        try:
+            media = [SimMedia(**m) for m in body.get("media") or []]
+        except TypeError:
+            return JSONResponse({"error": "media: SimMedia objects expected"}, status_code=400)
         author: dict[str, Any] = {"id": str(body.get("user_id") or f"7{abs(hash(user)) % 10**17:017d}")}
         author |= {"username": user, "global_name": user}
         if body.get("author_bot"):
@@ -366,7 +372,11 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
             "content": content if (mention or not in_guild) else "",
             "mentions": [bot_user(bot)] if mention else [],
             "mention_roles": [],
-            "attachments": [],
+            "attachments": [
+                attachment_object(m, str(request.base_url), channel or f"dm-{author['id']}", clock())
+                for m in media
+            ],
+            "flags": message_flags(media),
             "embeds": [],
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(clock())),
             "tts": False,
@@ -474,7 +484,9 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
             headers=headers | {"Retry-After": str(math.ceil(wait))},
         )
 
-    def bad_content(content: Any, headers: dict[str, str]) -> Response | None:
+    def bad_content(content: Any, headers: dict[str, str], files: int = 0) -> Response | None:
+        if files and content in (None, ""):
+            return None  # a message of files alone
         if not isinstance(content, str) or not content:
             return JSONResponse({"message": "Cannot send an empty message", "code": 50006}, 400, headers)
         if len(content) > CHAR_LIMIT:
@@ -497,8 +509,12 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
         headers, wait = limited("create", channel, knobs.create_limit)
         if wait:
             return too_many(headers, wait)
-        body = await body_of(request)
-        if (refused := bad_content(body.get("content"), headers)) is not None:
+        read = await read_send(request, headers=headers)
+        if isinstance(read, Response):
+            state.stats["discord_upload_refused"] += 1
+            return read
+        body, uploads = read
+        if (refused := bad_content(body.get("content"), headers, len(uploads))) is not None:
             return refused
         nonce = str(body.get("nonce") or "")
         if nonce and body.get("enforce_nonce"):
@@ -528,9 +544,10 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Base
                 "id": msg_id,
                 "chat": channel,
                 "reply_to": reply_to,
-                "content": body["content"],
+                "content": body.get("content") or "",
                 "edits": 0,
-                "history": [[clock(), body["content"]]],
+                "history": [[clock(), body.get("content") or ""]],
+                **keep_uploads(state, uploads, str(body.get("content") or "")),
             },
             clock(),
         )
