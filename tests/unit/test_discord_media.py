@@ -192,8 +192,8 @@ def test_cdn_urls_are_signed_and_expire() -> None:
 def test_spec_declares_media() -> None:
     media = spec_for(bot()).media
     assert media.inbound == {MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}
-    assert MediaKind.IMAGE in media.outbound and MediaKind.VOICE not in media.outbound
-    assert media.limits[MediaKind.IMAGE] == 20 * MB and media.note
+    assert media.outbound == {MediaKind.IMAGE}  # answers carry images
+    assert media.limits == {MediaKind.IMAGE: 20 * MB} and media.note
 
 
 # ---- uploads, pure ------------------------------------------------------------------------------------

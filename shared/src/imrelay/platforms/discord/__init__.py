@@ -94,9 +94,10 @@ SPEC = PlatformSpec[DiscordBot](
     connection_events=("message", "replayed_duplicate"),
     media=MediaSupport(
         inbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
-        outbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VIDEO}),
-        limits={MediaKind.IMAGE: 20 * _MB, MediaKind.FILE: 20 * _MB, MediaKind.VIDEO: 20 * _MB},
-        note="attachments of /ask and of mentions and DMs; answers' images as attachments (20 MiB)",
+        outbound=frozenset({MediaKind.IMAGE}),
+        # per file unless the interaction's attachment_size_limit says otherwise (answers send images only)
+        limits={MediaKind.IMAGE: 20 * _MB},
+        note="/ask takes files through attachment options; mentions and DMs over the Gateway",
     ),
     sim_routes=_sim_routes,
     sim_request=_sim_request,
