@@ -20,8 +20,10 @@ import pytest
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
+from imrelay.platforms.discord.config import DiscordBot
 from imrelay.platforms.discord.sim import public_key_for
-from imrelay.platforms.spec import SimMedia
+from imrelay.platforms.discord.sim_cli import push_over_gateway
+from imrelay.platforms.spec import SimMedia, SimMessage, SimSend
 from imrelay_sim.client import build_request, upload_media
 
 from ..media_files import pdf, png
@@ -213,3 +215,22 @@ def test_a_picture_above_the_limit_gets_a_polite_line(dc: Stack) -> None:
     assert "could not read your picture" in text and "larger than" in text
     assert dc.metric("worker", "imrelay_media_total", labels) == before + 1
     assert dc.sim_stats().get("discord_cdn_download", 0) == downloads  # its declared size was enough
+
+
+def test_imrelay_sim_send_with_an_image_over_the_gateway(
+    dc: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = png(6, 6)
+    pic = upload_media(dc.sim_url, data, name="sent.png", kind="image")
+    bot = parse_settings(dc.config, {}).bot("dc-dify")
+    assert isinstance(bot, DiscordBot)
+    msg_id = str(secrets.randbelow(2**60))
+    message = SimMessage("look", "erin", msg_id, time.time(), dc.sim_url, "c-cli", (pic,))
+    assert push_over_gateway(bot, SimSend(message, dc.ingress_url, 30)) == 0
+    assert f"[image sent.png sha256={hashlib.sha256(data).hexdigest()}]" in capsys.readouterr().out
+
+
+def test_a_voice_message_without_speech_to_text_is_told(dc: Stack) -> None:
+    voice = upload_media(dc.sim_url, b"OggS" + b"\0" * 60, name="voice-message.ogg", kind="voice")
+    text = replied(dc, push(dc, "", (voice,), channel=""), "the line about the voice message")
+    assert "could not read your voice message" in text
