@@ -129,6 +129,24 @@ def test_an_attachment_option_that_resolves_to_nothing_is_skipped() -> None:
 
 
 @pytest.mark.parametrize(
+    "data",
+    [
+        {"options": "x", "resolved": []},
+        {"options": [{"type": 11, "value": "a"}], "resolved": {"attachments": "nope"}},
+        {"options": [{"type": 11, "value": "a"}], "resolved": {"attachments": {"a": {"url": 5}}}},
+        {"options": [7, None, {"type": 11, "options": "x"}]},
+    ],
+)
+def test_malformed_attachment_options_are_ignored(data: dict[str, Any]) -> None:
+    assert dm.from_command(data) == []
+
+
+@pytest.mark.parametrize("attachments", [None, "x", 5, {"a": 1}, [None, 3, {"url": ["x"]}]])
+def test_malformed_message_attachments_are_ignored(attachments: Any) -> None:
+    assert dm.from_message({"attachments": attachments, "flags": "x"}) == []
+
+
+@pytest.mark.parametrize(
     ("raw", "flags", "kind"),
     [
         ({"content_type": "image/webp"}, 0, MediaKind.IMAGE),

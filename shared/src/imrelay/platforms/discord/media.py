@@ -52,8 +52,8 @@ def kind_of(attachment: Mapping[str, Any], message_flags: int = 0) -> MediaKind:
 
 def attachment(raw: Mapping[str, Any], message_flags: int = 0) -> Attachment | None:
     """One Discord attachment object as an :class:`Attachment` (None without a URL)."""
-    url = str(raw.get("url") or raw.get("proxy_url") or "")
-    if not url:
+    url = raw.get("url") or raw.get("proxy_url")
+    if not isinstance(url, str) or not url:
         return None
     size = raw.get("size")
     mime = raw.get("content_type")
@@ -63,25 +63,31 @@ def attachment(raw: Mapping[str, Any], message_flags: int = 0) -> Attachment | N
         url=url,
         name=str(raw.get("filename") or "")[:200],
         size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
-        mime=str(mime) if mime else None,
+        mime=mime[:100] if isinstance(mime, str) and mime else None,
     )
 
 
 def from_message(message: Mapping[str, Any]) -> list[Attachment]:
     """The attachments of a Gateway ``MESSAGE_CREATE``."""
-    flags = message.get("flags") if isinstance(message.get("flags"), int) else 0
-    raws = message.get("attachments") or []
-    found = (attachment(a, flags or 0) for a in raws if isinstance(a, Mapping))
+    flags = message.get("flags")
+    raws = message.get("attachments")
+    if not isinstance(raws, list):
+        return []
+    found = (attachment(a, flags if isinstance(flags, int) else 0) for a in raws if isinstance(a, Mapping))
     return [a for a in found if a is not None]
 
 
 def from_command(data: Mapping[str, Any] | None) -> list[Attachment]:
     """The attachments a slash command's ATTACHMENT options name, in the options' order."""
-    if not data:
+    if not isinstance(data, Mapping):
         return []
-    resolved = ((data.get("resolved") or {}).get("attachments") or {}) if isinstance(data, Mapping) else {}
+    resolved = data.get("resolved")
+    resolved = resolved.get("attachments") if isinstance(resolved, Mapping) else None
+    if not isinstance(resolved, Mapping):
+        resolved = {}
+    options = data.get("options")
     out: list[Attachment] = []
-    for option in _options(data.get("options") or []):
+    for option in _options(options if isinstance(options, list) else []):
         if option.get("type") != ATTACHMENT_OPTION:
             continue
         raw = resolved.get(str(option.get("value", "")))
