@@ -304,7 +304,7 @@ async def test_anonymous_and_wrong_passwords_are_refused(
         await connect(no_ca, "test")
 
 
-async def test_the_worker_cannot_read_tokens_nor_inject_messages(
+async def test_the_ingress_cannot_read_tokens_and_the_worker_cannot_inject_messages(
     stack: Stack, secure_nats: EmbeddedNats, pki: dict[str, str]
 ) -> None:
     errors: list[str] = []
@@ -312,33 +312,39 @@ async def test_the_worker_cannot_read_tokens_nor_inject_messages(
     async def on_error(e: Exception) -> None:
         errors.append(str(e))
 
-    worker = client_config(secure_nats, pki, user="imrelay-worker", password=PASSWORDS["worker"])
-    nc = await nats.connect(
-        secure_nats.url, error_cb=on_error, max_reconnect_attempts=0, **connect_options(worker)
-    )
-    try:
-        js = nc.jetstream(timeout=1.5)
-        with pytest.raises(Exception):  # noqa: B017 - a timeout or a permission error, both refusals
-            kv = await js.key_value(subjects.KV_TOKENS)
-            await kv.get("wecom_app.wwintegration0001.1000002")
-        with pytest.raises(Exception):  # noqa: B017
-            await js.publish("imrelay.in.wecom_app.app", b"{}", stream=subjects.STREAM_IN)
-        await asyncio.sleep(0.2)
-        assert any("permissions violation" in e.lower() for e in errors), errors
-    finally:
-        await nc.close()
+    for service in ("ingress", "worker"):
+        user = client_config(secure_nats, pki, user=f"imrelay-{service}", password=PASSWORDS[service])
+        nc = await nats.connect(
+            secure_nats.url, error_cb=on_error, max_reconnect_attempts=0, **connect_options(user)
+        )
+        try:
+            js = nc.jetstream(timeout=1.5)
+            if service == "ingress":
+                with pytest.raises(Exception):  # noqa: B017 - a timeout or a permission error, both refusals
+                    kv = await js.key_value(subjects.KV_TOKENS)
+                    await kv.get("wecom_app.wwintegration0001.1000002")
+            else:
+                with pytest.raises(Exception):  # noqa: B017
+                    await js.publish("imrelay.in.wecom_app.app", b"{}", stream=subjects.STREAM_IN)
+            await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+    assert any("permissions violation" in e.lower() for e in errors), errors
     refused = "\n".join(violations(secure_nats))  # what the platform tests check is absent
-    assert f'Subject "$JS.API.STREAM.INFO.KV_{subjects.KV_TOKENS}"' in refused
+    assert (
+        f'Subject "$JS.API.STREAM.INFO.KV_{subjects.KV_TOKENS}"' in refused and "imrelay-ingress" in refused
+    )
     assert 'Subject "imrelay.in.wecom_app.app"' in refused and "imrelay-worker" in refused
-    # the sender's user does read tokens
-    sender = client_config(secure_nats, pki, user="imrelay-sender", password=PASSWORDS["sender"])
-    nc = await connect(sender, "test")
-    try:
-        kv = await nc.jetstream(timeout=2).key_value(subjects.KV_TOKENS)
-        with pytest.raises(KeyNotFoundError):
-            await kv.get("no-such-token")
-    finally:
-        await nc.close()
+    # the sender's and the worker's users do read tokens (the worker downloads users' media with them)
+    for service in ("sender", "worker"):
+        user = client_config(secure_nats, pki, user=f"imrelay-{service}", password=PASSWORDS[service])
+        nc = await connect(user, "test")
+        try:
+            kv = await nc.jetstream(timeout=2).key_value(subjects.KV_TOKENS)
+            with pytest.raises(KeyNotFoundError):
+                await kv.get("no-such-token")
+        finally:
+            await nc.close()
 
 
 def test_a_wrong_password_stops_the_service_with_the_reason(stack: Stack) -> None:

@@ -71,8 +71,8 @@ def _kv(*buckets: str) -> list[str]:
 
 def _objects(*buckets: str) -> list[str]:
     """Read and write the named Object Store buckets (and create them when missing): objects are read
-    with ordered consumers delivering to an inbox."""
-    out: list[str] = []
+    with ordered consumers delivering to an inbox (whose stream the client looks up by subject)."""
+    out: list[str] = [f"{API}.STREAM.NAMES"]
     for b in buckets:
         stream = f"OBJ_{b}"
         out += [
@@ -91,7 +91,7 @@ def _objects(*buckets: str) -> list[str]:
 
 def _objects_read(*buckets: str) -> list[str]:
     """Read the named Object Store buckets (no writes, no creation)."""
-    out: list[str] = []
+    out: list[str] = [f"{API}.STREAM.NAMES"]
     for b in buckets:
         stream = f"OBJ_{b}"
         out += [
