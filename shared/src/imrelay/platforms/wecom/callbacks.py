@@ -56,14 +56,16 @@ def _tag(name: str) -> str:
 class _FlatBuilder:
     """Expat handlers that build the dotted-path dict directly, without an element tree: a leaf's text
     under its path (the first occurrence wins), an element's text before its first child otherwise
-    ignored, as :func:`parse_xml` documents."""
+    ignored, as :func:`parse_xml` documents. The n-th repeat of an element among its siblings (n >= 1)
+    is keyed ``Name[n]`` (``MixedMessage.MsgItem[1].MsgType``)."""
 
-    __slots__ = ("has_child", "out", "path", "text")
+    __slots__ = ("has_child", "out", "path", "seen", "text")
 
     def __init__(self) -> None:
         self.out: dict[str, str] = {}
         self.path: list[str] = []  # dotted keys of the open elements below the root
         self.has_child: list[bool] = []  # per open element (root included)
+        self.seen: list[dict[str, int]] = []  # per open element: how often each child name came
         self.text: list[str] | None = None  # text of the innermost open element, until it gets a child
 
     def start(self, name: str, attrs: object) -> None:
@@ -73,12 +75,18 @@ class _FlatBuilder:
         if depth:
             self.has_child[-1] = True
             parent = self.path[-1] + "." if self.path else ""
-            self.path.append(parent + _tag(name))
+            tag = _tag(name)
+            seen = self.seen[-1]
+            n = seen.get(tag, 0)
+            seen[tag] = n + 1
+            self.path.append(parent + (f"{tag}[{n}]" if n else tag))
             self.text = []
         self.has_child.append(False)
+        self.seen.append({})
 
     def end(self, name: str) -> None:
         had_child = self.has_child.pop()
+        self.seen.pop()
         if not self.has_child:
             return
         key = self.path.pop()
@@ -92,7 +100,8 @@ class _FlatBuilder:
 
 
 def parse_xml(data: bytes | str) -> dict[str, str]:
-    """Parse a flat-ish WeCom XML document into ``{"A": "..", "From.UserId": ".."}`` (dotted paths).
+    """Parse a flat-ish WeCom XML document into ``{"A": "..", "From.UserId": ".."}`` (dotted paths;
+    a repeated element's later occurrences as ``Name[1]``, ``Name[2]``...).
 
     DTDs and entities are refused (the handlers defusedxml installs: no DTD, no entity declaration, no
     external reference), so no external entities and no entity expansion bombs. One expat parser (C) per

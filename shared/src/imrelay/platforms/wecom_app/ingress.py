@@ -15,6 +15,24 @@ from imrelay.platforms.wecom_app.handle import WeComAppHandle
 from ..wecom.callbacks import decrypt_post, verify_url
 
 _MEDIA_KINDS = {"image": "image", "voice": "voice", "video": "video", "file": "file"}
+_VOICE_TYPES = {"amr": "audio/amr", "speex": "audio/speex"}
+
+
+def media_attachment(msg_type: str, fields: dict[str, str]) -> Attachment:
+    """An image, voice, video or file message's media: its ``MediaId`` (fetched with ``media/get``), an
+    image's ``PicUrl``, a voice message's ``Format`` and, where speech recognition is on, its
+    ``Recognition`` (then nothing is downloaded); a file's ``FileName`` and ``FileSize`` when given."""
+    size = fields.get("FileSize", "")
+    voice_format = fields.get("Format", "").lower()
+    return Attachment(
+        kind=_MEDIA_KINDS[msg_type],
+        ref=fields.get("MediaId", ""),
+        url=fields.get("PicUrl") or None,
+        name=fields.get("FileName", "")[:200],
+        size=int(size) if size.isdigit() else None,
+        mime=_VOICE_TYPES.get(voice_format) if msg_type == "voice" else None,
+        transcript=((fields.get("Recognition") or "").strip() or None) if msg_type == "voice" else None,
+    )
 
 
 def dedupe_key(fields: dict[str, str]) -> str:
@@ -47,12 +65,7 @@ def normalize(fields: dict[str, str], bot_id: str, agent_id: str, now: float) ->
     elif msg_type == "event":
         kind, event = "event", fields.get("Event") or None
     elif msg_type in _MEDIA_KINDS:
-        attachments.append(
-            Attachment(
-                kind=_MEDIA_KINDS[msg_type], ref=fields.get("MediaId", ""), url=fields.get("PicUrl") or None
-            )
-        )
-        text = fields.get("Recognition", "")
+        attachments.append(media_attachment(msg_type, fields))
     elif msg_type == "location":
         attachments.append(Attachment(kind="location", ref=fields.get("Label", ""), url=None))
     elif msg_type == "link":

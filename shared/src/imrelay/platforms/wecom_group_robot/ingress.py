@@ -24,6 +24,27 @@ def strip_mention(text: str) -> tuple[str, bool]:
     return (stripped, True) if n else (text, False)
 
 
+def _image(url: str) -> Attachment:
+    return Attachment(kind="image", ref=url, url=url or None)
+
+
+def mixed_items(fields: dict[str, str], limit: int = 64) -> tuple[list[str], list[Attachment]]:
+    """A ``mixed`` message's items in order (``MixedMessage.MsgItem``, ``MsgItem[1]``...): its texts and
+    its pictures (by URL)."""
+    texts: list[str] = []
+    images: list[Attachment] = []
+    for n in range(limit):
+        item = "MixedMessage.MsgItem" + (f"[{n}]" if n else "")
+        kind = fields.get(f"{item}.MsgType")
+        if kind is None:
+            break
+        if kind == "text":
+            texts.append(fields.get(f"{item}.Text.Content", ""))
+        elif kind == "image" and (url := fields.get(f"{item}.Image.ImageUrl", "")):
+            images.append(_image(url))
+    return texts, images
+
+
 def normalize(fields: dict[str, str], bot_id: str, now: float) -> InboundMessage:
     msg_id = fields.get("MsgId")
     chat_id = fields.get("ChatId")
@@ -36,14 +57,17 @@ def normalize(fields: dict[str, str], bot_id: str, now: float) -> InboundMessage
     text, mentioned = "", chat_type is ChatType.DIRECT
     attachments: list[Attachment] = []
     kind, event = "message", None
-    if msg_type == "text":
-        text = fields.get("Text.Content", "")
+    if msg_type in ("text", "mixed"):
+        if msg_type == "text":
+            text = fields.get("Text.Content", "")
+        else:  # pictures and text in one message
+            texts, attachments = mixed_items(fields)
+            text = "\n".join(t for t in texts if t.strip())
         if chat_type is ChatType.GROUP:
             text, mentioned = strip_mention(text)
             mentioned = True  # the robot only receives group messages that @ it
     elif msg_type == "image":
-        url = fields.get("Image.ImageUrl", "")
-        attachments.append(Attachment(kind="image", ref=url, url=url or None))
+        attachments.append(_image(fields.get("Image.ImageUrl", "")))
     elif msg_type == "event":
         kind, event = "event", fields.get("Event.EventType") or None
     handle = WeComGroupRobotHandle(chat_id=chat_id, webhook_url=fields.get("WebhookUrl", ""))
