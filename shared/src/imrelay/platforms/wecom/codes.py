@@ -28,3 +28,13 @@ class WeComCode(IntEnum):
     API_FREQ_OUT_OF_LIMIT = 45009
     IP_NOT_ALLOWED = 60020
     ALL_RECEIVERS_INVALID = 81013
+    # media (``media/get``, ``media/upload``, ``webhook/upload_media``)
+    INVALID_MEDIA_TYPE = 40004
+    INVALID_FILE_TYPE = 40005
+    INVALID_FILE_SIZE = 40006
+    INVALID_MEDIA_ID = 40007
+    INVALID_IMAGE_SIZE = 40009
+    INVALID_VOICE_SIZE = 40010
+    INVALID_VIDEO_SIZE = 40011
+    EMPTY_MEDIA = 44001
+    MEDIA_NEEDS_RANGE = 830002  # media/get of a file above 20 MB without a Range header

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ...media import MediaKind, MediaSupport
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
 from ..wecom.config import API_BASE, CAUSES, HINTS
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
     from ...callbacks import Adapter
     from ...delivery import Delivery, DeliveryContext
+
+
+_FILE_LIMIT = 20 * 1024 * 1024
 
 
 def _adapter(bot: WeComAppBot) -> Adapter:
@@ -45,10 +49,19 @@ def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
 
 def _sim_request(bot: WeComAppBot, m: SimMessage) -> SimRequest:
     from ..wecom.crypto import crypto_for
-    from ..wecom.sim import app_text_xml, encrypted_post
+    from ..wecom.sim import app_media_xml, app_text_xml, encrypted_post
 
     c = bot.credentials
-    plain = app_text_xml(c.corp_id, c.agent_id, m.user, m.text, m.msg_id, int(m.now))
+    if len(m.media) > 1:
+        raise SystemExit("imrelay-sim: a WeCom app message carries one picture, voice, video or file")
+    if m.media and m.text and m.media[0].kind != "voice":
+        raise SystemExit("imrelay-sim: a WeCom app message carries text or media, not both")
+    if m.media:  # a voice message's text is WeCom's recognition of it
+        plain = app_media_xml(
+            c.corp_id, c.agent_id, m.user, m.media[0], m.msg_id, int(m.now), m.sim_url, m.text
+        )
+    else:
+        plain = app_text_xml(c.corp_id, c.agent_id, m.user, m.text, m.msg_id, int(m.now))
     cb = encrypted_post(crypto_for(c), plain, int(m.now), to_user=c.corp_id, agent_id=c.agent_id)
     return SimRequest(cb.query, {"Content-Type": "text/xml"}, cb.body)
 
@@ -75,6 +88,14 @@ SPEC = PlatformSpec[WeComAppBot](
     ),
     adapter=_adapter,
     delivery=_delivery,
+    media=MediaSupport(
+        inbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
+        outbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
+        # a file message takes up to 20 MB: an image above 10 MB (or not a JPG/PNG), a voice message
+        # above 2 MB (or not AMR) and a video above 10 MB (or not MP4) go as files
+        limits={kind: _FILE_LIMIT for kind in MediaKind},
+        note="voice arrives transcribed where speech recognition is on; images above 10 MB go as files",
+    ),
     token_key=_token_key,
     sim_routes=_sim_routes,
     sim_request=_sim_request,

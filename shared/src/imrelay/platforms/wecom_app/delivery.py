@@ -3,13 +3,19 @@
 Text content is limited to 2048 bytes, so longer answers are split on character boundaries and sent in
 order. ``enable_duplicate_check`` asks WeCom to drop an identical message resent within 30 minutes, a second
 net under the sender's own delivery records.
+
+Media: a message's picture, voice, video or file is downloaded with ``media/get`` by its ``MediaId`` (in
+ranges, see :mod:`imrelay.platforms.wecom.media`; a picture without one by its ``PicUrl``, through the
+address guard). An answer's image is uploaded with ``media/upload`` and sent with ``message/send`` as an
+image message (a file message when it is not a JPG/PNG up to 10 MB), after the text.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -17,13 +23,19 @@ from imrelay.delivery import DeliveryContext
 from imrelay.delivery.chunking import split_utf8
 from imrelay.delivery.http import call, counted_token_fetch, with_token
 from imrelay.delivery.tokens import TokenCache
-from imrelay.events import ReplyChunk, ReplyFormat
+from imrelay.errors import UpstreamError
+from imrelay.events import Attachment, InboundMessage, ReplyChunk, ReplyFormat
+from imrelay.media import MediaError, MediaKind, MediaProblem, MediaRef
+from imrelay.media.fetch import Downloader, Fetched
 from imrelay.platforms.wecom_app.config import WeComAppBot
 from imrelay.platforms.wecom_app.handle import WeComAppHandle
 from imrelay.subjects import kv_key
 
 from ..wecom.delivery import check as _check
 from ..wecom.delivery import post_json
+from ..wecom.media import APP_NATIVE, file_name, media_get, plan, upload
+
+T = TypeVar("T")
 
 log = logging.getLogger("imrelay.sender.wecom_app")
 
@@ -46,6 +58,17 @@ def send_body(
     }
 
 
+def media_body(agent_id: str, touser: str, msgtype: str, media_id: str) -> dict[str, Any]:
+    """``message/send`` of an uploaded image, voice, video or file."""
+    return {
+        "touser": touser,
+        "msgtype": msgtype,
+        "agentid": int(agent_id) if agent_id.isdigit() else agent_id,
+        msgtype: {"media_id": media_id},
+        "safe": 0,
+    }
+
+
 @dataclass
 class WeComAppDelivery:
     bot_id: str
@@ -58,6 +81,7 @@ class WeComAppDelivery:
     timeout: float
     rate_limit_backoff: float = 60.0
     platform: str = PLATFORM
+    media_inline: bool = False  # answers' images follow the text as messages of their own
 
     @classmethod
     def from_bot(cls, bot: WeComAppBot, ctx: DeliveryContext) -> WeComAppDelivery:
@@ -123,14 +147,58 @@ class WeComAppDelivery:
         if payload.get("invaliduser"):
             log.warning("WeCom reported invalid recipients for bot %s", self.bot_id)
 
+    async def _with_token(self, use: Callable[[str], Awaitable[T]]) -> T:
+        # WeCom returns the same token until it expires: fetch at expiry, not ahead of it.
+        return await with_token(self.tokens, self.token_key, self._fetch_token, use, renew_early=False)
+
     async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
         touser = WeComAppHandle.of(chunk).touser
         body = send_body(self.agent_id, touser, part, chunk.format)
-        # WeCom returns the same token until it expires: fetch at expiry, not ahead of it.
-        await with_token(
-            self.tokens,
-            self.token_key,
-            self._fetch_token,
-            lambda token: self._post(token, body),
-            renew_early=False,
-        )
+        await self._with_token(lambda token: self._post(token, body))
+
+    # ---- media ------------------------------------------------------------------------------------
+
+    async def fetch_media(
+        self, inbound: InboundMessage, attachment: Attachment, download: Downloader
+    ) -> Fetched:
+        """``media/get`` by the message's ``MediaId`` (a picture without one: its ``PicUrl``, guarded)."""
+        if not attachment.ref:
+            if attachment.kind == MediaKind.IMAGE and attachment.url:
+                return await download.url(attachment.url)
+            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "no MediaId")
+        url = f"{self.api_base}/cgi-bin/media/get"
+
+        async def get(token: str) -> Fetched:
+            return await media_get(download, url, {"access_token": token, "media_id": attachment.ref})
+
+        try:
+            return await self._with_token(get)
+        except UpstreamError as exc:  # the token could not be had, or was refused twice
+            raise MediaError(MediaProblem.DOWNLOAD_FAILED, str(exc.code)) from exc
+
+    async def upload(self, msgtype: str, name: str, data: bytes, mime: str) -> str:
+        """``media/upload``: the ``media_id`` of ``data`` as ``msgtype`` (image, voice, video, file)."""
+        url = f"{self.api_base}/cgi-bin/media/upload"
+
+        async def use(token: str) -> str:
+            return await upload(
+                self.client,
+                url,
+                {"access_token": token, "type": msgtype},
+                name=name,
+                data=data,
+                mime=mime,
+                platform=PLATFORM,
+                bot=self.bot_id,
+                http_timeout=self.timeout,
+                rate_limit_backoff=self.rate_limit_backoff,
+            )
+
+        return await self._with_token(use)
+
+    async def send_media(self, chunk: ReplyChunk, media: MediaRef, data: bytes, index: int) -> None:
+        """Upload an answer's image (or file) and send it to the member."""
+        msgtype = plan(APP_NATIVE, media.kind, media.mime, len(data))
+        media_id = await self.upload(msgtype, file_name(media.name, media.mime), data, media.mime)
+        body = media_body(self.agent_id, WeComAppHandle.of(chunk).touser, msgtype, media_id)
+        await self._with_token(lambda token: self._post(token, body))

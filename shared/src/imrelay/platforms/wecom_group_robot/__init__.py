@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ...media import MediaKind, MediaSupport
 from ...sections import RateLimitConfig
 from ..spec import Capabilities, PlatformSpec, RateScope, SimMessage, SimRequest
 from ..wecom.config import API_BASE, HINTS
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
 
     from ...callbacks import Adapter
     from ...delivery import Delivery, DeliveryContext
+
+
+_FILE_LIMIT = 20 * 1024 * 1024
 
 
 def _adapter(bot: WeComGroupRobotBot) -> Adapter:
@@ -39,18 +43,17 @@ def _sim_routes(state: Any, clock: Callable[[], float]) -> list[BaseRoute]:
 
 def _sim_request(bot: WeComGroupRobotBot, m: SimMessage) -> SimRequest:
     from ..wecom.crypto import crypto_for
-    from ..wecom.sim import encrypted_post, robot_text_xml
+    from ..wecom.sim import encrypted_post, robot_media_xml, robot_text_xml
 
     chat_id = m.chat or f"wrk{bot.id}"
-    plain = robot_text_xml(
-        chat_id,
-        "group",
-        m.user,
-        m.user,
-        f"@{bot.id} {m.text}",
-        m.msg_id,
-        f"{m.sim_url}/cgi-bin/webhook/send?key={bot.id}",
-    )
+    webhook = f"{m.sim_url}/cgi-bin/webhook/send?key={bot.id}"
+    if any(media.kind != "image" for media in m.media):
+        raise SystemExit("imrelay-sim: a WeCom group robot receives pictures only (no files, voice, video)")
+    if m.media:  # a picture alone as an image message, with text as a mixed one
+        text = f"@{bot.id} {m.text}" if m.text else ""
+        plain = robot_media_xml(chat_id, "group", m.user, m.user, text, m.media, m.msg_id, webhook, m.sim_url)
+    else:
+        plain = robot_text_xml(chat_id, "group", m.user, m.user, f"@{bot.id} {m.text}", m.msg_id, webhook)
     cb = encrypted_post(crypto_for(bot.credentials), plain, int(m.now))
     return SimRequest(cb.query, {"Content-Type": "text/xml"}, cb.body)
 
@@ -77,6 +80,13 @@ SPEC = PlatformSpec[WeComGroupRobotBot](
     ),
     adapter=_adapter,
     delivery=_delivery,
+    media=MediaSupport(
+        inbound=frozenset({MediaKind.IMAGE}),
+        outbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE}),
+        # an image goes inline up to 2 MB (JPG/PNG), as a file up to 20 MB beyond
+        limits={MediaKind.IMAGE: _FILE_LIMIT, MediaKind.FILE: _FILE_LIMIT, MediaKind.VOICE: _FILE_LIMIT},
+        note="pictures only in messages; answers' images above 2 MB go as files",
+    ),
     sim_routes=_sim_routes,
     sim_request=_sim_request,
     sim_url_check=_sim_url_check,

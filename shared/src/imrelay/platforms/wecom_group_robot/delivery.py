@@ -3,30 +3,39 @@
 No access token: the webhook key is the credential, so it is never logged. Text content is limited to 2048
 bytes; in group chats the first part @-mentions the asker. The robot's limit is 20 messages a minute; a
 45009 answer is backed off and retried.
+
+Media: a message's picture comes as a URL, fetched through the address guard. An answer's image goes to
+the webhook inline (``msgtype: image``, base64 and md5 of the bytes) when it is a JPG/PNG up to 2 MB;
+otherwise it is uploaded with ``webhook/upload_media?key&type=file`` and sent as a file (up to 20 MB).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
 from imrelay.delivery import DeliveryContext
 from imrelay.delivery.chunking import split_utf8
 from imrelay.errors import PermanentUpstreamError
-from imrelay.events import ChatType, ReplyChunk, ReplyFormat
+from imrelay.events import Attachment, ChatType, InboundMessage, ReplyChunk, ReplyFormat
+from imrelay.media import MediaError, MediaProblem, MediaRef
+from imrelay.media.fetch import Downloader, Fetched
 from imrelay.platforms.wecom_group_robot.config import WeComGroupRobotBot
 from imrelay.platforms.wecom_group_robot.handle import WeComGroupRobotHandle
 
 from ..wecom.delivery import post_json
+from ..wecom.media import ROBOT_NATIVE, file_name, plan, upload
 
 PLATFORM = "wecom_group_robot"
 TEXT_LIMIT_BYTES = 2048
 MARKDOWN_LIMIT_BYTES = 4096
 WEBHOOK_PATH = "/cgi-bin/webhook/send"
+UPLOAD_PATH = "/cgi-bin/webhook/upload_media"
 
 
 def send_body(content: str, mention: str | None, fmt: ReplyFormat = ReplyFormat.TEXT) -> dict[str, Any]:
@@ -39,6 +48,28 @@ def send_body(content: str, mention: str | None, fmt: ReplyFormat = ReplyFormat.
     if mention:
         text["mentioned_list"] = [mention]
     return {"msgtype": "text", "text": text}
+
+
+def image_body(data: bytes) -> dict[str, Any]:
+    """An image message: the bytes in base64 and their md5."""
+    return {
+        "msgtype": "image",
+        "image": {
+            "base64": base64.b64encode(data).decode("ascii"),
+            "md5": hashlib.md5(data).hexdigest(),  # noqa: S324 - WeCom's own checksum
+        },
+    }
+
+
+def media_body(msgtype: str, media_id: str) -> dict[str, Any]:
+    """A file or voice message of an uploaded ``media_id``."""
+    return {"msgtype": msgtype, msgtype: {"media_id": media_id}}
+
+
+def upload_url(webhook_url: str, api_base: str) -> tuple[str, dict[str, str]]:
+    """(URL, query) of ``webhook/upload_media`` for the robot of ``webhook_url`` (its ``key``)."""
+    key = parse_qs(urlsplit(webhook_url).query).get("key", [""])[0]
+    return f"{api_base.rstrip('/')}{UPLOAD_PATH}", {"key": key}
 
 
 def webhook_allowed(url: str, api_base: str) -> bool:
@@ -55,6 +86,7 @@ class WeComGroupRobotDelivery:
     timeout: float
     rate_limit_backoff: float = 60.0
     platform: str = PLATFORM
+    media_inline: bool = False  # answers' images follow the text as messages of their own
 
     @classmethod
     def from_bot(cls, bot: WeComGroupRobotBot, ctx: DeliveryContext) -> WeComGroupRobotDelivery:
@@ -77,17 +109,57 @@ class WeComGroupRobotDelivery:
         url = WeComGroupRobotHandle.of(chunk).webhook_url
         return [("wecom_group_robot.per_webhook", hashlib.sha256(url.encode()).hexdigest()[:32])]
 
-    async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
+    def _webhook(self, chunk: ReplyChunk) -> str:
         url = WeComGroupRobotHandle.of(chunk).webhook_url
         if not webhook_allowed(url, self.api_base):
             raise PermanentUpstreamError(
                 PLATFORM, "bad_webhook", "the message carried no usable robot webhook URL"
             )
+        return url
+
+    async def send(self, chunk: ReplyChunk, part: str, index: int) -> None:
+        url = self._webhook(chunk)
         mention = chunk.recipient.id if chunk.chat.type is ChatType.GROUP and index == 0 else None
+        await self._post(url, send_body(part, mention, chunk.format))
+
+    # ---- media ------------------------------------------------------------------------------------
+
+    async def fetch_media(
+        self, inbound: InboundMessage, attachment: Attachment, download: Downloader
+    ) -> Fetched:
+        """A message's picture: its URL, through the address guard."""
+        url = attachment.url or attachment.ref
+        if not url:
+            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "no image URL")
+        return await download.url(url)
+
+    async def send_media(self, chunk: ReplyChunk, media: MediaRef, data: bytes, index: int) -> None:
+        """An answer's image inline (JPG/PNG up to 2 MB), anything else uploaded and sent as a file."""
+        url = self._webhook(chunk)
+        msgtype = plan(ROBOT_NATIVE, media.kind, media.mime, len(data))
+        if msgtype == "image":
+            await self._post(url, image_body(data))
+            return
+        target, query = upload_url(url, self.api_base)
+        media_id = await upload(
+            self.client,
+            target,
+            {**query, "type": msgtype},
+            name=file_name(media.name, media.mime),
+            data=data,
+            mime=media.mime,
+            platform=PLATFORM,
+            bot=self.bot_id,
+            http_timeout=self.timeout,
+            rate_limit_backoff=self.rate_limit_backoff,
+        )
+        await self._post(url, media_body(msgtype, media_id))
+
+    async def _post(self, url: str, body: dict[str, Any]) -> None:
         await post_json(
             self.client,
             url,
-            send_body(part, mention, chunk.format),
+            body,
             platform=PLATFORM,
             bot=self.bot_id,
             http_timeout=self.timeout,
