@@ -7,6 +7,12 @@ token, 45009 over the per-member limit of ``user_limit`` per ``user_window`` sec
 as WeCom does for an app whose trusted IPs (企业可信IP) do not include the caller. ``message/send`` honours
 ``enable_duplicate_check`` as WeCom does (an identical request within the interval is dropped with errcode
 0); ``/sim/stats`` counts those as ``duplicates_suppressed``.
+
+Media (see :mod:`imrelay.platforms.wecom.sim_media`): ``GET /cgi-bin/media/get?access_token&media_id``
+serves users' files and the app's uploads (ranges; 830002 above 20 MB without one; 40007 for an unknown
+or expired id), ``POST /cgi-bin/media/upload?access_token&type=image|voice|video|file`` keeps an upload,
+and ``message/send`` of an image, voice, video or file takes a ``media_id`` this app uploaded in the last
+three days (40007 otherwise), recorded with the file's ``media`` (its sha256).
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ..wecom import sim_media
+from ..wecom.codes import WeComCode
 from ..wecom.sim_api import err, injected_fault, window_ok
 from .config import WeComAppBot
 
@@ -84,6 +92,38 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
         expires_in = max(int(state.tokens[token][2] - now), 1)
         return JSONResponse({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": expires_in})
 
+    def authorized(request: Request) -> tuple[str, str] | Response:
+        """(corp, agent) of the request's access token, or WeCom's refusal."""
+        if (refused := untrusted(request)) is not None:
+            return refused
+        info = state.tokens.get(request.query_params.get("access_token", ""))
+        if info is None:
+            return err(40014, "invalid access_token")
+        corp, agent, expires = info
+        if expires <= clock():
+            return err(42001, "access_token expired")
+        return corp, agent
+
+    async def media_get(request: Request) -> Response:
+        state.stats["media_get"] += 1
+        who = authorized(request)
+        if isinstance(who, Response):
+            return who
+        item = sim_media.readable(state, request.query_params.get("media_id", ""), clock())
+        if item is None:
+            return err(WeComCode.INVALID_MEDIA_ID, "invalid media_id")
+        return sim_media.serve(state, request, item)
+
+    async def media_upload(request: Request) -> Response:
+        state.stats["media_upload"] += 1
+        who = authorized(request)
+        if isinstance(who, Response):
+            await request.body()
+            return who
+        return await sim_media.take_upload(
+            state, request, frozenset(sim_media.UPLOAD_RULES), "app:" + ":".join(who), clock
+        )
+
     async def message_send(request: Request) -> Response:
         state.stats["message_send"] += 1
         raw = await request.body()  # always read: answering early breaks keep-alive connections
@@ -121,10 +161,17 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
                 state.stats["duplicates_suppressed"] += 1
                 return JSONResponse({"errcode": 0, "errmsg": "ok", "invaliduser": ""})
             state.seen[fingerprint] = now
+        msgtype = body.get("msgtype", "text")
+        part = body.get(msgtype) or {}
+        media: dict[str, object] = {}
+        if msgtype in sim_media.UPLOAD_RULES:
+            item = sim_media.uploaded(state, str(part.get("media_id", "")), f"app:{corp}:{agent}", now)
+            if item is None:
+                return err(WeComCode.INVALID_MEDIA_ID, "invalid media_id")
+            media = {"content": f"[{msgtype} {item.name}]", "media": item.describe()}
         log.append(now)
         state.seq += 1
         state.stats["delivered"] += 1
-        msgtype = body.get("msgtype", "text")
         state.messages.append(
             {
                 "seq": state.seq,
@@ -134,8 +181,9 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
                 "agent_id": agent,
                 "touser": touser,
                 "msgtype": msgtype,
-                "content": (body.get(msgtype) or {}).get("content", ""),
+                "content": part.get("content", ""),
                 "at": now,
+                **media,
             }
         )
         return JSONResponse({"errcode": 0, "errmsg": "ok", "invaliduser": "", "msgid": f"sim{state.seq}"})
@@ -143,4 +191,7 @@ def routes(state: SimState, clock: Callable[[], float]) -> list[BaseRoute]:
     return [
         Route("/cgi-bin/gettoken", gettoken, methods=["GET"]),
         Route("/cgi-bin/message/send", message_send, methods=["POST"]),
+        Route("/cgi-bin/media/get", media_get, methods=["GET"]),
+        Route("/cgi-bin/media/upload", media_upload, methods=["POST"]),
+        *sim_media.pic_routes(state),
     ]
