@@ -90,11 +90,11 @@ SPEC = PlatformSpec[WeComAppBot](
     delivery=_delivery,
     media=MediaSupport(
         inbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
-        outbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE, MediaKind.VIDEO}),
-        # a file message takes up to 20 MB: an image above 10 MB (or not a JPG/PNG), a voice message
-        # above 2 MB (or not AMR) and a video above 10 MB (or not MP4) go as files
-        limits={kind: _FILE_LIMIT for kind in MediaKind},
-        note="voice arrives transcribed where speech recognition is on; images above 10 MB go as files",
+        outbound=frozenset({MediaKind.IMAGE}),  # answers send images
+        # an image message takes JPG/PNG up to 10 MB; a larger one (or another type) goes as a file, 20 MB
+        limits={MediaKind.IMAGE: _FILE_LIMIT},
+        note="voice arrives transcribed where speech recognition is on; "
+        "answers' images above 10 MB (or not JPG/PNG) go as files",
     ),
     token_key=_token_key,
     sim_routes=_sim_routes,

@@ -82,10 +82,10 @@ SPEC = PlatformSpec[WeComGroupRobotBot](
     delivery=_delivery,
     media=MediaSupport(
         inbound=frozenset({MediaKind.IMAGE}),
-        outbound=frozenset({MediaKind.IMAGE, MediaKind.FILE, MediaKind.VOICE}),
-        # an image goes inline up to 2 MB (JPG/PNG), as a file up to 20 MB beyond
-        limits={MediaKind.IMAGE: _FILE_LIMIT, MediaKind.FILE: _FILE_LIMIT, MediaKind.VOICE: _FILE_LIMIT},
-        note="pictures only in messages; answers' images above 2 MB go as files",
+        outbound=frozenset({MediaKind.IMAGE}),  # answers send images
+        # an image goes inline up to 2 MB (JPG/PNG), as an uploaded file up to 20 MB beyond
+        limits={MediaKind.IMAGE: _FILE_LIMIT},
+        note="pictures only in messages; answers' images above 2 MB (or not JPG/PNG) go as files",
     ),
     sim_routes=_sim_routes,
     sim_request=_sim_request,
