@@ -25,7 +25,7 @@ def strip_mention(text: str) -> tuple[str, bool]:
 
 
 def _image(url: str) -> Attachment:
-    return Attachment(kind="image", ref=url, url=url or None)
+    return Attachment(kind="image", ref=url, url=url)
 
 
 def mixed_items(fields: dict[str, str], limit: int = 64) -> tuple[list[str], list[Attachment]]:
@@ -66,8 +66,8 @@ def normalize(fields: dict[str, str], bot_id: str, now: float) -> InboundMessage
         if chat_type is ChatType.GROUP:
             text, mentioned = strip_mention(text)
             mentioned = True  # the robot only receives group messages that @ it
-    elif msg_type == "image":
-        attachments.append(_image(fields.get("Image.ImageUrl", "")))
+    elif msg_type == "image" and (url := fields.get("Image.ImageUrl", "")):
+        attachments.append(_image(url))
     elif msg_type == "event":
         kind, event = "event", fields.get("Event.EventType") or None
     handle = WeComGroupRobotHandle(chat_id=chat_id, webhook_url=fields.get("WebhookUrl", ""))
