@@ -140,10 +140,12 @@ class Worker:
                         gathered.unread.append(Unread(MediaKind.VOICE, MediaProblem.NOT_READ))
                     else:
                         gathered.transcripts.append(transcript)
-        if command not in COMMANDS and self.media is None:  # media is switched off
-            gathered.unread.extend(
-                Unread(a.kind, MediaProblem.UNSUPPORTED) for a in inbound.attachments if a.kind in MEDIA_KINDS
-            )
+        if command not in COMMANDS and self.media is None:  # media is switched off: transcripts still read
+            for a in inbound.attachments:
+                if a.kind == MediaKind.VOICE and a.transcript:
+                    gathered.transcripts.append(a.transcript)
+                elif a.kind in MEDIA_KINDS:
+                    gathered.unread.append(Unread(a.kind, MediaProblem.UNSUPPORTED))
         given = [m for m in gathered.media if backend.accepts(m.ref.kind)]
         unread = gathered.unread + [
             Unread(m.ref.kind, MediaProblem.UNSUPPORTED) for m in gathered.media if m not in given
