@@ -58,6 +58,8 @@ class Files:
 
             async def body() -> AsyncIterator[bytes]:
                 for i in range(0, len(data), 16_384):
+                    if await request.is_disconnected():  # the reader stopped: so does the server
+                        return
                     self.sent[name] = self.sent.get(name, 0) + len(data[i : i + 16_384])
                     yield data[i : i + 16_384]
 
@@ -159,7 +161,7 @@ async def test_oversize_media_is_refused_before_it_is_downloaded_in_full(
     # undeclared, no Content-Length: reading stops past the cap
     cut = await media.gather(inbound(Attachment(kind="image", ref=files.url("chunked-big.png"))), bot)
     assert [u.problem for u in cut.unread] == [MediaProblem.OVERSIZE]
-    assert files.sent["chunked-big.png"] < len(BIG)
+    assert files.sent["chunked-big.png"] < len(BIG) // 2
 
 
 async def test_answer_images_only_from_allowed_addresses(
