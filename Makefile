@@ -44,7 +44,7 @@ demo: install-run ## with `make run` going: send a message as the platform would
 IMAGE ?= docs/assets/demo.png
 demo-image: install-run ## with `make run` going: send a picture (IMAGE=…) as the platform would; the echo model names its sha256
 	@sha256sum $(IMAGE) 2>/dev/null || true
-	$(UV) run --frozen --no-sync imrelay-sim --config $(CONFIG) send --bot $(BOT) --text "What is in this picture?" --image $(IMAGE) --wait 15
+	$(UV) run --frozen --no-sync imrelay-sim --config $(CONFIG) send --bot $(BOT) --image $(IMAGE) --wait 15
 
 test: install ## run the test suite (unit, vectors, end-to-end against a real nats-server)
 	@missing=""; for tool in $(TEST_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \

@@ -26,6 +26,7 @@ class EchoBackend:
     async def stream(self, request: ChatRequest) -> AsyncIterator[Piece]:
         for piece in _PIECES.findall(request.last_user_text):
             yield piece
-        for m in request.media:
+        for i, m in enumerate(request.media):
             ref = m.ref
-            yield f"\n[{ref.kind.value} {ref.name} {ref.mime} {ref.size} bytes sha256={ref.sha256}]"
+            sep = "\n" if i or request.last_user_text else ""
+            yield f"{sep}[{ref.kind.value} {ref.name} {ref.mime} {ref.size} bytes sha256={ref.sha256}]"
