@@ -75,6 +75,16 @@ async def test_first_piece_at_once_then_deltas_are_coalesced() -> None:
     assert chunks[-1].full_text == "abcd"
 
 
+async def test_without_deltas_only_the_final_chunk_is_published() -> None:
+    # a platform that cannot show an answer growing gets no chunks it would only acknowledge
+    chunks, res = await run(pieces("Hel", "lo ", "world"), coalesce_seconds=0.0, deltas=False)
+    assert len(chunks) == 1
+    [final] = chunks
+    assert final.final and final.seq == 0 and final.msg_id == "m1:final"
+    assert final.full_text == "Hello world" and final.delta == "Hello world"
+    assert res.first_token_seconds is not None  # type: ignore[attr-defined]
+
+
 async def test_placeholder_when_the_first_words_are_slow() -> None:
     chunks, _ = await run(pieces("late", delay=0.3), placeholder="thinking…", placeholder_after=0.1)
     assert chunks[0].placeholder == "thinking…" and chunks[0].msg_id == "m1:placeholder"

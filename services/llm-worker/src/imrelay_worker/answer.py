@@ -88,13 +88,16 @@ async def produce_answer(
     placeholder: str | None = None,
     placeholder_after: float = 3.0,
     fmt: ReplyFormat = ReplyFormat.TEXT,
+    deltas: bool = True,
     final_publish_delays: tuple[float, ...] = FINAL_PUBLISH_DELAYS,
     clock: Callable[[], float] = time.monotonic,
     finish: Finish | None = None,
 ) -> AnswerOutcome:
     """Stream ``stream`` as reply chunks. With ``placeholder``, a chunk carrying it is published when no
     answer text has come after ``placeholder_after`` seconds (platforms that cannot edit show it first).
-    Raises only when the final chunk cannot be published (then nothing of the answer is stored for sure)."""
+    Without ``deltas`` (a platform that cannot show an answer growing) only the placeholder and the final
+    chunk are published. Raises only when the final chunk cannot be published (then nothing of the answer
+    is stored for sure)."""
     started = clock()
     parts: list[str] = []
     pending: list[str] = []
@@ -135,6 +138,10 @@ async def produce_answer(
                 if not piece:
                     continue
                 parts.append(piece)
+                if not deltas:
+                    if first is None:
+                        first = clock() - started
+                    continue
                 pending.append(piece)
                 if first is None:
                     first = clock() - started

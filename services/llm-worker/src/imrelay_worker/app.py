@@ -90,6 +90,11 @@ class Worker:
         log.error("dead-lettered inbound %s: %s", msg_id, reason)
 
     async def handle(self, msg: NatsMessage) -> None:
+        # in progress while handled, so the ack wait can be short (a dead worker's conversations resume soon)
+        async with in_progress(msg, self.settings.worker.ack_wait_seconds):
+            await self._handle(msg)
+
+    async def _handle(self, msg: NatsMessage) -> None:
         raw = msg.raw_message
         try:
             inbound = InboundMessage.model_validate_json(raw.data)
@@ -98,7 +103,7 @@ class Worker:
             await msg.ack()
             return
         try:
-            await self.answer(inbound, msg)
+            await self.answer(inbound)
         except Exception as exc:
             delivered = raw.metadata.num_delivered
             if delivered >= self.settings.worker.max_deliver:
@@ -114,7 +119,7 @@ class Worker:
             return
         await msg.ack()
 
-    async def answer(self, inbound: InboundMessage, msg: NatsMessage) -> None:
+    async def answer(self, inbound: InboundMessage) -> None:
         if inbound.kind == "event":
             log.debug("event %s from %s: nothing to answer", inbound.event, inbound.bot_id)
             return
@@ -132,14 +137,13 @@ class Worker:
         backend = self.backends[bot.backend]
         gathered = Gathered()
         if command not in COMMANDS and self.media is not None and inbound.attachments:
-            async with in_progress(msg, self.settings.worker.ack_wait_seconds):
-                gathered = await self.media.gather(inbound, bot)
-                for voice in gathered.voice:
-                    transcript = await self.media.transcribe(inbound, voice)
-                    if transcript is None:
-                        gathered.unread.append(Unread(MediaKind.VOICE, MediaProblem.NOT_READ))
-                    else:
-                        gathered.transcripts.append(transcript)
+            gathered = await self.media.gather(inbound, bot)
+            for voice in gathered.voice:
+                transcript = await self.media.transcribe(inbound, voice)
+                if transcript is None:
+                    gathered.unread.append(Unread(MediaKind.VOICE, MediaProblem.NOT_READ))
+                else:
+                    gathered.transcripts.append(transcript)
         if command not in COMMANDS and self.media is None:  # media is switched off: transcripts still read
             for a in inbound.attachments:
                 if a.kind == MediaKind.VOICE and a.transcript:
@@ -198,24 +202,24 @@ class Worker:
             if request is not None
             else contextlib.nullcontext(None)
         )
-        async with in_progress(msg, self.settings.worker.ack_wait_seconds):
-            with span as model_span:
-                result = await produce_answer(
-                    inbound,
-                    stream,
-                    self.publish_chunk,
-                    deadline_seconds=deadline,
-                    coalesce_seconds=self.settings.worker.delta_interval_seconds,
-                    error_message=cfg.error_message,
-                    placeholder=bot.thinking_message if request is not None else None,
-                    placeholder_after=bot.thinking_after_seconds,
-                    fmt=ReplyFormat(bot.reply_format),
-                    finish=self._answer_images(inbound, bot),
-                )
-                if model_span is not None and request is not None:
-                    _record_usage(model_span, bot.backend, model, request.usage)
-                    if result.outcome != "ok":
-                        model_span.set_attribute("error.type", result.outcome)
+        with span as model_span:
+            result = await produce_answer(
+                inbound,
+                stream,
+                self.publish_chunk,
+                deadline_seconds=deadline,
+                coalesce_seconds=self.settings.worker.delta_interval_seconds,
+                error_message=cfg.error_message,
+                placeholder=bot.thinking_message if request is not None else None,
+                placeholder_after=bot.thinking_after_seconds,
+                fmt=ReplyFormat(bot.reply_format),
+                deltas=spec_for(bot).capabilities.edits,
+                finish=self._answer_images(inbound, bot),
+            )
+            if model_span is not None and request is not None:
+                _record_usage(model_span, bot.backend, model, request.usage)
+                if result.outcome != "ok":
+                    model_span.set_attribute("error.type", result.outcome)
         if request is None:
             return
         if result.first_token_seconds is not None:
@@ -294,8 +298,21 @@ def media_step(
     return MediaStep(settings.media, store, deliveries, client, direct)
 
 
+MAX_ACK_PENDING = 1_000_000
+
+
+def http_limits(concurrency: int) -> httpx.Limits:
+    """The worker's connection pool: one connection per answer it may stream at once (each holds one
+    for its whole stream), and as many kept alive for the next ones."""
+    return httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+
 def build_worker(settings: Settings, client: httpx.AsyncClient | None = None) -> Worker:
-    http = client or httpx.AsyncClient(timeout=httpx.Timeout(60.0), follow_redirects=False)
+    http = client or httpx.AsyncClient(
+        timeout=httpx.Timeout(60.0),
+        follow_redirects=False,
+        limits=http_limits(settings.worker.concurrency),
+    )
     broker = make_broker(settings.nats, "worker", graceful_timeout=settings.worker.answer_timeout_seconds)
     backends = {name: build_backend(name, cfg, http) for name, cfg in settings.backends.items()}
     worker = Worker(settings=settings, broker=broker, backends=backends, client=http)
@@ -308,6 +325,9 @@ def build_worker(settings: Settings, client: httpx.AsyncClient | None = None) ->
         ack_wait=wcfg.ack_wait_seconds,
         max_deliver=wcfg.max_deliver,
         concurrency=wcfg.concurrency,
+        # The limit is each replica's concurrency; the consumer's own cap (shared by every replica; the
+        # server's default is 1,000) must not be the lower one.
+        max_ack_pending=MAX_ACK_PENDING,
         handler=worker.handle,
     )
     return worker
