@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 
 import nats
 import pytest
@@ -196,5 +197,44 @@ async def test_a_replica_that_gets_the_lock_after_a_failure_backs_off_too(nats_s
         with pytest.raises(TokenUnavailable):
             await late
         assert calls == 1
+    finally:
+        await nc.close()
+
+
+async def test_a_watching_cache_follows_tokens_other_replicas_write_and_drop(
+    nats_server: EmbeddedNats,
+) -> None:
+    cfg = NatsConfig(url=nats_server.url)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, cfg)
+        kv = (await ensure_buckets(js, cfg)).tokens
+        key = f"wecom.ww{secrets.token_hex(4)}.1"
+        writer, watching = TokenCache(kv), TokenCache(kv)
+        issued = iter(["tokA", "tokB"])
+
+        async def fetch() -> tuple[str, float]:
+            return next(issued), 7200.0
+
+        async def until(condition: Callable[[], bool]) -> None:
+            for _ in range(500):
+                if condition():
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("the watch did not catch up")
+
+        assert await writer.get(key, fetch) == "tokA"
+        watch = asyncio.create_task(watching.watch())
+        try:
+            await until(lambda: watching._watching and key in watching._local)
+            assert await watching.get(key, fetch) == "tokA"  # from the process, not the bucket
+            await writer.invalidate(key, "tokA")  # the platform refused it
+            await until(lambda: key not in watching._local)
+            assert await watching.get(key, fetch) == "tokB"  # fetched anew
+            await until(lambda: watching._local.get(key) is not None)
+            assert await writer.get(key, fetch) == "tokB"  # written to the bucket for the others
+        finally:
+            watch.cancel()
     finally:
         await nc.close()

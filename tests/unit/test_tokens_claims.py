@@ -7,8 +7,9 @@ import json
 
 import pytest
 from nats.errors import NoRespondersError
+from nats.js.kv import KeyValue
 
-from imrelay.delivery.claims import Claim, DeliveryClaims, Held
+from imrelay.delivery.claims import Claim, DeliveryClaims, Held, busy_retry_delay, refresh_interval
 from imrelay.delivery.tokens import TokenCache, TokenRecord
 from imrelay.errors import TokenUnavailable, TransientUpstreamError
 from tests.fakes import FakeKV
@@ -161,3 +162,59 @@ async def test_first_is_true_once_and_false_when_the_bucket_cannot_say() -> None
     assert await claims.first("reply.r.shown") is False
     kv.fail_with = NoRespondersError()
     assert await claims.first("reply.s.shown") is False
+
+
+async def test_a_claim_kept_fresh_is_never_taken_for_a_dead_replicas() -> None:
+    kv, clock = FakeKV(), Clock()
+    posting = DeliveryClaims(kv, stale_after=0.3, clock=clock)
+    other = DeliveryClaims(kv, stale_after=0.3, clock=clock)
+    held = await posting.claim("reply.r.0")
+    assert isinstance(held, Held)
+    first_revision = held.revision
+    async with posting.kept("reply.r.0", held):
+        for _ in range(3):  # a slow post: much longer than stale_after, each step past it
+            clock.now += 0.25
+            await asyncio.sleep(0.15)  # a refresh (every 0.1 s) writes the time the clock now says
+            assert await other.claim("reply.r.0") is Claim.BUSY
+    assert held.revision > first_revision  # refreshed, and done() uses the latest revision
+    await posting.done("reply.r.0", held)
+    assert await other.claim("reply.r.0") is Claim.DONE
+
+
+async def test_a_claim_left_unrefreshed_is_taken_over_after_stale_after() -> None:
+    kv, clock = FakeKV(), Clock()
+    dead = DeliveryClaims(kv, stale_after=6.0, clock=clock)
+    held = await dead.claim("reply.r.0")
+    assert isinstance(held, Held)
+    clock.now += 6.5
+    taker = DeliveryClaims(kv, stale_after=6.0, clock=clock)
+    assert isinstance(await taker.claim("reply.r.0"), Held)
+    assert await dead.refresh("reply.r.0", held) is False  # it was taken over
+
+
+def test_claim_timings() -> None:
+    assert refresh_interval(6.0) == 2.0
+    assert refresh_interval(0.01) == 0.1
+    assert busy_retry_delay(6.0, 30.0) == 3.0  # a dead replica's claim is looked at again about when stale
+    assert busy_retry_delay(600.0, 30.0) == 30.0
+    assert busy_retry_delay(0.1, 30.0) == 0.5
+
+
+class NoReads(FakeKV):
+    """A bucket whose reads fail: a cache that needs them is noticed."""
+
+    async def get(self, key: str, revision: int | None = None, validate_keys: bool = True) -> KeyValue.Entry:
+        raise AssertionError(f"read {key} from the bucket")
+
+
+async def test_a_watched_token_is_used_without_a_bucket_read() -> None:
+    kv, clock, endpoint = NoReads(), Clock(), Endpoint(lifetime=1000.0)
+    cache = TokenCache(kv, clock=clock, skew=100.0)
+    cache._watching = True  # as once the watch has seen the bucket's records
+    cache.seen("k", TokenRecord("tokA", clock.now + 1000, clock.now).to_json(), deleted=False)
+    assert await cache.get("k", endpoint) == "tokA"
+    assert endpoint.calls == 0
+    cache.seen("k.lock", b'{"owner": "x", "at": 1}', deleted=False)  # not a token: not kept
+    assert set(cache._local) == {"k"}
+    cache.seen("k", None, deleted=True)  # another replica dropped it (the platform refused it)
+    assert "k" not in cache._local

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import httpx
@@ -54,7 +56,12 @@ async def run() -> None:
             media,
         )
 
+        watch: asyncio.Task[None] | None = None
+
         async def start() -> None:
+            nonlocal watch
+            if sender.tokens is not None:
+                watch = asyncio.create_task(sender.tokens.watch())
             await sender.broker.start()
             log.info(
                 "sender delivering for %d bot(s) over %d partitions (admin :%d)",
@@ -65,6 +72,11 @@ async def run() -> None:
 
         async def stop() -> None:
             await sender.broker.stop()
+            await sender.drain()
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await client.aclose()
 
         return Connected(nc, js, start, stop)

@@ -4,9 +4,9 @@ For each final chunk the platform delivery renders the parts; each part is poste
 the ``imrelay_deliveries`` bucket keyed by reply id + part index is *claimed* with compare-and-set before the
 post (so two copies of a chunk, on one replica or several, never post together) and marked ``done`` after the
 platform accepts it, so a redelivered chunk skips what was already shown. A claim left by a replica that died
-is taken over after ``sender.claim_timeout_seconds``. Transient failures are retried in-process with backoff
-and jitter, then by JetStream (nak with delay) up to ``sender.max_deliver``; permanent ones go to
-``imrelay.dlq.sender`` with the platform's code in headers.
+is taken over after ``sender.claim_timeout_seconds`` (the replica posting keeps its claim fresh meanwhile).
+Transient failures are retried in-process with backoff and jitter, then by JetStream (nak with delay) up to
+``sender.max_deliver``; permanent ones go to ``imrelay.dlq.sender`` with the platform's code in headers.
 
 An answer's images (``chunk.media``, stored in the media bucket by the worker) follow its text, each its
 own part (record ``m<n>``, claimed like the text parts) sent by the platform's ``MediaSink``, unless the
@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 from faststream.nats import NatsBroker, NatsMessage
@@ -34,7 +35,7 @@ from imrelay.answer_streams import StreamStore
 from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import Settings
 from imrelay.delivery import Delivery, DeliveryContext, MediaSink, Requester, StreamingDelivery
-from imrelay.delivery.claims import Claim, DeliveryClaims, Held
+from imrelay.delivery.claims import Claim, DeliveryClaims, Held, busy_retry_delay
 from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
 from imrelay.errors import DeliveryBusy, PermanentUpstreamError, UpstreamError
@@ -60,9 +61,22 @@ class Sender:
     broker: NatsBroker
     claims: DeliveryClaims
     limiter: RateLimiter
+    tokens: TokenCache | None = None
     deliveries: dict[str, Delivery] = field(default_factory=dict)
     media: MediaStore | None = None
     _last_update: dict[str, float] = field(default_factory=dict)
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run bookkeeping that nothing waits for (metrics) off the delivery's path."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Let the bookkeeping still running finish (on stop)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5)
 
     async def dead_letter(
         self, msg: NatsMessage, platform: str, bot: str, reason: str, code: str | int | None, msg_id: str
@@ -85,6 +99,11 @@ class Sender:
         log.error("dead-lettered reply %s (%s): %s%s", msg_id, code, reason, platform_hint(platform, code))
 
     async def handle(self, msg: NatsMessage) -> None:
+        # in progress while handled, so the ack wait can be short (a dead sender's replies go out soon)
+        async with in_progress(msg, self.settings.sender.ack_wait_seconds):
+            await self._handle(msg)
+
+    async def _handle(self, msg: NatsMessage) -> None:
         raw = msg.raw_message
         try:
             chunk = ReplyChunk.model_validate_json(raw.data)
@@ -119,8 +138,7 @@ class Sender:
             return
         streamed = self._last_update.pop(chunk.reply_id, None) is not None
         try:
-            async with in_progress(msg, self.settings.sender.ack_wait_seconds):
-                await self.deliver(delivery, chunk, first_reply_shown=streamed)
+            await self.deliver(delivery, chunk, first_reply_shown=streamed)
         except PermanentUpstreamError as exc:
             DELIVERIES.labels(platform=chunk.platform, bot=chunk.bot_id, outcome="failed").inc()
             await self.dead_letter(
@@ -129,7 +147,8 @@ class Sender:
             await msg.ack()
         except DeliveryBusy:
             # Another copy of this chunk is being delivered right now: look again later.
-            await msg.nack(delay=self.settings.sender.backoff_max_seconds)
+            cfg = self.settings.sender
+            await msg.nack(delay=busy_retry_delay(cfg.claim_timeout_seconds, cfg.backoff_max_seconds))
         except Exception as exc:
             delivered = raw.metadata.num_delivered
             code = exc.code if isinstance(exc, UpstreamError) else type(exc).__name__
@@ -193,7 +212,7 @@ class Sender:
             await delivery.update(chunk, text)
             DELIVERIES.labels(outcome="update", **labels).inc()
             if previous is None:
-                await self._first_shown(chunk, labels)
+                self._later(self._first_shown(chunk, labels))
         except Exception as exc:  # a missed update is made good by the next one
             DELIVERIES.labels(outcome="update_failed", **labels).inc()
             log.info("reply %s: update skipped (%s)", chunk.reply_id, type(exc).__name__)
@@ -210,14 +229,15 @@ class Sender:
             if claim is Claim.BUSY:
                 raise DeliveryBusy(record)
             try:
-                await self._send_with_retries(delivery, chunk, part, index)
+                async with self.claims.kept(record, claim):
+                    await self._send_with_retries(delivery, chunk, part, index)
             except BaseException:
                 await self.claims.release(record, claim)
                 raise
             await self.claims.done(record, claim)
             DELIVERIES.labels(outcome="ok", **labels).inc()
             if index == 0 and not first_reply_shown:
-                await self._first_shown(chunk, labels)
+                self._later(self._first_shown(chunk, labels))
 
         if chunk.media:
             await self._deliver_media(delivery, chunk, len(parts))
@@ -235,9 +255,10 @@ class Sender:
             if claim is Claim.BUSY:
                 raise DeliveryBusy(record)
             try:
-                line = await self._send_media(delivery, chunk, ref, parts + index)
-                if line is not None:  # the image cannot be shown: say so instead
-                    await self._send_with_retries(delivery, chunk, line, parts + index)
+                async with self.claims.kept(record, claim):  # an upload may take a while
+                    line = await self._send_media(delivery, chunk, ref, parts + index)
+                    if line is not None:  # the image cannot be shown: say so instead
+                        await self._send_with_retries(delivery, chunk, line, parts + index)
             except BaseException:
                 await self.claims.release(record, claim)
                 raise
@@ -348,7 +369,9 @@ def build_sender(
     tokens = TokenCache(buckets.tokens, skew=cfg.token_refresh_skew_seconds)
     claims = DeliveryClaims(buckets.deliveries, stale_after=cfg.claim_timeout_seconds)
     limiter = RateLimiter(buckets.ratelimits, margin=cfg.rate_limit_margin_seconds)
-    sender = Sender(settings=settings, broker=broker, claims=claims, limiter=limiter, media=media)
+    sender = Sender(
+        settings=settings, broker=broker, claims=claims, limiter=limiter, tokens=tokens, media=media
+    )
     ctx = DeliveryContext(
         settings=settings,
         client=client,

@@ -2,17 +2,21 @@
 
 States of a record (key ``reply.<reply id>.<part>``): absent -> ``pending`` (claimed with compare-and-set by
 the replica about to post) -> ``done`` (the platform accepted it). A ``pending`` older than ``stale_after``
-belongs to a replica that died mid-post and may be taken over; the bucket's TTL forgets records after the
-dedupe window.
+belongs to a replica that died mid-post and may be taken over; the replica posting keeps its claim fresh
+(:meth:`DeliveryClaims.kept`: the ``at`` of its record rewritten three times per ``stale_after``), so a
+slow post, retries included, is never taken for a dead one, and ``stale_after`` can be short. The bucket's
+TTL forgets records after the dedupe window.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from nats.js.kv import KeyValue
@@ -27,11 +31,22 @@ class Claim(enum.Enum):
     BUSY = "busy"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Held:
-    """A claim this replica holds: the KV revision it wrote."""
+    """A claim this replica holds: the KV revision it wrote last (:meth:`DeliveryClaims.kept` moves it)."""
 
     revision: int
+
+
+def refresh_interval(stale_after: float) -> float:
+    """How often a held claim is rewritten: three times before it could be taken for a dead replica's."""
+    return max(stale_after / 3, 0.1)
+
+
+def busy_retry_delay(stale_after: float, backoff_max: float) -> float:
+    """When to look again at a record another copy is posting: soon enough to take over a dead replica's
+    claim about when it goes stale, not so often that a live one's long post is polled."""
+    return min(backoff_max, max(stale_after / 2, 0.5))
 
 
 def _state(value: bytes | None) -> tuple[str, float]:
@@ -69,6 +84,49 @@ class DeliveryClaims:
             taken = await update_if_revision(self.kv, record, self._pending(), entry.revision)
             return Claim.BUSY if taken is None else Held(taken)
         return Claim.BUSY
+
+    async def refresh(self, record: str, held: Held) -> bool:
+        """Show the claim is still being worked on (a new ``at``); False if it was taken over meanwhile."""
+        taken = await update_if_revision(self.kv, record, self._pending(), held.revision)
+        if taken is None:
+            return False
+        held.revision = taken
+        return True
+
+    @contextlib.asynccontextmanager
+    async def kept(self, record: str, held: Held) -> AsyncIterator[None]:
+        """While the block runs (a post, with its retries), keep ``held`` fresh so no other replica takes
+        it over; a block shorter than :func:`refresh_interval` costs a timer, no KV call."""
+        loop = asyncio.get_running_loop()
+        interval = refresh_interval(self.stale_after)
+        running: set[asyncio.Task[None]] = set()
+
+        async def refresh() -> None:
+            try:
+                if not await self.refresh(record, held):
+                    log.warning("delivery claim %s was taken over while posting", record)
+            except Exception as exc:  # the next beat tries again
+                log.info("could not refresh delivery claim %s (%s)", record, type(exc).__name__)
+
+        timer: asyncio.TimerHandle | None = None
+
+        def beat() -> None:
+            nonlocal timer
+            if not running:  # one refresh at a time: each needs the revision the previous one wrote
+                task = loop.create_task(refresh())
+                running.add(task)
+                task.add_done_callback(running.discard)
+            timer = loop.call_later(interval, beat)
+
+        timer = loop.call_later(interval, beat)
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+            for task in list(running):  # let a refresh in flight finish: done() needs its revision
+                with contextlib.suppress(Exception):
+                    await task
 
     async def done(self, record: str, held: Held | Claim) -> None:
         assert isinstance(held, Held)

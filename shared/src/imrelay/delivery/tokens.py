@@ -14,6 +14,8 @@
   :class:`TokenUnavailable` at once instead of hammering the endpoint.
 * Every token the cache hands out, fetched here or by another replica, is masked in this process's logs
   and traces from then on (:func:`imrelay.redact.protect_obtained`).
+* With :meth:`TokenCache.watch` running, the records are kept in the process, fresh from a watch on the
+  bucket, and a send costs no KV call; a refresh still reads the bucket itself.
 * :meth:`TokenCache.invalidate` drops a token the platform rejected (40014/42001), only if the record
   still holds that very token, so one bad answer causes one refresh cluster-wide.
 """
@@ -21,6 +23,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -145,6 +148,8 @@ class TokenCache:
         self.poll_interval = poll_interval
         self._locks: dict[str, asyncio.Lock] = {}
         self._owner = f"{os.getpid()}-{id(self)}"
+        self._local: dict[str, TokenRecord] = {}  # the bucket's records, while the watch is live
+        self._watching = False
 
     async def read(self, key: str) -> TokenRecord | None:
         entry = await read(self.kv, key)
@@ -155,8 +160,46 @@ class TokenCache:
             protect_obtained(rec.token)
         return rec
 
+    def seen(self, key: str, value: bytes | None, deleted: bool) -> None:
+        """One update of the bucket, from the watch: keep the token records, forget deleted ones."""
+        rec = None if deleted else TokenRecord.from_json(value or b"")
+        if rec is None:
+            self._local.pop(key, None)
+            return
+        protect_obtained(rec.token)
+        self._local[key] = rec
+
+    async def watch(self, retry_seconds: float = 1.0) -> None:
+        """Keep the bucket's token records in the process until cancelled; :meth:`get` then reads them
+        from here. While the watch is down (NATS unreachable), :meth:`get` reads the bucket again."""
+        while True:
+            watcher = None
+            try:
+                watcher = await self.kv.watchall()
+                async for entry in watcher:
+                    if entry is None:  # the records there were at the start have all come
+                        self._watching = True
+                        continue
+                    self.seen(entry.key, entry.value, entry.operation in ("DEL", "PURGE"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("token bucket watch interrupted (%s); reading the bucket meanwhile", exc)
+            finally:
+                self._watching = False
+                self._local.clear()
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(retry_seconds)
+
+    async def _cached(self, key: str) -> TokenRecord | None:
+        if self._watching:
+            return self._local.get(key)
+        return await self.read(key)
+
     async def get(self, key: str, fetch: Fetch, *, renew_early: bool = True) -> str:
-        rec = await self.read(key)
+        rec = await self._cached(key)
         if rec is not None and not needs_refresh(rec, self.clock(), self.skew):
             return rec.token
         lock = self._locks.setdefault(key, asyncio.Lock())
@@ -225,6 +268,8 @@ class TokenCache:
                         token, expires_in, self.clock(), rec, renew_early=renew_early, skew=self.skew
                     )
                     await self.kv.put(key, fresh.to_json())
+                    if self._watching:
+                        self._local[key] = fresh
                     return token
                 finally:
                     await self._unlock(key)
@@ -259,6 +304,9 @@ class TokenCache:
 
     async def invalidate(self, key: str, token: str) -> None:
         """Forget ``token`` if it is still the cached one (the platform said it is invalid)."""
+        local = self._local.get(key)
+        if local is not None and local.token == token:
+            del self._local[key]
         entry = await read(self.kv, key)
         if entry is None:
             return
