@@ -63,16 +63,18 @@ MEANINGS: dict[str, str] = {
     "IngressConfig.max_body_bytes": "Callbacks with a larger body are answered 413.",
     "AdminConfig.host": "Address the admin port (`/metrics`, `/healthz`, `/readyz`) listens on.",
     "AdminConfig.port": "The admin port; `IMRELAY_ADMIN_PORT` overrides it (one per service on a host).",
-    "WorkerConfig.concurrency": "Answers one llm-worker replica produces at the same time.",
+    "WorkerConfig.concurrency": "Answers one llm-worker replica produces at the same time (each mostly "
+    "waits on the model: a thousand or more fit in one process).",
     "WorkerConfig.ack_wait_seconds": "A message not acknowledged (nor marked in progress) this long is "
-    "redelivered to another worker.",
+    "redelivered to another worker; a worker reports its messages in progress three times per ack wait, "
+    "so this is about how soon a killed worker's conversations resume elsewhere.",
     "WorkerConfig.max_deliver": "Deliveries of one inbound message before it goes to the dead letters.",
     "WorkerConfig.answer_timeout_seconds": "An answer still streaming after this long is cut short (the "
     "user gets what came, with a notice).",
     "RateLimitConfig.limit": "Messages allowed per window.",
     "RateLimitConfig.window_seconds": "The window's length in seconds.",
     "SenderConfig.ack_wait_seconds": "A reply not acknowledged (nor marked in progress) this long is "
-    "redelivered to another sender.",
+    "redelivered to another sender; a sender reports its replies in progress three times per ack wait.",
     "SenderConfig.max_deliver": "Deliveries of one reply chunk before it goes to the dead letters.",
     "SenderConfig.max_attempts": "Platform calls per delivery before it is given back for redelivery.",
     "SenderConfig.backoff_base_seconds": "First pause between retries of a failed platform call "

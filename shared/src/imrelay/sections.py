@@ -163,8 +163,12 @@ class AdminConfig(ConfigModel):
 
 
 class WorkerConfig(ConfigModel):
-    concurrency: int = Field(default=16, ge=1, le=1024)
-    ack_wait_seconds: float = Field(default=30.0, gt=1)
+    # Answers one worker process streams at once. Each mostly waits on the model (a connection and a few
+    # tens of kilobytes each): a thousand or more fit in one process.
+    concurrency: int = Field(default=256, ge=1, le=10_000)
+    # A message a worker holds is redelivered to another this long after the worker stops reporting it in
+    # progress (it reports three times per ack wait): how soon a killed worker's conversations resume.
+    ack_wait_seconds: float = Field(default=6.0, gt=1)
     max_deliver: int = Field(default=5, ge=1)
     answer_timeout_seconds: float = Field(default=120.0, gt=0)
     # Deltas are coalesced for this long before one reply chunk is published.
@@ -182,7 +186,9 @@ class RateLimitConfig(ConfigModel):
 
 
 class SenderConfig(ConfigModel):
-    ack_wait_seconds: float = Field(default=60.0, gt=1)
+    # A reply a sender holds is redelivered to another this long after the sender stops reporting it in
+    # progress (it reports three times per ack wait).
+    ack_wait_seconds: float = Field(default=6.0, gt=1)
     max_deliver: int = Field(default=8, ge=1)
     max_attempts: int = Field(default=4, ge=1, le=20)
     backoff_base_seconds: float = Field(default=0.5, gt=0)
@@ -191,9 +197,10 @@ class SenderConfig(ConfigModel):
     token_refresh_skew_seconds: float = Field(default=300.0, ge=0)
     # How long to wait after a platform's frequency-limit answer that names no retry-after.
     rate_limit_backoff_seconds: float = Field(default=60.0, ge=0)
-    # A delivery claimed by a replica that then died is taken over after this long. Keep it above the
-    # longest platform call with its retries (about max_attempts x http_timeout_seconds).
-    claim_timeout_seconds: float = Field(default=120.0, gt=0)
+    # A delivery claimed by a replica that then died is taken over after this long. The replica posting
+    # rewrites its claim three times per this long, however long the platform takes: a dead replica's held
+    # replies go out after about this long plus the ack wait's share.
+    claim_timeout_seconds: float = Field(default=6.0, gt=0)
     # Limits by scope (each platform names its scopes and their defaults: `imrelay config reference`);
     # entries here replace the defaults of the same name.
     rate_limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
