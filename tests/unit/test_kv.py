@@ -6,6 +6,7 @@ import json
 
 import pytest
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from imrelay import kv as cas
 from imrelay.answer_streams import KVStreamStore
@@ -178,3 +179,29 @@ async def test_answer_stream_open_keeps_an_existing_stream() -> None:
     rec = await store.get("b", "s1")
     assert rec is not None and (rec.content, rec.finish) == ("so far", False)
     assert await store.get("b", "missing") is None
+
+
+class CountingKV(FakeKV):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, key: str, revision: int | None = None, validate_keys: bool = True) -> KeyValue.Entry:
+        self.reads += 1
+        return await super().get(key, revision, validate_keys)
+
+
+async def test_rate_limiter_writes_once_per_send_while_no_other_replica_writes() -> None:
+    kv = CountingKV()
+    now = [100.0]
+    limiter = RateLimiter(kv, margin=0.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert await limiter.acquire("rl.k", Limit(5, 10.0)) == 0.0
+        now[0] += 1.0
+    assert kv.writes == [("create", "rl.k"), ("update", "rl.k"), ("update", "rl.k")]
+    assert kv.reads == 0
+    # another replica sends: this one's next write fails on the revision, then it reads and decides again
+    await kv.put("rl.k", json.dumps([101.0, 102.0, 103.0, now[0]]).encode())
+    assert await limiter.acquire("rl.k", Limit(5, 10.0)) == 0.0
+    assert kv.reads == 1
+    assert len(json.loads(kv.value("rl.k") or b"[]")) == 5  # its send counted beside the other's four

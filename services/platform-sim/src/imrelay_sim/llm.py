@@ -22,7 +22,8 @@ for the next requests), ``reject_key_next`` (how many next requests get the 401 
 wrong key, which quotes the key: ``Incorrect API key provided: sk-...``), ``stall_after`` (chunks before
 the stream goes silent), ``pause_after`` + ``pause_seconds`` (after that many chunks the model says nothing
 for a while, then goes on). ``GET /sim/llm`` lists the recent requests (with ``_api`` naming which one),
-and ``first_token_at``, when each first piece was sent.
+and ``first_token_at``, when each first piece was sent; ``GET /sim/llm/streams`` how many answers are
+streaming now, the most there were at once, and when each answer began (question, time).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class LLMState:
     files: dict[str, tuple[str, str, str, str]] = field(
         default_factory=dict
     )  # Dify id -> user, name, mime, sha
+    started_at: list[tuple[str, float]] = field(default_factory=list)  # (question, time)
+    active: int = 0  # answers streaming now
+    peak: int = 0  # the most answers streaming at once
 
 
 DIFY_MAX_UPLOAD = 15 * 1024 * 1024
@@ -150,6 +154,17 @@ def routes() -> list[Route]:
         return re.findall(r"\S+\s*|\s+", f"You said: {question}")
 
     async def paced(pieces: list[str], render: Callable[[str], str], question: str) -> AsyncIterator[str]:
+        state.started_at.append((question, time.time()))
+        del state.started_at[:-20000]
+        state.active += 1
+        state.peak = max(state.peak, state.active)
+        try:
+            async for chunk in _paced(pieces, render, question):
+                yield chunk
+        finally:
+            state.active -= 1
+
+    async def _paced(pieces: list[str], render: Callable[[str], str], question: str) -> AsyncIterator[str]:
         for i, piece in enumerate(pieces):
             if state.stall_after is not None and i >= state.stall_after:
                 await asyncio.sleep(3600)
@@ -350,6 +365,9 @@ def routes() -> list[Route]:
     async def first_tokens(_: Request) -> Response:
         return JSONResponse(state.first_token_at)
 
+    async def streams(_: Request) -> Response:
+        return JSONResponse({"active": state.active, "peak": state.peak, "started": state.started_at})
+
     return [
         Route("/v1/chat/completions", openai_endpoint("openai"), methods=["POST"]),
         Route("/v1/chat-messages", dify, methods=["POST"]),
@@ -358,4 +376,5 @@ def routes() -> list[Route]:
         Route("/sim/llm", control, methods=["POST"]),
         Route("/sim/llm", last_requests, methods=["GET"]),
         Route("/sim/llm/first-tokens", first_tokens, methods=["GET"]),
+        Route("/sim/llm/streams", streams, methods=["GET"]),
     ]

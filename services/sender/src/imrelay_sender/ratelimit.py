@@ -4,7 +4,10 @@ in the ``imrelay_ratelimits`` KV bucket and updated with compare-and-set.
 * :func:`admit` is the pure rule: given the send times of the last window, may one more go now, and if not,
   how long until it may.
 * :class:`RateLimiter` applies it to a KV record: read, decide, write back with the revision read; a
-  replica that lost the race reads again. A message that may not go yet *waits* (the caller keeps its
+  replica that lost the race reads again. It remembers what it last wrote (revision and send times) and
+  decides on that without reading: while no other replica wrote meanwhile, a send costs one write (a
+  scope never seen costs one create); when one did, the write fails on the revision and the record is
+  read. A message that may not go yet *waits* (the caller keeps its
   JetStream message alive meanwhile) instead of failing.
 
 The window is widened by ``margin`` seconds: the platform counts a message when it arrives, which is a
@@ -56,22 +59,35 @@ class RateLimiter:
         self.margin = margin
         self.clock = clock
         self._sleep = sleep
+        self._known: dict[str, tuple[int, list[float]]] = {}  # key -> what this process wrote last
+
+    def _remember(self, key: str, revision: int, times: list[float]) -> None:
+        self._known[key] = (revision, times)
+        if len(self._known) > 10_000:  # scopes not used for a while: forget the oldest
+            for stale in list(self._known)[:1000]:
+                del self._known[stale]
 
     async def acquire(self, key: str, limit: Limit) -> float:
         """Wait until one more send under ``key`` keeps within ``limit``; return the seconds waited."""
         started = self.clock()
         window = limit.window + self.margin
+        known = self._known.pop(key, None)
+        # first, what this process wrote last (or, for a scope it never wrote, an absent record)
+        revision, times = known if known is not None else (None, [])
         while True:
-            entry = await read(self.kv, key)
-            revision, times = (None, []) if entry is None else (entry.revision, _times(entry.value))
             now = self.clock()
             allowed, new_times, wait = admit(times, now, limit.limit, window)
             if allowed:
-                if await update_if_revision(self.kv, key, json.dumps(new_times).encode(), revision) is None:
-                    continue  # another replica sent meanwhile: decide again
-                return now - started
-            # jitter spreads the waiters that a freed slot wakes at once
-            await self._sleep(wait + random.uniform(0, min(0.05, limit.window / 20)))  # noqa: S311
+                written = await update_if_revision(self.kv, key, json.dumps(new_times).encode(), revision)
+                if written is not None:
+                    self._remember(key, written, new_times)
+                    return now - started
+                # another replica sent meanwhile (or the guess was stale): decide again on the record
+            else:
+                # jitter spreads the waiters that a freed slot wakes at once
+                await self._sleep(wait + random.uniform(0, min(0.05, limit.window / 20)))  # noqa: S311
+            entry = await read(self.kv, key)
+            revision, times = (None, []) if entry is None else (entry.revision, _times(entry.value))
 
 
 def _times(value: bytes | None) -> list[float]:

@@ -188,7 +188,8 @@ class WeComAIBotDelivery:
         if claim is Claim.BUSY:
             return False
         try:
-            await self._via_connector(chunk, index, part, True)
+            async with self.claims.kept(record, claim):
+                await self._via_connector(chunk, index, part, True)
         except BaseException:
             await self.claims.release(record, claim)
             raise
