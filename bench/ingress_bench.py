@@ -25,7 +25,7 @@ from typing import Any
 
 import nats
 import yaml
-from _common import free_port, start_cluster, stop_all, wait_http
+from _common import figure, free_port, record, start_cluster, stop_all, wait_http
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
@@ -250,6 +250,38 @@ def main() -> None:
             "stopped are stored too)"
         )
         print(f"machine: {os.cpu_count()} cores shared by wrk, uvicorn and nats-server (3 of them for R3)")
+        figures = []
+        for c in CONCURRENCIES:
+            bare = rows[c]["bare"]
+            for label, r in (("1 process", rows[c]["one"]), (f"{WORKERS} processes", rows[c]["multi"])):
+                figures.append(
+                    figure(
+                        f"ingress c{c}, {label}: callbacks/s",
+                        r["rps"],
+                        "req/s",
+                        baseline=bare["rps"],
+                        baseline_name="bare Starlette endpoint",
+                    )
+                )
+                figures.append(
+                    figure(
+                        f"ingress c{c}, {label}: p99",
+                        r["p99"] * 1e3,
+                        "ms",
+                        baseline=bare["p99"] * 1e3,
+                        baseline_name="bare Starlette endpoint",
+                    )
+                )
+        figures.append(
+            figure(
+                f"ingress c{top}, 3-node cluster R3: callbacks/s",
+                r3["rps"],
+                "req/s",
+                baseline=one["rps"],
+                baseline_name="the same on a single node",
+            )
+        )
+        print(f"results: {record('ingress', figures)}")
     finally:
         stop_all(procs)
         server.cleanup()

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import nats
 import yaml
-from _common import free_port, stop_all, wait_http
+from _common import figure, free_port, record, stop_all, wait_http
 
 from imrelay import subjects
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
@@ -186,6 +186,27 @@ def main() -> None:
             f"{elapsed:.1f}s, {PARTITIONS} partitions, {os.cpu_count()} cores shared with nats-server "
             "and the simulator)"
         )
+        path = record(
+            "sender",
+            [
+                figure(
+                    "sender deliveries/s, 1 replica",
+                    rate,
+                    "msgs/s",
+                    baseline=direct,
+                    baseline_name="message/send straight to the simulator",
+                ),
+                figure(
+                    "sender / direct ratio",
+                    rate / direct,
+                    "ratio",
+                    baseline=1.0,
+                    baseline_name="posting directly",
+                    target=">= 0.6",
+                ),
+            ],
+        )
+        print(f"results: {path}")
     finally:
         stop_all(procs)
         log.close()
