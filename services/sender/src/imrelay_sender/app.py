@@ -18,6 +18,7 @@ dead-lettered for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -137,8 +138,9 @@ class Sender:
             await msg.ack()
             return
         streamed = self._last_update.pop(chunk.reply_id, None) is not None
+        finish: Coroutine[Any, Any, None] | None = None
         try:
-            await self.deliver(delivery, chunk, first_reply_shown=streamed)
+            finish = await self.deliver(delivery, chunk, first_reply_shown=streamed)
         except PermanentUpstreamError as exc:
             DELIVERIES.labels(platform=chunk.platform, bot=chunk.bot_id, outcome="failed").inc()
             await self.dead_letter(
@@ -182,6 +184,10 @@ class Sender:
                 await msg.nack(delay=delay)
         else:
             await msg.ack()
+            if finish is not None:
+                # The last part's delivery record is written while the next reply is fetched: acked, this
+                # chunk is never redelivered, so nothing reads the record before it is written.
+                self._later(finish)
 
     async def _placeholder(self, delivery: Delivery, chunk: ReplyChunk, msg: NatsMessage) -> None:
         """Post the "thinking…" message once; failing to is not worth a retry (the answer follows)."""
@@ -217,30 +223,53 @@ class Sender:
             DELIVERIES.labels(outcome="update_failed", **labels).inc()
             log.info("reply %s: update skipped (%s)", chunk.reply_id, type(exc).__name__)
 
-    async def deliver(self, delivery: Delivery, chunk: ReplyChunk, first_reply_shown: bool = False) -> None:
+    async def deliver(
+        self, delivery: Delivery, chunk: ReplyChunk, first_reply_shown: bool = False
+    ) -> Coroutine[Any, Any, None] | None:
+        """Post the parts not posted yet. Returns the writing of the last posted part's delivery record,
+        for the caller to run once the chunk is acknowledged (None: nothing left to write)."""
         labels = {"platform": chunk.platform, "bot": chunk.bot_id}
         parts = delivery.render(chunk)
+        finish: Coroutine[Any, Any, None] | None = None
+        images = bool(chunk.media) and isinstance(delivery, MediaSink) and not delivery.media_inline
         for index, part in enumerate(parts):
             record = kv_key("reply", chunk.reply_id, str(index))
-            claim = await self.claims.claim(record)
+            # the rate-limit window is asked for while the part is claimed: two round trips at once
+            limits = asyncio.ensure_future(self._within_limits(delivery, chunk))
+            try:
+                claim = await self.claims.claim(record)
+            except BaseException:
+                await _cancel(limits)
+                raise
             if claim is Claim.DONE:
+                await _cancel(limits)
                 DELIVERIES.labels(outcome="duplicate_skipped", **labels).inc()
                 continue
             if claim is Claim.BUSY:
+                await _cancel(limits)
                 raise DeliveryBusy(record)
             try:
                 async with self.claims.kept(record, claim):
-                    await self._send_with_retries(delivery, chunk, part, index)
+                    await self._send_with_retries(delivery, chunk, part, index, limits)
             except BaseException:
                 await self.claims.release(record, claim)
                 raise
-            await self.claims.done(record, claim)
+            if index == len(parts) - 1 and not images:
+                finish = self._record_done(record, claim)
+            else:
+                await self.claims.done(record, claim)
             DELIVERIES.labels(outcome="ok", **labels).inc()
             if index == 0 and not first_reply_shown:
                 self._later(self._first_shown(chunk, labels))
-
-        if chunk.media:
+        if images:  # the answer's images follow its text, each recorded as it is sent
             await self._deliver_media(delivery, chunk, len(parts))
+        return finish
+
+    async def _record_done(self, record: str, claim: Held) -> None:
+        try:
+            await self.claims.done(record, claim)
+        except Exception as exc:  # acked: the chunk is not redelivered, the missing record is never read
+            log.warning("delivery record %s not written (%s)", record, type(exc).__name__)
 
     async def _deliver_media(self, delivery: Delivery, chunk: ReplyChunk, parts: int) -> None:
         if not isinstance(delivery, MediaSink) or delivery.media_inline:
@@ -318,8 +347,17 @@ class Sender:
             if waited > 0:
                 RATE_LIMIT_WAIT.labels(platform=chunk.platform, bot=chunk.bot_id).observe(waited)
 
-    async def _send_with_retries(self, delivery: Delivery, chunk: ReplyChunk, part: str, index: int) -> None:
-        await self._with_retries(chunk, index, lambda: delivery.send(chunk, part, index), delivery)
+    async def _send_with_retries(
+        self,
+        delivery: Delivery,
+        chunk: ReplyChunk,
+        part: str,
+        index: int,
+        limits: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Send one part, retrying transient failures; ``limits``, when given, is the first attempt's
+        rate-limit wait, already under way."""
+        await self._with_retries(chunk, index, lambda: delivery.send(chunk, part, index), delivery, limits)
 
     async def _with_retries(
         self,
@@ -327,6 +365,7 @@ class Sender:
         index: int,
         send: Callable[[], Awaitable[None]],
         delivery: Delivery | None = None,
+        limits: asyncio.Future[None] | None = None,
     ) -> None:
         """``send`` within the platform's limits, transient failures retried with backoff."""
         delivery = delivery or self.deliveries[chunk.bot_id]
@@ -335,7 +374,11 @@ class Sender:
         attempt = 0
         while True:
             attempt += 1
-            await self._within_limits(delivery, chunk)
+            if limits is not None:
+                await limits
+                limits = None
+            else:
+                await self._within_limits(delivery, chunk)
             try:
                 await send()
                 return
@@ -354,6 +397,12 @@ class Sender:
                     "reply %s part %d: %s; retry %d in %.2fs", chunk.reply_id, index, exc.code, attempt, delay
                 )
                 await asyncio.sleep(delay)
+
+
+async def _cancel(task: asyncio.Future[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 def build_sender(
