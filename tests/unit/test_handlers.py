@@ -208,6 +208,7 @@ async def sender_broker(
         capture(sender.broker, captured)
         async with TestNatsBroker(sender.broker) as broker:
             yield broker
+        await sender.drain()  # what runs after an ack (the last part's delivery record)
 
 
 async def publish_final(broker: object, body: bytes, delivery: int) -> None:
