@@ -9,8 +9,11 @@ from collections.abc import Callable
 
 import nats
 import pytest
+from faststream.nats import NatsMessage
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from imrelay import subjects
+from imrelay.broker import durable_consumer, make_broker, update_consumers
 from imrelay.config import NatsConfig
 from imrelay.delivery.tokens import TokenCache
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
@@ -236,5 +239,50 @@ async def test_a_watching_cache_follows_tokens_other_replicas_write_and_drop(
             assert await writer.get(key, fetch) == "tokB"  # written to the bucket for the others
         finally:
             watch.cancel()
+    finally:
+        await nc.close()
+
+
+async def test_a_consumer_made_by_an_earlier_version_gets_the_new_ack_wait(nats_server: EmbeddedNats) -> None:
+    cfg = NatsConfig(url=nats_server.url)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, cfg)
+        durable = f"old-{secrets.token_hex(4)}"
+        subject = subjects.outbound_partition_filter(0)
+        await js.add_consumer(
+            subjects.STREAM_OUT,
+            config=ConsumerConfig(
+                durable_name=durable,
+                name=durable,
+                filter_subject=subject,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=60,
+                max_deliver=9,
+                max_ack_pending=1,
+            ),
+        )
+        broker = make_broker(cfg, "sender", graceful_timeout=1.0)
+
+        async def handler(msg: NatsMessage) -> None:
+            await msg.ack()
+
+        durable_consumer(
+            broker,
+            subject=subject,
+            stream=subjects.STREAM_OUT,
+            durable=durable,
+            ack_wait=6.0,
+            max_deliver=8,
+            concurrency=1,
+            max_ack_pending=1,
+            handler=handler,
+        )
+        await update_consumers(js, broker)
+        info = await js.consumer_info(subjects.STREAM_OUT, durable)
+        assert (info.config.ack_wait, info.config.max_deliver) == (6.0, 9)  # max_deliver: one more, see there
+        assert info.config.filter_subject == subject and info.config.max_ack_pending == 1
+        await update_consumers(js, broker)  # already right: left alone
     finally:
         await nc.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -17,8 +19,10 @@ from faststream.nats.response import NatsPublishCommand
 from faststream.prometheus import ConsumeAttrs, MetricsSettingsProvider
 from faststream.prometheus.middleware import PrometheusMiddleware
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy as JsAckPolicy
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from prometheus_client import CollectorRegistry
 
 from . import subjects
@@ -31,9 +35,15 @@ __all__ = [
     "durable_consumer",
     "in_progress",
     "make_broker",
+    "update_consumers",
 ]
 
 NatsMsgs = Msg | Sequence[Msg]
+log = logging.getLogger("imrelay.broker")
+# the durable consumers each broker declared: (stream, subject, durable name, configuration)
+_declared: weakref.WeakKeyDictionary[NatsBroker, list[tuple[str, str, str, ConsumerConfig]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class _PatternLabels:
@@ -119,22 +129,48 @@ def durable_consumer(
     makes the consumer hand out one message at a time across all replicas (strict order). ``batch_size``
     messages are asked for per pull request (a burst is taken in fewer round trips); with ``concurrency``
     above 1 they are handed to the handlers as slots free up."""
+    config = ConsumerConfig(
+        ack_policy=JsAckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_deliver=max_deliver + 1,
+        deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=max_ack_pending,
+    )
+    _declared.setdefault(broker, []).append((stream, subject, durable, config))
     broker.subscriber(
         subject,
         stream=JStream(stream, declare=False),
         durable=durable,
         pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
-        config=ConsumerConfig(
-            ack_policy=JsAckPolicy.EXPLICIT,
-            ack_wait=ack_wait,
-            max_deliver=max_deliver + 1,
-            deliver_policy=DeliverPolicy.ALL,
-            max_ack_pending=max_ack_pending,
-        ),
+        config=config,
         ack_policy=AckPolicy.MANUAL,
         max_workers=concurrency,
         decoder=_the_message,
     )(_plain(handler))
+
+
+async def update_consumers(js: JetStreamContext, broker: NatsBroker) -> None:
+    """Bring the broker's existing durable consumers to their configuration (the ack wait, the deliveries,
+    the ack-pending cap): a consumer created by an earlier version keeps its own settings otherwise, as
+    subscribing to an existing durable consumer does not change it. Missing ones are left for the
+    broker to create."""
+    for stream, _subject, durable, config in _declared.get(broker, []):
+        try:
+            info = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            continue
+        current = info.config
+        wanted = (config.ack_wait, config.max_deliver, config.max_ack_pending)
+        if (current.ack_wait, current.max_deliver, current.max_ack_pending) == wanted:
+            continue
+        update = dataclasses.replace(
+            current,
+            ack_wait=config.ack_wait,
+            max_deliver=config.max_deliver,
+            max_ack_pending=config.max_ack_pending,
+        )
+        await js.add_consumer(stream, config=update)
+        log.info("consumer %s updated: ack wait %ss (was %ss)", durable, config.ack_wait, current.ack_wait)
 
 
 async def _the_message(msg: StreamMessage[Any]) -> StreamMessage[Any]:

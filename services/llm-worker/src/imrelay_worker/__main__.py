@@ -5,7 +5,10 @@ from __future__ import annotations
 import gc
 import logging
 
+from nats.js import JetStreamContext
+
 from imrelay import subjects
+from imrelay.broker import update_consumers
 from imrelay.config import load_settings
 from imrelay.jetstream import (
     connect_until_ready,
@@ -30,7 +33,10 @@ async def run() -> None:
     worker = build_worker(settings)
     instrument_httpx(worker.client)
 
+    control: list[JetStreamContext] = []  # the control connection's JetStream, once connected
+
     async def start() -> None:
+        await update_consumers(control[-1], worker.broker)
         await worker.broker.start()
         # What exists now lives as long as the process: out of the collector's sight, a full collection
         # walks only what messages left behind (else a pause of tens of ms, in the middle of a stream).
@@ -48,6 +54,7 @@ async def run() -> None:
 
     async def connect() -> Connected:
         nc, js = await connect_until_ready(settings.nats, "imrelay-worker-control")
+        control.append(js)
         if settings.memory.enabled:
             kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)
             worker.memory = MemoryStore(kv, settings.memory)

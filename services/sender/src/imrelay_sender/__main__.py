@@ -11,6 +11,7 @@ import httpx
 
 from imrelay import subjects
 from imrelay.answer_streams import KVStreamStore
+from imrelay.broker import update_consumers
 from imrelay.config import load_settings
 from imrelay.events import ConnectionAnswer, ConnectionRequest
 from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_media_store, ensure_streams_bucket
@@ -63,6 +64,7 @@ async def run() -> None:
             nonlocal watch
             if sender.tokens is not None:
                 watch = asyncio.create_task(sender.tokens.watch())
+            await update_consumers(js, sender.broker)
             await sender.broker.start()
             # What exists now lives as long as the process: out of the collector's sight, a full collection
             # walks only what messages left behind (else a pause of tens of ms, in the middle of a stream).
