@@ -301,12 +301,6 @@ def media_step(
 MAX_ACK_PENDING = 1_000_000
 
 
-def fetch_batch(concurrency: int) -> int:
-    """Messages asked for per pull request: a burst is taken in fewer round trips, while a message
-    fetched but waiting for a free slot (not yet reported in progress) stays rare."""
-    return max(1, min(16, concurrency // 16))
-
-
 def http_limits(concurrency: int) -> httpx.Limits:
     """The worker's connection pool: one connection per answer it may stream at once (each holds one
     for its whole stream), and as many kept alive for the next ones."""
@@ -334,7 +328,6 @@ def build_worker(settings: Settings, client: httpx.AsyncClient | None = None) ->
         # The limit is each replica's concurrency; the consumer's own cap (shared by every replica; the
         # server's default is 1,000) must not be the lower one.
         max_ack_pending=MAX_ACK_PENDING,
-        batch_size=fetch_batch(wcfg.concurrency),
         handler=worker.handle,
     )
     return worker
