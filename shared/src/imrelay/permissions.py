@@ -56,7 +56,7 @@ def _streams(*names: str) -> list[str]:
 
 
 def _kv(*buckets: str) -> list[str]:
-    """Read and write the named KV buckets (and create them when missing)."""
+    """Read, write and watch the named KV buckets (and create them when missing)."""
     out: list[str] = []
     for b in buckets:
         out += [
@@ -65,6 +65,11 @@ def _kv(*buckets: str) -> list[str]:
             f"{API}.STREAM.CREATE.KV_{b}",
             f"{API}.DIRECT.GET.KV_{b}.>",
             f"{API}.STREAM.MSG.GET.KV_{b}",
+            # watching a bucket (the sender's in-process token copy): an ordered consumer on its stream
+            f"{API}.CONSUMER.CREATE.KV_{b}",
+            f"{API}.CONSUMER.CREATE.KV_{b}.>",
+            f"{API}.CONSUMER.INFO.KV_{b}.>",
+            f"{API}.CONSUMER.DELETE.KV_{b}.>",
         ]
     return out
 
@@ -84,6 +89,7 @@ def _objects(*buckets: str) -> list[str]:
             f"{API}.DIRECT.GET.{stream}.>",
             f"{API}.CONSUMER.CREATE.{stream}",
             f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.INFO.{stream}.>",
             f"{API}.CONSUMER.DELETE.{stream}.>",
         ]
     return out
@@ -100,6 +106,7 @@ def _objects_read(*buckets: str) -> list[str]:
             f"{API}.DIRECT.GET.{stream}.>",
             f"{API}.CONSUMER.CREATE.{stream}",
             f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.INFO.{stream}.>",
             f"{API}.CONSUMER.DELETE.{stream}.>",
         ]
     return out
