@@ -206,3 +206,23 @@ async def test_entries_expire(nats_server: EmbeddedNats) -> None:
         await asyncio.sleep(0.25)
     await js.delete_object_store("imrelay_media")
     await nc.close()
+
+
+class BrokenSource:
+    media_inline = False
+
+    async def fetch_media(
+        self, inbound: InboundMessage, attachment: Attachment, download: Downloader
+    ) -> Fetched:
+        raise httpx.ConnectError("platform unreachable")
+
+
+async def test_a_platform_failing_unexpectedly_gives_the_line_not_a_failed_message(
+    step: tuple[MediaStep, UrlSource],
+) -> None:
+    media, _ = step
+    broken = MediaStep(media.cfg, media.store, {"app": BrokenSource()}, media.client, media.direct)  # type: ignore[dict-item]
+    bot = make_settings([wecom_app_bot()]).bots[0]
+    got = await broken.gather(inbound(Attachment(kind="file", ref="media-id-1", name="a.pdf")), bot)
+    assert got.media == [] and [u.problem for u in got.unread] == [MediaProblem.DOWNLOAD_FAILED]
+    assert got.unread[0].line == "(I could not read your file: it could not be downloaded.)"

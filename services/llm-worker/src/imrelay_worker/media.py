@@ -126,7 +126,16 @@ class MediaStep:
             fetched = await delivery.fetch_media(inbound, attachment, download)
             if len(fetched.data) > limit:
                 raise MediaError(MediaProblem.OVERSIZE, f"{len(fetched.data)} bytes")
-        except MediaError as exc:
+        except Exception as exc:  # a platform's failure is the user's line, never a failed message
+            if not isinstance(exc, MediaError):
+                log.warning(
+                    "inbound %s: %s %d: download failed (%s)",
+                    inbound.id,
+                    kind.value,
+                    index,
+                    type(exc).__name__,
+                )
+                exc = MediaError(MediaProblem.DOWNLOAD_FAILED, type(exc).__name__)
             log.info(
                 "inbound %s: %s %d not read (%s)", inbound.id, kind.value, index, redact(exc.detail or "")
             )
