@@ -121,3 +121,28 @@ def test_dify_answer_images_become_links_on_the_dify_server() -> None:
     )
     assert file_link({"type": "document", "url": "https://x/a.pdf"}, "https://dify.corp/v1") is None
     assert file_link({"type": "image", "url": "javascript:1"}, "https://dify.corp/v1") is None
+
+
+async def test_voice_without_a_platform_transcript_goes_to_the_speech_to_text_endpoint(
+    client: httpx.AsyncClient,
+) -> None:
+    from imrelay.events import Chat, ChatType, InboundMessage, Sender
+    from imrelay.sections import MediaConfig
+    from imrelay_worker.media import MediaStep
+
+    voice = media(b"#!AMR\n" + bytes(range(200)), MediaKind.VOICE, "voice-1.amr", "audio/amr")
+    msg = InboundMessage(
+        id="m",
+        platform="qq",
+        bot_id="b",
+        platform_message_id="k",
+        chat=Chat(id="c", type=ChatType.DIRECT),
+        sender=Sender(id="u"),
+    )
+    off = MediaStep(MediaConfig(), None, {}, client, client)  # type: ignore[arg-type]
+    assert await off.transcribe(msg, voice) is None  # not configured: the user is told instead
+    cfg = MediaConfig.model_validate(
+        {"speech_to_text": {"base_url": f"{SIM}/v1", "api_key": "sk-stt", "model": "whisper-1"}}
+    )
+    step = MediaStep(cfg, None, {}, client, client)  # type: ignore[arg-type]
+    assert await step.transcribe(msg, voice) == f"voice sha256={voice.ref.sha256}"

@@ -15,7 +15,9 @@ list of parts (vision) is read as its text parts, plus ``[image <type> sha256=<h
 with ``POST /v1/files/upload`` (multipart ``file`` + ``user``; 15 MB at most, 413 ``file_too_large``
 beyond) and a ``chat-messages`` request's ``files`` (``local_file`` ids uploaded by the same ``user``,
 else 400 ``invalid_param``) add ``[<type> <name> sha256=<hex>]`` to the question. A question holding an
-image link (``![alt](url)``) is echoed with it, so the answer carries an image.
+image link (``![alt](url)``) is echoed with it, so the answer carries an image. ``POST
+/v1/audio/transcriptions`` (multipart ``file`` + ``model``) transcribes any audio as
+``voice sha256=<hex>``.
 
 ``POST /sim/llm`` controls them all: ``token_delay`` (seconds between chunks), ``fail_next`` (HTTP statuses
 for the next requests), ``reject_key_next`` (how many next requests get the 401 an OpenAI-style API gives a
@@ -340,6 +342,17 @@ def routes() -> list[Route]:
             status_code=201,
         )
 
+    async def transcribe(request: Request) -> Response:
+        """OpenAI-style speech to text: the "transcript" names the sha256 of the audio it was given."""
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return JSONResponse({"error": {"message": "missing API key"}}, status_code=401)
+        async with request.form(max_part_size=25 * 1024 * 1024) as form:
+            upload, model = form.get("file"), form.get("model")
+            if isinstance(upload, str) or upload is None or not isinstance(model, str) or not model:
+                return JSONResponse({"error": {"message": "file and model are required"}}, status_code=400)
+            data = await upload.read()
+        return JSONResponse({"text": f"voice sha256={hashlib.sha256(data).hexdigest()}"})
+
     async def control(request: Request) -> Response:
         try:
             body = json.loads(await request.body() or b"{}")
@@ -372,6 +385,7 @@ def routes() -> list[Route]:
         Route("/v1/chat/completions", openai_endpoint("openai"), methods=["POST"]),
         Route("/v1/chat-messages", dify, methods=["POST"]),
         Route("/v1/files/upload", dify_upload, methods=["POST"]),
+        Route("/v1/audio/transcriptions", transcribe, methods=["POST"]),
         Route("/api/v1/chat/completions", openai_endpoint("fastgpt"), methods=["POST"]),
         Route("/sim/llm", control, methods=["POST"]),
         Route("/sim/llm", last_requests, methods=["GET"]),
