@@ -66,7 +66,11 @@ def wa(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> I
     for bot in bots:
         bot["api_base"] = sim
     s.config["bots"] = bots
-    s.config["media"] = {"allow_private_networks": ["127.0.0.0/8"], "max_bytes": MAX_BYTES}
+    s.config["media"] = {
+        "allow_private_networks": ["127.0.0.0/8"],
+        "max_bytes": MAX_BYTES,
+        "speech_to_text": {"base_url": f"{sim}/v1", "api_key": "sk-stt"},  # the simulator's
+    }
     with s.running():
         yield s
 
@@ -131,6 +135,14 @@ def test_a_voice_message_is_read_as_wecoms_recognition(wa: Stack) -> None:
     post(wa, "wa-vision", "what time is it", u, (voice,))
     assert "You said: what time is it" in answer(wa, "wa-vision", u, "the answer to the voice message")
     assert wa.sim_stats().get("media_get", 0) == before  # a transcribed voice message is not downloaded
+
+
+def test_a_voice_message_without_recognition_goes_to_speech_to_text(wa: Stack) -> None:
+    audio = b"#!AMR\n" + secrets.token_bytes(256)
+    voice = upload_media(wa.sim_url, audio, name="v.amr", kind="voice")
+    u = user()
+    post(wa, "wa-vision", "", u, (voice,))  # no Recognition: downloaded, then transcribed
+    assert f"You said: voice sha256={sha(audio)}" in answer(wa, "wa-vision", u, "the transcribed voice")
 
 
 def test_an_image_in_an_answer_is_shown_byte_exact(wa: Stack) -> None:
