@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,30 @@ def test_a_picture_above_the_limit_gets_a_polite_line(wa: Stack) -> None:
     # asked in ranges: never more than the limit plus one byte
     assert wa.sim_stats().get("wecom_media_bytes", 0) - sent_before <= MAX_BYTES + 1
     assert sha(big) not in text
+
+
+def test_a_message_redelivered_after_a_worker_is_killed_reuses_its_stored_picture(wa: Stack) -> None:
+    """The worker stored the picture, then died before answering: the message comes back (after the ack
+    wait) to a new worker, which answers from the stored bytes without asking WeCom again."""
+    labels = {"direction": "in", "platform": "wecom_app", "kind": "image"}
+    data = png(7, 7)
+    pic = upload_media(wa.sim_url, data, name="kept.png", kind="image")
+    httpx.post(f"{wa.sim_url}/sim/llm", json={"stall_after": 0}, timeout=5)  # the model never answers
+    try:
+        before = wa.sim_stats().get("media_get", 0)
+        stored = wa.metric("worker", "imrelay_media_total", {**labels, "outcome": "ok"})
+        u = user()
+        post(wa, "wa-vision", "", u, (pic,))
+        wa.wait_for(
+            lambda: wa.metric("worker", "imrelay_media_total", {**labels, "outcome": "ok"}) > stored,
+            what="the picture stored",
+        )
+        downloads = wa.sim_stats().get("media_get", 0) - before
+        assert downloads >= 1
+        wa.services["worker"].stop(signal.SIGKILL)
+    finally:
+        httpx.post(f"{wa.sim_url}/sim/llm", json={"stall_after": None}, timeout=5)
+    wa.services["worker"].start()
+    assert f"[image image/png sha256={sha(data)}]" in answer(wa, "wa-vision", u, "the answer after the kill")
+    assert wa.sim_stats().get("media_get", 0) - before == downloads  # not downloaded again
+    assert wa.metric("worker", "imrelay_media_total", {**labels, "outcome": "reused"}) == 1
