@@ -117,6 +117,39 @@ def start_cluster(root: Path, size: int = 3) -> tuple[list[subprocess.Popen[byte
     return procs, ",".join(f"nats://{h}:{client}" for h in hosts)
 
 
+BENCH_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"  # a WeCom EncodingAESKey (43 characters)
+
+
+def wecom_app_bot(bot_id: str, corp_id: str, sim: str) -> dict[str, Any]:
+    """A WeCom app bot of the benchmarks' configs, its API played by the simulator at ``sim``."""
+    return {
+        "id": bot_id,
+        "platform": "wecom_app",
+        "api_base": sim,
+        "credentials": {
+            "corp_id": corp_id,
+            "agent_id": "1000002",
+            "secret": "s",
+            "token": "benchtoken",
+            "encoding_aes_key": BENCH_KEY,
+        },
+    }
+
+
+def service_env(tmp: Path, config: dict[str, Any], nats_url: str, **extra: str) -> dict[str, str]:
+    """Write ``config`` to ``tmp/imrelay.yaml``; the environment of services reading it (quiet logs)."""
+    import yaml
+
+    (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
+    return dict(
+        os.environ,
+        IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
+        IMRELAY_NATS_URL=nats_url,
+        IMRELAY_LOG_LEVEL="WARNING",
+        **extra,
+    )
+
+
 def start_service(
     module: str, env: dict[str, str], log: IO[bytes], ready_url: str, *args: str
 ) -> subprocess.Popen[bytes]:

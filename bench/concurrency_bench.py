@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 import nats
-import yaml
-from _common import figure, free_port, record, rss_kib, start_service, stop_all
+from _common import figure, free_port, record, rss_kib, service_env, start_service, stop_all, wecom_app_bot
 
 from imrelay import subjects
 from imrelay.config import NatsConfig
@@ -32,7 +31,6 @@ from imrelay.natsserver import EmbeddedNats
 STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
 TOKEN_DELAY = float(os.environ.get("BENCH_TOKEN_DELAY", "1.0"))
 ALONE = 5  # conversations measured one at a time for the baseline
-KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -97,28 +95,9 @@ def main() -> None:
             },
             "memory": {"enabled": False},
             "worker": {"concurrency": max(STREAMS + 100, 256), "answer_timeout_seconds": 600},
-            "bots": [
-                {
-                    "id": "app",
-                    "platform": "wecom_app",
-                    "api_base": sim,
-                    "credentials": {
-                        "corp_id": "wwconcurrency0001",
-                        "agent_id": "1000002",
-                        "secret": "s",
-                        "token": "benchtoken",
-                        "encoding_aes_key": KEY,
-                    },
-                }
-            ],
+            "bots": [wecom_app_bot("app", "wwconcurrency0001", sim)],
         }
-        (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
-        env = dict(
-            os.environ,
-            IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
-            IMRELAY_NATS_URL=server.url,
-            IMRELAY_LOG_LEVEL="WARNING",
-        )
+        env = service_env(tmp, config, server.url)
         procs.append(
             start_service("imrelay_sim", env, log, f"{sim}/sim/stats", "serve", "--port", str(sim_port))
         )

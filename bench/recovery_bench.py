@@ -25,8 +25,7 @@ from typing import Any
 
 import httpx
 import nats
-import yaml
-from _common import figure, free_port, record, start_service, stop_all
+from _common import figure, free_port, record, service_env, start_service, stop_all, wecom_app_bot
 
 from imrelay import subjects
 from imrelay.config import NatsConfig
@@ -37,7 +36,6 @@ from imrelay.sections import SenderConfig, WorkerConfig
 
 CONVERSATIONS = int(os.environ.get("BENCH_RECOVERY_CONVERSATIONS", "24"))
 PARTITIONS = 16
-KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 # what a killed worker's / sender's replies waited for before (the ack wait; the claim takeover)
 OLD_WORKER_WAIT, OLD_SENDER_WAIT = 30.0, 120.0
 
@@ -128,28 +126,9 @@ def main() -> None:
             },
             "memory": {"enabled": False},
             "sender": {"backoff_base_seconds": 0.2, "backoff_max_seconds": 2.0},
-            "bots": [
-                {
-                    "id": "app",
-                    "platform": "wecom_app",
-                    "api_base": sim,
-                    "credentials": {
-                        "corp_id": "wwrecovery0000001",
-                        "agent_id": "1000002",
-                        "secret": "s",
-                        "token": "benchtoken",
-                        "encoding_aes_key": KEY,
-                    },
-                }
-            ],
+            "bots": [wecom_app_bot("app", "wwrecovery0000001", sim)],
         }
-        (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
-        env = dict(
-            os.environ,
-            IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
-            IMRELAY_NATS_URL=server.url,
-            IMRELAY_LOG_LEVEL="WARNING",
-        )
+        env = service_env(tmp, config, server.url)
 
         def service(module: str, admin: str) -> subprocess.Popen[bytes]:
             proc = start_service(

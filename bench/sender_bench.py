@@ -19,8 +19,7 @@ from typing import Any
 
 import httpx
 import nats
-import yaml
-from _common import figure, free_port, record, stop_all, wait_http
+from _common import figure, free_port, record, service_env, stop_all, wait_http, wecom_app_bot
 
 from imrelay import subjects
 from imrelay.events import Chat, ChatType, ReplyChunk, Sender
@@ -29,7 +28,6 @@ from imrelay.natsserver import EmbeddedNats
 
 N = int(os.environ.get("BENCH_REPLIES", "3000"))
 PARTITIONS = 16
-KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
 def delivered(sim: str) -> int:
@@ -113,29 +111,9 @@ def main() -> None:
         sim = f"http://127.0.0.1:{sim_port}"
         config: dict[str, Any] = {
             "nats": {"out_partitions": PARTITIONS},
-            "bots": [
-                {
-                    "id": "bench",
-                    "platform": "wecom_app",
-                    "api_base": sim,
-                    "credentials": {
-                        "corp_id": "wwbench0000000001",
-                        "agent_id": "1000002",
-                        "secret": "s",
-                        "token": "benchtoken",
-                        "encoding_aes_key": KEY,
-                    },
-                }
-            ],
+            "bots": [wecom_app_bot("bench", "wwbench0000000001", sim)],
         }
-        (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
-        env = dict(
-            os.environ,
-            IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
-            IMRELAY_NATS_URL=server.url,
-            IMRELAY_ADMIN_PORT=str(admin),
-            IMRELAY_LOG_LEVEL="WARNING",
-        )
+        env = service_env(tmp, config, server.url, IMRELAY_ADMIN_PORT=str(admin))
         procs.append(
             subprocess.Popen(
                 [
