@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import zlib
@@ -33,3 +34,8 @@ def pdf(text: str = "imrelay test document") -> bytes:
         + body
         + b"\nendstream endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
     )
+
+
+def sha(data: bytes) -> str:
+    """The sha256 of ``data`` as the simulator's models and platforms report it (hex)."""
+    return hashlib.sha256(data).hexdigest()

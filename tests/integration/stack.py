@@ -217,6 +217,23 @@ class Stack:
             names.append(replica)
         return names
 
+    def use_media_models(self, max_bytes: int, **media: Any) -> None:
+        """Backends ``vision`` (an OpenAI-compatible vision model) and ``dify``, both the simulator's (they
+        name the sha256 of each piece of media they were given), and a ``media`` section allowing the
+        simulator's address (its files are on 127.0.0.1) with ``max_bytes`` per piece."""
+        sim = self.sim_url
+        self.config["backends"] = {
+            "vision": {
+                "kind": "openai",
+                "base_url": f"{sim}/v1",
+                "model": "sim-vision",
+                "api_key": "sk-sim",
+                "vision": True,
+            },
+            "dify": {"kind": "dify", "base_url": f"{sim}/v1", "api_key": "app-sim"},
+        }
+        self.config["media"] = {"allow_private_networks": ["127.0.0.0/8"], "max_bytes": max_bytes, **media}
+
     def rewrite_config(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config), encoding="utf-8")
 

@@ -22,7 +22,7 @@ from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.spec import SimMedia
 from imrelay_sim.client import build_request, upload_media
 
-from ..media_files import pdf, png
+from ..media_files import pdf, png, sha
 from .stack import Stack
 
 pytestmark = pytest.mark.nats
@@ -38,16 +38,7 @@ def ding(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) ->
     root: Path = tmp_path_factory.mktemp("dingmedia")
     s = Stack.create(root, nats_server)
     sim = s.sim_url
-    s.config["backends"] = {
-        "vision": {
-            "kind": "openai",
-            "base_url": f"{sim}/v1",
-            "model": "sim-vision",
-            "api_key": "sk-sim",
-            "vision": True,
-        },
-        "dify": {"kind": "dify", "base_url": f"{sim}/v1", "api_key": "app-sim"},
-    }
+    s.use_media_models(MAX_BYTES)
     s.config["bots"] = [
         {
             "id": "dt-vision",
@@ -67,7 +58,6 @@ def ding(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) ->
             "credentials": {"app_key": "dingmediadify", "app_secret": "dt-dify-secret"},
         },
     ]
-    s.config["media"] = {"allow_private_networks": ["127.0.0.0/8"], "max_bytes": MAX_BYTES}
     s.config["connector"] = {"heartbeat_seconds": 2, "ack_timeout_seconds": 3, "reconnect_max_seconds": 2}
     s.add_service("connector", ["imrelay_ingress.connector"])
     with s.running():
@@ -127,7 +117,7 @@ def test_a_picture_reaches_the_vision_model_byte_exact(ding: Stack) -> None:
     u = user()
     post(ding, "dt-vision", "", u, (pic,))  # a picture alone: no text
     text = answer(ding, "dt-vision", u, "the vision model's answer")
-    assert f"[image image/png sha256={hashlib.sha256(data).hexdigest()}]" in text
+    assert f"[image image/png sha256={sha(data)}]" in text
     # with text, as rich text (pictures and words in one message), in a group
     u2, group = user(), f"cidgroup{secrets.token_hex(3)}"
     post(ding, "dt-vision", "what is this?", u2, (pic,), chat=group)
@@ -142,7 +132,7 @@ def test_a_picture_and_a_pdf_reach_dify_over_stream_mode(ding: Stack) -> None:
     assert push(ding, "", u, (pic,)).status_code == 200
     text = answer(ding, "dt-dify", u, "Dify's answer to the picture")
     # a picture has no name on DingTalk: one is made from its kind and type
-    assert f"[image image-1.png sha256={hashlib.sha256(data).hexdigest()}]" in text
+    assert f"[image image-1.png sha256={sha(data)}]" in text
     doc = upload_media(ding.sim_url, PDF, name="report.pdf", kind="file")
     u2 = user()
     assert push(ding, "", u2, (doc,)).status_code == 200
@@ -178,7 +168,7 @@ def test_an_image_in_an_answer_is_shown_byte_exact(ding: Stack) -> None:
         "the answer's image",
     )
     assert len(images) == 1
-    assert images[0]["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert images[0]["media"]["sha256"] == sha(data)
     assert images[0]["media"]["origin"] == "upload" and images[0]["via"] == "api"
     # the text went first, without the link
     text = answer(ding, "dt-vision", u, "the answer's text")

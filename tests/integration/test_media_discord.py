@@ -26,7 +26,7 @@ from imrelay.platforms.discord.sim_cli import push_over_gateway
 from imrelay.platforms.spec import SimMedia, SimMessage, SimSend
 from imrelay_sim.client import build_request, upload_media
 
-from ..media_files import pdf, png
+from ..media_files import pdf, png, sha
 from .stack import Stack
 
 pytestmark = pytest.mark.nats
@@ -46,16 +46,7 @@ def dc(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> I
         root, nats_server, extra_env={"DISCORD_SIM_SEED": SEED, "DISCORD_SIM_HEARTBEAT_MS": "2000"}
     )
     sim = s.sim_url
-    s.config["backends"] = {
-        "vision": {
-            "kind": "openai",
-            "base_url": f"{sim}/v1",
-            "model": "sim-vision",
-            "api_key": "sk-sim",
-            "vision": True,
-        },
-        "dify": {"kind": "dify", "base_url": f"{sim}/v1", "api_key": "app-sim"},
-    }
+    s.use_media_models(MAX_BYTES)
     s.config["bots"] = [
         {
             "id": "dc-vision",
@@ -81,7 +72,6 @@ def dc(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> I
             },
         },
     ]
-    s.config["media"] = {"allow_private_networks": ["127.0.0.0/8"], "max_bytes": MAX_BYTES}
     s.config["connector"] = {"reconnect_max_seconds": 2, "healthy_seconds": 1}
     s.add_service("connector", ["imrelay_ingress.connector"])
     try:
@@ -163,7 +153,7 @@ def test_a_picture_reaches_the_vision_model_byte_exact(dc: Stack) -> None:
     pic = upload_media(dc.sim_url, data, name="photo.png", kind="image")
     token = ask(dc, "", "alice", (pic,))  # a picture alone: no text
     text = answered(dc, token, "the vision model's answer")
-    assert f"[image image/png sha256={hashlib.sha256(data).hexdigest()}]" in text
+    assert f"[image image/png sha256={sha(data)}]" in text
     token = ask(dc, "what is this?", "bob", (pic,))
     text = answered(dc, token, "the answer to words and a picture")
     assert "what is this?" in text and pic.sha256 in text
@@ -173,7 +163,7 @@ def test_a_picture_and_a_pdf_reach_dify_over_the_gateway(dc: Stack) -> None:
     data = png(3, 3)
     pic = upload_media(dc.sim_url, data, name="scan.png", kind="image")
     text = replied(dc, push(dc, "", (pic,)), "Dify's answer to the picture")
-    assert f"[image scan.png sha256={hashlib.sha256(data).hexdigest()}]" in text
+    assert f"[image scan.png sha256={sha(data)}]" in text
     doc = upload_media(dc.sim_url, PDF, name="report.pdf", kind="file")
     text = replied(dc, push(dc, "read this", (doc,), channel=""), "Dify's answer to the PDF (a DM)")
     assert f"[document report.pdf sha256={hashlib.sha256(PDF).hexdigest()}]" in text
@@ -191,7 +181,7 @@ def test_an_image_in_an_answer_is_sent_byte_exact(dc: Stack) -> None:
         lambda: [m for m in dc.messages(token=token) if m.get("msgtype") == "image"], 30, "the follow-up"
     )
     assert image["kind"] == "followup" and image["media"]["origin"] == "upload"
-    assert image["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert image["media"]["sha256"] == sha(data)
     assert image["media"]["name"].endswith(".png")  # Discord shows it as an image by its name
     assert "/sim/media/" not in answered(dc, token, "the answer's text")
     # the Gateway: a reply with the image after the text reply
@@ -201,7 +191,7 @@ def test_an_image_in_an_answer_is_sent_byte_exact(dc: Stack) -> None:
         30,
         "the image reply",
     )
-    assert reply["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert reply["media"]["sha256"] == sha(data)
     assert "/sim/media/" not in replied(dc, msg_id, "the text reply")
 
 
@@ -227,7 +217,7 @@ def test_imrelay_sim_send_with_an_image_over_the_gateway(
     msg_id = str(secrets.randbelow(2**60))
     message = SimMessage("look", "erin", msg_id, time.time(), dc.sim_url, "c-cli", (pic,))
     assert push_over_gateway(bot, SimSend(message, dc.ingress_url, 30)) == 0
-    assert f"[image sent.png sha256={hashlib.sha256(data).hexdigest()}]" in capsys.readouterr().out
+    assert f"[image sent.png sha256={sha(data)}]" in capsys.readouterr().out
 
 
 def test_a_voice_message_without_speech_to_text_is_told(dc: Stack) -> None:

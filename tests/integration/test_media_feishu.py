@@ -7,7 +7,6 @@ messages too."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import secrets
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.spec import SimMedia
 from imrelay_sim.client import build_request, upload_media
 
-from ..media_files import pdf, png
+from ..media_files import pdf, png, sha
 from .stack import Stack
 
 pytestmark = pytest.mark.nats
@@ -36,17 +35,7 @@ def stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -
     root: Path = tmp_path_factory.mktemp("feishu-media")
     s = Stack.create(root, nats_server)
     sim = s.sim_url
-    s.config["backends"] = {
-        "vision": {
-            "kind": "openai",
-            "base_url": f"{sim}/v1",
-            "model": "sim-vision",
-            "api_key": "sk-sim",
-            "vision": True,
-        },
-        "dify": {"kind": "dify", "base_url": f"{sim}/v1", "api_key": "app-sim"},
-    }
-    s.config["media"] = {"allow_private_networks": ["127.0.0.0/8"], "max_bytes": MAX_BYTES}
+    s.use_media_models(MAX_BYTES)
     s.config["bots"] = [
         {
             "id": "fs-vision",
@@ -111,10 +100,6 @@ def answer(stack: Stack, bot_id: str, message_id: str, *, has: str, timeout: flo
 
     found: dict[str, Any] = stack.wait_for(done, timeout, f"an answer to {message_id} with {has!r}")
     return found
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def resource_bytes(stack: Stack) -> int:

@@ -21,7 +21,7 @@ from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.spec import SimMedia
 from imrelay_sim.client import build_request, upload_media
 
-from ..media_files import pdf, png
+from ..media_files import pdf, png, sha
 from .stack import Stack
 
 pytestmark = pytest.mark.nats
@@ -35,16 +35,7 @@ def qq(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> I
     root: Path = tmp_path_factory.mktemp("qqmedia")
     s = Stack.create(root, nats_server)
     sim = s.sim_url
-    s.config["backends"] = {
-        "vision": {
-            "kind": "openai",
-            "base_url": f"{sim}/v1",
-            "model": "sim-vision",
-            "api_key": "sk-sim",
-            "vision": True,
-        },
-        "dify": {"kind": "dify", "base_url": f"{sim}/v1", "api_key": "app-sim"},
-    }
+    s.use_media_models(MAX_BYTES)
     s.config["bots"] = [
         {
             "id": "qq-vision",
@@ -63,7 +54,6 @@ def qq(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> I
             "credentials": {"app_id": "102030602", "app_secret": "qqmediadifysecret00002"},
         },
     ]
-    s.config["media"] = {"allow_private_networks": ["127.0.0.0/8"], "max_bytes": MAX_BYTES}
     with s.running():
         yield s
 
@@ -100,7 +90,7 @@ def test_a_picture_reaches_the_vision_model_byte_exact(qq: Stack) -> None:
     u = user()
     post(qq, "qq-vision", "", u, (pic,))  # a picture alone: no text
     text = answer(qq, "qq-vision", u, "the vision model's answer")
-    assert f"[image image/png sha256={hashlib.sha256(data).hexdigest()}]" in text
+    assert f"[image image/png sha256={sha(data)}]" in text
     # with text, in a group
     group = f"grp{secrets.token_hex(4)}"
     post(qq, "qq-vision", "what is this?", user(), (pic,), chat=group)
@@ -114,7 +104,7 @@ def test_a_picture_and_a_pdf_reach_dify(qq: Stack) -> None:
     u = user()
     post(qq, "qq-dify", "", u, (pic,))
     text = answer(qq, "qq-dify", u, "Dify's answer to the picture")
-    assert f"[image scan.png sha256={hashlib.sha256(data).hexdigest()}]" in text
+    assert f"[image scan.png sha256={sha(data)}]" in text
     doc = upload_media(qq.sim_url, PDF, name="report.pdf", kind="file")
     u2 = user()
     post(qq, "qq-dify", "summarise", u2, (doc,))
@@ -142,7 +132,7 @@ def test_an_image_in_an_answer_is_shown_byte_exact(qq: Stack) -> None:
         "the answer's image",
     )
     assert len(images) == 1
-    assert images[0]["media"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert images[0]["media"]["sha256"] == sha(data)
     assert images[0]["media"]["origin"] == "upload"
     # a reply to the question, after the text: the next msg_seq
     text_replies = [m for m in qq.messages(bot="qq-vision", chat=u) if m.get("msgtype") is None]

@@ -26,7 +26,7 @@ from imrelay.platforms.wecom_aibot import sim as sim_aibot
 from imrelay.platforms.wecom_aibot.config import WeComAIBot
 from imrelay_sim.client import upload_media
 
-from ..media_files import pdf, png
+from ..media_files import pdf, png, sha
 from .stack import KEY, Stack
 
 pytestmark = pytest.mark.nats
@@ -39,17 +39,7 @@ MAX_BYTES = 1024 * 1024
 def media_stack(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root: Path = tmp_path_factory.mktemp("aibot-media")
     s = Stack.create(root, nats_server)
-    s.config["backends"] = {
-        "vision": {
-            "kind": "openai",
-            "base_url": f"{s.sim_url}/v1",
-            "model": "sim-vision",
-            "api_key": "sk-sim",
-            "vision": True,
-        },
-        "dify": {"kind": "dify", "base_url": f"{s.sim_url}/v1", "api_key": "app-sim"},
-    }
-    s.config["media"] = {"allow_private_networks": ["127.0.0.0/8"], "max_bytes": MAX_BYTES}
+    s.use_media_models(MAX_BYTES)
     s.config["bots"] = [
         {
             "id": "cbv",
@@ -153,7 +143,7 @@ def test_an_answers_image_is_shown_with_the_finished_stream(media_stack: Stack) 
     stream = ask(media_stack, "cbv", f"here: ![chart]({media_stack.sim_url}/sim/media/{item.id})")
     (shown,) = stream["msg_item"]
     data = base64.b64decode(shown["image"]["base64"])
-    assert hashlib.sha256(data).hexdigest() == item.sha256
+    assert sha(data) == item.sha256
     assert shown["image"]["md5"] == item.md5
 
 

@@ -6,7 +6,6 @@ polite line after at most the limit plus one byte was fetched (``media/get`` is 
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import signal
 import time
@@ -22,7 +21,7 @@ from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.spec import SimMedia
 from imrelay_sim.client import build_request, upload_media
 
-from ..media_files import pdf, png
+from ..media_files import pdf, png, sha
 from .stack import KEY, Stack
 
 pytestmark = pytest.mark.nats
@@ -53,25 +52,11 @@ def wa(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> I
     root: Path = tmp_path_factory.mktemp("wecomappmedia")
     s = Stack.create(root, nats_server)
     sim = s.sim_url
-    s.config["backends"] = {
-        "vision": {
-            "kind": "openai",
-            "base_url": f"{sim}/v1",
-            "model": "sim-vision",
-            "api_key": "sk-sim",
-            "vision": True,
-        },
-        "dify": {"kind": "dify", "base_url": f"{sim}/v1", "api_key": "app-sim"},
-    }
+    s.use_media_models(MAX_BYTES, speech_to_text={"base_url": f"{sim}/v1", "api_key": "sk-stt"})
     bots = [_app("wa-vision", "vision", "1000011"), _app("wa-dify", "dify", "1000012")]
     for bot in bots:
         bot["api_base"] = sim
     s.config["bots"] = bots
-    s.config["media"] = {
-        "allow_private_networks": ["127.0.0.0/8"],
-        "max_bytes": MAX_BYTES,
-        "speech_to_text": {"base_url": f"{sim}/v1", "api_key": "sk-stt"},  # the simulator's
-    }
     with s.running():
         yield s
 
@@ -99,10 +84,6 @@ def answer(stack: Stack, bot: str, user: str, what: str) -> str:
 
 def user() -> str:
     return f"u{secrets.token_hex(4)}"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_a_picture_reaches_the_vision_model_byte_exact(wa: Stack) -> None:

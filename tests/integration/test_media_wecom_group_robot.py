@@ -6,7 +6,6 @@ gets a polite line and is not downloaded in full."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from imrelay.natsserver import EmbeddedNats
 from imrelay.platforms.spec import SimMedia
 from imrelay_sim.client import build_request, upload_media
 
-from ..media_files import png
+from ..media_files import png, sha
 from .stack import KEY, Stack
 
 pytestmark = pytest.mark.nats
@@ -35,16 +34,7 @@ def wr(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> I
     root: Path = tmp_path_factory.mktemp("wecomrobotmedia")
     s = Stack.create(root, nats_server)
     sim = s.sim_url
-    s.config["backends"] = {
-        "vision": {
-            "kind": "openai",
-            "base_url": f"{sim}/v1",
-            "model": "sim-vision",
-            "api_key": "sk-sim",
-            "vision": True,
-        },
-        "dify": {"kind": "dify", "base_url": f"{sim}/v1", "api_key": "app-sim"},
-    }
+    s.use_media_models(MAX_BYTES)
     s.config["bots"] = [
         {
             "id": bot_id,
@@ -55,7 +45,6 @@ def wr(nats_server: EmbeddedNats, tmp_path_factory: pytest.TempPathFactory) -> I
         }
         for bot_id, backend in (("wr-vision", "vision"), ("wr-dify", "dify"))
     ]
-    s.config["media"] = {"allow_private_networks": ["127.0.0.0/8"], "max_bytes": MAX_BYTES}
     with s.running():
         yield s
 
@@ -84,10 +73,6 @@ def answer(stack: Stack, bot: str, user: str, what: str) -> str:
 
 def user() -> str:
     return f"u{secrets.token_hex(4)}"
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def test_a_picture_reaches_the_vision_model_byte_exact(wr: Stack) -> None:
