@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -27,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from . import subjects
 from .config import NatsConfig
+from .heartbeat import every
 from .telemetry import registry
 
 __all__ = [
@@ -194,30 +194,11 @@ def beat_interval(ack_wait: float) -> float:
 @contextlib.asynccontextmanager
 async def in_progress(msg: NatsMessage, ack_wait: float) -> AsyncIterator[None]:
     """While the block runs, tell JetStream every :func:`beat_interval` that ``msg`` is still being
-    worked on, so a slow answer is not redelivered to another replica meanwhile. A timer, not a task: a
-    block shorter than the interval costs no more than scheduling and cancelling it."""
-    loop = asyncio.get_running_loop()
-    interval = beat_interval(ack_wait)
-    sending: set[asyncio.Task[None]] = set()
+    worked on, so a slow answer is not redelivered to another replica meanwhile."""
 
     async def report() -> None:
         with contextlib.suppress(Exception):
             await msg.in_progress()
 
-    timer: asyncio.TimerHandle | None = None
-
-    def beat() -> None:
-        nonlocal timer
-        task = loop.create_task(report())
-        sending.add(task)
-        task.add_done_callback(sending.discard)
-        timer = loop.call_later(interval, beat)
-
-    timer = loop.call_later(interval, beat)
-    try:
+    async with every(beat_interval(ack_wait), report):
         yield
-    finally:
-        if timer is not None:
-            timer.cancel()
-        for task in list(sending):
-            task.cancel()

@@ -10,7 +10,6 @@ TTL forgets records after the dedupe window.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import json
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 
 from nats.js.kv import KeyValue
 
+from imrelay.heartbeat import every
 from imrelay.kv import create_if_absent, delete_if_unchanged, read, update_if_revision
 
 log = logging.getLogger("imrelay.sender.claims")
@@ -97,9 +97,6 @@ class DeliveryClaims:
     async def kept(self, record: str, held: Held) -> AsyncIterator[None]:
         """While the block runs (a post, with its retries), keep ``held`` fresh so no other replica takes
         it over; a block shorter than :func:`refresh_interval` costs a timer, no KV call."""
-        loop = asyncio.get_running_loop()
-        interval = refresh_interval(self.stale_after)
-        running: set[asyncio.Task[None]] = set()
 
         async def refresh() -> None:
             try:
@@ -108,25 +105,10 @@ class DeliveryClaims:
             except Exception as exc:  # the next beat tries again
                 log.info("could not refresh delivery claim %s (%s)", record, type(exc).__name__)
 
-        timer: asyncio.TimerHandle | None = None
-
-        def beat() -> None:
-            nonlocal timer
-            if not running:  # one refresh at a time: each needs the revision the previous one wrote
-                task = loop.create_task(refresh())
-                running.add(task)
-                task.add_done_callback(running.discard)
-            timer = loop.call_later(interval, beat)
-
-        timer = loop.call_later(interval, beat)
-        try:
+        # one refresh at a time (each needs the revision the previous one wrote), and the one in flight
+        # is let finish: done() needs its revision
+        async with every(refresh_interval(self.stale_after), refresh, finish=True):
             yield
-        finally:
-            if timer is not None:
-                timer.cancel()
-            for task in list(running):  # let a refresh in flight finish: done() needs its revision
-                with contextlib.suppress(Exception):
-                    await task
 
     async def done(self, record: str, held: Held | Claim) -> None:
         assert isinstance(held, Held)
