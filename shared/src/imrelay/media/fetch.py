@@ -182,5 +182,13 @@ class Downloader:
         except TimeoutError as exc:
             raise MediaError(MediaProblem.DOWNLOAD_FAILED, "timed out") from exc
 
+    async def first_url(self, *urls: str | None) -> Fetched:
+        """GET the first of ``urls`` a message gave (through the guard); ``download_failed`` when it gave
+        none."""
+        url = next((u for u in urls if u), None)
+        if url is None:
+            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "the message names no URL")
+        return await self.url(url)
+
     def with_limit(self, limit: int) -> Downloader:
         return Downloader(self.client, self.direct, self.guard, min(self.limit, limit), self.timeout)

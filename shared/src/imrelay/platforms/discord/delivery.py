@@ -287,10 +287,7 @@ class DiscordDelivery:
         self, inbound: InboundMessage, attachment: Attachment, download: Downloader
     ) -> Fetched:
         """An attachment from its signed CDN URL, through the guard (the bot token is not sent)."""
-        url = attachment.url or attachment.ref
-        if not url:
-            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "no attachment URL")
-        return await download.url(url)
+        return await download.first_url(attachment.url, attachment.ref)
 
     async def send_media(self, chunk: ReplyChunk, media: MediaRef, data: bytes, index: int) -> None:
         handle = DiscordHandle.of(chunk)

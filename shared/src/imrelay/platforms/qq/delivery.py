@@ -240,10 +240,7 @@ class QQDelivery:
         self, inbound: InboundMessage, attachment: Attachment, download: Downloader
     ) -> Fetched:
         """A message's attachment: the URL QQ gave, fetched through the SSRF guard."""
-        url = attachment.ref or attachment.url or ""
-        if not url:
-            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "no url")
-        return await download.url(url)
+        return await download.first_url(attachment.ref, attachment.url)
 
     async def upload(self, h: QQHandle, kind: MediaKind, data: bytes, mime: str) -> str:
         """Upload ``data`` to the chat of ``h`` (checked against QQ's limits first): its ``file_info``."""

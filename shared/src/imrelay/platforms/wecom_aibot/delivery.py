@@ -225,11 +225,8 @@ class WeComAIBotDelivery:
         self, inbound: InboundMessage, attachment: Attachment, download: Downloader
     ) -> Fetched:
         """Download a message's encrypted file and decrypt it (the decrypted size counts for the limit)."""
-        url = attachment.url or attachment.ref
-        if not url:
-            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "the message names no file")
         key = file_key(attachment.key, self.aes_key)
-        fetched = await download.url(url)
+        fetched = await download.first_url(attachment.url, attachment.ref)
         if fetched.data[:1] == b"{":  # an error answer instead of the file
             try:
                 code = json.loads(fetched.data).get("errcode")

@@ -23,7 +23,7 @@ from imrelay.delivery import DeliveryContext
 from imrelay.delivery.chunking import split_utf8
 from imrelay.errors import PermanentUpstreamError
 from imrelay.events import Attachment, ChatType, InboundMessage, ReplyChunk, ReplyFormat
-from imrelay.media import MediaError, MediaProblem, MediaRef
+from imrelay.media import MediaRef
 from imrelay.media.fetch import Downloader, Fetched
 from imrelay.platforms.wecom_group_robot.config import WeComGroupRobotBot
 from imrelay.platforms.wecom_group_robot.handle import WeComGroupRobotHandle
@@ -128,10 +128,7 @@ class WeComGroupRobotDelivery:
         self, inbound: InboundMessage, attachment: Attachment, download: Downloader
     ) -> Fetched:
         """A message's picture: its URL, through the address guard."""
-        url = attachment.url or attachment.ref
-        if not url:
-            raise MediaError(MediaProblem.DOWNLOAD_FAILED, "no image URL")
-        return await download.url(url)
+        return await download.first_url(attachment.url, attachment.ref)
 
     async def send_media(self, chunk: ReplyChunk, media: MediaRef, data: bytes, index: int) -> None:
         """An answer's image inline (JPG/PNG up to 2 MB), anything else uploaded and sent as a file."""
