@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -237,23 +237,15 @@ class Sender:
             # the rate-limit window is asked for while the part is claimed: two round trips at once
             limits = asyncio.ensure_future(self._within_limits(delivery, chunk))
             try:
-                claim = await self.claims.claim(record)
+                claim = await self._claim(record, labels)
             except BaseException:
                 await _cancel(limits)
                 raise
-            if claim is Claim.DONE:
+            if claim is None:  # posted before
                 await _cancel(limits)
-                DELIVERIES.labels(outcome="duplicate_skipped", **labels).inc()
                 continue
-            if claim is Claim.BUSY:
-                await _cancel(limits)
-                raise DeliveryBusy(record)
-            try:
-                async with self.claims.kept(record, claim):
-                    await self._send_with_retries(delivery, chunk, part, index, limits)
-            except BaseException:
-                await self.claims.release(record, claim)
-                raise
+            async with self._posting(record, claim):
+                await self._send_with_retries(delivery, chunk, part, index, limits)
             if index == len(parts) - 1 and not images:
                 finish = self._record_done(record, claim)
             else:
@@ -264,6 +256,27 @@ class Sender:
         if images:  # the answer's images follow its text, each recorded as it is sent
             await self._deliver_media(delivery, chunk, len(parts))
         return finish
+
+    async def _claim(self, record: str, labels: dict[str, str]) -> Held | None:
+        """Claim a part before posting it: None if it was posted before; :class:`DeliveryBusy` if another
+        copy of the chunk is posting it now."""
+        claim = await self.claims.claim(record)
+        if claim is Claim.DONE:
+            DELIVERIES.labels(outcome="duplicate_skipped", **labels).inc()
+            return None
+        if not isinstance(claim, Held):
+            raise DeliveryBusy(record)
+        return claim
+
+    @contextlib.asynccontextmanager
+    async def _posting(self, record: str, claim: Held) -> AsyncIterator[None]:
+        """Keep the claim fresh while the part is posted; give it up if the post fails."""
+        try:
+            async with self.claims.kept(record, claim):
+                yield
+        except BaseException:
+            await self.claims.release(record, claim)
+            raise
 
     async def _record_done(self, record: str, claim: Held) -> None:
         try:
@@ -277,20 +290,13 @@ class Sender:
         labels = {"platform": chunk.platform, "bot": chunk.bot_id}
         for index, ref in enumerate(chunk.media):
             record = kv_key("reply", chunk.reply_id, f"m{index}")
-            claim = await self.claims.claim(record)
-            if claim is Claim.DONE:
-                DELIVERIES.labels(outcome="duplicate_skipped", **labels).inc()
+            claim = await self._claim(record, labels)
+            if claim is None:  # shown before
                 continue
-            if claim is Claim.BUSY:
-                raise DeliveryBusy(record)
-            try:
-                async with self.claims.kept(record, claim):  # an upload may take a while
-                    line = await self._send_media(delivery, chunk, ref, parts + index)
-                    if line is not None:  # the image cannot be shown: say so instead
-                        await self._send_with_retries(delivery, chunk, line, parts + index)
-            except BaseException:
-                await self.claims.release(record, claim)
-                raise
+            async with self._posting(record, claim):  # an upload may take a while
+                line = await self._send_media(delivery, chunk, ref, parts + index)
+                if line is not None:  # the image cannot be shown: say so instead
+                    await self._send_with_retries(delivery, chunk, line, parts + index)
             await self.claims.done(record, claim)
 
     async def _send_media(
