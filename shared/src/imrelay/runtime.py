@@ -103,6 +103,19 @@ def stop_event() -> asyncio.Event:
     return event
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (it comes with ``uvicorn[standard]``; about a third less CPU
+    per message than the default loop), else None: asyncio's own. ``IMRELAY_EVENT_LOOP=asyncio`` keeps
+    asyncio's."""
+    if os.environ.get("IMRELAY_EVENT_LOOP", "").lower() == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def service_main(
     service: str, run: Callable[[], Coroutine[Any, Any, None]], argv: list[str] | None = None
 ) -> None:
@@ -130,7 +143,8 @@ def service_main(
             os.path.abspath(config),
             ", ".join(redact_url(u) for u in settings.nats.servers),
         )
-        asyncio.run(run())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(run())
     except (ConfigError, ValueError) as exc:
         from .redact import redact
 
