@@ -27,6 +27,7 @@ from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
 from imrelay.errors import NotConfiguredError
 from imrelay.events import InboundMessage, ReplyChunk, ReplyFormat
+from imrelay.httpclient import async_client
 from imrelay.media import MEDIA_KINDS, MediaKind, MediaProblem, MediaRef
 from imrelay.media.store import MediaStore
 from imrelay.platforms import delivery_for, spec_for
@@ -308,11 +309,8 @@ def http_limits(concurrency: int) -> httpx.Limits:
 
 
 def build_worker(settings: Settings, client: httpx.AsyncClient | None = None) -> Worker:
-    http = client or httpx.AsyncClient(
-        timeout=httpx.Timeout(60.0),
-        follow_redirects=False,
-        limits=http_limits(settings.worker.concurrency),
-    )
+    limits = http_limits(settings.worker.concurrency)
+    http = client or async_client(timeout=httpx.Timeout(60.0), limits=limits)
     broker = make_broker(settings.nats, "worker", graceful_timeout=settings.worker.answer_timeout_seconds)
     backends = {name: build_backend(name, cfg, http) for name, cfg in settings.backends.items()}
     worker = Worker(settings=settings, broker=broker, backends=backends, client=http)

@@ -7,13 +7,12 @@ import contextlib
 import gc
 import logging
 
-import httpx
-
 from imrelay import subjects
 from imrelay.answer_streams import KVStreamStore
 from imrelay.broker import update_consumers
 from imrelay.config import load_settings
 from imrelay.events import ConnectionAnswer, ConnectionRequest
+from imrelay.httpclient import async_client
 from imrelay.jetstream import connect_until_ready, ensure_buckets, ensure_media_store, ensure_streams_bucket
 from imrelay.media.store import ObjectMediaStore
 from imrelay.redact import protect_settings
@@ -32,7 +31,7 @@ async def run() -> None:
     async def connect() -> Connected:
         nc, js = await connect_until_ready(settings.nats, "imrelay-sender-control")
         buckets = await ensure_buckets(js, settings.nats)
-        client = httpx.AsyncClient(timeout=settings.sender.http_timeout_seconds)
+        client = async_client(timeout=settings.sender.http_timeout_seconds)
         instrument_httpx(client)
 
         async def request(req: ConnectionRequest) -> ConnectionAnswer:
