@@ -12,7 +12,7 @@ from imrelay.errors import (
 )
 from imrelay.platforms.wecom.delivery import check
 from imrelay.platforms.wecom_app.delivery import send_body
-from imrelay_sim.server import create_app
+from imrelay_sim.server import MessageLog, create_app
 
 KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 SETTINGS = parse_settings(
@@ -199,3 +199,19 @@ async def test_token_lifetime_is_configurable(clock: Clock) -> None:
     assert r["expires_in"] == 5
     clock.t += 6
     assert await send(sim, r["access_token"]) == 42001
+
+
+def test_message_log_finds_messages_by_their_keys_in_order() -> None:
+    log = MessageLog()
+    for i in range(1000):
+        log.append({"seq": i, "platform": "discord", "token": f"t{i % 10}", "kind": "original"})
+    log.append({"seq": 1000, "platform": "feishu", "card_id": "c1", "touser": ""})
+    assert [m["seq"] for m in log.where(token="t3")] == list(range(3, 1000, 10))
+    assert [m["seq"] for m in log.where(token="t3", platform="feishu")] == []
+    assert [m["seq"] for m in log.where(card_id="c1", platform="feishu")] == [1000]
+    assert log.where(touser="") == [m for m in log if m.get("touser", "") == ""]  # absent counts as empty
+    assert len(log.where()) == len(log) == 1001 and log[-1]["seq"] == 1000
+    log.where(token="t3")[0]["content"] = "edited"  # lookups give the stored messages themselves
+    assert log[3]["content"] == "edited"
+    log.clear()
+    assert len(log) == 0 and log.where(token="t3") == []

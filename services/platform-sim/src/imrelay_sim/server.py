@@ -19,7 +19,7 @@ import json
 import random
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,48 @@ from imrelay.config import Settings
 
 from . import media as sim_media
 from .llm import routes as llm_routes
+
+
+class MessageLog:
+    """What the simulated platforms delivered, in order, indexed by the keys messages are looked up by
+    (an edit finds its message, a test or benchmark lists one conversation's), so a lookup costs the
+    same after a hundred thousand messages as after ten. Those keys are set when a message is added and
+    never change afterwards (its content, edits and history may)."""
+
+    KEYS = ("bot", "touser", "chat", "token", "reply_to", "platform", "card_id")
+
+    def __init__(self) -> None:
+        self._all: list[dict[str, Any]] = []
+        self._by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+
+    def append(self, message: dict[str, Any]) -> None:
+        self._all.append(message)
+        for key in self.KEYS:
+            if key in message:
+                self._by[(key, str(message[key]))].append(message)
+
+    def clear(self) -> None:
+        self._all.clear()
+        self._by.clear()
+
+    def where(self, **match: str) -> list[dict[str, Any]]:
+        """The messages whose ``key`` is ``value`` for every pair given, in order (all with none)."""
+        indexed = {k: v for k, v in match.items() if k in self.KEYS and v != ""}
+        if not indexed:
+            candidates: list[dict[str, Any]] = self._all
+        else:
+            key = min(indexed, key=lambda k: len(self._by.get((k, indexed[k]), ())))
+            candidates = self._by.get((key, indexed[key]), [])
+        return [m for m in candidates if all(str(m.get(k, "")) == v for k, v in match.items())]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._all)
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._all[index]
 
 
 @dataclass
@@ -49,7 +91,7 @@ class SimState:
     current: dict[tuple[str, str], str] = field(default_factory=dict)
     bot_of_agent: dict[tuple[str, str], str] = field(default_factory=dict)
     webhook_keys: dict[str, str] = field(default_factory=dict)  # key -> bot id
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    messages: MessageLog = field(default_factory=MessageLog)
     sends: dict[tuple[str, ...], deque[float]] = field(default_factory=lambda: defaultdict(deque))
     fail_next: list[int] = field(default_factory=list)
     gettoken_fail_next: list[int] = field(default_factory=list)
@@ -91,16 +133,8 @@ def create_app(
 
     async def list_messages(request: Request) -> Response:
         q = request.query_params
-        out = [
-            m
-            for m in state.messages
-            if all(
-                str(m.get(k, "")) == q[k]
-                for k in ("bot", "touser", "chat", "token", "reply_to", "platform")
-                if k in q
-            )
-        ]
-        return JSONResponse(out)
+        match = {k: q[k] for k in ("bot", "touser", "chat", "token", "reply_to", "platform") if k in q}
+        return JSONResponse(state.messages.where(**match))
 
     async def clear_messages(_: Request) -> Response:
         state.messages.clear()

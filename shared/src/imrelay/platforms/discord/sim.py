@@ -240,8 +240,8 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         body = json.loads(await request.body() or b"{}")
         token = request.path_params["token"]
         bot = apps.get(request.path_params["app"], "")
-        for m in state.messages:  # an edit replaces what the user sees
-            if m.get("platform") == "discord" and m.get("token") == token and m.get("kind") == "original":
+        for m in state.messages.where(token=token, platform="discord"):  # an edit replaces what is shown
+            if m.get("kind") == "original":
                 m["content"], m["edits"] = body.get("content", ""), m["edits"] + 1
                 m["history"].append([clock(), m["content"]])
                 return JSONResponse({"id": m["id"], "content": m["content"]})

@@ -349,7 +349,7 @@ def routes(state: SimState, clock: Callable[[], float] = time.time) -> list[Rout
         return JSONResponse({"code": 0, "msg": "success"})
 
     def card_messages(card_id: str) -> list[dict[str, Any]]:
-        return [m for m in state.messages if m.get("card_id") == card_id]
+        return state.messages.where(card_id=card_id)
 
     async def card_content(request: Request) -> Response:
         state.stats["feishu_card_update"] += 1
