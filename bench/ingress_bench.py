@@ -2,7 +2,9 @@
 JetStream publish with PubAck) per second and p50/p99 latency at concurrency 16 and 64 (BENCH_CONCURRENCY,
 comma-separated) for 10 s each (BENCH_SECONDS), beside a bare Starlette endpoint served the same way
 (uvicorn, one process, same bodies) measured in the same run, and their ratio; for one ingress process and
-for ``ingress.workers`` processes (BENCH_WORKERS, default the number of cores).
+for ``ingress.workers`` processes (BENCH_WORKERS, default the number of cores). Also beside the least a
+verified endpoint must do, hand-written and served the same way (``minimal_ingress.py``: signature,
+timestamp, AES, XML, JetStream publish with PubAck): the work itself, without imrelay around it.
 Then the same ingress (one process) on a 3-node JetStream cluster with imrelay's streams replicated 3 times
 (the Helm chart's default), beside the single node: what replication costs (all nodes share this machine's
 cores, so the cost is overstated against nodes of their own).
@@ -120,7 +122,9 @@ def main() -> None:
             ]
         }
         (tmp / "imrelay.yaml").write_text(yaml.safe_dump(config))
-        runs = [(c, v) for c in CONCURRENCIES for v in ("one", "multi")] + [(max(CONCURRENCIES), "r3")]
+        runs = [(c, v) for c in CONCURRENCIES for v in ("one", "multi", "minimal")] + [
+            (max(CONCURRENCIES), "r3")
+        ]
         files = {run: tmp / f"requests-{run[1]}-{run[0]}.tsv" for run in runs}
         levels = ", ".join(map(str, CONCURRENCIES))
         print(f"preparing signed callbacks (concurrency {levels}, {DURATION}s per run)...", flush=True)
@@ -128,7 +132,7 @@ def main() -> None:
             make_requests(files[run], config, PER_RUN, n * PER_RUN)
         (tmp / "imrelay-workers.yaml").write_text(yaml.safe_dump(dict(config, ingress={"workers": WORKERS})))
 
-        ingress_port, admin_port, bare_port = free_port(), free_port(), free_port()
+        ingress_port, admin_port, bare_port, minimal_port = free_port(), free_port(), free_port(), free_port()
         multi_port, multi_admin = free_port(), free_port()
         env = dict(
             os.environ,
@@ -172,7 +176,34 @@ def main() -> None:
                 stderr=subprocess.STDOUT,
             )
         )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(HERE),
+                    "minimal_ingress:app",
+                    "--port",
+                    str(minimal_port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                env=dict(
+                    os.environ,
+                    BENCH_NATS_URL=server.url,
+                    BENCH_TOKEN=config["bots"][0]["credentials"]["token"],
+                    BENCH_AES_KEY=KEY,
+                    BENCH_CORP_ID="wwbench0000000001",
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
         wait_http(f"http://127.0.0.1:{admin_port}/readyz")
+        wait_http(f"http://127.0.0.1:{minimal_port}/callback/x", ok=(405,))
         wait_http(f"http://127.0.0.1:{multi_admin}/readyz")
         wait_http(f"http://127.0.0.1:{bare_port}/callback/x")
 
@@ -182,6 +213,7 @@ def main() -> None:
         for c in CONCURRENCIES:
             rows[c] = {
                 "bare": run_wrk(f"http://127.0.0.1:{bare_port}", files[(c, "one")], c),
+                "minimal": run_wrk(f"http://127.0.0.1:{minimal_port}", files[(c, "minimal")], c),
                 "one": run_wrk(f"http://127.0.0.1:{ingress_port}", files[(c, "one")], c),
                 "multi": run_wrk(f"http://127.0.0.1:{multi_port}", files[(c, "multi")], c),
             }
@@ -221,6 +253,7 @@ def main() -> None:
             for c in CONCURRENCIES
             for name, r in (
                 ("bare Starlette endpoint (200)", rows[c]["bare"]),
+                ("minimal verified endpoint (hand-written)", rows[c]["minimal"]),
                 ("imrelay ingress (verify+decrypt+PubAck)", rows[c]["one"]),
                 (f"imrelay ingress, ingress.workers={WORKERS}", rows[c]["multi"]),
             )
@@ -233,12 +266,20 @@ def main() -> None:
             )
         print()
         for c in CONCURRENCIES:
-            bare = rows[c]["bare"]
-            for label, r in (("1 process", rows[c]["one"]), (f"{WORKERS} processes", rows[c]["multi"])):
+            bare, minimal = rows[c]["bare"], rows[c]["minimal"]
+            for label, r in (
+                ("1 process", rows[c]["one"]),
+                (f"{WORKERS} processes", rows[c]["multi"]),
+                ("minimal", minimal),
+            ):
                 print(
-                    f"c{c} ingress ({label}) / bare: throughput ratio {r['rps'] / bare['rps']:.2f}, "
+                    f"c{c} {label:>11} / bare: throughput ratio {r['rps'] / bare['rps']:.2f}, "
                     f"p99 {r['p99'] * 1e3:.1f} ms ({r['p99'] / bare['p99']:.2f}x bare)"
                 )
+            print(
+                f"c{c} ingress (1 process) / minimal verified endpoint: "
+                f"{rows[c]['one']['rps'] / minimal['rps']:.2f}"
+            )
         one = rows[top]["one"]
         print(
             f"c{top} R3 cluster / single node:    {r3['rps'] / one['rps']:.2f} throughput, "
@@ -253,6 +294,16 @@ def main() -> None:
         figures = []
         for c in CONCURRENCIES:
             bare = rows[c]["bare"]
+            figures.append(
+                figure(
+                    f"ingress c{c}, 1 process / bare Starlette",
+                    rows[c]["one"]["rps"] / bare["rps"],
+                    "ratio",
+                    baseline=rows[c]["minimal"]["rps"] / bare["rps"],
+                    baseline_name="the minimal verified endpoint / bare Starlette",
+                    target=">= 0.30" if c == 16 else "",
+                )
+            )
             for label, r in (("1 process", rows[c]["one"]), (f"{WORKERS} processes", rows[c]["multi"])):
                 figures.append(
                     figure(
