@@ -7,12 +7,19 @@ import time
 
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext
 from prometheus_client import REGISTRY
 
 from imrelay.config import Settings, parse_settings
+from imrelay.events import InboundMessage
 from imrelay.platforms.wecom.crypto import WeComCrypto
 from imrelay.platforms.wecom.sim import app_text_xml, encrypted_post, url_verification
 from imrelay.platforms.wecom_app.handle import WeComAppHandle
+from imrelay_ingress import app as ingress_app
 from imrelay_ingress.app import create_app
 
 from ..helpers import FakePublisher
@@ -77,6 +84,43 @@ async def test_valid_message_is_stored_then_acked_with_empty_body() -> None:
     [msg] = pub.published
     assert msg.text == "what is NATS?" and msg.sender.id == "alice"
     assert msg.reply_handle == WeComAppHandle(touser="alice", agentid=AGENT)
+
+
+class ContextPublisher(FakePublisher):
+    """Also records the trace context current when each message is stored (what goes into its headers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[SpanContext] = []
+
+    async def publish(self, message: InboundMessage) -> bool:
+        self.contexts.append(trace.get_current_span().get_span_context())
+        return await super().publish(message)
+
+
+@pytest.mark.parametrize("exported", [True, False])
+async def test_the_callback_span_is_opened_only_when_traces_are_exported(
+    exported: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    monkeypatch.setattr(ingress_app, "tracer", provider.get_tracer("test"))
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER"):
+        monkeypatch.delenv(name, raising=False)
+    if exported:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    pub = ContextPublisher()
+    q, b = callback("trace me?")
+    assert (await post(pub, q, b)).status_code == 200
+    [stored] = pub.contexts
+    if exported:
+        [span] = spans.get_finished_spans()
+        assert span.name == "imrelay.callback" and span.attributes is not None
+        assert span.attributes["imrelay.outcome"] == "accepted"
+        assert stored.is_valid and stored.span_id == span.context.span_id
+    else:
+        assert spans.get_finished_spans() == () and not stored.is_valid
 
 
 async def test_retry_of_the_same_message_is_acked_but_not_stored_twice() -> None:

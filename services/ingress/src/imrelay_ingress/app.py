@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from imrelay.errors import (
 from imrelay.hints import callback_hint
 from imrelay.media import MediaRef
 from imrelay.platforms import adapter_for
-from imrelay.telemetry import CALLBACK_ACK, CALLBACKS
+from imrelay.telemetry import CALLBACK_ACK, CALLBACKS, exports_traces
 
 from .publisher import Publisher, ReplayGuard
 
@@ -99,6 +100,11 @@ def create_app(
         for warning in bot.start_warnings():
             log.warning("bot %s %s", bot.id, warning)
     limit = settings.ingress.max_body_bytes
+    # A message's trace starts here when traces are exported. Without an exporter nothing would receive
+    # the span: none is opened (no trace context in the stored message; the worker starts the trace),
+    # which spares about an eighth of the ingress's time per callback.
+    traced = exports_traces()
+    untraced = contextlib.nullcontext(trace.INVALID_SPAN)
     # The metric series of each (platform, bot, outcome), looked up once: the labels are configured names
     # and fixed words ("unknown" for any other bot id), so there are few of them.
     series: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
@@ -132,14 +138,18 @@ def create_app(
         if adapter is None:
             log.warning("callback for unknown bot id (path %s)", request.url.path[:80])
             return done(404, "unknown_bot")
-        with tracer.start_as_current_span(
-            "imrelay.callback",
-            kind=trace.SpanKind.SERVER,
-            attributes={
-                "imrelay.platform": platform,
-                "imrelay.bot": bot_id,
-                "http.request.method": request.method,
-            },
+        with (
+            tracer.start_as_current_span(
+                "imrelay.callback",
+                kind=trace.SpanKind.SERVER,
+                attributes={
+                    "imrelay.platform": platform,
+                    "imrelay.bot": bot_id,
+                    "http.request.method": request.method,
+                },
+            )
+            if traced
+            else untraced
         ) as span:
             try:
                 body = await read_body(request, limit)
