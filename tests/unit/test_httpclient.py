@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -137,6 +138,37 @@ async def test_read_timeout_is_an_httpx_timeout_and_a_transient_failure(server: 
         with pytest.raises(TransientUpstreamError) as err:
             await call(client, "GET", server.url("/slow"), platform="p", bot="b", http_timeout=0.3)
     assert err.value.code == "http"
+
+
+async def test_a_peer_that_stops_reading_an_upload_times_the_request_out() -> None:
+    """aiohttp does not time writes; the client does (as httpx's write timeout would)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.setblocking(False)
+    accepted: list[socket.socket] = []
+
+    async def accept() -> None:  # takes the connection, never reads from it
+        conn, _ = await asyncio.get_running_loop().sock_accept(listener)
+        accepted.append(conn)
+
+    acceptor = asyncio.create_task(accept())
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/upload"
+    try:
+        async with async_client(timeout=0.5) as client:
+            with pytest.raises(httpx.TimeoutException):
+                # the outer wait only keeps a broken client from hanging the suite
+                await asyncio.wait_for(client.post(url, content=b"x" * (32 * 1024 * 1024)), 60)
+            with pytest.raises(TransientUpstreamError):
+                await asyncio.wait_for(
+                    call(client, "POST", url, platform="p", bot="b", http_timeout=0.5, content=b"x" * 2**25),
+                    60,
+                )
+    finally:
+        acceptor.cancel()
+        for conn in accepted:
+            conn.close()
+        listener.close()
 
 
 async def test_connection_refused_is_an_httpx_error() -> None:

@@ -9,6 +9,7 @@ a proxy from ``HTTPS_PROXY``/``HTTP_PROXY`` go through httpx's own transport (as
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import AsyncIterator
 
@@ -37,7 +38,11 @@ class _Pieces(httpx.AsyncByteStream):
 
 class _Transport(AiohttpTransport):
     """aiohttp underneath. Every request body is read first and sent with its ``Content-Length``, never
-    chunked (platform upload APIs refuse chunked bodies); a large one is written in pieces."""
+    chunked (platform upload APIs refuse chunked bodies); a large one is written in pieces.
+
+    aiohttp times connecting and each read, not writing: a peer that stops reading an upload would hold
+    the request forever. So sending the request and getting the answer's head must fit in the request's
+    connect + write + read timeouts together, else :class:`httpx.WriteTimeout`."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
@@ -49,7 +54,18 @@ class _Transport(AiohttpTransport):
                 stream=_Pieces(body),
                 extensions=request.extensions,
             )
-        return await super().handle_async_request(request)
+        timeouts = request.extensions.get("timeout", {})
+        phases = [timeouts.get(phase) for phase in ("connect", "write", "read")]
+        if any(seconds is None for seconds in phases):
+            return await super().handle_async_request(request)
+        deadline = asyncio.timeout(sum(phases))
+        try:
+            async with deadline:
+                return await super().handle_async_request(request)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise httpx.WriteTimeout("request not sent and answered in time", request=request) from exc
+            raise
 
 
 def _session(limits: httpx.Limits, ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
