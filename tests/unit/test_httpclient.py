@@ -9,7 +9,7 @@ import hashlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from imrelay.delivery.http import call
@@ -60,6 +60,14 @@ class Server:
             await asyncio.sleep(2)
             return Response(b"late")
 
+        async def drip(_: Request) -> Response:
+            async def pieces() -> AsyncIterator[bytes]:
+                yield b"data: first\n\n"
+                await asyncio.sleep(5)
+                yield b"data: late\n\n"
+
+            return StreamingResponse(pieces(), media_type="text/event-stream")
+
         async def gz(_: Request) -> Response:
             return Response(gzip.compress(b'{"zipped": true}'), headers={"content-encoding": "gzip"})
 
@@ -71,6 +79,7 @@ class Server:
                 Route("/echo", echo, methods=["GET", "POST", "PATCH"]),
                 Route("/slow", slow),
                 Route("/gz", gz),
+                Route("/drip", drip),
                 Route("/moved", moved),
             ]
         )
@@ -169,6 +178,15 @@ async def test_a_peer_that_stops_reading_an_upload_times_the_request_out() -> No
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+async def test_a_stream_that_stops_mid_way_is_a_read_timeout(server: Server) -> None:
+    """A model's stream that goes silent: each read is timed, as with httpx."""
+    async with async_client(timeout=0.5) as client, client.stream("GET", server.url("/drip")) as resp:
+        pieces = resp.aiter_bytes()
+        assert await anext(pieces) == b"data: first\n\n"  # what came is read at once
+        with pytest.raises(httpx.ReadTimeout):
+            await anext(pieces)
 
 
 async def test_connection_refused_is_an_httpx_error() -> None:
