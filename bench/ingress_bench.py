@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import nats
 import yaml
@@ -53,6 +54,28 @@ def make_requests(path: Path, config: dict[str, Any], n: int, first: int = 0) ->
                 bot, f"benchmark question {i}", f"user{i % 500}", str(10**12 + first + i), now
             )
             out.write(f"/callback/{bot.id}?{query}\t{body.decode()}\n")
+
+
+def serve_baseline(app: str, port: int, log: IO[bytes], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """A baseline app of this folder (``module:app``) served by uvicorn, one process, as the ingress is."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--app-dir",
+            str(HERE),
+            app,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def run_wrk(base: str, requests: Path, concurrency: int) -> dict[str, float]:
@@ -157,51 +180,16 @@ def main() -> None:
                     [sys.executable, "-m", "imrelay_ingress"], env=e, stdout=log, stderr=subprocess.STDOUT
                 )
             )
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--app-dir",
-                    str(HERE),
-                    "bare_app:app",
-                    "--port",
-                    str(bare_port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        procs.append(serve_baseline("bare_app:app", bare_port, log, os.environ))
+        credentials = config["bots"][0]["credentials"]
+        minimal_env = dict(
+            os.environ,
+            BENCH_NATS_URL=server.url,
+            BENCH_TOKEN=credentials["token"],
+            BENCH_AES_KEY=credentials["encoding_aes_key"],
+            BENCH_CORP_ID=credentials["corp_id"],
         )
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--app-dir",
-                    str(HERE),
-                    "minimal_ingress:app",
-                    "--port",
-                    str(minimal_port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ],
-                env=dict(
-                    os.environ,
-                    BENCH_NATS_URL=server.url,
-                    BENCH_TOKEN=config["bots"][0]["credentials"]["token"],
-                    BENCH_AES_KEY=KEY,
-                    BENCH_CORP_ID="wwbench0000000001",
-                ),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+        procs.append(serve_baseline("minimal_ingress:app", minimal_port, log, minimal_env))
         wait_http(f"http://127.0.0.1:{admin_port}/readyz")
         wait_http(f"http://127.0.0.1:{minimal_port}/callback/x", ok=(405,))
         wait_http(f"http://127.0.0.1:{multi_admin}/readyz")

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import uvicorn
+from starlette.types import ASGIApp
 
 from imrelay.events import InboundMessage
 
@@ -64,6 +70,23 @@ def free_port_run(n: int) -> int:
             for sock in socks:
                 sock.close()
     raise RuntimeError(f"no run of {n} free ports")
+
+
+@contextlib.contextmanager
+def served(app: ASGIApp, port: int) -> Iterator[None]:
+    """``app`` served by a real uvicorn server on 127.0.0.1:``port``, in a thread, for the block."""
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the test server did not start on port {port}")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 class FakePublisher:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -14,7 +13,6 @@ from dataclasses import dataclass, field
 import httpx
 import nats
 import pytest
-import uvicorn
 from nats.js.errors import NotFoundError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +29,7 @@ from imrelay.sections import MediaConfig
 from imrelay_worker.media import MediaStep
 
 from ..conftest import make_settings, wecom_app_bot
-from ..helpers import free_port
+from ..helpers import free_port, served
 from ..media_files import png
 
 pytestmark = pytest.mark.nats
@@ -70,9 +68,7 @@ class Files:
         async def moved(request: Request) -> Response:
             return Response(status_code=302, headers={"location": "http://169.254.169.254/latest/meta-data/"})
 
-        app = Starlette(routes=[Route("/f/{name}", serve), Route("/moved", moved)])
-        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app = Starlette(routes=[Route("/f/{name}", serve), Route("/moved", moved)])
 
     def url(self, name: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}/f/{name}"
@@ -81,12 +77,8 @@ class Files:
 @pytest.fixture(scope="module")
 def files() -> Iterator[Files]:
     f = Files()
-    f.thread.start()
-    while not f.server.started:
-        time.sleep(0.02)
-    yield f
-    f.server.should_exit = True
-    f.thread.join(10)
+    with served(f.app, f.port):
+        yield f
 
 
 class UrlSource:

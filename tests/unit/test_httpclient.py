@@ -7,14 +7,11 @@ import asyncio
 import gzip
 import hashlib
 import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
@@ -23,7 +20,7 @@ from starlette.routing import Route
 from imrelay.delivery.http import call
 from imrelay.errors import TransientUpstreamError
 from imrelay.httpclient import async_client
-from tests.helpers import free_port
+from tests.helpers import free_port, served
 
 
 class Server:
@@ -74,7 +71,7 @@ class Server:
         async def moved(_: Request) -> Response:
             return RedirectResponse("/echo", status_code=302)
 
-        app = Starlette(
+        self.app = Starlette(
             routes=[
                 Route("/echo", echo, methods=["GET", "POST", "PATCH"]),
                 Route("/slow", slow),
@@ -83,8 +80,6 @@ class Server:
                 Route("/moved", moved),
             ]
         )
-        self.server = uvicorn.Server(uvicorn.Config(app, port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -93,12 +88,8 @@ class Server:
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     s = Server()
-    s.thread.start()
-    while not s.server.started:
-        time.sleep(0.02)
-    yield s
-    s.server.should_exit = True
-    s.thread.join(5)
+    with served(s.app, s.port):
+        yield s
 
 
 async def test_json_post_round_trip(server: Server) -> None:
