@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import nats
 import yaml
-from _common import figure, free_port, record, start_cluster, stop_all, wait_http
+from _common import figure, free_port, free_ports, record, start_cluster, stop_all, wait_http
 
 from imrelay.config import parse_settings
 from imrelay.natsserver import EmbeddedNats
@@ -155,8 +155,7 @@ def main() -> None:
             make_requests(files[run], config, PER_RUN, n * PER_RUN)
         (tmp / "imrelay-workers.yaml").write_text(yaml.safe_dump(dict(config, ingress={"workers": WORKERS})))
 
-        ingress_port, admin_port, bare_port, minimal_port = free_port(), free_port(), free_port(), free_port()
-        multi_port, multi_admin = free_port(), free_port()
+        ingress_port, admin_port, bare_port, minimal_port, multi_port, multi_admin = free_ports(6)
         env = dict(
             os.environ,
             IMRELAY_CONFIG=str(tmp / "imrelay.yaml"),
