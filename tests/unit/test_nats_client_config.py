@@ -74,9 +74,11 @@ def test_least_privilege_sets() -> None:
     assert can_publish("ingress", "imrelay.in.wecom_app.hr")
     assert not can_publish("ingress", "$KV.imrelay_memory.conv.x")
     assert not can_publish("ingress", "$JS.API.STREAM.INFO.KV_imrelay_tokens")
-    # the worker downloads users' media with the platforms' tokens; it holds no delivery records
+    # the worker downloads users' media with the platforms' tokens; it records the messages it answered,
+    # never a reply's delivery records
     assert can_publish("worker", "$JS.API.DIRECT.GET.KV_imrelay_tokens.$KV.imrelay_tokens.x")
     assert not can_publish("worker", "$KV.imrelay_deliveries.reply.x.0")
+    assert can_publish("worker", "$KV.imrelay_deliveries.inbound.x.answer")
     assert can_publish("worker", "$O.imrelay_media.C.abc") and can_publish("sender", "$O.imrelay_media.C.abc")
     assert not can_publish("ingress", "$O.imrelay_media.C.abc")  # it reads answers' images, writes none
     assert can_publish("ingress", "$JS.API.STREAM.INFO.OBJ_imrelay_media")

@@ -281,9 +281,9 @@ async def ensure_tokens_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValu
     )
 
 
-async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
-    tokens = await ensure_tokens_bucket(js, cfg)
-    deliveries = await _bucket(
+async def ensure_deliveries_bucket(js: JetStreamContext, cfg: NatsConfig) -> KeyValue:
+    """Delivery records: the sender's per reply part, the worker's per answered message."""
+    return await _bucket(
         js,
         KeyValueConfig(
             bucket=s.KV_DELIVERIES,
@@ -294,6 +294,11 @@ async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
             description="delivered reply parts (reply id + part index)",
         ),
     )
+
+
+async def ensure_buckets(js: JetStreamContext, cfg: NatsConfig) -> Buckets:
+    tokens = await ensure_tokens_bucket(js, cfg)
+    deliveries = await ensure_deliveries_bucket(js, cfg)
     ratelimits = await _bucket(
         js,
         KeyValueConfig(

@@ -74,6 +74,17 @@ def _kv(*buckets: str) -> list[str]:
     return out
 
 
+def _kv_keys(bucket: str, prefix: str) -> list[str]:
+    """Write the keys under ``prefix`` of one KV bucket, read it (and create it when missing)."""
+    return [
+        f"$KV.{bucket}.{prefix}.>",
+        f"{API}.STREAM.INFO.KV_{bucket}",
+        f"{API}.STREAM.CREATE.KV_{bucket}",
+        f"{API}.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{prefix}.>",
+        f"{API}.STREAM.MSG.GET.KV_{bucket}",
+    ]
+
+
 def _objects(*buckets: str) -> list[str]:
     """Read and write the named Object Store buckets (and create them when missing): objects are read
     with ordered consumers delivering to an inbox (whose stream the client looks up by subject)."""
@@ -146,12 +157,13 @@ PERMISSIONS: dict[str, Permissions] = {
             "imrelay.dlq.worker",
             *_streams(*STREAMS),
             *_kv(s.KV_MEMORY, s.KV_TOKENS),
+            *_kv_keys(s.KV_DELIVERIES, "inbound"),  # the messages it answered, not the reply records
             *_objects(s.OBJ_MEDIA),
             *_consumer(s.STREAM_IN, s.CONSUMER_WORKER),
         ),
         subscribe=(INBOX,),
         purpose="reads inbound messages, keeps conversation memory, downloads and stores users' media "
-        "(with the platforms' tokens), writes reply chunks",
+        "(with the platforms' tokens), writes reply chunks, records each message it answered",
     ),
     "sender": Permissions(
         publish=(

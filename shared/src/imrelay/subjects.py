@@ -11,7 +11,7 @@ CONSUMER_SENDER    sender-p<k>                      durable pull consumers of IM
 KV_TOKENS          imrelay_tokens                   platform access tokens shared by replicas
 KV_MEMORY          imrelay_memory                   conversation memory
 KV_LEASES          imrelay_leases                   connector socket leases
-KV_DELIVERIES      imrelay_deliveries               delivery records (reply id + part) for idempotency
+KV_DELIVERIES      imrelay_deliveries               reply parts and messages answered (idempotency)
 KV_REPLAY          imrelay_replay                   signatures seen once (timestamp-signed callback headers)
 OBJ_MEDIA          imrelay_media                    Object Store: media bytes that events refer to (TTL)
 =================  ===============================  =====================================================

@@ -10,8 +10,10 @@ from nats.js import JetStreamContext
 from imrelay import subjects
 from imrelay.broker import update_consumers
 from imrelay.config import load_settings
+from imrelay.delivery.claims import DeliveryClaims
 from imrelay.jetstream import (
     connect_until_ready,
+    ensure_deliveries_bucket,
     ensure_media_store,
     ensure_memory_bucket,
     ensure_tokens_bucket,
@@ -55,6 +57,9 @@ async def run() -> None:
     async def connect() -> Connected:
         nc, js = await connect_until_ready(settings.nats, "imrelay-worker-control")
         control.append(js)
+        worker.answered = DeliveryClaims(
+            await ensure_deliveries_bucket(js, settings.nats), stale_after=settings.worker.ack_wait_seconds
+        )
         if settings.memory.enabled:
             kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)
             worker.memory = MemoryStore(kv, settings.memory)

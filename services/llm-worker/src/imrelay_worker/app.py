@@ -23,6 +23,7 @@ from imrelay import subjects
 from imrelay.broker import durable_consumer, in_progress, make_broker
 from imrelay.config import BotConfig, Settings
 from imrelay.delivery import DeliveryContext
+from imrelay.delivery.claims import Claim, DeliveryClaims, Held, busy_retry_delay
 from imrelay.delivery.tokens import TokenCache
 from imrelay.dlq import dlq_headers
 from imrelay.errors import NotConfiguredError
@@ -31,6 +32,7 @@ from imrelay.httpclient import async_client
 from imrelay.media import MEDIA_KINDS, MediaKind, MediaProblem, MediaRef
 from imrelay.media.store import MediaStore
 from imrelay.platforms import delivery_for, spec_for
+from imrelay.subjects import kv_key
 from imrelay.telemetry import DLQ, LLM_DURATION, LLM_TOKENS, LLM_TTFT, instrument_httpx, model_label
 
 from .answer import Finish, produce_answer
@@ -58,6 +60,8 @@ class Worker:
     client: httpx.AsyncClient
     memory: MemoryStore | None = None
     media: MediaStep | None = None  # set once the media bucket is there
+    # the messages answered (or being answered): a copy delivered again is not answered again
+    answered: DeliveryClaims | None = None
 
     async def publish_chunk(self, chunk: ReplyChunk) -> None:
         await self.broker.publish(
@@ -103,9 +107,16 @@ class Worker:
             await self.dead_letter(msg, "invalid inbound event", str(raw.metadata.sequence.stream))
             await msg.ack()
             return
+        record = kv_key("inbound", inbound.id, "answer")
+        go, held = await self._claim(record, inbound, msg)
+        if not go:
+            return
         try:
-            await self.answer(inbound)
+            async with self._kept(record, held):
+                await self.answer(inbound)
         except Exception as exc:
+            if held is not None and self.answered is not None:  # a later attempt (or a re-drive) answers it
+                await self.answered.release(record, held)
             delivered = raw.metadata.num_delivered
             if delivered >= self.settings.worker.max_deliver:
                 await self.dead_letter(
@@ -118,7 +129,35 @@ class Worker:
                 )
                 await msg.nack(delay=min(2.0**delivered, 30.0))
             return
+        if held is not None and self.answered is not None:
+            await self.answered.done(record, held)
         await msg.ack()
+
+    async def _claim(
+        self, record: str, inbound: InboundMessage, msg: NatsMessage
+    ) -> tuple[bool, Held | None]:
+        """(whether to answer ``inbound``, the claim held meanwhile: None when nothing is claimed). Not to
+        answer: it was answered (acked), or another copy of it is being answered now (this copy comes back
+        after that one is done or has died). A copy comes twice when it waited for a free slot longer
+        than the ack wait; answering both would ask the model twice and remember the turn twice."""
+        if self.answered is None or inbound.kind == "event":
+            return True, None
+        claim = await self.answered.claim(record)
+        if claim is Claim.DONE:
+            log.info("inbound %s was answered before; not again", inbound.id)
+            await msg.ack()
+            return False, None
+        if claim is Claim.BUSY:
+            delay = busy_retry_delay(self.answered.stale_after, 30.0)
+            log.info("inbound %s is being answered by another copy; again in %.1fs", inbound.id, delay)
+            await msg.nack(delay=delay)
+            return False, None
+        return True, claim
+
+    def _kept(self, record: str, held: Held | None) -> contextlib.AbstractAsyncContextManager[None]:
+        if self.answered is None or held is None:
+            return contextlib.nullcontext()
+        return self.answered.kept(record, held)
 
     async def answer(self, inbound: InboundMessage) -> None:
         if inbound.kind == "event":
