@@ -57,8 +57,11 @@ async def run() -> None:
     async def connect() -> Connected:
         nc, js = await connect_until_ready(settings.nats, "imrelay-worker-control")
         control.append(js)
+        # A dead worker's claim is stale before its message comes back (one ack wait after its last
+        # in-progress report), so the next worker answers it at once instead of looking again later.
         worker.answered = DeliveryClaims(
-            await ensure_deliveries_bucket(js, settings.nats), stale_after=settings.worker.ack_wait_seconds
+            await ensure_deliveries_bucket(js, settings.nats),
+            stale_after=settings.worker.ack_wait_seconds * 2 / 3,
         )
         if settings.memory.enabled:
             kv = await ensure_memory_bucket(js, settings.nats, settings.memory.ttl_seconds)
