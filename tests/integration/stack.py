@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -268,6 +268,15 @@ class Stack:
             f"{self.sim_url}/sim/messages", params=filters, timeout=5
         ).json()
         return result
+
+    def latest_text(
+        self, what: str, keep: Callable[[dict[str, Any]], bool] = lambda m: True, **filters: str
+    ) -> str:
+        """Wait (30 s) for a delivered message matching ``filters`` and ``keep``; the latest one's content."""
+        found: list[dict[str, Any]] = self.wait_for(
+            lambda: [m for m in self.messages(**filters) if keep(m)], 30, what
+        )
+        return str(found[-1]["content"])
 
     def sim_stats(self) -> dict[str, int]:
         result: dict[str, int] = httpx.get(f"{self.sim_url}/sim/stats", timeout=5).json()

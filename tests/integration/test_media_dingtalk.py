@@ -12,7 +12,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -24,12 +23,11 @@ from imrelay_sim.client import build_request, upload_media
 
 from ..media_files import pdf, png, sha
 from .stack import Stack
+from .test_end_to_end import user
 
 pytestmark = pytest.mark.nats
 
 MAX_BYTES = 64 * 1024
-
-
 PDF = pdf("imrelay DingTalk test")
 
 
@@ -98,17 +96,7 @@ def push(
 
 
 def answer(stack: Stack, bot: str, user: str, what: str) -> str:
-    found: list[dict[str, Any]] = stack.wait_for(
-        lambda: [m for m in stack.messages(bot=bot, chat=f"cid_{user}") if m.get("msgtype") != "image"],
-        30,
-        what,
-    )
-    content: str = found[-1]["content"]
-    return content
-
-
-def user() -> str:
-    return f"u{secrets.token_hex(4)}"
+    return stack.latest_text(what, lambda m: m.get("msgtype") != "image", bot=bot, chat=f"cid_{user}")
 
 
 def test_a_picture_reaches_the_vision_model_byte_exact(ding: Stack) -> None:

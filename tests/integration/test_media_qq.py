@@ -11,7 +11,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +22,7 @@ from imrelay_sim.client import build_request, upload_media
 
 from ..media_files import pdf, png, sha
 from .stack import Stack
+from .test_end_to_end import user
 
 pytestmark = pytest.mark.nats
 
@@ -71,17 +71,7 @@ def post(
 
 
 def answer(stack: Stack, bot: str, chat: str, what: str) -> str:
-    found: list[dict[str, Any]] = stack.wait_for(
-        lambda: [m for m in stack.messages(bot=bot, chat=chat) if m.get("msgtype") is None],
-        30,
-        what,
-    )
-    content: str = found[-1]["content"]
-    return content
-
-
-def user() -> str:
-    return f"u{secrets.token_hex(4)}"
+    return stack.latest_text(what, lambda m: m.get("msgtype") is None, bot=bot, chat=chat)
 
 
 def test_a_picture_reaches_the_vision_model_byte_exact(qq: Stack) -> None:

@@ -23,6 +23,7 @@ from imrelay_sim.client import build_request, upload_media
 
 from ..media_files import pdf, png, sha
 from .stack import KEY, Stack
+from .test_end_to_end import user
 
 pytestmark = pytest.mark.nats
 
@@ -73,17 +74,7 @@ def post(stack: Stack, bot_id: str, text: str, user: str, media: tuple[SimMedia,
 
 
 def answer(stack: Stack, bot: str, user: str, what: str) -> str:
-    found: list[dict[str, Any]] = stack.wait_for(
-        lambda: [m for m in stack.messages(bot=bot, touser=user) if m.get("msgtype") in ("text", "markdown")],
-        30,
-        what,
-    )
-    content: str = found[-1]["content"]
-    return content
-
-
-def user() -> str:
-    return f"u{secrets.token_hex(4)}"
+    return stack.latest_text(what, lambda m: m.get("msgtype") in ("text", "markdown"), bot=bot, touser=user)
 
 
 def test_a_picture_reaches_the_vision_model_byte_exact(wa: Stack) -> None:

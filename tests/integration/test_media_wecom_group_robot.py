@@ -22,6 +22,7 @@ from imrelay_sim.client import build_request, upload_media
 
 from ..media_files import png, sha
 from .stack import KEY, Stack
+from .test_end_to_end import user
 
 pytestmark = pytest.mark.nats
 
@@ -66,13 +67,7 @@ def replies(stack: Stack, bot: str, user: str) -> list[dict[str, Any]]:
 
 
 def answer(stack: Stack, bot: str, user: str, what: str) -> str:
-    found: list[dict[str, Any]] = stack.wait_for(lambda: replies(stack, bot, user), 30, what)
-    content: str = found[-1]["content"]
-    return content
-
-
-def user() -> str:
-    return f"u{secrets.token_hex(4)}"
+    return stack.latest_text(what, lambda m: m.get("mentioned_list") == [user], bot=bot)
 
 
 def test_a_picture_reaches_the_vision_model_byte_exact(wr: Stack) -> None:
